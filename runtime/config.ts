@@ -1,0 +1,65 @@
+// Runtime configuration, read once from the environment (the chart and the test kubelet set it).
+import { TorporError } from "./errors.js";
+
+export interface RuntimeConfig {
+  /** A GGUF file path, or an `hf:` URI resolved by node-llama-cpp into modelCacheDir. */
+  model: string;
+  modelCacheDir: string;
+  hibernationDir: string;
+  token: string;
+  host: string;
+  port: number;
+  maxResident: number;
+  /** 0 disables the idle policy. */
+  idleAfterMs: number;
+  defaultContextSize: number;
+  maxContextSize: number;
+  defaultMaxTokens: number;
+  /** "auto" offloads what fits on a GPU; 0 keeps everything on the CPU. */
+  gpuLayers: number | "auto" | "max";
+  gpu: "auto" | false;
+  /** 0 lets llama.cpp choose. */
+  threads: number;
+  maxBodyBytes: number;
+  podName: string;
+  nodeName: string;
+}
+
+function int(env: NodeJS.ProcessEnv, key: string, fallback: number, min = 0): number {
+  const raw = env[key];
+  if (raw === undefined || raw === "") return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min) throw new TorporError("bad_request", `${key}=${raw} must be an integer >= ${min}`);
+  return n;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig {
+  const model = env.TORPOR_MODEL;
+  if (!model) throw new TorporError("bad_request", "TORPOR_MODEL is required: a GGUF file path or an hf: URI");
+  const hibernationDir = env.TORPOR_HIBERNATION_DIR;
+  if (!hibernationDir) throw new TorporError("bad_request", "TORPOR_HIBERNATION_DIR is required: the folder (volume) where hibernated sessions are written");
+  const token = env.TORPOR_RUNTIME_TOKEN ?? "";
+  if (token.length < 16) throw new TorporError("bad_request", "TORPOR_RUNTIME_TOKEN is required and must be at least 16 characters: every session endpoint checks it");
+  const gpuLayersRaw = env.TORPOR_GPU_LAYERS ?? "auto";
+  const gpuLayers = gpuLayersRaw === "auto" || gpuLayersRaw === "max" ? gpuLayersRaw : int(env, "TORPOR_GPU_LAYERS", 0);
+  const maxContextSize = int(env, "TORPOR_MAX_CONTEXT_SIZE", 32768, 256);
+  return {
+    model,
+    modelCacheDir: env.TORPOR_MODEL_CACHE_DIR ?? "/tmp/torpor-models",
+    hibernationDir,
+    token,
+    host: env.TORPOR_HOST ?? "0.0.0.0",
+    port: int(env, "TORPOR_PORT", 8080),
+    maxResident: int(env, "TORPOR_MAX_RESIDENT", 8, 1),
+    idleAfterMs: int(env, "TORPOR_IDLE_AFTER_SECONDS", 0) * 1000,
+    defaultContextSize: Math.min(int(env, "TORPOR_DEFAULT_CONTEXT_SIZE", 4096, 256), maxContextSize),
+    maxContextSize,
+    defaultMaxTokens: int(env, "TORPOR_DEFAULT_MAX_TOKENS", 256, 1),
+    gpuLayers,
+    gpu: gpuLayers === 0 || env.TORPOR_GPU === "false" ? false : "auto",
+    threads: int(env, "TORPOR_THREADS", 0),
+    maxBodyBytes: int(env, "TORPOR_MAX_BODY_BYTES", 1 << 20, 1024),
+    podName: env.TORPOR_POD_NAME ?? env.HOSTNAME ?? "local",
+    nodeName: env.TORPOR_NODE_NAME ?? "local",
+  };
+}

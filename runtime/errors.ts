@@ -1,0 +1,57 @@
+// Typed errors with a stable machine-readable code, an HTTP status and a message a user can act on.
+
+export type ErrorCode =
+  | "bad_request"
+  | "payload_too_large"
+  | "unauthorized"
+  | "session_not_found"
+  | "invalid_path"
+  | "state_rejected"
+  | "context_length_exceeded"
+  | "capacity_exhausted"
+  | "shutting_down"
+  | "storage_failed"
+  | "session_deleted"
+  | "internal";
+
+const STATUS: Record<ErrorCode, number> = {
+  bad_request: 400,
+  payload_too_large: 413,
+  unauthorized: 401,
+  session_not_found: 404,
+  invalid_path: 400,
+  state_rejected: 422,
+  context_length_exceeded: 400,
+  capacity_exhausted: 503,
+  shutting_down: 503,
+  storage_failed: 507,
+  session_deleted: 409,
+  internal: 500,
+};
+
+export class TorporError extends Error {
+  readonly status: number;
+  constructor(readonly code: ErrorCode, message: string, readonly details?: Record<string, unknown>) {
+    super(message);
+    this.name = "TorporError";
+    this.status = STATUS[code];
+  }
+  toJSON(): { error: { code: ErrorCode; message: string; details?: Record<string, unknown> } } {
+    return { error: { code: this.code, message: this.message, ...(this.details ? { details: this.details } : {}) } };
+  }
+}
+
+/** Why a hibernation file was refused; kept stable because status conditions and alerts key on it. */
+export type StateRejectReason = "manifest_invalid" | "format_unsupported" | "model_mismatch" | "truncated" | "checksum_mismatch" | "load_failed";
+
+export class StateRejectedError extends TorporError {
+  constructor(readonly reason: StateRejectReason, message: string, readonly file: string) {
+    super("state_rejected", `hibernation state refused (${reason}): ${message}; the file is kept for inspection at ${file}`, { reason, file });
+  }
+}
+
+export function asTorporError(err: unknown): TorporError {
+  if (err instanceof TorporError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new TorporError("internal", message);
+}

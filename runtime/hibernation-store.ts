@@ -1,0 +1,255 @@
+// Durable, atomic hibernation files on the volume.
+//
+// Layout, per session, in <root>/<namespace>/[<sub-path>/]:
+//   <name>.torpor.json         manifest: the commit record (history, checksums, model fingerprint)
+//   <name>.<id>.state          llama.cpp sequence state named by the manifest
+//   .<name>.*.tmp              in-flight writes; never read, removed on failure and by the sweeper
+// The manifest's rename is the commit point: a crash before it leaves the previous manifest and
+// its state untouched, and a state file no manifest names is never loaded.
+import { createHash, randomBytes } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { open, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
+import path from "node:path";
+import type { ChatHistoryItem } from "node-llama-cpp";
+import { StateRejectedError, TorporError } from "./errors.js";
+import { resolveSessionDir, validateName } from "./hibernation-path.js";
+
+export const MANIFEST_FORMAT = "torpor.dev/hibernation";
+export const MANIFEST_VERSION = 1;
+const MANIFEST_SUFFIX = ".torpor.json";
+
+export interface SessionRef {
+  namespace: string;
+  name: string;
+  /** Sub-path inside the namespace's folder (per-tenant separation). */
+  path?: string;
+}
+
+export interface HibernationManifest {
+  format: typeof MANIFEST_FORMAT;
+  version: number;
+  namespace: string;
+  name: string;
+  path: string;
+  modelFingerprint: string;
+  contextSize: number;
+  tokenCount: number;
+  stateFile: string;
+  stateBytes: number;
+  stateSha256: string;
+  systemPrompt?: string;
+  history: ChatHistoryItem[];
+  createdAt: string;
+  hibernatedAt: string;
+  runtime: { nodeLlamaCpp: string; pod?: string };
+}
+
+export interface HibernationRecord {
+  manifestFile: string;
+  stateFile: string;
+  bytes: number;
+  sha256: string;
+  tokenCount: number;
+  hibernatedAt: string;
+}
+
+export interface VerifiedState {
+  manifest: HibernationManifest;
+  statePath: string;
+}
+
+export interface HibernationFileEntry {
+  namespace: string;
+  name: string;
+  path: string;
+  manifestFile: string;
+  bytes: number;
+  tokenCount: number;
+  hibernatedAt: string;
+}
+
+async function fsyncPath(p: string): Promise<void> {
+  const fh = await open(p, "r");
+  try { await fh.sync(); } finally { await fh.close(); }
+}
+
+export async function sha256File(p: string): Promise<string> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(p, { highWaterMark: 4 << 20 })) hash.update(chunk as Buffer);
+  return hash.digest("hex");
+}
+
+export class HibernationStore {
+  constructor(readonly root: string) {}
+
+  dirFor(ref: SessionRef): Promise<string> {
+    validateName("name", ref.name);
+    return resolveSessionDir(this.root, ref.namespace, ref.path ?? "");
+  }
+
+  private manifestPath(dir: string, name: string): string {
+    return path.join(dir, name + MANIFEST_SUFFIX);
+  }
+
+  /**
+   * Writes state + manifest durably. `writeState` fills the given temp path (llama.cpp writes it
+   * itself); everything after is ours: fsync, checksum, rename, manifest commit, dir fsync.
+   */
+  async save(
+    ref: SessionRef,
+    writeState: (tmpPath: string) => Promise<void>,
+    fields: Omit<HibernationManifest, "format" | "version" | "namespace" | "name" | "path" | "stateFile" | "stateBytes" | "stateSha256" | "hibernatedAt">,
+  ): Promise<HibernationRecord> {
+    const dir = await this.dirFor(ref);
+    const id = randomBytes(6).toString("hex");
+    const stateName = `${ref.name}.${id}.state`;
+    const tmpState = path.join(dir, `.${stateName}.tmp`);
+    const tmpManifest = path.join(dir, `.${ref.name}.${id}.json.tmp`);
+    const finalState = path.join(dir, stateName);
+    const manifestFile = this.manifestPath(dir, ref.name);
+    const previous = await this.readManifestLoose(manifestFile);
+    try {
+      await writeState(tmpState);
+      const fh = await open(tmpState, "r+");
+      let bytes: number;
+      try {
+        await fh.chmod(0o600);
+        await fh.sync();
+        bytes = (await fh.stat()).size;
+      } finally { await fh.close(); }
+      const sha256 = await sha256File(tmpState);
+      await rename(tmpState, finalState);
+      const manifest: HibernationManifest = {
+        format: MANIFEST_FORMAT, version: MANIFEST_VERSION,
+        namespace: ref.namespace, name: ref.name, path: ref.path ?? "",
+        stateFile: stateName, stateBytes: bytes, stateSha256: sha256,
+        hibernatedAt: new Date().toISOString(),
+        ...fields,
+      };
+      const mh = await open(tmpManifest, "wx", 0o600);
+      try {
+        await mh.writeFile(JSON.stringify(manifest));
+        await mh.sync();
+      } finally { await mh.close(); }
+      await rename(tmpManifest, manifestFile);
+      await fsyncPath(dir);
+      if (previous && previous.stateFile !== stateName) {
+        await unlink(path.join(dir, path.basename(previous.stateFile))).catch(() => undefined);
+      }
+      return { manifestFile, stateFile: finalState, bytes, sha256, tokenCount: manifest.tokenCount, hibernatedAt: manifest.hibernatedAt };
+    } catch (err) {
+      await Promise.all([tmpState, tmpManifest, finalState].map((p) => rm(p, { force: true })));
+      // A state file named by a manifest we did not commit must not survive; the previous one stays.
+      const code = (err as NodeJS.ErrnoException).code;
+      const message = err instanceof Error ? err.message : String(err);
+      throw new TorporError("storage_failed", `hibernate write failed${code ? ` (${code})` : ""}: ${message}`, { code });
+    }
+  }
+
+  /** Whether a committed manifest exists (no verification: cheap, used to find hibernated sessions). */
+  async exists(ref: SessionRef): Promise<boolean> {
+    const dir = await this.dirFor(ref);
+    return stat(this.manifestPath(dir, ref.name)).then(() => true, () => false);
+  }
+
+  /** Reads and verifies a hibernated state; throws StateRejectedError without touching the files. */
+  async verify(ref: SessionRef, modelFingerprint: string): Promise<VerifiedState | undefined> {
+    const dir = await this.dirFor(ref);
+    const manifestFile = this.manifestPath(dir, ref.name);
+    let raw: string;
+    try {
+      raw = await readFile(manifestFile, "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw err;
+    }
+    const reject = (reason: ConstructorParameters<typeof StateRejectedError>[0], msg: string): never => {
+      throw new StateRejectedError(reason, msg, manifestFile);
+    };
+    let m: HibernationManifest;
+    try { m = JSON.parse(raw) as HibernationManifest; } catch { return reject("manifest_invalid", "manifest is not valid JSON"); }
+    if (m?.format !== MANIFEST_FORMAT) reject("manifest_invalid", "not a torpor hibernation manifest");
+    if (m.version !== MANIFEST_VERSION) reject("format_unsupported", `manifest version ${m.version} is not supported (want ${MANIFEST_VERSION})`);
+    if (typeof m.stateFile !== "string" || path.basename(m.stateFile) !== m.stateFile || !Array.isArray(m.history) ||
+        typeof m.stateSha256 !== "string" || typeof m.stateBytes !== "number" || typeof m.contextSize !== "number") {
+      reject("manifest_invalid", "manifest is missing required fields");
+    }
+    if (m.modelFingerprint !== modelFingerprint) {
+      reject("model_mismatch", `state was written by model ${m.modelFingerprint.slice(0, 16)}, this runtime serves ${modelFingerprint.slice(0, 16)}`);
+    }
+    const statePath = path.join(dir, m.stateFile);
+    const size = await stat(statePath).then((s) => s.size, () => -1);
+    if (size !== m.stateBytes) reject("truncated", `state file is ${size < 0 ? "missing" : `${size} bytes`}, manifest says ${m.stateBytes}`);
+    const sha = await sha256File(statePath);
+    if (sha !== m.stateSha256) reject("checksum_mismatch", "state file SHA-256 does not match the manifest");
+    return { manifest: m, statePath };
+  }
+
+  /** Removes a session's manifest and every state/temp file of it. Idempotent. */
+  async remove(ref: SessionRef): Promise<boolean> {
+    const dir = await this.dirFor(ref);
+    const entries = await readdir(dir).catch(() => [] as string[]);
+    const esc = ref.name.replace(/\./g, "\\.");
+    const own = new RegExp(`^(${esc}\\.torpor\\.json|${esc}\\.[0-9a-f]{12}\\.state|\\.${esc}\\.[0-9a-f]{12}\\.(state|json)\\.tmp)$`);
+    const mine = entries.filter((f) => own.test(f));
+    // Manifest first: once it is gone nothing can load the state, even if we crash midway.
+    mine.sort((a) => (a.endsWith(MANIFEST_SUFFIX) ? -1 : 1));
+    for (const f of mine) await rm(path.join(dir, f), { force: true });
+    if (mine.length) await fsyncPath(dir);
+    return mine.includes(ref.name + MANIFEST_SUFFIX);
+  }
+
+  /** Every committed manifest under the root (for the operator's sweeper and for humans). */
+  async list(): Promise<HibernationFileEntry[]> {
+    const out: HibernationFileEntry[] = [];
+    const walk = async (dir: string, depth: number): Promise<void> => {
+      const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+      for (const e of entries) {
+        const full = path.join(dir, e.name);
+        if (e.isDirectory() && depth < 16) await walk(full, depth + 1);
+        else if (e.isFile() && e.name.endsWith(MANIFEST_SUFFIX)) {
+          const m = await this.readManifestLoose(full);
+          if (!m) continue;
+          out.push({ namespace: m.namespace, name: m.name, path: m.path, manifestFile: full, bytes: m.stateBytes, tokenCount: m.tokenCount, hibernatedAt: m.hibernatedAt });
+        }
+      }
+    };
+    await walk(this.root, 0);
+    return out;
+  }
+
+  /** Removes temp files and state files no manifest names, older than `minAgeMs` (in-flight writes are younger). */
+  async sweepOrphans(minAgeMs: number, now = Date.now()): Promise<string[]> {
+    const removed: string[] = [];
+    const walk = async (dir: string, depth: number): Promise<void> => {
+      const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+      const referenced = new Set<string>();
+      for (const e of entries) {
+        if (e.isFile() && e.name.endsWith(MANIFEST_SUFFIX)) {
+          const m = await this.readManifestLoose(path.join(dir, e.name));
+          if (m) referenced.add(m.stateFile);
+        }
+      }
+      for (const e of entries) {
+        const full = path.join(dir, e.name);
+        if (e.isDirectory() && depth < 16) { await walk(full, depth + 1); continue; }
+        if (!e.isFile() || referenced.has(e.name)) continue;
+        if (!(e.name.endsWith(".tmp") || e.name.endsWith(".state"))) continue;
+        const st = await stat(full).catch(() => undefined);
+        if (st && now - st.mtimeMs >= minAgeMs) {
+          await rm(full, { force: true });
+          removed.push(full);
+        }
+      }
+    };
+    await walk(this.root, 0);
+    return removed;
+  }
+
+  private async readManifestLoose(file: string): Promise<HibernationManifest | undefined> {
+    try {
+      const m = JSON.parse(await readFile(file, "utf8")) as HibernationManifest;
+      return m?.format === MANIFEST_FORMAT && typeof m.stateFile === "string" ? m : undefined;
+    } catch { return undefined; }
+  }
+}

@@ -1,0 +1,70 @@
+// The runtime pod's entry point: load the model, serve the API, run the idle policy, and on
+// SIGTERM stop taking work, finish generations and hibernate every resident session before exit.
+import { mkdir } from "node:fs/promises";
+import type { AddressInfo } from "node:net";
+import { systemClock } from "./clock.js";
+import { loadConfig } from "./config.js";
+import { HibernationStore } from "./hibernation-store.js";
+import { createRuntimeApp } from "./http-api.js";
+import { createLogger } from "./logger.js";
+import { RuntimeMetrics } from "./metrics.js";
+import { ModelHost } from "./model-host.js";
+import { SessionManager } from "./session-manager.js";
+
+const log = createLogger("runtime");
+
+async function main(): Promise<void> {
+  // Hibernation files hold users' conversations: owner-only, whatever creates them (llama.cpp too).
+  process.umask(0o077);
+  const cfg = loadConfig();
+  await mkdir(cfg.hibernationDir, { recursive: true, mode: 0o700 });
+  const t0 = performance.now();
+  const host = await ModelHost.load(cfg);
+  log.info({ model: host.name, fingerprint: host.fingerprint.slice(0, 16), ms: Math.round(performance.now() - t0) }, "model loaded");
+  const store = new HibernationStore(cfg.hibernationDir);
+  const metrics = new RuntimeMetrics();
+  const manager = new SessionManager(host, store, systemClock, metrics, log, {
+    maxResident: cfg.maxResident, idleAfterMs: cfg.idleAfterMs,
+    defaultContextSize: cfg.defaultContextSize, maxContextSize: cfg.maxContextSize, podName: cfg.podName,
+  });
+  const app = createRuntimeApp({
+    manager, store, host, metrics, log, token: cfg.token, maxBodyBytes: cfg.maxBodyBytes,
+    defaultMaxTokens: cfg.defaultMaxTokens, podName: cfg.podName, nodeName: cfg.nodeName,
+  });
+  const server = app.listen(cfg.port, cfg.host);
+  await new Promise<void>((resolve, reject) => { server.once("listening", resolve); server.once("error", reject); });
+  const addr = server.address() as AddressInfo;
+  log.info({ host: addr.address, port: addr.port, maxResident: cfg.maxResident, idleAfterMs: cfg.idleAfterMs }, "runtime listening");
+
+  const idleTimer = setInterval(() => {
+    manager.sweepIdle().catch((err) => log.error({ err }, "idle sweep failed"));
+  }, Math.max(1000, Math.min(cfg.idleAfterMs || 10_000, 10_000)));
+  // Temp and unreferenced state files older than an hour are leftovers of crashes.
+  const orphanTimer = setInterval(() => {
+    store.sweepOrphans(3600_000).then((removed) => {
+      if (removed.length) log.info({ removed }, "removed orphaned hibernation files");
+    }).catch((err) => log.error({ err }, "orphan sweep failed"));
+  }, 600_000);
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    clearInterval(idleTimer);
+    clearInterval(orphanTimer);
+    log.info({ signal }, "shutting down: finishing generations and hibernating resident sessions");
+    const result = await manager.shutdown();
+    log.info(result, "sessions hibernated");
+    server.close();
+    server.closeAllConnections();
+    await host.dispose();
+    process.exit(result.failed > 0 ? 1 : 0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+main().catch((err) => {
+  log.fatal({ err }, "runtime failed to start");
+  process.exit(1);
+});

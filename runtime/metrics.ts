@@ -1,0 +1,44 @@
+// Prometheus metrics of one runtime process, on its own registry so tests can run several.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+
+const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+export class RuntimeMetrics {
+  readonly registry = new Registry();
+  readonly hibernateDuration = new Histogram({
+    name: "torpor_runtime_hibernate_duration_seconds", help: "Time to serialise a session and free its context.",
+    buckets: DURATION_BUCKETS, registers: [this.registry], labelNames: ["reason"],
+  });
+  readonly rehydrateDuration = new Histogram({
+    name: "torpor_runtime_rehydrate_duration_seconds", help: "Time to verify and restore a hibernated session.",
+    buckets: DURATION_BUCKETS, registers: [this.registry],
+  });
+  readonly bytesWritten = new Counter({
+    name: "torpor_runtime_hibernate_written_bytes_total", help: "State bytes written by hibernations.", registers: [this.registry],
+  });
+  readonly bytesRead = new Counter({
+    name: "torpor_runtime_rehydrate_read_bytes_total", help: "State bytes read by rehydrations.", registers: [this.registry],
+  });
+  /** Set by the session manager: counts are read at scrape time instead of tracked on every change. */
+  sessionCounts?: () => Record<string, number>;
+  readonly sessions: Gauge<"residency"> = new Gauge({
+    name: "torpor_runtime_sessions", help: "Sessions known to this runtime, by residency.", labelNames: ["residency"], registers: [this.registry],
+    collect: () => {
+      for (const [residency, n] of Object.entries(this.sessionCounts?.() ?? {})) this.sessions.set({ residency }, n);
+    },
+  });
+  readonly evictions = new Counter({
+    name: "torpor_runtime_evictions_total", help: "Sessions hibernated by the runtime itself, by reason (lru, idle, shutdown).",
+    labelNames: ["reason"], registers: [this.registry],
+  });
+  readonly errors = new Counter({
+    name: "torpor_runtime_errors_total", help: "Errors returned, by stable error code.", labelNames: ["code"], registers: [this.registry],
+  });
+  readonly generatedTokens = new Counter({
+    name: "torpor_runtime_generated_tokens_total", help: "Tokens generated.", registers: [this.registry],
+  });
+
+  constructor(defaults = true) {
+    if (defaults) collectDefaultMetrics({ register: this.registry });
+  }
+}

@@ -1,0 +1,64 @@
+// Owns the llama.cpp backend and the one loaded model; hands out contexts, one per session, so
+// disposing a session's context really returns its KV cache to the OS (or the GPU).
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { getLlama, resolveChatWrapper, resolveModelFile, type ChatWrapper, type Llama, type LlamaContext, type LlamaModel } from "node-llama-cpp";
+import type { RuntimeConfig } from "./config.js";
+import { TorporError } from "./errors.js";
+import { modelFingerprint } from "./model-fingerprint.js";
+
+// The package does not export its package.json; its entry point sits in dist/.
+export const NODE_LLAMA_CPP_VERSION: string = (JSON.parse(readFileSync(
+  path.join(path.dirname(fileURLToPath(import.meta.resolve("node-llama-cpp"))), "..", "package.json"), "utf8")) as { version: string }).version;
+
+export class ModelHost {
+  private constructor(
+    readonly llama: Llama,
+    readonly model: LlamaModel,
+    readonly modelPath: string,
+    readonly fingerprint: string,
+    readonly chatWrapper: ChatWrapper,
+    private readonly threads: number,
+  ) {}
+
+  static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads">): Promise<ModelHost> {
+    const modelPath = cfg.model.startsWith("hf:") || cfg.model.startsWith("https:")
+      ? await resolveModelFile(cfg.model, { directory: cfg.modelCacheDir, cli: false })
+      : cfg.model;
+    const llama = await getLlama({ gpu: cfg.gpu, logLevel: "error" as never, build: "never" });
+    const model = await llama.loadModel({ modelPath, gpuLayers: cfg.gpuLayers });
+    const chatWrapper = resolveChatWrapper(model);
+    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, cfg.threads);
+  }
+
+  get name(): string {
+    return String(this.model.fileInfo.metadata.general?.name ?? this.modelPath);
+  }
+
+  get trainContextSize(): number {
+    return this.model.trainContextSize;
+  }
+
+  async createContext(contextSize: number): Promise<LlamaContext> {
+    try {
+      return await this.model.createContext({
+        contextSize,
+        sequences: 1,
+        ...(this.threads > 0 ? { threads: this.threads } : {}),
+      });
+    } catch (err) {
+      throw new TorporError("capacity_exhausted", `cannot allocate a context of ${contextSize} tokens: ${(err as Error).message}`);
+    }
+  }
+
+  /** VRAM in use on the backend, for the memory-freed figures on GPU builds. */
+  async vramUsed(): Promise<number> {
+    return (await this.llama.getVramState()).used;
+  }
+
+  async dispose(): Promise<void> {
+    await this.model.dispose();
+    await this.llama.dispose();
+  }
+}

@@ -1,0 +1,102 @@
+// Validation of request bodies: every problem becomes a 400 naming the field, never a 5xx.
+import type { ChatHistoryItem } from "node-llama-cpp";
+import { TorporError } from "./errors.js";
+
+type Json = Record<string, unknown>;
+
+const bad = (field: string, problem: string): TorporError =>
+  new TorporError("bad_request", `${field}: ${problem}`, { field });
+
+export function asObject(body: unknown, what = "body"): Json {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) throw bad(what, "must be a JSON object");
+  return body as Json;
+}
+
+export function optionalInt(o: Json, field: string, min: number, max: number): number | undefined {
+  const v = o[field];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) throw bad(field, `must be an integer between ${min} and ${max}`);
+  return v;
+}
+
+export function optionalNumber(o: Json, field: string, min: number, max: number): number | undefined {
+  const v = o[field];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "number" || !Number.isFinite(v) || v < min || v > max) throw bad(field, `must be a number between ${min} and ${max}`);
+  return v;
+}
+
+export function optionalString(o: Json, field: string, maxLength: number): string | undefined {
+  const v = o[field];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "string") throw bad(field, "must be a string");
+  if (v.length > maxLength) throw bad(field, `must be at most ${maxLength} characters`);
+  return v;
+}
+
+export function optionalBool(o: Json, field: string): boolean | undefined {
+  const v = o[field];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "boolean") throw bad(field, "must be true or false");
+  return v;
+}
+
+export interface SamplingRequest {
+  maxTokens?: number;
+  temperature: number;
+  seed?: number;
+  topP?: number;
+  stream: boolean;
+}
+
+/** The OpenAI sampling fields we honour; temperature defaults to 0 (greedy) like a reproducible server. */
+export function parseSampling(o: Json, maxTokensCap: number): SamplingRequest {
+  const maxTokens = optionalInt(o, "max_completion_tokens", 1, maxTokensCap) ?? optionalInt(o, "max_tokens", 1, maxTokensCap);
+  const seed = optionalInt(o, "seed", 0, 2 ** 31 - 1);
+  const topP = optionalNumber(o, "top_p", 0, 1);
+  const n = optionalInt(o, "n", 1, 1);
+  void n;
+  return {
+    ...(maxTokens !== undefined ? { maxTokens } : {}),
+    temperature: optionalNumber(o, "temperature", 0, 2) ?? 0,
+    ...(seed !== undefined ? { seed } : {}),
+    ...(topP !== undefined ? { topP } : {}),
+    stream: optionalBool(o, "stream") ?? false,
+  };
+}
+
+function messageText(content: unknown, field: string): string {
+  if (typeof content === "string") return content;
+  if (Array.isArray(content)) {
+    return content.map((part, j) => {
+      const p = asObject(part, `${field}[${j}]`);
+      if (p.type !== "text" || typeof p.text !== "string") throw bad(`${field}[${j}]`, "only {type: \"text\", text} parts are supported");
+      return p.text;
+    }).join("");
+  }
+  throw bad(field, "must be a string or an array of text parts");
+}
+
+/** OpenAI `messages` -> node-llama-cpp chat history. The last message must come from the user. */
+export function parseMessages(o: Json, maxMessages = 10_000): ChatHistoryItem[] {
+  const raw = o.messages;
+  if (!Array.isArray(raw) || raw.length === 0) throw bad("messages", "must be a non-empty array");
+  if (raw.length > maxMessages) throw bad("messages", `at most ${maxMessages} messages`);
+  const items = raw.map((m, i): ChatHistoryItem => {
+    const msg = asObject(m, `messages[${i}]`);
+    const text = messageText(msg.content, `messages[${i}].content`);
+    switch (msg.role) {
+      case "system":
+      case "developer":
+        return { type: "system", text };
+      case "user":
+        return { type: "user", text };
+      case "assistant":
+        return { type: "model", response: [text] };
+      default:
+        throw bad(`messages[${i}].role`, `must be one of system, developer, user, assistant (got ${JSON.stringify(msg.role)})`);
+    }
+  });
+  if (items[items.length - 1]!.type !== "user") throw bad(`messages[${items.length - 1}].role`, "the last message must have role \"user\"");
+  return items;
+}

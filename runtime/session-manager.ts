@@ -1,0 +1,174 @@
+// The runtime's sessions: registration, the resident-session bulkhead with LRU eviction, the idle
+// policy and graceful shutdown. Holds nothing a restart would need: hibernated sessions are found
+// again on the volume when the operator re-registers them.
+import type { Clock } from "./clock.js";
+import { TorporError } from "./errors.js";
+import { validateName, validateSubPath } from "./hibernation-path.js";
+import type { HibernationStore } from "./hibernation-store.js";
+import type { Logger } from "./logger.js";
+import type { RuntimeMetrics } from "./metrics.js";
+import type { ModelHost } from "./model-host.js";
+import { SerialQueue } from "./serial-queue.js";
+import { Session, type Admission } from "./session.js";
+import type { SessionSpec } from "./session-types.js";
+
+export interface ManagerOptions {
+  maxResident: number;
+  idleAfterMs: number;
+  defaultContextSize: number;
+  maxContextSize: number;
+  /** How long a request waits for a resident slot when every resident session is busy. */
+  admissionTimeoutMs?: number;
+  podName: string;
+}
+
+export interface RegisterRequest {
+  namespace: string;
+  name: string;
+  path?: string;
+  contextSize?: number;
+  systemPrompt?: string;
+  idleAfterMs?: number;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export class SessionManager implements Admission {
+  private readonly sessions = new Map<string, Session>();
+  private readonly resident = new Set<Session>();
+  private readonly admissions = new SerialQueue();
+  private draining = false;
+
+  constructor(
+    private readonly host: ModelHost,
+    private readonly store: HibernationStore,
+    private readonly clock: Clock,
+    private readonly metrics: RuntimeMetrics,
+    private readonly log: Logger,
+    readonly opts: ManagerOptions,
+  ) {
+    metrics.sessionCounts = () => this.countByResidency();
+  }
+
+  get shuttingDown(): boolean { return this.draining; }
+  get residentCount(): number { return this.resident.size; }
+  get sessionCount(): number { return this.sessions.size; }
+
+  /** Idempotent: returns the existing session, or a new one that is Hibernated if the volume has its state. */
+  async register(req: RegisterRequest): Promise<Session> {
+    this.assertAccepting();
+    validateName("namespace", req.namespace);
+    validateName("name", req.name);
+    const path = req.path ?? "";
+    validateSubPath(path);
+    const contextSize = req.contextSize ?? this.opts.defaultContextSize;
+    if (!Number.isInteger(contextSize) || contextSize < 16 || contextSize > this.opts.maxContextSize) {
+      throw new TorporError("bad_request", `contextSize must be an integer between 16 and ${this.opts.maxContextSize}, got ${req.contextSize}`);
+    }
+    const spec: SessionSpec = {
+      contextSize,
+      ...(req.systemPrompt ? { systemPrompt: req.systemPrompt } : {}),
+      ...(req.idleAfterMs !== undefined ? { idleAfterMs: req.idleAfterMs } : {}),
+    };
+    const key = `${req.namespace}/${req.name}`;
+    const existing = this.sessions.get(key);
+    if (existing) {
+      if (existing.ref.path !== path) {
+        throw new TorporError("bad_request", `session ${key} already uses hibernation path "${existing.ref.path}"; it cannot change`);
+      }
+      // New settings apply from the next context the session allocates.
+      existing.spec = { ...spec, contextSize: existing.residency === "NotCreated" ? contextSize : existing.spec.contextSize };
+      return existing;
+    }
+    const ref = { namespace: req.namespace, name: req.name, path };
+    const hibernated = await this.store.exists(ref);
+    const session = new Session(ref, spec, hibernated, {
+      host: this.host, store: this.store, clock: this.clock, metrics: this.metrics, log: this.log, admission: this, podName: this.opts.podName,
+    });
+    this.sessions.set(key, session);
+    return session;
+  }
+
+  get(namespace: string, name: string): Session {
+    const s = this.sessions.get(`${namespace}/${name}`);
+    if (!s) throw new TorporError("session_not_found", `session ${namespace}/${name} is not registered on this runtime (PUT /v1/sessions/${namespace}/${name} first)`);
+    return s;
+  }
+
+  list(): Session[] { return [...this.sessions.values()]; }
+
+  async remove(namespace: string, name: string): Promise<void> {
+    const s = this.get(namespace, name);
+    await s.delete();
+    this.sessions.delete(`${namespace}/${name}`);
+  }
+
+  async acquire(session: Session): Promise<void> {
+    await this.admissions.run(async () => {
+      const deadline = Date.now() + (this.opts.admissionTimeoutMs ?? 30_000);
+      while (this.resident.size >= this.opts.maxResident) {
+        const victim = [...this.resident]
+          .filter((s) => s !== session && !s.busy && s.residency === "InMemory")
+          .sort((a, b) => a.lastActivity - b.lastActivity)[0];
+        if (victim) {
+          this.log.info({ namespace: victim.ref.namespace, name: victim.ref.name, for: `${session.ref.namespace}/${session.ref.name}` }, "evicting least recently used session");
+          await victim.hibernate("lru");
+          this.metrics.evictions.inc({ reason: "lru" });
+          continue;
+        }
+        if (Date.now() > deadline) {
+          throw new TorporError("capacity_exhausted", `all ${this.opts.maxResident} resident sessions are busy generating; retry shortly`);
+        }
+        await sleep(25);
+      }
+      this.resident.add(session);
+    });
+  }
+
+  release(session: Session): void {
+    this.resident.delete(session);
+  }
+
+  /** Hibernates every resident session idle for longer than its policy allows. */
+  async sweepIdle(): Promise<number> {
+    const now = this.clock.now();
+    const due = [...this.resident].filter((s) => {
+      const idleAfter = s.spec.idleAfterMs ?? this.opts.idleAfterMs;
+      return idleAfter > 0 && !s.busy && s.residency === "InMemory" && now - s.lastActivity >= idleAfter;
+    });
+    await Promise.all(due.map(async (s) => {
+      await s.hibernate("idle");
+      this.metrics.evictions.inc({ reason: "idle" });
+    }));
+    return due.length;
+  }
+
+  /** Stop taking work, let in-flight generations finish, hibernate everything resident. */
+  async shutdown(): Promise<{ hibernated: number; failed: number }> {
+    this.draining = true;
+    let hibernated = 0, failed = 0;
+    await Promise.all([...this.sessions.values()].map(async (s) => {
+      if (s.residency === "NotCreated" && !s.busy) return;
+      try {
+        const r = await s.hibernate("shutdown");
+        if (r.outcome === "hibernated") { hibernated++; this.metrics.evictions.inc({ reason: "shutdown" }); }
+      } catch (err) {
+        failed++;
+        this.log.error({ err, namespace: s.ref.namespace, name: s.ref.name }, "could not hibernate at shutdown; live state is lost");
+      }
+    }));
+    return { hibernated, failed };
+  }
+
+  private assertAccepting(): void {
+    if (this.draining) throw new TorporError("shutting_down", "runtime is shutting down; retry on another pod");
+  }
+
+  checkAccepting(): void { this.assertAccepting(); }
+
+  countByResidency(): Record<string, number> {
+    const counts = { NotCreated: 0, InMemory: 0, Hibernated: 0 };
+    for (const s of this.sessions.values()) counts[s.residency]++;
+    return counts;
+  }
+}

@@ -1,0 +1,83 @@
+// Types of the runtime's session API, shared by the runtime, the operator's runtime client and tests.
+
+export type Residency = "NotCreated" | "InMemory" | "Hibernated";
+/** What the session is doing right now; transitions are visible to callers. */
+export type Phase = "Idle" | "Creating" | "Generating" | "Hibernating" | "Rehydrating";
+
+export interface SessionSpec {
+  contextSize: number;
+  systemPrompt?: string;
+  /** Per-session idle policy; falls back to the runtime's default. 0 disables. */
+  idleAfterMs?: number;
+}
+
+export interface GenerateOptions {
+  maxTokens: number;
+  temperature: number;
+  seed?: number;
+  topP?: number;
+  signal?: AbortSignal;
+  onText?: (text: string) => void;
+  /** Called once the session is resident, before generation: streaming responses send headers here. */
+  onStart?: (wake: Wake) => void;
+}
+
+export interface Wake {
+  rehydrated: boolean;
+  rehydrateMs?: number;
+  created: boolean;
+}
+
+export interface GenerateResult {
+  text: string;
+  finishReason: "stop" | "length" | "aborted";
+  promptTokens: number;
+  completionTokens: number;
+  /** Prompt tokens reused from the session's evaluated state (the prefix cache). */
+  cachedTokens: number;
+  rehydrated: boolean;
+  rehydrateMs?: number;
+  created: boolean;
+}
+
+export interface HibernationSummary {
+  manifestFile: string;
+  stateFile: string;
+  bytes: number;
+  sha256: string;
+  tokenCount: number;
+  hibernatedAt: string;
+  durationMs: number;
+  reason: string;
+}
+
+export interface HibernateOutcome {
+  outcome: "hibernated" | "already-hibernated" | "not-created";
+  record?: HibernationSummary;
+}
+
+export interface SessionStatus {
+  namespace: string;
+  name: string;
+  path: string;
+  residency: Residency;
+  phase: Phase;
+  contextSize: number;
+  tokenCount: number;
+  messages: number;
+  queued: number;
+  createdAt: string;
+  lastActivity: string;
+  lastHibernation?: HibernationSummary;
+  lastRehydrate?: { at: string; durationMs: number; bytes: number; tokenCount: number };
+  lastError?: { code: string; message: string; at: string; reason?: string };
+}
+
+export interface RuntimeInfo {
+  pod: string;
+  node: string;
+  model: { name: string; fingerprint: string; trainContextSize: number };
+  capacity: { maxResident: number; resident: number; sessions: number };
+  memory: { rssBytes: number; vramUsedBytes: number };
+  ready: boolean;
+}

@@ -1,0 +1,287 @@
+// One conversation: its history, its own llama context while resident, and a FIFO of work.
+// Every operation (generate, hibernate, rehydrate, delete) runs on the session's queue, which is
+// what makes hibernate wait for in-flight generation and requests wait for a hibernate.
+import { LlamaChat, type ChatHistoryItem, type LlamaContext, type LlamaContextSequence } from "node-llama-cpp";
+import type { Clock } from "./clock.js";
+import { StateRejectedError, TorporError } from "./errors.js";
+import type { HibernationRecord, HibernationStore, SessionRef } from "./hibernation-store.js";
+import type { Logger } from "./logger.js";
+import type { RuntimeMetrics } from "./metrics.js";
+import { NODE_LLAMA_CPP_VERSION, type ModelHost } from "./model-host.js";
+import { SerialQueue } from "./serial-queue.js";
+import type { GenerateOptions, GenerateResult, HibernateOutcome, Phase, Residency, SessionSpec, SessionStatus, Wake } from "./session-types.js";
+
+/** Grants a context slot (evicting others if needed) and takes it back. */
+export interface Admission {
+  acquire(session: Session): Promise<void>;
+  release(session: Session): void;
+}
+
+export interface SessionDeps {
+  host: ModelHost;
+  store: HibernationStore;
+  clock: Clock;
+  metrics: RuntimeMetrics;
+  log: Logger;
+  admission: Admission;
+  podName: string;
+}
+
+
+export class Session {
+  residency: Residency;
+  phase: Phase = "Idle";
+  lastActivity: number;
+  private history: ChatHistoryItem[] = [];
+  private context?: LlamaContext;
+  private sequence?: LlamaContextSequence;
+  private readonly queue = new SerialQueue();
+  private pendingHibernate?: Promise<HibernateOutcome>;
+  private deleted = false;
+  private readonly createdAt: string;
+  private lastHibernation?: SessionStatus["lastHibernation"];
+  private lastRehydrate?: SessionStatus["lastRehydrate"];
+  private lastError?: SessionStatus["lastError"];
+  private readonly log: Logger;
+
+  constructor(readonly ref: Required<SessionRef>, public spec: SessionSpec, hibernated: boolean, private readonly deps: SessionDeps) {
+    this.residency = hibernated ? "Hibernated" : "NotCreated";
+    this.lastActivity = deps.clock.now();
+    this.createdAt = new Date(deps.clock.now()).toISOString();
+    this.log = deps.log.child({ namespace: ref.namespace, name: ref.name });
+  }
+
+  /** True while anything is queued or running: such a session is never evicted. */
+  get busy(): boolean { return this.queue.depth > 0; }
+
+  status(): SessionStatus {
+    return {
+      namespace: this.ref.namespace, name: this.ref.name, path: this.ref.path,
+      residency: this.residency, phase: this.phase, contextSize: this.spec.contextSize,
+      tokenCount: this.sequence?.contextTokens.length ?? 0, messages: this.history.length,
+      queued: this.queue.depth, createdAt: this.createdAt,
+      lastActivity: new Date(this.lastActivity).toISOString(),
+      ...(this.lastHibernation ? { lastHibernation: this.lastHibernation } : {}),
+      ...(this.lastRehydrate ? { lastRehydrate: this.lastRehydrate } : {}),
+      ...(this.lastError ? { lastError: this.lastError } : {}),
+    };
+  }
+
+  /** The stateful call: append one user message, generate, keep both in the history. */
+  submit(prompt: string, opts: GenerateOptions): Promise<GenerateResult> {
+    return this.run(async () => {
+      const wake = await this.ensureResident();
+      opts.onStart?.(wake);
+      const next: ChatHistoryItem[] = [...this.history, { type: "user", text: prompt }];
+      return { ...(await this.generate(next, opts)), ...wake };
+    });
+  }
+
+  /** OpenAI-style: the caller sends the whole conversation; our evaluated tokens are a prefix cache. */
+  complete(messages: ChatHistoryItem[], opts: GenerateOptions): Promise<GenerateResult> {
+    return this.run(async () => {
+      const wake = await this.ensureResident();
+      opts.onStart?.(wake);
+      const withSystem: ChatHistoryItem[] = this.spec.systemPrompt && messages[0]?.type !== "system"
+        ? [{ type: "system", text: this.spec.systemPrompt }, ...messages]
+        : messages;
+      return { ...(await this.generate(withSystem, opts)), ...wake };
+    });
+  }
+
+  /** Restores the session now (pre-warming) without generating. */
+  warm(): Promise<Wake> {
+    return this.run(() => this.ensureResident());
+  }
+
+  /** Coalesced: concurrent calls share one save; it runs after whatever is already queued. */
+  hibernate(reason: string): Promise<HibernateOutcome> {
+    if (this.pendingHibernate) return this.pendingHibernate;
+    const p = this.queue.run(() => this.doHibernate(reason)).finally(() => {
+      if (this.pendingHibernate === p) this.pendingHibernate = undefined;
+    });
+    this.pendingHibernate = p;
+    return p;
+  }
+
+  /** Frees the context and removes the session's files, after in-flight work finishes. */
+  delete(): Promise<void> {
+    this.deleted = true;
+    return this.queue.run(async () => {
+      await this.disposeContext();
+      await this.deps.store.remove(this.ref);
+      this.residency = "NotCreated";
+      this.log.info("session deleted");
+    });
+  }
+
+  /** History as stored (for tests and the API's detail view). */
+  messages(): ChatHistoryItem[] { return this.history.slice(); }
+
+  private run<T>(task: () => Promise<T>): Promise<T> {
+    if (this.deleted) return Promise.reject(new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`));
+    this.lastActivity = this.deps.clock.now();
+    return this.queue.run(async () => {
+      try {
+        return await task();
+      } finally {
+        this.lastActivity = this.deps.clock.now();
+      }
+    });
+  }
+
+  private async ensureResident(): Promise<Wake> {
+    if (this.deleted) throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`);
+    if (this.residency === "InMemory") return { rehydrated: false, created: false };
+    const { host, store, admission, metrics } = this.deps;
+    await admission.acquire(this);
+    try {
+      if (this.residency === "NotCreated") {
+        this.phase = "Creating";
+        await this.allocate(this.spec.contextSize);
+        this.history = this.spec.systemPrompt ? [{ type: "system", text: this.spec.systemPrompt }] : [];
+        this.residency = "InMemory";
+        this.log.info({ contextSize: this.spec.contextSize }, "context created");
+        return { rehydrated: false, created: true };
+      }
+      this.phase = "Rehydrating";
+      const t0 = performance.now();
+      const verified = await store.verify(this.ref, host.fingerprint);
+      if (!verified) {
+        // The files went away (deleted by hand, or swept): start over rather than fail forever.
+        this.log.warn("hibernated state missing on the volume; starting a fresh context");
+        this.residency = "NotCreated";
+        this.phase = "Idle";
+        admission.release(this);
+        return this.ensureResident();
+      }
+      const { manifest, statePath } = verified;
+      await this.allocate(Math.max(manifest.contextSize, manifest.tokenCount));
+      try {
+        await this.sequence!.loadStateFromFile(statePath, { acceptRisk: true });
+      } catch (err) {
+        throw new StateRejectedError("load_failed", (err as Error).message, statePath);
+      }
+      this.history = manifest.history;
+      this.spec = { ...this.spec, contextSize: manifest.contextSize };
+      await store.remove(this.ref);
+      const ms = performance.now() - t0;
+      this.residency = "InMemory";
+      this.lastRehydrate = { at: new Date(this.deps.clock.now()).toISOString(), durationMs: ms, bytes: manifest.stateBytes, tokenCount: manifest.tokenCount };
+      this.lastError = undefined;
+      metrics.rehydrateDuration.observe(ms / 1000);
+      metrics.bytesRead.inc(manifest.stateBytes);
+      this.log.info({ bytes: manifest.stateBytes, tokens: manifest.tokenCount, ms: Math.round(ms * 10) / 10 }, "rehydrated");
+      return { rehydrated: true, rehydrateMs: ms, created: false };
+    } catch (err) {
+      await this.disposeContext();
+      admission.release(this);
+      this.recordError(err);
+      throw err;
+    } finally {
+      this.phase = "Idle";
+    }
+  }
+
+  private async allocate(contextSize: number): Promise<void> {
+    this.context = await this.deps.host.createContext(contextSize);
+    this.sequence = this.context.getSequence();
+  }
+
+  private async disposeContext(): Promise<void> {
+    const ctx = this.context;
+    this.context = undefined;
+    this.sequence = undefined;
+    if (ctx && !ctx.disposed) await ctx.dispose();
+    this.deps.admission.release(this);
+  }
+
+  private async doHibernate(reason: string): Promise<HibernateOutcome> {
+    if (this.residency === "NotCreated") return { outcome: "not-created" };
+    if (this.residency === "Hibernated") {
+      return { outcome: "already-hibernated", ...(this.lastHibernation ? { record: this.lastHibernation } : {}) };
+    }
+    const { store, host, metrics } = this.deps;
+    const seq = this.sequence!;
+    this.phase = "Hibernating";
+    const t0 = performance.now();
+    try {
+      let record: HibernationRecord;
+      try {
+        record = await store.save(this.ref, async (tmp) => { await seq.saveStateToFile(tmp); }, {
+          modelFingerprint: host.fingerprint,
+          contextSize: this.spec.contextSize,
+          tokenCount: seq.contextTokens.length,
+          ...(this.spec.systemPrompt ? { systemPrompt: this.spec.systemPrompt } : {}),
+          history: this.history,
+          createdAt: this.createdAt,
+          runtime: { nodeLlamaCpp: NODE_LLAMA_CPP_VERSION, pod: this.deps.podName },
+        });
+      } catch (err) {
+        this.recordError(err);
+        this.log.error({ err, reason }, "hibernate failed; the session stays in memory");
+        throw err;
+      }
+      await this.disposeContext();
+      const ms = performance.now() - t0;
+      this.residency = "Hibernated";
+      this.lastHibernation = { ...record, durationMs: ms, reason };
+      this.lastError = undefined;
+      metrics.hibernateDuration.observe({ reason }, ms / 1000);
+      metrics.bytesWritten.inc(record.bytes);
+      this.log.info({ reason, bytes: record.bytes, tokens: record.tokenCount, ms: Math.round(ms * 10) / 10 }, "hibernated");
+      return { outcome: "hibernated", record: this.lastHibernation };
+    } finally {
+      this.phase = "Idle";
+    }
+  }
+
+  private async generate(history: ChatHistoryItem[], opts: GenerateOptions): Promise<Omit<GenerateResult, keyof Wake>> {
+    const { host, metrics } = this.deps;
+    const seq = this.sequence!;
+    const contextSize = seq.contextSize;
+    const prompt: ChatHistoryItem[] = [...history, { type: "model", response: [] }];
+    const promptTokens = host.chatWrapper.generateContextState({ chatHistory: prompt }).contextText.tokenize(host.model.tokenizer).length;
+    if (promptTokens >= contextSize) {
+      throw new TorporError("context_length_exceeded",
+        `the conversation is ${promptTokens} tokens but the session's context holds ${contextSize}; start a new session or raise contextSize`,
+        { promptTokens, contextSize });
+    }
+    const maxTokens = Math.min(opts.maxTokens, contextSize - promptTokens);
+    const before = seq.contextTokens;
+    let completionTokens = 0;
+    const chat = new LlamaChat({ contextSequence: seq, chatWrapper: host.chatWrapper, autoDisposeSequence: false });
+    this.phase = "Generating";
+    try {
+      const res = await chat.generateResponse(prompt, {
+        maxTokens,
+        temperature: opts.temperature,
+        ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
+        ...(opts.topP !== undefined ? { topP: opts.topP } : {}),
+        ...(opts.signal ? { signal: opts.signal, stopOnAbortSignal: true } : {}),
+        onToken: (tokens) => { completionTokens += tokens.length; },
+        ...(opts.onText ? { onTextChunk: opts.onText } : {}),
+      });
+      this.history = [...history, { type: "model", response: [res.response] }];
+      metrics.generatedTokens.inc(completionTokens);
+      const cachedTokens = Math.min(seq.compareContextTokens(before).firstDifferentIndex, before.length, promptTokens);
+      return {
+        text: res.response,
+        finishReason: res.metadata.stopReason === "maxTokens" ? "length" : opts.signal?.aborted ? "aborted" : "stop",
+        promptTokens, completionTokens, cachedTokens,
+      };
+    } finally {
+      chat.dispose();
+      this.phase = "Idle";
+    }
+  }
+
+  private recordError(err: unknown): void {
+    const e = err instanceof TorporError ? err : new TorporError("internal", String((err as Error)?.message ?? err));
+    this.lastError = {
+      code: e.code, message: e.message, at: new Date(this.deps.clock.now()).toISOString(),
+      ...(e instanceof StateRejectedError ? { reason: e.reason } : {}),
+    };
+    this.deps.metrics.errors.inc({ code: e.code });
+  }
+}
