@@ -79,7 +79,7 @@ export function createRuntimeApp(d: ApiDeps): express.Express {
   app.put("/v1/sessions/:namespace/:name", async (req, res) => {
     const body = asObject(req.body ?? {});
     const path = optionalString(body, "path", 512);
-    const contextSize = optionalInt(body, "contextSize", 16, manager.opts.maxContextSize);
+    const contextSize = optionalInt(body, "contextSize", 256, manager.opts.maxContextSize);
     const systemPrompt = optionalString(body, "systemPrompt", 100_000);
     const idleAfterSeconds = optionalInt(body, "idleAfterSeconds", 0, 365 * 86400);
     const s = await manager.register({

@@ -62,8 +62,8 @@ export class SessionManager implements Admission {
     const path = req.path ?? "";
     validateSubPath(path);
     const contextSize = req.contextSize ?? this.opts.defaultContextSize;
-    if (!Number.isInteger(contextSize) || contextSize < 16 || contextSize > this.opts.maxContextSize) {
-      throw new TorporError("bad_request", `contextSize must be an integer between 16 and ${this.opts.maxContextSize}, got ${req.contextSize}`);
+    if (!Number.isInteger(contextSize) || contextSize < 256 || contextSize > this.opts.maxContextSize) {
+      throw new TorporError("bad_request", `contextSize must be an integer between 256 and ${this.opts.maxContextSize}, got ${req.contextSize}`);
     }
     const spec: SessionSpec = {
       contextSize,

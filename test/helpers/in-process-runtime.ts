@@ -1,0 +1,47 @@
+// The runtime's parts wired in-process (real node-llama-cpp), for tests that need an injected clock.
+import { mkdtemp } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { ManualClock } from "../../runtime/clock.js";
+import { HibernationStore } from "../../runtime/hibernation-store.js";
+import { createLogger } from "../../runtime/logger.js";
+import { RuntimeMetrics } from "../../runtime/metrics.js";
+import { ModelHost } from "../../runtime/model-host.js";
+import { SessionManager, type ManagerOptions } from "../../runtime/session-manager.js";
+import { smallModel } from "./models.js";
+
+let hostPromise: Promise<ModelHost> | undefined;
+
+/** One model per test process: loading it is the slow part and it is read-only. */
+export function sharedHost(): Promise<ModelHost> {
+  hostPromise ??= smallModel().then((model) => ModelHost.load({ model, modelCacheDir: "", gpu: false, gpuLayers: 0, threads: 1 }));
+  return hostPromise;
+}
+
+export interface Harness {
+  manager: SessionManager;
+  store: HibernationStore;
+  clock: ManualClock;
+  metrics: RuntimeMetrics;
+  dir: string;
+  host: ModelHost;
+}
+
+export async function harness(opts: Partial<ManagerOptions> = {}, dir?: string): Promise<Harness> {
+  const host = await sharedHost();
+  const root = dir ?? await mkdtemp(path.join(os.tmpdir(), "torpor-hib-"));
+  const store = new HibernationStore(root);
+  const clock = new ManualClock(1_000_000);
+  const metrics = new RuntimeMetrics(false);
+  const manager = new SessionManager(host, store, clock, metrics, createLogger("test", "silent"), {
+    maxResident: 8, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 8192, podName: "test", ...opts,
+  });
+  return { manager, store, clock, metrics, dir: root, host };
+}
+
+export const greedy = (maxTokens = 16) => ({ maxTokens, temperature: 0 });
+
+export async function counterValue(metrics: RuntimeMetrics, name: string): Promise<number> {
+  const m = (await metrics.registry.getMetricsAsJSON()).find((x) => x.name === name);
+  return (m?.values ?? []).reduce((a, v) => a + Number(v.value), 0);
+}

@@ -1,0 +1,12 @@
+import { DEFAULT_TEST_MODEL, ensureTestModel, type TestModelParams } from "../../runtime/gguf/test-model.js";
+import { MODEL_DIR } from "./paths.js";
+
+/** The default fixture: 4 layers, 256 wide; loads in well under a second. */
+export const smallModel = (): Promise<string> => ensureTestModel(MODEL_DIR, DEFAULT_TEST_MODEL);
+
+/** Same shapes, other weights: a "foreign" model whose states must be refused. */
+export const otherModel = (): Promise<string> => ensureTestModel(MODEL_DIR, { ...DEFAULT_TEST_MODEL, seed: 7 });
+
+/** Wide KV (16 KiB per token) so a few thousand tokens make a state of tens of MB. */
+export const WIDE_KV_MODEL: TestModelParams = { layers: 8, embedding: 512, feedForward: 512, heads: 8, contextLength: 16384, seed: 3 };
+export const wideKvModel = (): Promise<string> => ensureTestModel(MODEL_DIR, WIDE_KV_MODEL);

@@ -1,0 +1,194 @@
+// Session behaviour on real node-llama-cpp with the generated test model, wired in-process.
+import assert from "node:assert/strict";
+import { readdir, stat } from "node:fs/promises";
+import path from "node:path";
+import { describe, it } from "node:test";
+import { TorporError } from "../../runtime/errors.js";
+import { counterValue, greedy, harness } from "../helpers/in-process-runtime.js";
+
+async function histogramCount(h: Awaited<ReturnType<typeof harness>>, name: string): Promise<number> {
+  const m = (await h.metrics.registry.getMetricsAsJSON()).find((x) => x.name === name);
+  return (m?.values ?? []).filter((v) => (v as { metricName?: string }).metricName === `${name}_count`).reduce((a, v) => a + Number(v.value), 0);
+}
+
+describe("session lifecycle", () => {
+  it("is lazy: no context until the first request", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "lazy" });
+    assert.equal(s.residency, "NotCreated");
+    assert.equal(h.manager.residentCount, 0);
+    const r = await s.submit("hello", greedy(4));
+    assert.equal(r.created, true);
+    assert.equal(s.residency, "InMemory");
+    assert.equal(h.manager.residentCount, 1);
+  });
+
+  it("continues exactly after hibernate + rehydrate (greedy)", async () => {
+    const h = await harness();
+    const a = await h.manager.register({ namespace: "default", name: "never-hibernated", systemPrompt: "Be brief." });
+    const b = await h.manager.register({ namespace: "default", name: "hibernated", systemPrompt: "Be brief." });
+    const turns = ["Tell me about the weather.", "And tomorrow?", "Thanks, and the day after?"];
+    const ra1 = await a.submit(turns[0]!, greedy(24));
+    const rb1 = await b.submit(turns[0]!, greedy(24));
+    assert.equal(rb1.text, ra1.text);
+    const outcome = await b.hibernate("test");
+    assert.equal(outcome.outcome, "hibernated");
+    assert.equal(b.residency, "Hibernated");
+    for (const turn of turns.slice(1)) {
+      const ra = await a.submit(turn, greedy(24));
+      const rb = await b.submit(turn, greedy(24));
+      assert.ok(ra.text.length > 0);
+      assert.equal(rb.text, ra.text, `turn "${turn}" diverged after rehydrate`);
+    }
+    assert.deepEqual(b.messages(), a.messages());
+  });
+
+  it("deletes the hibernation files after a successful rehydrate", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "team-a", name: "cleanup", path: "tenant-1" });
+    await s.submit("hi", greedy(4));
+    const out = await s.hibernate("test");
+    const dir = path.join(h.dir, "team-a", "tenant-1");
+    assert.deepEqual((await readdir(dir)).sort(), [path.basename(out.record!.stateFile), "cleanup.torpor.json"].sort());
+    const r = await s.submit("again", greedy(4));
+    assert.equal(r.rehydrated, true);
+    assert.ok(r.rehydrateMs !== undefined && r.rehydrateMs >= 0);
+    assert.deepEqual(await readdir(dir), []);
+  });
+
+  it("coalesces concurrent hibernates into one save", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "coalesce" });
+    await s.submit("some words to fill the cache", greedy(8));
+    const results = await Promise.all(Array.from({ length: 10 }, () => s.hibernate("test")));
+    assert.equal(await histogramCount(h, "torpor_runtime_hibernate_duration_seconds"), 1);
+    for (const r of results) assert.deepEqual(r, results[0]);
+    assert.equal(results[0]!.outcome, "hibernated");
+    const again = await s.hibernate("test");
+    assert.equal(again.outcome, "already-hibernated");
+    assert.equal(await histogramCount(h, "torpor_runtime_hibernate_duration_seconds"), 1);
+  });
+
+  it("is a harmless no-op on a NotCreated session", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "noop" });
+    assert.deepEqual(await s.hibernate("test"), { outcome: "not-created" });
+    assert.equal(s.residency, "NotCreated");
+  });
+
+  it("defers a hibernate until the in-flight generation finishes", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "busy" });
+    await s.submit("warm up", greedy(2));
+    const gen = s.submit("write a long answer", greedy(120));
+    await new Promise((r) => setTimeout(r, 5));
+    const hib = s.hibernate("test");
+    const after = s.submit("and then?", greedy(4)); // queued behind the hibernate: must rehydrate
+    const g = await gen;
+    assert.equal(g.completionTokens, 120, "generation was cut short by the hibernate");
+    const out = await hib;
+    assert.equal(out.outcome, "hibernated");
+    assert.ok(out.record!.tokenCount >= g.promptTokens + 119, "hibernated state lacks the generated tokens");
+    const a = await after;
+    assert.equal(a.rehydrated, true);
+    assert.equal(s.residency, "InMemory");
+  });
+
+  it("keeps one generation at a time and answers queued requests in order", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "order" });
+    const order: number[] = [];
+    await Promise.all([0, 1, 2, 3].map((i) => s.submit(`message ${i}`, greedy(3)).then(() => order.push(i))));
+    assert.deepEqual(order, [0, 1, 2, 3]);
+    const users = s.messages().filter((m) => m.type === "user").map((m) => (m as { text: string }).text);
+    assert.deepEqual(users, ["message 0", "message 1", "message 2", "message 3"]);
+  });
+
+  it("uses evaluated tokens as a prefix cache and restarts at a divergence", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "prefix" });
+    const first = [{ type: "user" as const, text: "The quick brown fox jumps over the lazy dog." }];
+    const r1 = await s.complete(first, greedy(8));
+    assert.equal(r1.cachedTokens, 0);
+    const extended = [...first, { type: "model" as const, response: [r1.text] }, { type: "user" as const, text: "Again?" }];
+    const r2 = await s.complete(extended, greedy(8));
+    assert.ok(r2.cachedTokens > r1.promptTokens * 0.8, `expected most of ${r1.promptTokens} tokens reused, got ${r2.cachedTokens}`);
+    const diverged = [{ type: "user" as const, text: "The quick brown cat sleeps." }];
+    const r3 = await s.complete(diverged, greedy(8));
+    assert.ok(r3.cachedTokens > 0 && r3.cachedTokens < r3.promptTokens, `divergence should reuse only the common prefix (${r3.cachedTokens}/${r3.promptTokens})`);
+  });
+
+  it("refuses a conversation longer than the context with a clear error", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "overflow", contextSize: 256 });
+    await assert.rejects(s.submit("x".repeat(1000), greedy(4)), (e: TorporError) => e.code === "context_length_exceeded" && /context holds 256/.test(e.message));
+  });
+});
+
+describe("bulkhead and idle policy", () => {
+  it("evicts the least recently used idle session when the cap is reached", async () => {
+    const h = await harness({ maxResident: 2 });
+    const [a, b, c] = await Promise.all(["a", "b", "c"].map((n) => h.manager.register({ namespace: "default", name: n })));
+    await a!.submit("one", greedy(2));
+    h.clock.advance(1000);
+    await b!.submit("two", greedy(2));
+    h.clock.advance(1000);
+    await a!.submit("one again", greedy(2)); // a is now more recent than b
+    h.clock.advance(1000);
+    await c!.submit("three", greedy(2));
+    assert.equal(b!.residency, "Hibernated");
+    assert.equal(a!.residency, "InMemory");
+    assert.equal(c!.residency, "InMemory");
+    assert.equal(h.manager.residentCount, 2);
+    assert.equal(await counterValue(h.metrics, "torpor_runtime_evictions_total"), 1);
+  });
+
+  it("never evicts a session that is generating", async () => {
+    const h = await harness({ maxResident: 1, admissionTimeoutMs: 60_000 });
+    const a = await h.manager.register({ namespace: "default", name: "gen-a" });
+    const b = await h.manager.register({ namespace: "default", name: "gen-b" });
+    await a.submit("warm", greedy(2));
+    const long = a.submit("long", greedy(80));
+    await new Promise((r) => setTimeout(r, 5));
+    const rb = await b.submit("hello", greedy(2));
+    const ra = await long;
+    assert.equal(ra.completionTokens, 80);
+    assert.equal(rb.created, true);
+    assert.equal(a.residency, "Hibernated");
+  });
+
+  it("hibernates sessions idle longer than the policy (injected clock)", async () => {
+    const h = await harness({ idleAfterMs: 60_000 });
+    const s = await h.manager.register({ namespace: "default", name: "idle" });
+    const custom = await h.manager.register({ namespace: "default", name: "idle-custom", idleAfterMs: 600_000 });
+    await s.submit("hi", greedy(2));
+    await custom.submit("hi", greedy(2));
+    h.clock.advance(59_000);
+    assert.equal(await h.manager.sweepIdle(), 0);
+    h.clock.advance(2_000);
+    assert.equal(await h.manager.sweepIdle(), 1);
+    assert.equal(s.residency, "Hibernated");
+    assert.equal(custom.residency, "InMemory");
+  });
+
+  it("delete disposes the context and removes the files", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "gone" });
+    await s.submit("hi", greedy(2));
+    await s.hibernate("test");
+    await h.manager.remove("default", "gone");
+    assert.deepEqual(await readdir(path.join(h.dir, "default")), []);
+    assert.equal(h.manager.residentCount, 0);
+    assert.throws(() => h.manager.get("default", "gone"), (e: TorporError) => e.code === "session_not_found");
+  });
+
+  it("writes hibernation files owner-only", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "perm" });
+    await s.submit("hi", greedy(2));
+    const out = await s.hibernate("test");
+    assert.equal((await stat(out.record!.manifestFile)).mode & 0o777, 0o600);
+    assert.equal((await stat(out.record!.stateFile)).mode & 0o777, 0o600);
+    assert.equal((await stat(path.join(h.dir, "default"))).mode & 0o777, 0o700);
+  });
+});
