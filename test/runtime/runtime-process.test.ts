@@ -1,0 +1,220 @@
+// The runtime as a real process: HTTP API, auth, refusal of bad state files, a second process
+// rehydrating from the same folder, memory really freed, and SIGTERM hibernating everything.
+import assert from "node:assert/strict";
+import { mkdtemp, readdir, readFile, symlink, truncate, writeFile, open } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { RuntimeApiError, RuntimeClient } from "../../operator/runtime-client.js";
+import { otherModel, smallModel, wideKvModel } from "../helpers/models.js";
+import { startRuntime, type RuntimeProcess } from "../helpers/runtime-process.js";
+
+const tmp = (p: string) => mkdtemp(path.join(os.tmpdir(), p));
+
+async function rejectsWith(p: Promise<unknown>, status: number, code: string, reason?: string): Promise<RuntimeApiError> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof RuntimeApiError, `expected RuntimeApiError, got ${String(e)}`);
+    assert.equal(e.status, status, e.message);
+    assert.equal(e.code, code, e.message);
+    if (reason) assert.equal(e.details?.reason, reason, e.message);
+    return e;
+  }
+  assert.fail(`expected ${status} ${code}`);
+}
+
+describe("runtime process", () => {
+  let dir: string;
+  let rt: RuntimeProcess;
+  let c: RuntimeClient;
+
+  before(async () => {
+    dir = await tmp("torpor-rt-");
+    rt = await startRuntime({ TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: dir });
+    c = rt.client;
+  });
+  after(async () => { await rt?.stop(); });
+
+  it("refuses calls without the runtime token, but serves health and metrics", async () => {
+    for (const auth of [undefined, "Bearer wrong-token-xxxxxxxxxxxxxx", "Basic abc"]) {
+      const r = await fetch(`${rt.url}/v1/sessions`, { headers: auth ? { authorization: auth } : {} });
+      assert.equal(r.status, 401);
+      assert.equal(((await r.json()) as { error: { code: string } }).error.code, "unauthorized");
+    }
+    assert.equal((await fetch(`${rt.url}/healthz`)).status, 200);
+    const metrics = await (await fetch(`${rt.url}/metrics`)).text();
+    assert.match(metrics, /# TYPE torpor_runtime_hibernate_duration_seconds histogram/);
+    assert.match(metrics, /torpor_runtime_rehydrate_duration_seconds_bucket/);
+    assert.match(metrics, /torpor_runtime_sessions\{residency="NotCreated"\}/);
+  });
+
+  it("answers bad requests with 4xx JSON naming the problem", async () => {
+    await c.register("default", "v");
+    const cases: Array<[unknown, number, RegExp]> = [
+      ["{not json", 400, /not valid JSON/],
+      [{}, 400, /^messages/],
+      [{ messages: [] }, 400, /^messages: must be a non-empty array/],
+      [{ messages: [{ role: "robot", content: "x" }] }, 400, /messages\[0\]\.role/],
+      [{ messages: [{ role: "user", content: "x" }], max_tokens: -1 }, 400, /^max_tokens/],
+      [{ messages: [{ role: "user", content: "x" }], temperature: "hot" }, 400, /^temperature/],
+      [{ messages: [{ role: "assistant", content: "x" }] }, 400, /last message/],
+      [{ messages: [{ role: "user", content: "x".repeat(2 << 20) }] }, 413, /exceeds the limit/],
+    ];
+    for (const [body, status, message] of cases) {
+      const r = await c.raw("POST", "/v1/sessions/default/v/chat/completions", typeof body === "string" ? body : JSON.stringify(body));
+      assert.equal(r.status, status, JSON.stringify(body).slice(0, 80));
+      const j = (await r.json()) as { error: { message: string } };
+      assert.match(j.error.message, message);
+    }
+    await rejectsWith(c.submit("default", "unknown-session", "hi"), 404, "session_not_found");
+    await rejectsWith(c.register("default", "Bad_Name"), 400, "bad_request");
+    await rejectsWith(c.register("default", "ctx", { contextSize: 10 }), 400, "bad_request");
+  });
+
+  it("refuses hibernation paths that escape the namespace folder", async () => {
+    for (const p of ["../other", "a/../../b", "/etc", "a//b", ".hidden"]) {
+      await rejectsWith(c.register("default", `esc-${Math.random().toString(36).slice(2, 8)}`, { path: p }), 400, "invalid_path");
+    }
+    // A symlink planted inside the volume must not lead outside it.
+    const outside = await tmp("torpor-outside-");
+    await c.register("default", "sym-setup", { path: "tenant" });
+    await symlink(outside, path.join(dir, "default", "evil"));
+    await rejectsWith(c.register("default", "sym", { path: "evil" }), 400, "invalid_path");
+    await rejectsWith(c.register("default", "sym2", { path: "evil/deeper" }), 400, "invalid_path");
+    assert.deepEqual(await readdir(outside), []);
+  });
+
+  it("streams OpenAI chunks and reports a rehydrate in a header", async () => {
+    await c.register("default", "stream");
+    await c.submit("default", "stream", "hello", { max_tokens: 4 });
+    await c.hibernate("default", "stream");
+    const r = await c.raw("POST", "/v1/sessions/default/stream/chat/completions", { messages: [{ role: "user", content: "hi" }], stream: true, max_tokens: 6 });
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get("x-torpor-rehydrated"), "true");
+    assert.ok(Number(r.headers.get("x-torpor-rehydrate-ms")) >= 0);
+    const text = await r.text();
+    const events = text.split("\n\n").filter(Boolean).map((e) => e.replace(/^data: /, ""));
+    assert.equal(events.at(-1), "[DONE]");
+    const last = JSON.parse(events.at(-2)!) as { choices: Array<{ finish_reason: string }>; usage: { completion_tokens: number } };
+    assert.equal(last.choices[0]!.finish_reason, "length");
+    assert.equal(last.usage.completion_tokens, 6);
+  });
+
+  describe("bad state files", () => {
+    async function hibernated(name: string): Promise<{ manifest: string; state: string }> {
+      await c.register("default", name);
+      await c.submit("default", name, "remember this", { max_tokens: 4 });
+      const out = await c.hibernate("default", name);
+      return { manifest: out.record!.manifestFile, state: out.record!.stateFile };
+    }
+
+    it("refuses a truncated state file, keeps it, and keeps serving", async () => {
+      const f = await hibernated("truncated");
+      await truncate(f.state, 1000);
+      await rejectsWith(c.submit("default", "truncated", "hi"), 422, "state_rejected", "truncated");
+      assert.equal((await readFile(f.state)).length, 1000, "file kept for inspection");
+      const st = await c.status("default", "truncated");
+      assert.equal(st.residency, "Hibernated");
+      assert.equal(st.lastError?.reason, "truncated");
+      await c.register("default", "bystander");
+      assert.ok((await c.submit("default", "bystander", "still alive?", { max_tokens: 2 })).reply.length >= 0);
+    });
+
+    it("refuses a corrupted state file (checksum) and a garbage manifest", async () => {
+      const f = await hibernated("corrupt");
+      const fh = await open(f.state, "r+");
+      await fh.write(Buffer.from([0xde, 0xad, 0xbe, 0xef]), 0, 4, 64);
+      await fh.close();
+      await rejectsWith(c.submit("default", "corrupt", "hi"), 422, "state_rejected", "checksum_mismatch");
+      const g = await hibernated("garbage");
+      await writeFile(g.manifest, "{\"format\": 42");
+      await rejectsWith(c.submit("default", "garbage", "hi"), 422, "state_rejected", "manifest_invalid");
+      assert.equal((await fetch(`${rt.url}/healthz`)).status, 200);
+    });
+
+    it("refuses a state written by another model without loading it", async () => {
+      const shared = await tmp("torpor-foreign-");
+      const other = await startRuntime({ TORPOR_MODEL: await otherModel(), TORPOR_HIBERNATION_DIR: shared });
+      try {
+        await other.client.register("default", "foreign");
+        await other.client.submit("default", "foreign", "written by another model", { max_tokens: 4 });
+        await other.client.hibernate("default", "foreign");
+      } finally { await other.stop(); }
+      const mine = await startRuntime({ TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: shared });
+      try {
+        const st = await mine.client.register("default", "foreign");
+        assert.equal(st.residency, "Hibernated");
+        await rejectsWith(mine.client.submit("default", "foreign", "hi"), 422, "state_rejected", "model_mismatch");
+        assert.equal((await mine.client.files()).files.length, 1, "foreign file kept");
+        await mine.client.register("default", "fine");
+        await mine.client.submit("default", "fine", "ok", { max_tokens: 2 });
+      } finally { await mine.stop(); }
+    });
+  });
+});
+
+describe("across processes", () => {
+  it("a second runtime on the same folder rehydrates and continues exactly", async () => {
+    const dir = await tmp("torpor-x-");
+    const model = await smallModel();
+    const reference = await startRuntime({ TORPOR_MODEL: model, TORPOR_HIBERNATION_DIR: await tmp("torpor-ref-") });
+    const first = await startRuntime({ TORPOR_MODEL: model, TORPOR_HIBERNATION_DIR: dir });
+    try {
+      for (const c of [reference.client, first.client]) {
+        await c.register("team", "moving", { systemPrompt: "You are a test." });
+      }
+      const r1 = await first.client.submit("team", "moving", "First question", { max_tokens: 12 });
+      const ref1 = await reference.client.submit("team", "moving", "First question", { max_tokens: 12 });
+      assert.equal(r1.reply, ref1.reply);
+      await first.client.hibernate("team", "moving");
+    } finally { await first.stop(); }
+    const second = await startRuntime({ TORPOR_MODEL: model, TORPOR_HIBERNATION_DIR: dir });
+    try {
+      const st = await second.client.register("team", "moving", { systemPrompt: "You are a test." });
+      assert.equal(st.residency, "Hibernated");
+      const r2 = await second.client.submit("team", "moving", "Second question", { max_tokens: 12 });
+      const ref2 = await reference.client.submit("team", "moving", "Second question", { max_tokens: 12 });
+      assert.equal(r2.torpor.rehydrated, true);
+      assert.equal(r2.reply, ref2.reply);
+      assert.equal((await second.client.files()).files.length, 0);
+    } finally {
+      await second.stop();
+      await reference.stop();
+    }
+  });
+
+  it("SIGTERM finishes generations, hibernates resident sessions, then exits 0", async () => {
+    const dir = await tmp("torpor-term-");
+    const rt = await startRuntime({ TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: dir });
+    await rt.client.register("default", "a");
+    await rt.client.register("default", "b");
+    await rt.client.register("default", "lazy");
+    await rt.client.submit("default", "a", "hello", { max_tokens: 2 });
+    const inflight = rt.client.submit("default", "b", "a long answer please", { max_tokens: 150 });
+    await new Promise((r) => setTimeout(r, 50));
+    const code = await rt.stop("SIGTERM");
+    const r = await inflight;
+    assert.equal(r.usage.completion_tokens, 150, "in-flight generation was not finished");
+    assert.equal(code, 0, rt.output());
+    assert.deepEqual((await readdir(path.join(dir, "default"))).filter((f) => f.endsWith(".torpor.json")).sort(), ["a.torpor.json", "b.torpor.json"]);
+  });
+
+  it("frees at least 90% of the state size from RSS when a session hibernates", async () => {
+    // Measurement: VmRSS of the runtime process from /proc, read after the hibernate call returns,
+    // compared with the size of the state file written (the KV cells in use).
+    const rt = await startRuntime({ TORPOR_MODEL: await wideKvModel(), TORPOR_HIBERNATION_DIR: await tmp("torpor-rss-"), TORPOR_MAX_CONTEXT_SIZE: "16384" });
+    try {
+      await rt.client.register("default", "big", { contextSize: 4608 });
+      const words = Array.from({ length: 4200 }, (_, i) => String.fromCharCode(97 + ((i * 7) % 26))).join("");
+      await rt.client.submit("default", "big", words, { max_tokens: 1 });
+      const rssBefore = await rt.rssBytes();
+      const out = await rt.client.hibernate("default", "big");
+      const rssAfter = await rt.rssBytes();
+      const state = out.record!.bytes;
+      assert.ok(state >= 50 * 1024 * 1024, `state is only ${(state / 2 ** 20).toFixed(1)} MiB`);
+      const freed = rssBefore - rssAfter;
+      assert.ok(freed >= 0.9 * state, `freed ${(freed / 2 ** 20).toFixed(1)} MiB of RSS for a ${(state / 2 ** 20).toFixed(1)} MiB state`);
+    } finally { await rt.stop(); }
+  });
+});
