@@ -7,7 +7,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { RuntimeApiError, RuntimeClient } from "../../operator/runtime-client.js";
 import { otherModel, smallModel, wideKvModel } from "../helpers/models.js";
-import { startRuntime, type RuntimeProcess } from "../helpers/runtime-process.js";
+import { startRuntime, type RuntimeProcess } from "../../scripts/local-runtime.js";
 
 const tmp = (p: string) => mkdtemp(path.join(os.tmpdir(), p));
 

@@ -1,10 +1,12 @@
-// Starts the real runtime (dist/runtime/main.js) as a child process on a loopback port.
+// Starts the real runtime (dist/runtime/main.js) as a child process on a loopback port:
+// used by the local demo, the tests and the benchmarks.
 import { spawn, type ChildProcess } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
-import { RuntimeClient } from "../../operator/runtime-client.js";
-import { DIST } from "./paths.js";
+import { fileURLToPath } from "node:url";
+import { RuntimeClient } from "../operator/runtime-client.js";
+const DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
 export const TEST_TOKEN = "test-runtime-token-0123456789";
 
