@@ -1,0 +1,107 @@
+// The InferenceSession API (torpor.dev/v1alpha1), shared by the operator, the gateway and tests.
+// crd.ts builds the CRD's schema; test/unit/crd.test.ts proves the two list the same fields.
+
+export const GROUP = "torpor.dev";
+export const VERSION = "v1alpha1";
+export const KIND = "InferenceSession";
+export const PLURAL = "inferencesessions";
+export const FINALIZER = "torpor.dev/hibernation-files";
+
+export type DesiredResidency = "InMemory" | "Hibernated";
+export type ObservedResidency = "NotCreated" | "InMemory" | "Hibernated";
+/** What is happening now; Idle when nothing is in flight. */
+export type SessionPhase = "Pending" | "Idle" | "Hibernating" | "Rehydrating" | "Lost";
+
+export interface InferenceSessionSpec {
+  /** Runtime pool that serves the session (runtime pods labelled torpor.dev/model=<model>). Immutable. */
+  model: string;
+  residency?: DesiredResidency;
+  contextSize?: number;
+  systemPrompt?: string;
+  hibernation?: HibernationPolicy;
+}
+
+export interface HibernationPolicy {
+  /** Go-style duration (e.g. 15m, 1h30m): hibernate after this long without requests. */
+  idleAfter?: string;
+  /** Sub-path inside the namespace's folder on the hibernation volume. Immutable. */
+  path?: string;
+}
+
+export interface Condition {
+  type: "Ready" | "Hibernated" | "Degraded";
+  status: "True" | "False" | "Unknown";
+  reason: string;
+  message: string;
+  lastTransitionTime: string;
+  observedGeneration?: number;
+}
+
+export interface LastHibernation {
+  file: string;
+  bytes: number;
+  tokenCount: number;
+  sha256: string;
+  time: string;
+  durationMs: number;
+}
+
+export interface InferenceSessionStatus {
+  observedGeneration?: number;
+  residency?: ObservedResidency;
+  phase?: SessionPhase;
+  conditions?: Condition[];
+  pod?: string;
+  podIP?: string;
+  node?: string;
+  tokenCount?: number;
+  lastHibernation?: LastHibernation;
+  lastRehydrate?: { time: string; durationMs: number };
+  lastActivityTime?: string;
+  /** Set when the pod holding the session in memory disappeared: the live state since the last hibernation is gone. */
+  liveStateLostAt?: string;
+}
+
+export interface ObjectMeta {
+  name: string;
+  namespace: string;
+  uid?: string;
+  generation?: number;
+  resourceVersion?: string;
+  deletionTimestamp?: string;
+  finalizers?: string[];
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+  creationTimestamp?: string;
+}
+
+export interface InferenceSession {
+  apiVersion: `${typeof GROUP}/${typeof VERSION}`;
+  kind: typeof KIND;
+  metadata: ObjectMeta;
+  spec: InferenceSessionSpec;
+  status?: InferenceSessionStatus;
+}
+
+/** Every field, listed once; `satisfies` makes the compiler reject a missing or extra name. */
+export const SPEC_FIELDS = { model: true, residency: true, contextSize: true, systemPrompt: true, hibernation: true } satisfies Record<keyof InferenceSessionSpec, true>;
+export const HIBERNATION_FIELDS = { idleAfter: true, path: true } satisfies Record<keyof HibernationPolicy, true>;
+export const STATUS_FIELDS = {
+  observedGeneration: true, residency: true, phase: true, conditions: true, pod: true, podIP: true, node: true, tokenCount: true,
+  lastHibernation: true, lastRehydrate: true, lastActivityTime: true, liveStateLostAt: true,
+} satisfies Record<keyof InferenceSessionStatus, true>;
+export const LAST_HIBERNATION_FIELDS = { file: true, bytes: true, tokenCount: true, sha256: true, time: true, durationMs: true } satisfies Record<keyof LastHibernation, true>;
+
+export const DEFAULT_CONTEXT_SIZE = 4096;
+export const MIN_CONTEXT_SIZE = 256;
+export const MAX_CONTEXT_SIZE = 131072;
+
+/** Parses Go-style durations (1h30m, 45s, 500ms); undefined for anything else. */
+export function parseDuration(s: string): number | undefined {
+  if (!/^([0-9]+(ms|s|m|h))+$/.test(s)) return undefined;
+  let ms = 0;
+  for (const [, n, unit] of s.matchAll(/([0-9]+)(ms|s|m|h)/g)) {
+    ms += Number(n) * (unit === "ms" ? 1 : unit === "s" ? 1000 : unit === "m" ? 60_000 : 3_600_000);
+  }
+  return ms;
+}

@@ -1,0 +1,13 @@
+// Writes crds/ and the chart's copy from operator/api/crd.ts (the single source).
+import { mkdir, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { renderCrdYaml } from "../operator/api/crd-yaml.js";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const yaml = renderCrdYaml();
+for (const dir of ["crds"]) {
+  await mkdir(path.join(root, dir), { recursive: true });
+  await writeFile(path.join(root, dir, "inferencesessions.torpor.dev.yaml"), yaml);
+}
+console.log("wrote crds/inferencesessions.torpor.dev.yaml");
