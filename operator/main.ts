@@ -1,0 +1,49 @@
+// The operator's entry point: leader election, then the InferenceSession controller. Serves
+// /healthz, /readyz and /metrics. Exits when it loses leadership, so a restart re-joins cleanly.
+import { KubeConfig } from "@kubernetes/client-node";
+import express from "express";
+import { createLogger } from "../runtime/logger.js";
+import { SessionController } from "./controller.js";
+import { LeaderElector } from "./leader-election.js";
+import { OperatorMetrics } from "./metrics.js";
+
+const log = createLogger("operator");
+
+async function main(): Promise<void> {
+  const token = process.env.TORPOR_RUNTIME_TOKEN ?? "";
+  if (token.length < 16) throw new Error("TORPOR_RUNTIME_TOKEN is required (the runtime pods' bearer token)");
+  const kc = new KubeConfig();
+  kc.loadFromDefault();
+  const metrics = new OperatorMetrics();
+  let leading = false;
+  const app = express();
+  app.get("/healthz", (_q, r) => { r.json({ ok: true }); });
+  app.get("/readyz", (_q, r) => { r.json({ ok: true, leader: leading }); });
+  app.get("/metrics", async (_q, r) => { r.setHeader("content-type", metrics.registry.contentType); r.send(await metrics.registry.metrics()); });
+  const port = Number(process.env.TORPOR_OPERATOR_PORT ?? 8081);
+  const server = app.listen(port, process.env.TORPOR_HOST ?? "0.0.0.0");
+
+  const controller = new SessionController({
+    kc, runtimeToken: token, log, metrics,
+    runtimeSelector: process.env.TORPOR_RUNTIME_SELECTOR ?? "app.kubernetes.io/component=runtime,app.kubernetes.io/part-of=torpor",
+    resyncMs: Number(process.env.TORPOR_RESYNC_SECONDS ?? 60) * 1000,
+    sweepMs: Number(process.env.TORPOR_SWEEP_SECONDS ?? 600) * 1000,
+  });
+  const stop = async (code: number) => { await controller.stop(); server.close(); process.exit(code); };
+  process.on("SIGTERM", () => void stop(0));
+  process.on("SIGINT", () => void stop(0));
+
+  if (process.env.TORPOR_LEADER_ELECT !== "false") {
+    const elector = new LeaderElector(kc, {
+      namespace: process.env.POD_NAMESPACE ?? "default", name: process.env.TORPOR_LEASE_NAME ?? "torpor-operator",
+      identity: process.env.POD_NAME ?? `operator-${process.pid}`,
+    }, log);
+    log.info("waiting for leadership");
+    await elector.run(() => void stop(1));
+  }
+  leading = true;
+  await controller.start();
+  log.info("controller started");
+}
+
+main().catch((err) => { log.fatal({ err }, "operator failed"); process.exit(1); });

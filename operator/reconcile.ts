@@ -1,0 +1,136 @@
+// The controller's decisions as pure functions: (session, observed world) -> what to do, and
+// (session, results) -> the status to write. No I/O here, so every branch is unit-tested.
+import type { SessionStatus as RuntimeSessionStatus } from "../runtime/session-types.js";
+import { FINALIZER, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "./api/types.js";
+
+export interface RuntimePod {
+  name: string;
+  namespace: string;
+  node: string;
+  ip: string;
+  port: number;
+  model: string;
+  ready: boolean;
+  /** Sessions registered on it, as last reported by the runtime (placement uses it). */
+  sessions?: number;
+}
+
+export type Placement =
+  | { kind: "finalize"; pod?: RuntimePod }
+  | { kind: "wait"; reason: "NoRuntimePod"; message: string }
+  | { kind: "use"; pod: RuntimePod; register: boolean; moved: boolean; liveStateLost: boolean };
+
+export const isDeleting = (s: InferenceSession) => !!s.metadata.deletionTimestamp;
+export const hasFinalizer = (s: InferenceSession) => (s.metadata.finalizers ?? []).includes(FINALIZER);
+
+/** Least-loaded Ready pod of the session's model; ties broken by name so the choice is stable. */
+export function choosePod(pods: RuntimePod[], model: string): RuntimePod | undefined {
+  return pods.filter((p) => p.ready && p.model === model)
+    .sort((a, b) => (a.sessions ?? 0) - (b.sessions ?? 0) || a.name.localeCompare(b.name))[0];
+}
+
+/**
+ * Where the session lives. `registered` says whether its pod already knows it (so a healthy,
+ * registered session costs no runtime write).
+ */
+export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registered: boolean): Placement {
+  const current = pods.find((p) => p.name === s.status?.pod && p.ready && p.model === s.spec.model);
+  if (isDeleting(s)) {
+    // Any Ready pod of the pool mounts the volume, so files can go even if the session never ran.
+    return { kind: "finalize", ...(current ?? choosePod(pods, s.spec.model) ? { pod: current ?? choosePod(pods, s.spec.model)! } : {}) };
+  }
+  if (current) return { kind: "use", pod: current, register: !registered, moved: false, liveStateLost: false };
+  const next = choosePod(pods, s.spec.model);
+  if (!next) {
+    return { kind: "wait", reason: "NoRuntimePod", message: `no Ready runtime pod serves model "${s.spec.model}" (pods labelled torpor.dev/model=${s.spec.model})` };
+  }
+  const hadPod = !!s.status?.pod;
+  return { kind: "use", pod: next, register: true, moved: hadPod, liveStateLost: hadPod && s.status?.residency === "InMemory" };
+}
+
+export type Transition = "hibernate" | "rehydrate" | undefined;
+
+/** Lazy: NotCreated stays NotCreated whatever is desired; the first request creates the context. */
+export function decideTransition(s: InferenceSession, runtime: ObservedResidency): Transition {
+  const desired = s.spec.residency ?? "InMemory";
+  if (desired === "Hibernated" && runtime === "InMemory") return "hibernate";
+  if (desired === "InMemory" && runtime === "Hibernated") return "rehydrate";
+  return undefined;
+}
+
+export interface Observation {
+  now: Date;
+  pod?: RuntimePod;
+  runtime?: RuntimeSessionStatus;
+  waiting?: { reason: string; message: string };
+  liveStateLost?: boolean;
+  /** An error from the runtime call this round (e.g. a refused state file). */
+  error?: { reason: string; message: string };
+}
+
+function condition(prev: Condition[] | undefined, c: Omit<Condition, "lastTransitionTime">, now: Date): Condition {
+  const before = prev?.find((x) => x.type === c.type);
+  return { ...c, lastTransitionTime: before && before.status === c.status ? before.lastTransitionTime : now.toISOString() };
+}
+
+const reasonOf = (code: string) => code.split(/[_-]/).map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join("");
+
+export function computeStatus(s: InferenceSession, o: Observation): InferenceSessionStatus {
+  const prev = s.status ?? {};
+  const gen = s.metadata.generation;
+  const rt = o.runtime;
+  const residency: ObservedResidency = rt?.residency ?? (o.liveStateLost ? (prev.lastHibernation ? "Hibernated" : "NotCreated") : prev.residency ?? "NotCreated");
+  const liveStateLostAt = o.liveStateLost ? o.now.toISOString() : prev.liveStateLostAt;
+  let phase: SessionPhase = o.waiting ? "Pending" : rt?.phase === "Hibernating" || rt?.phase === "Rehydrating" ? rt.phase : "Idle";
+  if (o.liveStateLost) phase = "Lost";
+  const err = o.error ?? (rt?.lastError ? { reason: reasonOf(rt.lastError.reason ?? rt.lastError.code), message: rt.lastError.message } : undefined);
+  // Reported until the conversation is back in memory somewhere.
+  const lost = !!liveStateLostAt && residency !== "InMemory";
+  const degraded = err
+    ? { status: "True" as const, reason: err.reason, message: err.message }
+    : lost || o.liveStateLost
+      ? { status: "True" as const, reason: "LiveStateLost", message: `the pod holding the session in memory went away at ${liveStateLostAt}; the conversation resumes from ${prev.lastHibernation ? `the hibernation of ${prev.lastHibernation.time}` : "scratch"}` }
+      : { status: "False" as const, reason: "AsExpected", message: "" };
+  const ready = o.waiting
+    ? { status: "False" as const, reason: o.waiting.reason, message: o.waiting.message }
+    : err
+      ? { status: "False" as const, reason: err.reason, message: err.message }
+      : { status: "True" as const, reason: residency === "NotCreated" ? "Placed" : residency, message: `served by pod ${o.pod?.name} on node ${o.pod?.node}` };
+  const hibernated = residency === "Hibernated"
+    ? { status: "True" as const, reason: "Hibernated", message: prev.lastHibernation || rt?.lastHibernation ? `state on the volume (${rt?.lastHibernation?.bytes ?? prev.lastHibernation?.bytes} bytes)` : "state on the volume" }
+    : { status: "False" as const, reason: residency, message: "" };
+  const h = rt?.lastHibernation;
+  const lastHibernation = h
+    ? { file: h.manifestFile, bytes: h.bytes, tokenCount: h.tokenCount, sha256: h.sha256, time: h.hibernatedAt, durationMs: Math.round(h.durationMs * 10) / 10 }
+    : prev.lastHibernation;
+  const r = rt?.lastRehydrate;
+  const lastRehydrate = r ? { time: r.at, durationMs: Math.round(r.durationMs * 10) / 10 } : prev.lastRehydrate;
+  const out: InferenceSessionStatus = {
+    ...(gen !== undefined ? { observedGeneration: gen } : {}),
+    residency, phase,
+    conditions: [
+      condition(prev.conditions, { type: "Ready", ...ready, ...(gen !== undefined ? { observedGeneration: gen } : {}) }, o.now),
+      condition(prev.conditions, { type: "Hibernated", ...hibernated, ...(gen !== undefined ? { observedGeneration: gen } : {}) }, o.now),
+      condition(prev.conditions, { type: "Degraded", ...degraded, ...(gen !== undefined ? { observedGeneration: gen } : {}) }, o.now),
+    ],
+  };
+  const pod = o.pod;
+  if (pod) { out.pod = pod.name; out.podIP = pod.ip; out.node = pod.node; }
+  else if (!o.liveStateLost && prev.pod && !o.waiting) { out.pod = prev.pod; if (prev.podIP) out.podIP = prev.podIP; if (prev.node) out.node = prev.node; }
+  if (rt && rt.residency === "InMemory") out.tokenCount = rt.tokenCount;
+  else if (lastHibernation) out.tokenCount = lastHibernation.tokenCount;
+  if (lastHibernation) out.lastHibernation = lastHibernation;
+  if (lastRehydrate) out.lastRehydrate = lastRehydrate;
+  const activity = rt?.lastActivity ?? prev.lastActivityTime;
+  if (activity) out.lastActivityTime = activity;
+  if (liveStateLostAt) out.liveStateLostAt = liveStateLostAt;
+  return out;
+}
+
+/** Status equality ignoring key order, so unchanged reconciles write nothing. */
+export function sameStatus(a: InferenceSessionStatus | undefined, b: InferenceSessionStatus): boolean {
+  const norm = (x: unknown): unknown => Array.isArray(x) ? x.map(norm)
+    : x && typeof x === "object" ? Object.fromEntries(Object.entries(x).filter(([, v]) => v !== undefined).sort(([k1], [k2]) => k1.localeCompare(k2)).map(([k, v]) => [k, norm(v)]))
+    : x;
+  return JSON.stringify(norm(a ?? {})) === JSON.stringify(norm(b));
+}

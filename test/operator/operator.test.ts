@@ -1,0 +1,233 @@
+// The operator on the testbed: real API server and controllers, runtime pods run by the test
+// kubelet, the operator as a process with its kubeconfig, driven with kubectl as a user would.
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { readdir } from "node:fs/promises";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { RuntimeClient } from "../../operator/runtime-client.js";
+import type { InferenceSession } from "../../operator/api/types.js";
+import { freePort } from "../../scripts/local-runtime.js";
+import { smallModel } from "../helpers/models.js";
+import { DIST, REPO_ROOT } from "../helpers/paths.js";
+import { SHARED_HOST_PATH, startTestbed, type Testbed } from "../testbed/testbed.js";
+
+const TOKEN = "operator-test-runtime-token-0123";
+const HIB_HOST_PATH = `${SHARED_HOST_PATH}/hibernation`;
+
+const runtimeManifest = (model: string) => `
+apiVersion: v1
+kind: Secret
+metadata: {name: torpor-runtime-token, namespace: default}
+stringData: {token: ${TOKEN}}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: torpor-hibernation}
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteMany]
+  storageClassName: manual
+  hostPath: {path: ${HIB_HOST_PATH}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: torpor-hibernation, namespace: default}
+spec:
+  accessModes: [ReadWriteMany]
+  storageClassName: manual
+  resources: {requests: {storage: 10Gi}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: runtime-tiny, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app.kubernetes.io/component: runtime, torpor.dev/model: tiny}}
+  template:
+    metadata:
+      labels: {app.kubernetes.io/component: runtime, app.kubernetes.io/part-of: torpor, torpor.dev/model: tiny}
+    spec:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector: {matchLabels: {torpor.dev/model: tiny}}
+            topologyKey: kubernetes.io/hostname
+      terminationGracePeriodSeconds: 20
+      containers:
+      - name: runtime
+        image: torpor:dev
+        command: [node, dist/runtime/main.js]
+        ports: [{name: http, containerPort: 8080}]
+        env:
+        - {name: TORPOR_MODEL, value: ${JSON.stringify(model)}}
+        - {name: TORPOR_HIBERNATION_DIR, value: /var/lib/torpor/hibernation}
+        - {name: TORPOR_HOST, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+        - {name: TORPOR_POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        - {name: TORPOR_NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
+        - {name: TORPOR_RUNTIME_TOKEN, valueFrom: {secretKeyRef: {name: torpor-runtime-token, key: token}}}
+        - {name: TORPOR_THREADS, value: "1"}
+        - {name: TORPOR_GPU, value: "false"}
+        readinessProbe: {httpGet: {path: /readyz, port: http}, periodSeconds: 1}
+        volumeMounts: [{name: hibernation, mountPath: /var/lib/torpor/hibernation}]
+      volumes: [{name: hibernation, persistentVolumeClaim: {claimName: torpor-hibernation}}]
+`;
+
+const session = (name: string, extra = "") => `
+apiVersion: torpor.dev/v1alpha1
+kind: InferenceSession
+metadata: {name: ${name}, namespace: default}
+spec:
+  model: tiny
+  contextSize: 1024
+  systemPrompt: You are a test.${extra}
+`;
+
+async function eventually<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try { const v = await fn(); if (v !== undefined) return v; } catch (e) { last = e; }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+describe("operator on the testbed", () => {
+  let tb: Testbed;
+  let operator: ChildProcess;
+  let operatorLog = "";
+  const hibDir = () => path.join(tb.dir, "shared", HIB_HOST_PATH, "default");
+  const get = async (name: string) => JSON.parse(await tb.kubectl(["get", "isess", name, "-o", "json"])) as InferenceSession;
+  const runtimeFor = (s: InferenceSession) => new RuntimeClient(`http://${s.status!.podIP}:8080`, TOKEN);
+
+  const startOperator = async () => {
+    const port = await freePort();
+    const p = spawn(process.execPath, [path.join(DIST, "operator", "main.js")], {
+      cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, KUBECONFIG: tb.kubeconfig, TORPOR_RUNTIME_TOKEN: TOKEN, TORPOR_OPERATOR_PORT: String(port), TORPOR_HOST: "127.0.0.1", POD_NAMESPACE: "default", POD_NAME: `op-${port}`, TORPOR_RESYNC_SECONDS: "5" },
+    });
+    p.stdout!.on("data", (d: Buffer) => { operatorLog += d.toString(); });
+    p.stderr!.on("data", (d: Buffer) => { operatorLog += d.toString(); });
+    return p;
+  };
+  const stopOperator = async (p: ChildProcess, signal: NodeJS.Signals = "SIGTERM") => {
+    if (p.exitCode !== null || p.signalCode !== null) return;
+    const exited = new Promise((r) => p.once("exit", r));
+    p.kill(signal);
+    await exited;
+  };
+
+  before(async () => {
+    tb = await startTestbed();
+    await tb.kubectl(["apply", "-f", path.join(REPO_ROOT, "crds", "inferencesessions.torpor.dev.yaml")]);
+    await tb.kubectl(["wait", "--for=condition=Established", "crd/inferencesessions.torpor.dev", "--timeout=30s"]);
+    await tb.kubectl(["apply", "-f", "-"], runtimeManifest(await smallModel()));
+    await tb.kubectl(["rollout", "status", "deployment/runtime-tiny", "--timeout=120s"]);
+    operator = await startOperator();
+  });
+  after(async () => {
+    if (operator) await stopOperator(operator);
+    await tb?.stop();
+  });
+
+  it("refuses invalid manifests with the schema's message", async () => {
+    const cases: Array<[string, RegExp]> = [
+      [session("bad-residency").replace("contextSize: 1024", "contextSize: 1024\n  residency: Frozen"), /Unsupported value: "Frozen"/],
+      [session("bad-context").replace("contextSize: 1024", "contextSize: 10"), /contextSize.*greater than or equal to 256/],
+      [session("bad-path", "\n  hibernation: {path: ../other-tenant}"), /must not contain '\.\.'|should match/],
+      [session("bad-idle", "\n  hibernation: {idleAfter: soon}"), /idleAfter/],
+      [session("no-model").replace("model: tiny", ""), /spec.model: Required value/],
+    ];
+    for (const [manifest, message] of cases) {
+      await assert.rejects(tb.kubectl(["apply", "-f", "-"], manifest), (e: Error) => message.test(e.message), manifest);
+    }
+    await tb.kubectl(["apply", "-f", "-"], session("immutable"));
+    await assert.rejects(tb.kubectl(["patch", "isess", "immutable", "--type=merge", "-p", '{"spec":{"model":"other"}}']), /model is immutable/);
+    await tb.kubectl(["delete", "isess", "immutable", "--wait=true", "--timeout=60s"]);
+  });
+
+  it("apply -> NotCreated; first request -> InMemory; patch -> Hibernated; back; delete", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("chat"));
+    const placed = await eventually("placement", async () => { const s = await get("chat"); return s.status?.pod ? s : undefined; });
+    assert.equal(placed.status!.residency, "NotCreated");
+    assert.ok(placed.metadata.finalizers?.includes("torpor.dev/hibernation-files"));
+
+    const rt = runtimeFor(placed);
+    const first = await rt.submit("default", "chat", "Hello!", { max_tokens: 8 });
+    assert.equal(first.torpor.created, true);
+    const resident = await eventually("InMemory in status", async () => { const s = await get("chat"); return s.status?.residency === "InMemory" ? s : undefined; }, 20_000);
+    assert.equal(resident.status!.node, placed.status!.node);
+
+    await tb.kubectl(["patch", "isess", "chat", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
+    await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/chat", "--timeout=60s"]);
+    const hib = await get("chat");
+    assert.equal(hib.status!.residency, "Hibernated");
+    assert.ok(hib.status!.lastHibernation!.bytes > 0);
+    assert.equal(hib.status!.observedGeneration, hib.metadata.generation);
+    assert.ok((await readdir(hibDir())).includes("chat.torpor.json"));
+    const info = await rt.status("default", "chat");
+    assert.equal(info.residency, "Hibernated");
+
+    await tb.kubectl(["patch", "isess", "chat", "--type=merge", "-p", '{"spec":{"residency":"InMemory"}}']);
+    await tb.kubectl(["wait", "--for=condition=Hibernated=false", "isess/chat", "--timeout=60s"]);
+    assert.equal((await get("chat")).status!.residency, "InMemory");
+    assert.ok(!(await readdir(hibDir())).some((f) => f.startsWith("chat.")), "file should be gone after the rehydrate");
+
+    const events = await tb.kubectl(["get", "events", "--field-selector", "involvedObject.name=chat", "-o", "jsonpath={.items[*].reason}"]);
+    for (const r of ["Placed", "Hibernated", "Rehydrated"]) assert.match(events, new RegExp(r));
+
+    await tb.kubectl(["patch", "isess", "chat", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
+    await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/chat", "--timeout=60s"]);
+    await tb.kubectl(["delete", "isess", "chat", "--wait=true", "--timeout=60s"]);
+    assert.ok(!(await readdir(hibDir())).some((f) => f.startsWith("chat.")), "files should be gone after delete");
+  });
+
+  it("a hibernated session whose pod is deleted rehydrates on another pod with its history", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("mover"));
+    const placed = await eventually("placement", async () => { const s = await get("mover"); return s.status?.pod ? s : undefined; });
+    await runtimeFor(placed).submit("default", "mover", "Remember the number 42.", { max_tokens: 4 });
+    await tb.kubectl(["patch", "isess", "mover", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
+    await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/mover", "--timeout=60s"]);
+    await tb.kubectl(["delete", "pod", placed.status!.pod!, "--wait=true", "--timeout=60s"]);
+    const moved = await eventually("re-placement", async () => {
+      const s = await get("mover");
+      return s.status?.pod && s.status.pod !== placed.status!.pod ? s : undefined;
+    }, 90_000);
+    assert.equal(moved.status!.residency, "Hibernated");
+    const r = await runtimeFor(moved).submit("default", "mover", "What was the number?", { max_tokens: 4 });
+    assert.equal(r.torpor.rehydrated, true);
+    const st = await runtimeFor(moved).request<{ history: unknown[] }>("GET", "/v1/sessions/default/mover?history=true");
+    assert.equal(st.history.length, 5, "system, user, model, user, model");
+  });
+
+  it("converges after the operator is killed and restarted mid-transition", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("crashy"));
+    const placed = await eventually("placement", async () => { const s = await get("crashy"); return s.status?.pod ? s : undefined; });
+    await runtimeFor(placed).submit("default", "crashy", "Hi", { max_tokens: 4 });
+    await eventually("InMemory", async () => ((await get("crashy")).status?.residency === "InMemory" ? true : undefined), 20_000);
+    await tb.kubectl(["patch", "isess", "crashy", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
+    await stopOperator(operator, "SIGKILL");
+    operator = await startOperator();
+    await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/crashy", "--timeout=60s"]);
+    assert.equal((await get("crashy")).status!.residency, "Hibernated");
+  });
+
+  it("reports live state lost when the pod holding an in-memory session goes away", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("fragile"));
+    const placed = await eventually("placement", async () => { const s = await get("fragile"); return s.status?.pod ? s : undefined; });
+    await runtimeFor(placed).submit("default", "fragile", "Hi", { max_tokens: 4 });
+    await eventually("InMemory", async () => ((await get("fragile")).status?.residency === "InMemory" ? true : undefined), 20_000);
+    // SIGKILL: no chance to hibernate on the way out.
+    for (const p of tb.kubelet.processes("default", placed.status!.pod!)) process.kill(-p.pid!, "SIGKILL");
+    await tb.kubectl(["delete", "pod", placed.status!.pod!, "--wait=false"]);
+    const lost = await eventually("LiveStateLost", async () => {
+      const s = await get("fragile");
+      return s.status?.liveStateLostAt ? s : undefined;
+    }, 90_000);
+    const degraded = lost.status!.conditions!.find((c) => c.type === "Degraded")!;
+    assert.equal(degraded.status, "True");
+    assert.equal(degraded.reason, "LiveStateLost");
+    assert.equal(lost.status!.residency, "NotCreated");
+  });
+});
