@@ -1,0 +1,38 @@
+import assert from "node:assert/strict";
+import { mkdtemp, symlink } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { describe, it } from "node:test";
+import fc from "fast-check";
+import { resolveSessionDir, validateSubPath } from "../../runtime/hibernation-path.js";
+import { TorporError } from "../../runtime/errors.js";
+
+describe("hibernation paths", () => {
+  it("accepts tenant sub-paths and refuses escapes", () => {
+    assert.deepEqual(validateSubPath("tenant-a/fast_ssd"), ["tenant-a", "fast_ssd"]);
+    for (const bad of ["..", "../x", "a/../..", "/abs", "a//b", ".hidden", "a/.git", "a b"]) {
+      assert.throws(() => validateSubPath(bad), (e: TorporError) => e.code === "invalid_path", bad);
+    }
+  });
+
+  it("never resolves outside the namespace folder (property)", async () => {
+    const root = await mkdtemp(path.join(os.tmpdir(), "torpor-prop-"));
+    await fc.assert(fc.asyncProperty(fc.array(fc.constantFrom("a", "b", "..", ".", "", "/", "c.d", "%2e%2e"), { maxLength: 6 }), async (parts) => {
+      const sub = parts.join("/");
+      try {
+        const dir = await resolveSessionDir(root, "ns", sub);
+        assert.ok(dir === path.join(root, "ns") || dir.startsWith(path.join(root, "ns") + path.sep), `${sub} -> ${dir}`);
+      } catch (e) {
+        assert.ok(e instanceof TorporError && (e.code === "invalid_path" || e.code === "bad_request"), String(e));
+      }
+    }), { numRuns: 200 });
+  });
+
+  it("refuses a symlink that leads out of the volume", async () => {
+    const root = await mkdtemp(path.join(os.tmpdir(), "torpor-sym-"));
+    const outside = await mkdtemp(path.join(os.tmpdir(), "torpor-out-"));
+    await resolveSessionDir(root, "ns", "");
+    await symlink(outside, path.join(root, "ns", "link"));
+    await assert.rejects(resolveSessionDir(root, "ns", "link/deeper"), (e: TorporError) => e.code === "invalid_path");
+  });
+});

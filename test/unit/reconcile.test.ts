@@ -1,0 +1,118 @@
+// The controller's pure decisions, branch by branch.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import type { InferenceSession } from "../../operator/api/types.js";
+import { choosePod, computeStatus, decidePlacement, decideTransition, sameStatus, type RuntimePod } from "../../operator/reconcile.js";
+import type { SessionStatus } from "../../runtime/session-types.js";
+
+const pod = (name: string, extra: Partial<RuntimePod> = {}): RuntimePod =>
+  ({ name, namespace: "torpor", node: `node-${name}`, ip: "127.1.0.1", port: 8080, model: "m", ready: true, sessions: 0, ...extra });
+
+const session = (extra: Partial<InferenceSession> = {}): InferenceSession => ({
+  apiVersion: "torpor.dev/v1alpha1", kind: "InferenceSession",
+  metadata: { name: "s", namespace: "ns", generation: 3, finalizers: ["torpor.dev/hibernation-files"] },
+  spec: { model: "m", residency: "InMemory" }, ...extra,
+});
+
+const runtime = (residency: SessionStatus["residency"], extra: Partial<SessionStatus> = {}): SessionStatus => ({
+  namespace: "ns", name: "s", path: "", residency, phase: "Idle", contextSize: 1024, tokenCount: 10, messages: 2, queued: 0,
+  createdAt: "2026-01-01T00:00:00.000Z", lastActivity: "2026-01-01T00:00:00.000Z", ...extra,
+});
+
+const now = new Date("2026-01-01T01:00:00.000Z");
+
+describe("placement", () => {
+  it("picks the least loaded Ready pod of the model, stably", () => {
+    const pods = [pod("b", { sessions: 1 }), pod("a", { sessions: 1 }), pod("c", { sessions: 5 }), pod("d", { ready: false }), pod("e", { model: "other" })];
+    assert.equal(choosePod(pods, "m")?.name, "a");
+    assert.equal(choosePod([pod("x", { ready: false })], "m"), undefined);
+  });
+
+  it("keeps a session on its Ready pod and registers only when the pod does not know it", () => {
+    const s = session({ status: { pod: "b" } });
+    assert.deepEqual(decidePlacement(s, [pod("a"), pod("b")], true), { kind: "use", pod: pod("b"), register: false, moved: false, liveStateLost: false });
+    assert.equal((decidePlacement(s, [pod("a"), pod("b")], false) as { register: boolean }).register, true);
+  });
+
+  it("moves a session whose pod is gone; an in-memory one has lost its live state", () => {
+    const hib = decidePlacement(session({ status: { pod: "gone", residency: "Hibernated" } }), [pod("a")], false);
+    assert.deepEqual(hib, { kind: "use", pod: pod("a"), register: true, moved: true, liveStateLost: false });
+    const mem = decidePlacement(session({ status: { pod: "gone", residency: "InMemory" } }), [pod("a")], false);
+    assert.equal((mem as { liveStateLost: boolean }).liveStateLost, true);
+  });
+
+  it("waits when no runtime pod serves the model", () => {
+    assert.equal(decidePlacement(session(), [pod("a", { model: "x" })], false).kind, "wait");
+  });
+
+  it("finalizes through any Ready pod, even for a session that never ran", () => {
+    const deleting = session({ metadata: { name: "s", namespace: "ns", deletionTimestamp: "2026-01-01T00:00:00Z", finalizers: ["torpor.dev/hibernation-files"] } });
+    assert.deepEqual(decidePlacement(deleting, [pod("a")], false), { kind: "finalize", pod: pod("a") });
+    assert.deepEqual(decidePlacement(deleting, [], false), { kind: "finalize" });
+  });
+});
+
+describe("transitions", () => {
+  const cases: Array<["InMemory" | "Hibernated", SessionStatus["residency"], string | undefined]> = [
+    ["Hibernated", "InMemory", "hibernate"],
+    ["InMemory", "Hibernated", "rehydrate"],
+    ["InMemory", "NotCreated", undefined],
+    ["Hibernated", "NotCreated", undefined],
+    ["Hibernated", "Hibernated", undefined],
+    ["InMemory", "InMemory", undefined],
+  ];
+  for (const [desired, observed, expected] of cases) {
+    it(`desired ${desired}, runtime ${observed} -> ${expected ?? "nothing"}`, () => {
+      assert.equal(decideTransition(session({ spec: { model: "m", residency: desired } }), observed), expected);
+    });
+  }
+});
+
+describe("status", () => {
+  it("reflects the runtime with conditions and observedGeneration", () => {
+    const st = computeStatus(session(), { now, pod: pod("a"), runtime: runtime("Hibernated", {
+      lastHibernation: { manifestFile: "/v/ns/s.torpor.json", stateFile: "x", bytes: 1234, sha256: "ab", tokenCount: 10, hibernatedAt: "2026-01-01T00:30:00.000Z", durationMs: 12.34, reason: "request" },
+    }) });
+    assert.equal(st.residency, "Hibernated");
+    assert.equal(st.observedGeneration, 3);
+    assert.equal(st.pod, "a");
+    assert.equal(st.node, "node-a");
+    assert.equal(st.lastHibernation?.bytes, 1234);
+    const c = Object.fromEntries(st.conditions!.map((x) => [x.type, x]));
+    assert.equal(c.Hibernated!.status, "True");
+    assert.equal(c.Ready!.status, "True");
+    assert.equal(c.Degraded!.status, "False");
+    assert.equal(c.Ready!.observedGeneration, 3);
+  });
+
+  it("keeps lastTransitionTime while a condition holds", () => {
+    const first = computeStatus(session(), { now, pod: pod("a"), runtime: runtime("InMemory") });
+    const later = computeStatus(session({ status: first }), { now: new Date(now.getTime() + 60_000), pod: pod("a"), runtime: runtime("InMemory") });
+    assert.deepEqual(later.conditions, first.conditions);
+    assert.ok(sameStatus(first, later));
+  });
+
+  it("says when live state was lost and from where the conversation resumes", () => {
+    const prev = computeStatus(session(), { now, pod: pod("a"), runtime: runtime("InMemory") });
+    const st = computeStatus(session({ status: prev }), { now, pod: pod("b"), runtime: runtime("NotCreated"), liveStateLost: true });
+    assert.equal(st.liveStateLostAt, now.toISOString());
+    assert.equal(st.phase, "Lost");
+    const degraded = st.conditions!.find((c) => c.type === "Degraded")!;
+    assert.equal(degraded.reason, "LiveStateLost");
+    assert.match(degraded.message, /from scratch/);
+  });
+
+  it("surfaces a refused state file as Degraded with its reason", () => {
+    const st = computeStatus(session(), { now, pod: pod("a"), runtime: runtime("Hibernated", { lastError: { code: "state_rejected", reason: "checksum_mismatch", message: "bad", at: now.toISOString() } }) });
+    const c = Object.fromEntries(st.conditions!.map((x) => [x.type, x]));
+    assert.equal(c.Degraded!.status, "True");
+    assert.equal(c.Degraded!.reason, "ChecksumMismatch");
+    assert.equal(c.Ready!.status, "False");
+  });
+
+  it("reports Pending with the reason when no pod serves the model", () => {
+    const st = computeStatus(session(), { now, waiting: { reason: "NoRuntimePod", message: "none" } });
+    assert.equal(st.phase, "Pending");
+    assert.equal(st.conditions!.find((c) => c.type === "Ready")!.reason, "NoRuntimePod");
+  });
+});
