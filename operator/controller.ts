@@ -25,6 +25,8 @@ export interface ControllerOptions {
   resyncMs?: number;
   monitorMs?: number;
   sweepMs?: number;
+  /** Files younger than this are left alone: their session may not have reached our cache yet. */
+  sweepMinAgeMs?: number;
 }
 
 const merge = setHeaderOptions("Content-Type", PatchStrategy.MergePatch);
@@ -245,7 +247,7 @@ export class SessionController {
   }
 
   /** Removes hibernation files that belong to no InferenceSession (e.g. deleted while the operator was down). */
-  async sweep(minAgeMs = 300_000): Promise<number> {
+  async sweep(minAgeMs = this.o.sweepMinAgeMs ?? 300_000): Promise<number> {
     if (!this.synced) return 0;
     const byModel = new Map<string, RuntimePod>();
     for (const p of this.runtimePods()) if (p.ready && !byModel.has(p.model)) byModel.set(p.model, p);

@@ -28,6 +28,7 @@ async function main(): Promise<void> {
     runtimeSelector: process.env.TORPOR_RUNTIME_SELECTOR ?? "app.kubernetes.io/component=runtime,app.kubernetes.io/part-of=torpor",
     resyncMs: Number(process.env.TORPOR_RESYNC_SECONDS ?? 60) * 1000,
     sweepMs: Number(process.env.TORPOR_SWEEP_SECONDS ?? 600) * 1000,
+    sweepMinAgeMs: Number(process.env.TORPOR_SWEEP_MIN_AGE_SECONDS ?? 300) * 1000,
   });
   const stop = async (code: number) => { await controller.stop(); server.close(); process.exit(code); };
   process.on("SIGTERM", () => void stop(0));

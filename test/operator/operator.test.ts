@@ -105,7 +105,7 @@ describe("operator on the testbed", () => {
     const port = await freePort();
     const p = spawn(process.execPath, [path.join(DIST, "operator", "main.js")], {
       cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, KUBECONFIG: tb.kubeconfig, TORPOR_RUNTIME_TOKEN: TOKEN, TORPOR_OPERATOR_PORT: String(port), TORPOR_HOST: "127.0.0.1", POD_NAMESPACE: "default", POD_NAME: `op-${port}`, TORPOR_RESYNC_SECONDS: "5" },
+      env: { ...process.env, KUBECONFIG: tb.kubeconfig, TORPOR_RUNTIME_TOKEN: TOKEN, TORPOR_OPERATOR_PORT: String(port), TORPOR_HOST: "127.0.0.1", POD_NAMESPACE: "default", POD_NAME: `op-${port}`, TORPOR_RESYNC_SECONDS: "5", TORPOR_SWEEP_SECONDS: "2", TORPOR_SWEEP_MIN_AGE_SECONDS: "1" },
     });
     p.stdout!.on("data", (d: Buffer) => { operatorLog += d.toString(); });
     p.stderr!.on("data", (d: Buffer) => { operatorLog += d.toString(); });
@@ -213,6 +213,48 @@ describe("operator on the testbed", () => {
     assert.equal((await get("crashy")).status!.residency, "Hibernated");
   });
 
+  it("sweeps hibernation files that belong to no session", async () => {
+    const pods = JSON.parse(await tb.kubectl(["get", "pods", "-l", "torpor.dev/model=tiny", "-o", "json"])) as { items: Array<{ status: { podIP: string } }> };
+    const rt = new RuntimeClient(`http://${pods.items[0]!.status.podIP}:8080`, TOKEN);
+    await rt.register("default", "orphan");
+    await rt.submit("default", "orphan", "nobody owns me", { max_tokens: 2 });
+    await rt.hibernate("default", "orphan");
+    assert.ok((await readdir(hibDir())).includes("orphan.torpor.json"));
+    await eventually("the sweeper", async () => ((await readdir(hibDir())).some((f) => f.startsWith("orphan.")) ? undefined : true), 30_000);
+  });
+
+  it("recovers its watches when the API server restarts", async () => {
+    await tb.controlPlane.restartApiserver();
+    await tb.kubectl(["apply", "-f", "-"], session("after-restart"));
+    const placed = await eventually("placement after the restart", async () => { const s = await get("after-restart"); return s.status?.pod ? s : undefined; }, 60_000);
+    assert.equal(placed.status!.residency, "NotCreated");
+  });
+
+  it("with two replicas only the lease holder acts, and the other takes over when it dies", async () => {
+    const waitingBefore = (operatorLog.match(/waiting for leadership/g) ?? []).length;
+    const standby = await startOperator();
+    try {
+      await eventually("the standby to wait for leadership", async () => ((operatorLog.match(/waiting for leadership/g) ?? []).length > waitingBefore ? true : undefined), 20_000);
+      await new Promise((r) => setTimeout(r, 3000));
+      assert.equal((operatorLog.match(/controller started/g) ?? []).length, (operatorLog.match(/became leader/g) ?? []).length, "a replica started its controller without the lease");
+      const lease = JSON.parse(await tb.kubectl(["get", "lease", "torpor-operator", "-o", "json"])) as { spec: { holderIdentity: string } };
+      const leaderPid = operator.pid;
+      assert.ok(lease.spec.holderIdentity.startsWith("op-"));
+      const startedBefore = (operatorLog.match(/controller started/g) ?? []).length;
+      await stopOperator(operator, "SIGKILL");
+      assert.notEqual(standby.pid, leaderPid);
+      operator = standby;
+      await eventually("the standby to take over", async () => ((operatorLog.match(/controller started/g) ?? []).length > startedBefore ? true : undefined), 45_000);
+      await tb.kubectl(["apply", "-f", "-"], session("after-failover"));
+      await eventually("placement by the new leader", async () => ((await get("after-failover")).status?.pod ? true : undefined), 30_000);
+      const now = JSON.parse(await tb.kubectl(["get", "lease", "torpor-operator", "-o", "json"])) as { spec: { holderIdentity: string; leaseTransitions: number } };
+      assert.notEqual(now.spec.holderIdentity, lease.spec.holderIdentity);
+      assert.ok(now.spec.leaseTransitions >= 1);
+    } finally {
+      if (operator !== standby) await stopOperator(standby);
+    }
+  });
+
   it("reports live state lost when the pod holding an in-memory session goes away", async () => {
     await tb.kubectl(["apply", "-f", "-"], session("fragile"));
     const placed = await eventually("placement", async () => { const s = await get("fragile"); return s.status?.pod ? s : undefined; });
@@ -229,5 +271,22 @@ describe("operator on the testbed", () => {
     assert.equal(degraded.status, "True");
     assert.equal(degraded.reason, "LiveStateLost");
     assert.equal(lost.status!.residency, "NotCreated");
+  });
+
+  it("a hibernated session on a failed node rehydrates on another node with its history", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("survivor"));
+    const placed = await eventually("placement", async () => { const s = await get("survivor"); return s.status?.pod ? s : undefined; });
+    await runtimeFor(placed).submit("default", "survivor", "Keep this safe.", { max_tokens: 4 });
+    await tb.kubectl(["patch", "isess", "survivor", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
+    await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/survivor", "--timeout=60s"]);
+    tb.kubelet.failNode(placed.status!.node!);
+    const moved = await eventually("re-placement on a healthy node", async () => {
+      const s = await get("survivor");
+      return s.status?.node && s.status.node !== placed.status!.node ? s : undefined;
+    }, 120_000);
+    const r = await runtimeFor(moved).submit("default", "survivor", "Still there?", { max_tokens: 4 });
+    assert.equal(r.torpor.rehydrated, true);
+    const st = await runtimeFor(moved).request<{ history: unknown[] }>("GET", "/v1/sessions/default/survivor?history=true");
+    assert.equal(st.history.length, 5);
   });
 });
