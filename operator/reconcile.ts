@@ -50,11 +50,25 @@ export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registe
 
 export type Transition = "hibernate" | "rehydrate" | undefined;
 
-/** Lazy: NotCreated stays NotCreated whatever is desired; the first request creates the context. */
+/** Set by the gateway, in the same patch that flips spec.residency to InMemory for a request. */
+export const WAKE_ANNOTATION = "torpor.dev/woken-by-request-at";
+
+/**
+ * Lazy: NotCreated stays NotCreated whatever is desired; the first request creates the context.
+ * Hibernated desired is level-triggered. Pre-warming (rehydrate now) follows a spec change only:
+ * a session the runtime hibernated for idleness stays hibernated until a request comes, and a
+ * session woken by a request is rehydrated by that request (so its caller learns it happened).
+ */
 export function decideTransition(s: InferenceSession, runtime: ObservedResidency): Transition {
   const desired = s.spec.residency ?? "InMemory";
   if (desired === "Hibernated" && runtime === "InMemory") return "hibernate";
-  if (desired === "InMemory" && runtime === "Hibernated") return "rehydrate";
+  if (desired === "InMemory" && runtime === "Hibernated") {
+    const specChanged = s.metadata.generation === undefined || s.metadata.generation !== s.status?.observedGeneration;
+    const wokenAt = Date.parse(s.metadata.annotations?.[WAKE_ANNOTATION] ?? "");
+    const hibernatedAt = Date.parse(s.status?.lastHibernation?.time ?? "");
+    const wokenByRequest = Number.isFinite(wokenAt) && (!Number.isFinite(hibernatedAt) || wokenAt >= hibernatedAt);
+    return specChanged && !wokenByRequest ? "rehydrate" : undefined;
+  }
   return undefined;
 }
 

@@ -4,6 +4,7 @@ export type ErrorCode =
   | "bad_request"
   | "payload_too_large"
   | "unauthorized"
+  | "forbidden"
   | "session_not_found"
   | "invalid_path"
   | "state_rejected"
@@ -12,12 +13,15 @@ export type ErrorCode =
   | "shutting_down"
   | "storage_failed"
   | "session_deleted"
+  | "wake_timeout"
+  | "runtime_unavailable"
   | "internal";
 
 const STATUS: Record<ErrorCode, number> = {
   bad_request: 400,
   payload_too_large: 413,
   unauthorized: 401,
+  forbidden: 403,
   session_not_found: 404,
   invalid_path: 400,
   state_rejected: 422,
@@ -26,6 +30,8 @@ const STATUS: Record<ErrorCode, number> = {
   shutting_down: 503,
   storage_failed: 507,
   session_deleted: 409,
+  wake_timeout: 503,
+  runtime_unavailable: 502,
   internal: 500,
 };
 

@@ -8,90 +8,9 @@ import { after, before, describe, it } from "node:test";
 import { RuntimeClient } from "../../operator/runtime-client.js";
 import type { InferenceSession } from "../../operator/api/types.js";
 import { freePort } from "../../scripts/local-runtime.js";
-import { smallModel } from "../helpers/models.js";
+import { eventually, HIB_HOST_PATH, installTorpor, session, TOKEN } from "../helpers/torpor-on-testbed.js";
 import { DIST, REPO_ROOT } from "../helpers/paths.js";
-import { SHARED_HOST_PATH, startTestbed, type Testbed } from "../testbed/testbed.js";
-
-const TOKEN = "operator-test-runtime-token-0123";
-const HIB_HOST_PATH = `${SHARED_HOST_PATH}/hibernation`;
-
-const runtimeManifest = (model: string) => `
-apiVersion: v1
-kind: Secret
-metadata: {name: torpor-runtime-token, namespace: default}
-stringData: {token: ${TOKEN}}
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: torpor-hibernation}
-spec:
-  capacity: {storage: 10Gi}
-  accessModes: [ReadWriteMany]
-  storageClassName: manual
-  hostPath: {path: ${HIB_HOST_PATH}}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: torpor-hibernation, namespace: default}
-spec:
-  accessModes: [ReadWriteMany]
-  storageClassName: manual
-  resources: {requests: {storage: 10Gi}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: runtime-tiny, namespace: default}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app.kubernetes.io/component: runtime, torpor.dev/model: tiny}}
-  template:
-    metadata:
-      labels: {app.kubernetes.io/component: runtime, app.kubernetes.io/part-of: torpor, torpor.dev/model: tiny}
-    spec:
-      affinity:
-        podAntiAffinity:
-          requiredDuringSchedulingIgnoredDuringExecution:
-          - labelSelector: {matchLabels: {torpor.dev/model: tiny}}
-            topologyKey: kubernetes.io/hostname
-      terminationGracePeriodSeconds: 20
-      containers:
-      - name: runtime
-        image: torpor:dev
-        command: [node, dist/runtime/main.js]
-        ports: [{name: http, containerPort: 8080}]
-        env:
-        - {name: TORPOR_MODEL, value: ${JSON.stringify(model)}}
-        - {name: TORPOR_HIBERNATION_DIR, value: /var/lib/torpor/hibernation}
-        - {name: TORPOR_HOST, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
-        - {name: TORPOR_POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
-        - {name: TORPOR_NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
-        - {name: TORPOR_RUNTIME_TOKEN, valueFrom: {secretKeyRef: {name: torpor-runtime-token, key: token}}}
-        - {name: TORPOR_THREADS, value: "1"}
-        - {name: TORPOR_GPU, value: "false"}
-        readinessProbe: {httpGet: {path: /readyz, port: http}, periodSeconds: 1}
-        volumeMounts: [{name: hibernation, mountPath: /var/lib/torpor/hibernation}]
-      volumes: [{name: hibernation, persistentVolumeClaim: {claimName: torpor-hibernation}}]
-`;
-
-const session = (name: string, extra = "") => `
-apiVersion: torpor.dev/v1alpha1
-kind: InferenceSession
-metadata: {name: ${name}, namespace: default}
-spec:
-  model: tiny
-  contextSize: 1024
-  systemPrompt: You are a test.${extra}
-`;
-
-async function eventually<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try { const v = await fn(); if (v !== undefined) return v; } catch (e) { last = e; }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
+import { startTestbed, type Testbed } from "../testbed/testbed.js";
 
 describe("operator on the testbed", () => {
   let tb: Testbed;
@@ -120,10 +39,7 @@ describe("operator on the testbed", () => {
 
   before(async () => {
     tb = await startTestbed();
-    await tb.kubectl(["apply", "-f", path.join(REPO_ROOT, "crds", "inferencesessions.torpor.dev.yaml")]);
-    await tb.kubectl(["wait", "--for=condition=Established", "crd/inferencesessions.torpor.dev", "--timeout=30s"]);
-    await tb.kubectl(["apply", "-f", "-"], runtimeManifest(await smallModel()));
-    await tb.kubectl(["rollout", "status", "deployment/runtime-tiny", "--timeout=120s"]);
+    await installTorpor(tb);
     operator = await startOperator();
   });
   after(async () => {

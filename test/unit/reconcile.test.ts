@@ -62,10 +62,25 @@ describe("transitions", () => {
     ["InMemory", "InMemory", undefined],
   ];
   for (const [desired, observed, expected] of cases) {
-    it(`desired ${desired}, runtime ${observed} -> ${expected ?? "nothing"}`, () => {
-      assert.equal(decideTransition(session({ spec: { model: "m", residency: desired } }), observed), expected);
+    it(`desired ${desired}, runtime ${observed}, spec just changed -> ${expected ?? "nothing"}`, () => {
+      assert.equal(decideTransition(session({ spec: { model: "m", residency: desired }, status: { observedGeneration: 2 } }), observed), expected);
     });
   }
+
+  it("does not undo the runtime's idle hibernation (no spec change since the last reconcile)", () => {
+    assert.equal(decideTransition(session({ status: { observedGeneration: 3 } }), "Hibernated"), undefined);
+  });
+
+  it("leaves the rehydrate to the request that woke the session", () => {
+    const woken = session({
+      metadata: { name: "s", namespace: "ns", generation: 4, annotations: { "torpor.dev/woken-by-request-at": "2026-01-01T00:10:00.000Z" } },
+      status: { observedGeneration: 3, lastHibernation: { file: "f", bytes: 1, tokenCount: 1, sha256: "x", time: "2026-01-01T00:05:00.000Z", durationMs: 1 } },
+    });
+    assert.equal(decideTransition(woken, "Hibernated"), undefined);
+    // An older wake does not count once the session has been hibernated again.
+    const stale = { ...woken, status: { ...woken.status, lastHibernation: { ...woken.status!.lastHibernation!, time: "2026-01-01T00:20:00.000Z" } } };
+    assert.equal(decideTransition(stale, "Hibernated"), "rehydrate");
+  });
 });
 
 describe("status", () => {

@@ -1,0 +1,134 @@
+// The gateway: one stable, OpenAI-compatible base URL per session. Authenticates and authorises
+// the caller, wakes the session if needed, and proxies to the runtime pod holding it, streaming
+// responses through unbuffered. See docs/gateway.md.
+import { Readable } from "node:stream";
+import express, { type NextFunction, type Request, type Response } from "express";
+import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { TorporError, asTorporError } from "../../runtime/errors.js";
+import type { Logger } from "../../runtime/logger.js";
+import { asObject, optionalString, parseMessages, parseSampling } from "../../runtime/request-validation.js";
+import type { AccessControl } from "./access.js";
+import type { SessionRouter, SessionSource } from "./session-router.js";
+
+export interface GatewayDeps {
+  router: SessionRouter;
+  source: SessionSource;
+  access: AccessControl;
+  runtimeToken: string;
+  log: Logger;
+  maxBodyBytes: number;
+  wakeTimeoutMs: number;
+}
+
+export class GatewayMetrics {
+  readonly registry = new Registry();
+  readonly requests = new Counter({ name: "torpor_gateway_requests_total", help: "Requests by route and status code.", labelNames: ["route", "code"], registers: [this.registry] });
+  readonly duration = new Histogram({
+    name: "torpor_gateway_request_duration_seconds", help: "Time to the end of the response.", labelNames: ["route"], registers: [this.registry],
+    buckets: [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+  });
+  readonly rehydrations = new Counter({ name: "torpor_gateway_rehydrations_total", help: "Responses that reported a rehydrate.", registers: [this.registry] });
+  constructor(defaults = true) { if (defaults) collectDefaultMetrics({ register: this.registry }); }
+}
+
+const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"]);
+
+export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics()): express.Express {
+  const app = express();
+  app.disable("x-powered-by");
+  app.get("/healthz", (_q, r) => { r.json({ ok: true }); });
+  app.get("/readyz", (_q, r) => { r.json({ ok: true }); });
+  app.get("/metrics", async (_q, r) => { r.setHeader("content-type", metrics.registry.contentType); r.send(await metrics.registry.metrics()); });
+  app.use(express.json({ limit: d.maxBodyBytes, type: () => true }));
+
+  const ref = (req: Request) => ({ namespace: String(req.params.namespace), name: String(req.params.name) });
+
+  app.get("/v1/sessions/:namespace/:name", async (req, res) => {
+    const { namespace, name } = ref(req);
+    await d.access.check(req.headers.authorization, { namespace, name, verb: "get" });
+    const s = await d.source.get(namespace, name);
+    if (!s) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} does not exist`);
+    res.json({ namespace, name, model: s.spec.model, desired: s.spec.residency ?? "InMemory", ...s.status });
+  });
+
+  const generation = (route: "chat" | "submit", validate: (body: Record<string, unknown>) => void, suffix: string) =>
+    async (req: Request, res: Response) => {
+      const end = metrics.duration.startTimer({ route });
+      const { namespace, name } = ref(req);
+      try {
+        await d.access.check(req.headers.authorization, { namespace, name, verb: "create", subresource: "chat" });
+        const body = asObject(req.body);
+        validate(body); // before any wake: a bad request must not cost a rehydrate
+        await proxy(req, res, namespace, name, suffix, body);
+        if (res.getHeader("x-torpor-rehydrated") === "true") metrics.rehydrations.inc();
+      } finally {
+        metrics.requests.inc({ route, code: String(res.statusCode) });
+        end();
+      }
+    };
+
+  app.post("/v1/sessions/:namespace/:name/chat/completions", generation("chat", (b) => { parseMessages(b); parseSampling(b, 1 << 20); }, "chat/completions"));
+  app.post("/v1/sessions/:namespace/:name/submit", generation("submit", (b) => {
+    const prompt = optionalString(b, "prompt", d.maxBodyBytes);
+    if (!prompt) throw new TorporError("bad_request", "prompt: required, a non-empty string", { field: "prompt" });
+    parseSampling(b, 1 << 20);
+  }, "submit"));
+
+  /**
+   * Sends the request to the session's runtime pod. A pod that refuses the connection or does not
+   * know the session (it restarted, or the session just moved) means the operator is re-placing
+   * it: wait for the new placement within the wake bound and try again.
+   */
+  async function proxy(req: Request, res: Response, namespace: string, name: string, suffix: string, body: unknown): Promise<void> {
+    const deadline = Date.now() + d.wakeTimeoutMs;
+    const abort = new AbortController();
+    res.on("close", () => { if (!res.writableFinished) abort.abort(); });
+    for (let attempt = 0; ; attempt++) {
+      const target = await d.router.route(namespace, name);
+      let upstream: globalThis.Response;
+      try {
+        upstream = await fetch(`${target.url}/v1/sessions/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}/${suffix}`, {
+          method: "POST", body: JSON.stringify(body), signal: abort.signal,
+          headers: { authorization: `Bearer ${d.runtimeToken}`, "content-type": "application/json" },
+        });
+      } catch (err) {
+        if (abort.signal.aborted) return;
+        if (Date.now() > deadline) throw new TorporError("runtime_unavailable", `runtime pod ${target.pod} is unreachable: ${(err as Error).message}`);
+        await new Promise((r) => setTimeout(r, Math.min(1000, 100 * 2 ** attempt)));
+        continue;
+      }
+      if (upstream.status === 404 && Date.now() < deadline) {
+        await upstream.body?.cancel();
+        await new Promise((r) => setTimeout(r, Math.min(1000, 100 * 2 ** attempt)));
+        continue;
+      }
+      res.status(upstream.status);
+      upstream.headers.forEach((v, k) => { if (!HOP_BY_HOP.has(k)) res.setHeader(k, v); });
+      if (target.woken) res.setHeader("x-torpor-woken", "true");
+      if (!upstream.body) { res.end(); return; }
+      res.flushHeaders();
+      // Streams pass through chunk by chunk: no buffering between the runtime and the caller.
+      await new Promise<void>((resolve) => {
+        const stream = Readable.fromWeb(upstream.body as import("node:stream/web").ReadableStream);
+        stream.on("error", () => { res.end(); resolve(); });
+        stream.on("end", resolve);
+        stream.pipe(res);
+      });
+      return;
+    }
+  }
+
+  app.use((req: Request, _res: Response, next: NextFunction) => next(new TorporError("session_not_found", `no route ${req.method} ${req.path}`)));
+  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    const type = (err as { type?: string })?.type;
+    const e = type === "entity.too.large" ? new TorporError("payload_too_large", `request body exceeds the limit of ${d.maxBodyBytes} bytes`)
+      : type === "entity.parse.failed" ? new TorporError("bad_request", "body: not valid JSON", { field: "body" })
+      : type ? new TorporError("bad_request", (err as Error).message)
+      : asTorporError(err);
+    if (e.status >= 500) d.log.error({ err, path: req.path, code: e.code }, "gateway request failed");
+    if (res.headersSent) { res.end(); return; }
+    if (e.code === "wake_timeout" || e.code === "runtime_unavailable") res.setHeader("retry-after", "2");
+    res.status(e.status).json(e.toJSON());
+  });
+  return app;
+}

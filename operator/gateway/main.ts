@@ -1,0 +1,37 @@
+// The gateway's entry point (its own Deployment). TORPOR_GATEWAY_AUTH=disabled turns off
+// authentication for the local demo only, and says so loudly.
+import { KubeConfig } from "@kubernetes/client-node";
+import { createLogger } from "../../runtime/logger.js";
+import { EventRecorder } from "../events.js";
+import { KubernetesAccessControl, allowEveryone } from "./access.js";
+import { createGatewayApp } from "./app.js";
+import { ApiSessionSource, SessionRouter } from "./session-router.js";
+
+const log = createLogger("gateway");
+
+function main(): void {
+  const runtimeToken = process.env.TORPOR_RUNTIME_TOKEN ?? "";
+  if (runtimeToken.length < 16) throw new Error("TORPOR_RUNTIME_TOKEN is required (the runtime pods' bearer token)");
+  const kc = new KubeConfig();
+  kc.loadFromDefault();
+  const authDisabled = process.env.TORPOR_GATEWAY_AUTH === "disabled";
+  if (authDisabled) {
+    for (let i = 0; i < 3; i++) log.warn("AUTHENTICATION IS DISABLED (TORPOR_GATEWAY_AUTH=disabled): anyone who reaches this gateway can use every session. Local demos only.");
+  }
+  const wakeTimeoutMs = Number(process.env.TORPOR_GATEWAY_WAKE_TIMEOUT_SECONDS ?? 60) * 1000;
+  const source = new ApiSessionSource(kc);
+  const router = new SessionRouter(kc, source, new EventRecorder(kc, "torpor-gateway", log), log, {
+    wakeTimeoutMs, runtimePort: Number(process.env.TORPOR_RUNTIME_PORT ?? 8080),
+  });
+  const app = createGatewayApp({
+    router, source, access: authDisabled ? allowEveryone : new KubernetesAccessControl(kc), runtimeToken, log,
+    maxBodyBytes: Number(process.env.TORPOR_MAX_BODY_BYTES ?? 1 << 20), wakeTimeoutMs,
+  });
+  const port = Number(process.env.TORPOR_GATEWAY_PORT ?? 8000);
+  const server = app.listen(port, process.env.TORPOR_HOST ?? "0.0.0.0", () => log.info({ port, auth: !authDisabled }, "gateway listening"));
+  const stop = () => { server.close(() => process.exit(0)); setTimeout(() => process.exit(0), 10_000).unref(); };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+}
+
+try { main(); } catch (err) { log.fatal({ err }, "gateway failed to start"); process.exit(1); }

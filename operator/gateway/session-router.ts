@@ -1,0 +1,89 @@
+// Finds the runtime pod that serves a session, waking it on the way: a session desired
+// Hibernated is flipped to InMemory (under the gateway's own field manager, with an Event), and
+// a session without a Ready pod is held until the operator places it, within a bound.
+// Concurrent requests for one session share one wake.
+import { CustomObjectsApi, PatchStrategy, setHeaderOptions, type KubeConfig } from "@kubernetes/client-node";
+import { TorporError } from "../../runtime/errors.js";
+import type { Logger } from "../../runtime/logger.js";
+import { GROUP, PLURAL, VERSION, type InferenceSession } from "../api/types.js";
+import { WAKE_ANNOTATION } from "../reconcile.js";
+import type { EventRecorder } from "../events.js";
+
+export const GATEWAY_FIELD_MANAGER = "torpor-gateway";
+
+export interface Target { session: InferenceSession; url: string; pod: string; woken: boolean }
+
+export interface SessionSource {
+  get(namespace: string, name: string): Promise<InferenceSession | undefined>;
+}
+
+const merge = setHeaderOptions("Content-Type", PatchStrategy.MergePatch);
+
+/** Reads sessions straight from the API server (the gateway keeps no cache that could go stale). */
+export class ApiSessionSource implements SessionSource {
+  private readonly api: CustomObjectsApi;
+  constructor(kc: KubeConfig) { this.api = kc.makeApiClient(CustomObjectsApi); }
+  async get(namespace: string, name: string): Promise<InferenceSession | undefined> {
+    try {
+      return await this.api.getNamespacedCustomObject({ group: GROUP, version: VERSION, plural: PLURAL, namespace, name }) as InferenceSession;
+    } catch (err) {
+      if ((err as { code?: number }).code === 404) return undefined;
+      throw err;
+    }
+  }
+}
+
+export class SessionRouter {
+  private readonly api: CustomObjectsApi;
+  private readonly inflight = new Map<string, Promise<Target>>();
+
+  constructor(
+    kc: KubeConfig,
+    private readonly source: SessionSource,
+    private readonly events: EventRecorder,
+    private readonly log: Logger,
+    private readonly opts: { wakeTimeoutMs: number; runtimePort: number },
+  ) {
+    this.api = kc.makeApiClient(CustomObjectsApi);
+  }
+
+  async route(namespace: string, name: string): Promise<Target> {
+    const key = `${namespace}/${name}`;
+    let p = this.inflight.get(key);
+    if (!p) {
+      p = this.resolve(namespace, name).finally(() => this.inflight.delete(key));
+      this.inflight.set(key, p);
+    }
+    return p;
+  }
+
+  private async resolve(namespace: string, name: string): Promise<Target> {
+    let s = await this.source.get(namespace, name);
+    if (!s || s.metadata.deletionTimestamp) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} does not exist`);
+    let woken = false;
+    if (s.spec.residency === "Hibernated") {
+      await this.api.patchNamespacedCustomObject({
+        group: GROUP, version: VERSION, plural: PLURAL, namespace, name, fieldManager: GATEWAY_FIELD_MANAGER,
+        // The annotation tells the operator not to pre-warm: this request rehydrates the session
+        // itself, so its caller is the one told that a rehydrate happened.
+        body: { metadata: { annotations: { [WAKE_ANNOTATION]: new Date().toISOString() } }, spec: { residency: "InMemory" } },
+      }, merge);
+      this.events.record(s, "Normal", "Woken", "a request arrived for the hibernated session; spec.residency set to InMemory by the gateway");
+      this.log.info({ namespace, name }, "woke hibernated session");
+      woken = true;
+    }
+    const deadline = Date.now() + this.opts.wakeTimeoutMs;
+    for (;;) {
+      const ready = s.status?.conditions?.find((c) => c.type === "Ready")?.status === "True";
+      if (s.status?.podIP && s.status.pod && ready) {
+        return { session: s, url: `http://${s.status.podIP}:${this.opts.runtimePort}`, pod: s.status.pod, woken };
+      }
+      if (Date.now() > deadline) {
+        throw new TorporError("wake_timeout", `session ${namespace}/${name} has no Ready runtime pod yet (${s.status?.conditions?.find((c) => c.type === "Ready")?.message ?? "not placed"}); retry shortly`);
+      }
+      await new Promise((r) => setTimeout(r, 200));
+      s = await this.source.get(namespace, name);
+      if (!s) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} was deleted`);
+    }
+  }
+}

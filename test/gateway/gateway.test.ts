@@ -1,0 +1,132 @@
+// The gateway on the testbed with the official openai client, real RBAC (TokenReview and
+// SubjectAccessReview against the real API server), the operator and runtime pods.
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import OpenAI from "openai";
+import type { InferenceSession } from "../../operator/api/types.js";
+import { freePort } from "../../scripts/local-runtime.js";
+import { eventually, installTorpor, session, startEntryPoint, type NodeProcess } from "../helpers/torpor-on-testbed.js";
+import { startTestbed, type Testbed } from "../testbed/testbed.js";
+
+const RBAC = `
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: alice, namespace: default}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: bob, namespace: default}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: torpor-chat, namespace: default}
+rules:
+- apiGroups: [torpor.dev]
+  resources: [inferencesessions, inferencesessions/chat]
+  verbs: [get, create]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: alice-chat, namespace: default}
+subjects: [{kind: ServiceAccount, name: alice, namespace: default}]
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: torpor-chat}
+`;
+
+describe("gateway on the testbed", () => {
+  let tb: Testbed;
+  let operator: NodeProcess;
+  let gateway: NodeProcess;
+  let gw: string;
+  let alice: string;
+  let bob: string;
+  const get = async (name: string) => JSON.parse(await tb.kubectl(["get", "isess", name, "-o", "json"])) as InferenceSession;
+  const client = (name: string, token = alice) => new OpenAI({ apiKey: token, baseURL: `${gw}/v1/sessions/default/${name}`, maxRetries: 0, timeout: 120_000 });
+  const hibernate = async (name: string) => {
+    await tb.kubectl(["patch", "isess", name, "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
+    await tb.kubectl(["wait", "--for=condition=Hibernated", `isess/${name}`, "--timeout=60s"]);
+  };
+
+  before(async () => {
+    tb = await startTestbed();
+    await installTorpor(tb);
+    await tb.kubectl(["apply", "-f", "-"], RBAC);
+    operator = await startEntryPoint("operator/main.js", tb, { TORPOR_OPERATOR_PORT: String(await freePort()), POD_NAME: "operator-0", TORPOR_RESYNC_SECONDS: "5" });
+    const port = await freePort();
+    gateway = await startEntryPoint("operator/gateway/main.js", tb, { TORPOR_GATEWAY_PORT: String(port), TORPOR_GATEWAY_WAKE_TIMEOUT_SECONDS: "60" });
+    gw = `http://127.0.0.1:${port}`;
+    await eventually("gateway", async () => ((await fetch(`${gw}/healthz`)).ok ? true : undefined), 20_000);
+    alice = (await tb.kubectl(["create", "token", "alice"])).trim();
+    bob = (await tb.kubectl(["create", "token", "bob"])).trim();
+  });
+  after(async () => {
+    await gateway?.stop();
+    await operator?.stop();
+    await tb?.stop();
+  });
+
+  it("streams with the openai client, and the same call wakes a hibernated session", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("oa"));
+    const oa = client("oa");
+    const stream = await oa.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "Hello!" }], stream: true, max_tokens: 8 });
+    let text = "";
+    let chunks = 0;
+    for await (const chunk of stream) { text += chunk.choices[0]?.delta?.content ?? ""; chunks++; }
+    assert.ok(chunks >= 8, `expected streamed chunks, got ${chunks}`);
+    assert.ok(text.length > 0);
+
+    await hibernate("oa");
+    const { data, response } = await oa.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "Hello!" }, { role: "assistant", content: text }, { role: "user", content: "More?" }], max_tokens: 8 }).withResponse();
+    assert.equal(response.headers.get("x-torpor-rehydrated"), "true");
+    assert.ok(Number(response.headers.get("x-torpor-rehydrate-ms")) >= 0);
+    assert.ok(data.choices[0]!.message.content!.length > 0);
+    assert.ok(data.usage!.prompt_tokens > 0);
+
+    const s = await get("oa");
+    assert.equal(s.spec.residency, "InMemory", "the wake is visible in the spec");
+    const managers = JSON.parse(await tb.kubectl(["get", "isess", "oa", "-o", "json", "--show-managed-fields"])) as { metadata: { managedFields: Array<{ manager: string }> } };
+    assert.ok(managers.metadata.managedFields.some((f) => f.manager === "torpor-gateway"));
+    const events = await tb.kubectl(["get", "events", "--field-selector", "involvedObject.name=oa", "-o", "jsonpath={.items[*].reason}"]);
+    assert.match(events, /Woken/);
+    // And a later patch to Hibernated works again.
+    await hibernate("oa");
+  });
+
+  it("20 concurrent requests to a hibernated session cause one rehydrate and 20 answers", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("crowd"));
+    await client("crowd").chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "warm up" }], max_tokens: 2 });
+    await hibernate("crowd");
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) =>
+      client("crowd").chat.completions.create({ model: "tiny", messages: [{ role: "user", content: `question ${i}` }], max_tokens: 2 }).withResponse()));
+    assert.equal(results.length, 20);
+    assert.ok(results.every((r) => r.data.choices.length === 1));
+    assert.equal(results.filter((r) => r.response.headers.get("x-torpor-rehydrated") === "true").length, 1);
+  });
+
+  it("refuses callers without the grant (403), unknown tokens (401), unknown sessions (404), bad bodies (400)", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("guarded"));
+    const post = (path: string, token: string | undefined, body: unknown) => fetch(`${gw}/v1/sessions/default/${path}`, {
+      method: "POST", headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) }, body: typeof body === "string" ? body : JSON.stringify(body),
+    });
+    const ok = { messages: [{ role: "user", content: "hi" }], max_tokens: 2 };
+    const expect = async (r: Response, status: number, code: string, message?: RegExp) => {
+      assert.equal(r.status, status);
+      const j = (await r.json()) as { error: { code: string; message: string } };
+      assert.equal(j.error.code, code);
+      if (message) assert.match(j.error.message, message);
+    };
+    await expect(await post("guarded/chat/completions", bob, ok), 403, "forbidden", /bob.*may not create inferencesessions\/chat/);
+    await expect(await post("guarded/chat/completions", "not-a-token", ok), 401, "unauthorized");
+    await expect(await post("guarded/chat/completions", undefined, ok), 401, "unauthorized");
+    await expect(await post("nope/chat/completions", alice, ok), 404, "session_not_found");
+    await expect(await post("guarded/chat/completions", alice, { messages: "hi" }), 400, "bad_request", /^messages/);
+    await expect(await post("guarded/chat/completions", alice, "{oops"), 400, "bad_request", /not valid JSON/);
+    await expect(await post("guarded/submit", alice, { prompt: 5 }), 400, "bad_request", /^prompt/);
+    await expect(await post("guarded/chat/completions", alice, { ...ok, messages: [{ role: "user", content: "x".repeat(2 << 20) }] }), 413, "payload_too_large");
+    const r = await post("guarded/submit", alice, { prompt: "hello", max_tokens: 2 });
+    assert.equal(r.status, 200);
+    const st = await fetch(`${gw}/v1/sessions/default/guarded`, { headers: { authorization: `Bearer ${alice}` } });
+    assert.equal(st.status, 200);
+    const body = (await st.json()) as { residency: string; model: string };
+    assert.equal(body.model, "tiny");
+  });
+});
