@@ -14,6 +14,8 @@ export interface TestModelParams {
   kvHeads?: number;
   contextLength: number;
   seed: number;
+  /** Per-head width; defaults to embedding / heads. Wider heads make a big KV cache on a cheap model. */
+  headDim?: number;
 }
 
 export const DEFAULT_TEST_MODEL: TestModelParams = {
@@ -72,10 +74,11 @@ const ones = (out: Float32Array): void => { out.fill(1); };
 export async function writeTestModel(filePath: string, params: TestModelParams): Promise<number> {
   const { layers, embedding: nEmbd, feedForward: nFf, heads, contextLength, seed } = params;
   const kvHeads = params.kvHeads ?? heads;
-  if (nEmbd % heads !== 0) throw new Error(`embedding (${nEmbd}) must be divisible by heads (${heads})`);
+  if (params.headDim === undefined && nEmbd % heads !== 0) throw new Error(`embedding (${nEmbd}) must be divisible by heads (${heads})`);
   if (heads % kvHeads !== 0) throw new Error(`heads (${heads}) must be divisible by kvHeads (${kvHeads})`);
-  const headDim = nEmbd / heads;
+  const headDim = params.headDim ?? nEmbd / heads;
   const nEmbdKv = headDim * kvHeads;
+  const nEmbdQ = headDim * heads;
   const vocab = buildVocabulary();
   const nVocab = vocab.tokens.length;
 
@@ -93,6 +96,7 @@ export async function writeTestModel(filePath: string, params: TestModelParams):
     "llama.attention.head_count": u32(heads),
     "llama.attention.head_count_kv": u32(kvHeads),
     "llama.rope.dimension_count": u32(headDim),
+    ...(params.headDim !== undefined ? { "llama.attention.key_length": u32(headDim), "llama.attention.value_length": u32(headDim) } : {}),
     "llama.rope.freq_base": f32(10000),
     "llama.attention.layer_norm_rms_epsilon": f32(1e-5),
     "llama.vocab_size": u32(nVocab),
@@ -119,10 +123,10 @@ export async function writeTestModel(filePath: string, params: TestModelParams):
   for (let i = 0; i < layers; i++) {
     tensors.push(
       norm(`blk.${i}.attn_norm.weight`),
-      matrix(`blk.${i}.attn_q.weight`, nEmbd, nEmbd),
+      matrix(`blk.${i}.attn_q.weight`, nEmbd, nEmbdQ),
       matrix(`blk.${i}.attn_k.weight`, nEmbd, nEmbdKv),
       matrix(`blk.${i}.attn_v.weight`, nEmbd, nEmbdKv),
-      matrix(`blk.${i}.attn_output.weight`, nEmbd, nEmbd),
+      matrix(`blk.${i}.attn_output.weight`, nEmbdQ, nEmbd),
       norm(`blk.${i}.ffn_norm.weight`),
       matrix(`blk.${i}.ffn_gate.weight`, nEmbd, nFf),
       matrix(`blk.${i}.ffn_up.weight`, nEmbd, nFf),
@@ -146,7 +150,7 @@ export async function writeTestModel(filePath: string, params: TestModelParams):
 }
 
 export function testModelFileName(p: TestModelParams): string {
-  return `torpor-test-l${p.layers}-e${p.embedding}-f${p.feedForward}-h${p.heads}-kv${p.kvHeads ?? p.heads}-c${p.contextLength}-s${p.seed}.gguf`;
+  return `torpor-test-l${p.layers}-e${p.embedding}-f${p.feedForward}-h${p.heads}-kv${p.kvHeads ?? p.heads}${p.headDim ? `-d${p.headDim}` : ""}-c${p.contextLength}-s${p.seed}.gguf`;
 }
 
 /** Writes the model into `dir` once (atomically) and returns its path; later calls reuse it. */
