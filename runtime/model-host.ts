@@ -7,6 +7,7 @@ import { getLlama, resolveChatWrapper, resolveModelFile, type ChatWrapper, type 
 import type { RuntimeConfig } from "./config.js";
 import { TorporError } from "./errors.js";
 import { modelFingerprint } from "./model-fingerprint.js";
+import { TEST_MODEL_PRESETS, ensureTestModel } from "./gguf/test-model.js";
 
 // The package does not export its package.json; its entry point sits in dist/.
 export const NODE_LLAMA_CPP_VERSION: string = (JSON.parse(readFileSync(
@@ -23,13 +24,22 @@ export class ModelHost {
   ) {}
 
   static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads">): Promise<ModelHost> {
-    const modelPath = cfg.model.startsWith("hf:") || cfg.model.startsWith("https:")
-      ? await resolveModelFile(cfg.model, { directory: cfg.modelCacheDir, cli: false })
-      : cfg.model;
+    const modelPath = await ModelHost.resolve(cfg.model, cfg.modelCacheDir);
     const llama = await getLlama({ gpu: cfg.gpu, logLevel: "error" as never, build: "never" });
     const model = await llama.loadModel({ modelPath, gpuLayers: cfg.gpuLayers });
     const chatWrapper = resolveChatWrapper(model);
     return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, cfg.threads);
+  }
+
+  /** A file path; an `hf:` URI (node-llama-cpp's resolver, cached); or `torpor-test:<preset>` (generated fixture). */
+  static async resolve(source: string, cacheDir: string): Promise<string> {
+    if (source.startsWith("torpor-test:")) {
+      const preset = TEST_MODEL_PRESETS[source.slice("torpor-test:".length)];
+      if (!preset) throw new TorporError("bad_request", `unknown test model "${source}"; presets: ${Object.keys(TEST_MODEL_PRESETS).join(", ")}`);
+      return ensureTestModel(cacheDir, preset);
+    }
+    if (source.startsWith("hf:") || source.startsWith("https:")) return resolveModelFile(source, { directory: cacheDir, cli: false });
+    return source;
   }
 
   get name(): string {

@@ -166,3 +166,9 @@ export async function ensureTestModel(dir: string, params: TestModelParams = DEF
   await rename(tmp, file);
   return file;
 }
+
+/** Named fixtures, so a cluster can run torpor end to end with no model to download (`torpor-test:<name>`). */
+export const TEST_MODEL_PRESETS: Record<string, TestModelParams> = {
+  small: DEFAULT_TEST_MODEL,
+  "wide-kv": { layers: 8, embedding: 512, feedForward: 512, heads: 8, contextLength: 16384, seed: 3 },
+};

@@ -1,0 +1,72 @@
+// `make cluster-up` / `make cluster-down`: the local testbed with torpor installed by its Helm
+// chart (generated test model), for the demo and for trying kubectl by hand.
+//   node dist/scripts/cluster.js up     starts it in the background, prints KUBECONFIG=... and TORPOR_GATEWAY=...
+//   node dist/scripts/cluster.js down   stops it
+import { spawn } from "node:child_process";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { startTestbed, type Testbed } from "../test/testbed/testbed.js";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const STATE = path.join(ROOT, ".torpor", "cluster");
+export const RELEASE_NAMESPACE = "torpor";
+
+/** Installs the chart the way a kind user would (values-kind.yaml) and returns the gateway's URL. */
+export async function installChart(tb: Testbed): Promise<string> {
+  const chart = path.join(ROOT, "charts", "torpor");
+  await tb.kubectl(["create", "namespace", RELEASE_NAMESPACE]);
+  await tb.kubectl(["apply", "-f", path.join(chart, "hibernation-pv-kind.yaml")]);
+  await tb.helm(["install", "torpor", chart, "-n", RELEASE_NAMESPACE, "-f", path.join(chart, "values-kind.yaml"), "--wait", "--timeout", "180s"]);
+  const ip = (await tb.kubectl(["get", "pods", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=gateway", "-o", "jsonpath={.items[0].status.podIP}"])).trim();
+  return `http://${ip}:8000`;
+}
+
+async function serve(): Promise<void> {
+  const tb = await startTestbed();
+  const stop = async () => { await tb.stop(); await rm(STATE, { recursive: true, force: true }); process.exit(0); };
+  process.on("SIGTERM", () => void stop());
+  process.on("SIGINT", () => void stop());
+  try {
+    const gateway = await installChart(tb);
+    await writeFile(path.join(STATE, "env"), `KUBECONFIG=${tb.kubeconfig}\nTORPOR_GATEWAY=${gateway}\nPATH=${path.dirname(tb.tools.kubectl)}:$PATH\n`);
+  } catch (err) {
+    await writeFile(path.join(STATE, "error"), String((err as Error).stack ?? err));
+    await stop();
+  }
+}
+
+async function up(): Promise<void> {
+  await mkdir(STATE, { recursive: true });
+  await rm(path.join(STATE, "env"), { force: true });
+  await rm(path.join(STATE, "error"), { force: true });
+  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), "serve"], { detached: true, stdio: ["ignore", "ignore", "ignore"] });
+  child.unref();
+  await writeFile(path.join(STATE, "pid"), String(child.pid));
+  const deadline = Date.now() + 600_000;
+  for (;;) {
+    const env = await readFile(path.join(STATE, "env"), "utf8").catch(() => "");
+    if (env) { process.stdout.write(env.split("\n").filter((l) => !l.startsWith("PATH=")).join("\n")); return; }
+    const error = await readFile(path.join(STATE, "error"), "utf8").catch(() => "");
+    if (error || Date.now() > deadline) { console.error(`cluster-up failed:\n${error || "timed out"}`); process.exit(1); }
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+async function down(): Promise<void> {
+  const pid = Number(await readFile(path.join(STATE, "pid"), "utf8").catch(() => "0"));
+  if (!pid) { console.log("no local cluster is running"); return; }
+  try { process.kill(pid, "SIGTERM"); } catch { /* already gone */ }
+  for (let i = 0; i < 100; i++) {
+    try { process.kill(pid, 0); } catch { break; }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await rm(STATE, { recursive: true, force: true });
+  console.log("local cluster stopped");
+}
+
+const cmd = process.argv[2];
+if (cmd === "serve") await serve();
+else if (cmd === "up") await up();
+else if (cmd === "down") await down();
+else if (cmd !== undefined) { console.error("usage: cluster.js up|down"); process.exit(2); }
