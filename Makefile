@@ -21,7 +21,7 @@ build: node_modules ## type-check and compile to dist/
 test: node_modules ## the whole test suite (type-check, unit, runtime, testbed integration)
 	npm test
 
-demo: node_modules ## local demo on the generated test model
+demo: node_modules ## local demo on the generated test model (runtime only; see demo-cluster)
 	npm run demo
 
 bench: node_modules ## benchmarks: prints tables, writes bench-results.json
@@ -32,3 +32,43 @@ kube-binaries: ## build kube-apiserver, controller-manager, scheduler and etcd i
 
 clean: ## remove build output
 	rm -rf dist
+
+.PHONY: cluster-up cluster-down demo-cluster image image-cuda kind-up kind-down kind-load helm-install e2e-kind generate
+
+generate: node_modules ## regenerate crds/ (and the chart's copy) from operator/api/crd.ts
+	npm run generate
+
+cluster-up: build ## local testbed with the chart installed; prints KUBECONFIG= and TORPOR_GATEWAY=
+	@node dist/scripts/cluster.js up
+
+cluster-down: ## stop the local testbed
+	@node dist/scripts/cluster.js down
+
+demo-cluster: ## run the README quickstart against KUBECONFIG / TORPOR_GATEWAY (from cluster-up)
+	@node dist/scripts/quickstart.js
+
+image: ## build the CPU image
+	docker build -t $(IMAGE) .
+
+image-cuda: ## build the CUDA image
+	docker build -t $(IMAGE)-cuda --build-arg VARIANT=cuda .
+
+kind-up: ## kind cluster from kind-config.yaml (needs Docker)
+	mkdir -p /tmp/torpor-kind-shared
+	kind create cluster --config kind-config.yaml --name $(KIND_CLUSTER)
+
+kind-down:
+	kind delete cluster --name $(KIND_CLUSTER)
+
+kind-load: image ## load the image into kind
+	docker tag $(IMAGE) torpor:dev
+	kind load docker-image torpor:dev --name $(KIND_CLUSTER)
+
+helm-install: ## install the chart with values-kind.yaml into the current cluster
+	kubectl create namespace torpor --dry-run=client -o yaml | kubectl apply -f -
+	kubectl apply -f $(CHART)/hibernation-pv-kind.yaml
+	helm upgrade --install torpor $(CHART) -n torpor -f $(CHART)/values-kind.yaml --wait --timeout 5m
+
+e2e-kind: kind-up kind-load helm-install ## the quickstart on kind
+	kubectl -n torpor port-forward svc/torpor-gateway 8000:80 & pf=$$!; sleep 3; \
+	TORPOR_GATEWAY=http://127.0.0.1:8000 node dist/scripts/quickstart.js; rc=$$?; kill $$pf; exit $$rc

@@ -6,8 +6,8 @@ import { renderCrdYaml } from "../operator/api/crd-yaml.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const yaml = renderCrdYaml();
-for (const dir of ["crds"]) {
+for (const dir of ["crds", "charts/torpor/crds"]) {
   await mkdir(path.join(root, dir), { recursive: true });
   await writeFile(path.join(root, dir, "inferencesessions.torpor.dev.yaml"), yaml);
 }
-console.log("wrote crds/inferencesessions.torpor.dev.yaml");
+console.log("wrote crds/ and charts/torpor/crds/");

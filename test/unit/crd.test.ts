@@ -21,6 +21,7 @@ describe("InferenceSession API", () => {
 
   it("the committed CRD is the generated one (run `npm run generate` after changing crd.ts)", async () => {
     assert.equal(await readFile(path.join(REPO_ROOT, CRD_FILE), "utf8"), renderCrdYaml());
+    assert.equal(await readFile(path.join(REPO_ROOT, "charts", "torpor", CRD_FILE), "utf8"), renderCrdYaml(), "the chart's copy is stale");
   });
 
   it("parses Go-style durations", () => {
