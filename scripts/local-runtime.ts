@@ -31,10 +31,12 @@ export interface RuntimeProcess {
   rssBytes: () => Promise<number>;
 }
 
-export async function startRuntime(env: Record<string, string>): Promise<RuntimeProcess> {
+/** `wrap` prefixes the command (e.g. unshare + a mount for fault tests); it must exec the runtime. */
+export async function startRuntime(env: Record<string, string>, opts: { wrap?: string[] } = {}): Promise<RuntimeProcess> {
   const port = await freePort();
   let out = "";
-  const proc = spawn(process.execPath, [path.join(DIST, "runtime", "main.js")], {
+  const argv = [...(opts.wrap ?? []), process.execPath, path.join(DIST, "runtime", "main.js")];
+  const proc = spawn(argv[0]!, argv.slice(1), {
     env: {
       ...process.env, TORPOR_HOST: "127.0.0.1", TORPOR_PORT: String(port), TORPOR_RUNTIME_TOKEN: TEST_TOKEN,
       TORPOR_THREADS: "1", TORPOR_GPU: "false", TORPOR_LOG_LEVEL: "info", ...env,

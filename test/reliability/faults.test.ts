@@ -1,0 +1,122 @@
+// Faults with nothing lost: SIGKILL in the middle of hibernate writes, a full disk, and fuzzed
+// request bodies. Prints a summary of faults tried, survived and data lost at the end.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtemp, readdir } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { after, describe, it } from "node:test";
+import fc from "fast-check";
+import { RuntimeApiError } from "../../operator/runtime-client.js";
+import { startRuntime } from "../../scripts/local-runtime.js";
+import { smallModel, wideKvModel } from "../helpers/models.js";
+
+const summary = { tried: 0, survived: 0, dataLost: 0 };
+const tmp = (p: string) => mkdtemp(path.join(os.tmpdir(), p));
+
+after(() => {
+  console.log(`\nreliability: ${summary.tried} faults tried, ${summary.survived} survived, ${summary.dataLost} lost data`);
+});
+
+describe("faults", () => {
+  it("SIGKILL at random points of a hibernate never leaves a state that loads wrong", async () => {
+    const dir = await tmp("torpor-kill-");
+    const model = await wideKvModel();
+    const env = { TORPOR_MODEL: model, TORPOR_HIBERNATION_DIR: dir, TORPOR_MAX_CONTEXT_SIZE: "8192" };
+    const rounds = 12;
+    let committed = 0, absent = 0;
+    for (let i = 0; i < rounds; i++) {
+      summary.tried++;
+      const name = `k${i}`;
+      const rt = await startRuntime(env);
+      await rt.client.register("default", name, { contextSize: 1536 });
+      const r1 = await rt.client.submit("default", name, "x".repeat(1200), { max_tokens: 2 });
+      const hib = rt.client.hibernate("default", name).catch(() => undefined);
+      // The write of this ~20 MiB state takes tens of ms: spread the kill over it.
+      await new Promise((r) => setTimeout(r, (i * 11) % 120));
+      await rt.stop("SIGKILL");
+      await hib;
+      const again = await startRuntime(env);
+      try {
+        const st = await again.client.register("default", name, { contextSize: 1536 });
+        if (st.residency === "Hibernated") {
+          // Committed before the kill: it must load and hold the whole conversation.
+          const r = await again.client.submit("default", name, "after the crash", { max_tokens: 2 });
+          assert.equal(r.torpor.rehydrated, true);
+          const h = await again.client.request<{ history: unknown[] }>("GET", `/v1/sessions/default/${name}?history=true`);
+          if (h.history.length !== 4) summary.dataLost++;
+          assert.equal(h.history.length, 4);
+          committed++;
+        } else {
+          // Not committed: nothing half-written may be taken for state.
+          assert.equal(st.residency, "NotCreated");
+          absent++;
+        }
+        assert.ok(r1.reply.length >= 0);
+        summary.survived++;
+      } finally { await again.stop(); }
+    }
+    // Leftovers of interrupted writes are only temp or unreferenced files, which the sweeper removes.
+    const { HibernationStore } = await import("../../runtime/hibernation-store.js");
+    await new HibernationStore(dir).sweepOrphans(0);
+    const left = (await readdir(path.join(dir, "default"))).filter((f) => f.endsWith(".tmp"));
+    assert.deepEqual(left, []);
+    console.log(`kill during hibernate: ${committed} committed before the kill, ${absent} not committed`);
+    assert.ok(committed + absent === rounds);
+  });
+
+  it("a full disk during hibernate keeps the session in memory, cleans temp files, reports the error", async () => {
+    summary.tried++;
+    const dir = await tmp("torpor-full-");
+    // A 1 MiB filesystem for the volume, in a private mount namespace of the runtime process.
+    const probe = spawn("unshare", ["-m", "true"]);
+    const ok = await new Promise<boolean>((r) => { probe.once("exit", (c) => r(c === 0)); probe.once("error", () => r(false)); });
+    assert.ok(ok, "this test needs unshare (root) to mount a small tmpfs");
+    const rt = await startRuntime({ TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: dir }, { wrap: ["unshare", "-m", "--propagation", "private", "sh", "-c", `mount -t tmpfs -o size=1m tmpfs ${dir} && exec "$@"`, "runtime"] });
+    try {
+      await rt.client.register("default", "big", { contextSize: 2048 });
+      await rt.client.submit("default", "big", "y".repeat(1500), { max_tokens: 2 });
+      await assert.rejects(rt.client.hibernate("default", "big"), (e: RuntimeApiError) => e.status === 507 && e.code === "storage_failed");
+      const st = await rt.client.status("default", "big");
+      assert.equal(st.residency, "InMemory");
+      assert.equal(st.lastError?.code, "storage_failed");
+      const r = await rt.client.submit("default", "big", "still usable?", { max_tokens: 2 });
+      assert.equal(r.torpor.rehydrated, false);
+      const files = await rt.client.request<{ entries?: string[] }>("GET", "/v1/hibernation-files");
+      assert.deepEqual(files, { files: [] });
+      summary.survived++;
+    } finally { await rt.stop(); }
+  });
+
+  it("fuzzed request bodies always get a 4xx JSON error or a 200, never a 5xx", async () => {
+    const rt = await startRuntime({ TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: await tmp("torpor-fuzz-"), TORPOR_DEFAULT_MAX_TOKENS: "2" });
+    try {
+      await rt.client.register("default", "fuzz", { contextSize: 1024 });
+      const anyJson = fc.jsonValue({ maxDepth: 3 });
+      const message = fc.record({ role: fc.oneof(fc.constantFrom("user", "system", "assistant", "developer"), fc.string()), content: fc.oneof(fc.string({ maxLength: 40 }), anyJson) }, { requiredKeys: [] });
+      const chatBody = fc.record({
+        messages: fc.oneof(fc.array(message, { maxLength: 4 }), anyJson),
+        max_tokens: fc.oneof(fc.integer({ min: -5, max: 3 }), anyJson),
+        temperature: fc.oneof(fc.double({ min: -1, max: 3, noNaN: true }), anyJson),
+        stream: fc.oneof(fc.boolean(), anyJson),
+        seed: fc.oneof(fc.integer(), anyJson),
+      }, { requiredKeys: [] });
+      const raw = fc.oneof(chatBody.map((b) => JSON.stringify(b)), fc.string({ maxLength: 60 }), anyJson.map((j) => JSON.stringify(j)));
+      const route = fc.constantFrom("/v1/sessions/default/fuzz/chat/completions", "/v1/sessions/default/fuzz/submit", "/v1/sessions/default/fuzz", "/v1/sessions/default/Bad..Name/submit");
+      const method = fc.constantFrom("POST", "PUT");
+      await fc.assert(fc.asyncProperty(route, method, raw, async (r, m, body) => {
+        summary.tried++;
+        const res = await rt.client.raw(m, r, body, { "content-type": "application/json" });
+        const text = await res.text();
+        assert.ok(res.status < 500, `${m} ${r} ${body.slice(0, 200)} -> ${res.status} ${text.slice(0, 200)}`);
+        if (res.status >= 400) {
+          const j = JSON.parse(text) as { error: { code: string; message: string } };
+          assert.ok(j.error.code && j.error.message);
+        }
+        summary.survived++;
+      }), { numRuns: 150 });
+      const health = await fetch(`${rt.url}/healthz`);
+      assert.equal(health.status, 200);
+    } finally { await rt.stop(); }
+  });
+});
