@@ -21,7 +21,7 @@ build: node_modules ## type-check and compile to dist/
 test: node_modules ## the whole test suite (type-check, unit, runtime, testbed integration)
 	npm test
 
-demo: node_modules ## local demo on the generated test model (runtime only; see demo-cluster)
+demo: node_modules ## the README quickstart end to end on the local testbed (helm install included)
 	npm run demo
 
 bench: node_modules ## benchmarks: prints tables, writes bench-results.json

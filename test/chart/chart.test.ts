@@ -58,6 +58,8 @@ describe("helm chart", () => {
       await tb.kubectl(["wait", "--for=condition=Ready", "pod", "-n", RELEASE_NAMESPACE, "-l", `app.kubernetes.io/component=${component}`, "--timeout=120s"]);
     }
     runQuickstart({ ...process.env, KUBECONFIG: tb.kubeconfig, TORPOR_GATEWAY: gateway, PATH: `${path.dirname(tb.tools.kubectl)}:${process.env.PATH}` }, false);
+    // The operator learns of the request's rehydrate on its next poll of the runtime.
+    await tb.kubectl(["wait", "--for=jsonpath={.status.residency}=InMemory", "isess/quickstart", "--timeout=30s"]);
     const s = JSON.parse(await tb.kubectl(["get", "isess", "quickstart", "-o", "json"])) as { status: { residency: string; node: string } };
     assert.equal(s.status.residency, "InMemory");
     assert.ok(s.status.node);

@@ -84,6 +84,8 @@ describe("operator on the testbed", () => {
     assert.ok((await readdir(hibDir())).includes("chat.torpor.json"));
     const info = await rt.status("default", "chat");
     assert.equal(info.residency, "Hibernated");
+    // The context is really gone from the runtime, not just marked.
+    assert.equal((await rt.info()).capacity.resident, 0);
 
     await tb.kubectl(["patch", "isess", "chat", "--type=merge", "-p", '{"spec":{"residency":"InMemory"}}']);
     await tb.kubectl(["wait", "--for=condition=Hibernated=false", "isess/chat", "--timeout=60s"]);
