@@ -2,6 +2,7 @@
 // SubjectAccessReview against the real API server), the operator and runtime pods.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import fc from "fast-check";
 import OpenAI from "openai";
 import type { InferenceSession } from "../../operator/api/types.js";
 import { freePort } from "../../scripts/local-runtime.js";
@@ -128,5 +129,25 @@ describe("gateway on the testbed", () => {
     assert.equal(st.status, 200);
     const body = (await st.json()) as { residency: string; model: string };
     assert.equal(body.model, "tiny");
+  });
+
+  it("fuzzed bodies and headers get 4xx JSON errors or answers, never a 5xx", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("fuzzed"));
+    const anyJson = fc.jsonValue({ maxDepth: 3 });
+    const body = fc.oneof(
+      fc.record({ messages: fc.oneof(fc.array(fc.record({ role: fc.oneof(fc.constantFrom("user", "system", "assistant"), fc.string()), content: fc.oneof(fc.string({ maxLength: 30 }), anyJson) }, { requiredKeys: [] }), { maxLength: 3 }), anyJson), max_tokens: fc.oneof(fc.integer({ min: -2, max: 2 }), anyJson), stream: fc.oneof(fc.boolean(), anyJson), prompt: fc.oneof(fc.string({ maxLength: 20 }), anyJson) }, { requiredKeys: [] }).map((b) => JSON.stringify(b)),
+      fc.string({ maxLength: 40 }),
+    );
+    const auth = fc.oneof(fc.constant(`Bearer ${alice}`), fc.constant(`Bearer ${alice}`), fc.constant(undefined), fc.string({ maxLength: 30 }).map((x) => `Bearer ${x}`), fc.string({ maxLength: 30 }));
+    const contentType = fc.constantFrom("application/json", "text/plain", "application/json; charset=utf-16", "application/x-www-form-urlencoded");
+    const route = fc.constantFrom("fuzzed/chat/completions", "fuzzed/submit", "missing/submit", "fuzzed");
+    await fc.assert(fc.asyncProperty(route, body, auth, contentType, async (r, b, a, ct) => {
+      const headers: Record<string, string> = { "content-type": ct };
+      if (a !== undefined && /^[\x20-\x7e]*$/.test(a)) headers.authorization = a;
+      const res = await fetch(`${gw}/v1/sessions/default/${r}`, { method: r === "fuzzed" ? "GET" : "POST", headers, ...(r === "fuzzed" ? {} : { body: b }) });
+      const text = await res.text();
+      assert.ok(res.status < 500, `${r} ${ct} ${b.slice(0, 120)} -> ${res.status} ${text.slice(0, 200)}`);
+      if (res.status >= 400) assert.ok((JSON.parse(text) as { error: { code: string } }).error.code);
+    }), { numRuns: 120 });
   });
 });

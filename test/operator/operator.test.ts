@@ -131,6 +131,32 @@ describe("operator on the testbed", () => {
     assert.equal((await get("crashy")).status!.residency, "Hibernated");
   });
 
+  it("a corrupted hibernation file: session Degraded with the reason and an Event, file kept, runtime serving", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("damaged"));
+    const placed = await eventually("placement", async () => { const s = await get("damaged"); return s.status?.pod ? s : undefined; });
+    await runtimeFor(placed).submit("default", "damaged", "precious words", { max_tokens: 4 });
+    await tb.kubectl(["patch", "isess", "damaged", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
+    await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/damaged", "--timeout=60s"]);
+    const stateFile = (await readdir(hibDir())).find((f) => f.startsWith("damaged.") && f.endsWith(".state"))!;
+    const { open } = await import("node:fs/promises");
+    const fh = await open(path.join(hibDir(), stateFile), "r+");
+    await fh.write(Buffer.from("garbage!"), 0, 8, 100);
+    await fh.close();
+    await tb.kubectl(["patch", "isess", "damaged", "--type=merge", "-p", '{"spec":{"residency":"InMemory"}}']);
+    await tb.kubectl(["wait", "--for=condition=Degraded", "isess/damaged", "--timeout=60s"]);
+    const s = await get("damaged");
+    const degraded = s.status!.conditions!.find((c) => c.type === "Degraded")!;
+    assert.equal(degraded.reason, "ChecksumMismatch");
+    assert.match(degraded.message, /kept for inspection/);
+    assert.equal(s.status!.residency, "Hibernated");
+    assert.ok((await readdir(hibDir())).includes(stateFile), "the refused file is kept");
+    const events = await tb.kubectl(["get", "events", "--field-selector", "involvedObject.name=damaged,type=Warning", "-o", "jsonpath={.items[*].reason}"]);
+    assert.match(events, /ChecksumMismatch/);
+    await tb.kubectl(["apply", "-f", "-"], session("neighbour"));
+    const n = await eventually("placement", async () => { const x = await get("neighbour"); return x.status?.pod ? x : undefined; });
+    assert.ok((await runtimeFor(n).submit("default", "neighbour", "hello", { max_tokens: 2 })).reply.length >= 0);
+  });
+
   it("sweeps hibernation files that belong to no session", async () => {
     const pods = JSON.parse(await tb.kubectl(["get", "pods", "-l", "torpor.dev/model=tiny", "-o", "json"])) as { items: Array<{ status: { podIP: string } }> };
     const rt = new RuntimeClient(`http://${pods.items[0]!.status.podIP}:8080`, TOKEN);
