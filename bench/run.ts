@@ -15,8 +15,13 @@ import { ModelHost } from "../runtime/model-host.js";
 import { SessionManager } from "../runtime/session-manager.js";
 import { startTestbed } from "../test/testbed/testbed.js";
 import { MODEL_DIR } from "../test/helpers/paths.js";
+import { eventually, installTorpor, session as sessionManifest, startEntryPoint, TOKEN } from "../test/helpers/torpor-on-testbed.js";
+import { freePort } from "../scripts/local-runtime.js";
+import type { InferenceSession } from "../operator/api/types.js";
 
-const { values: args } = parseArgs({ options: { out: { type: "string", default: "bench-results.json" }, quick: { type: "boolean", default: false }, runs: { type: "string" } } });
+const { values: args } = parseArgs({ options: { out: { type: "string", default: "bench-results.json" }, quick: { type: "boolean", default: false }, runs: { type: "string" }, only: { type: "string" } } });
+/** --only rebuild,io,testbed,gateway runs a subset. */
+const want = (name: string) => !args.only || args.only.split(",").includes(name);
 const RUNS = Number(args.runs ?? (args.quick ? 2 : 3));
 
 interface Stat { median: number; min: number; max: number; runs: number }
@@ -207,9 +212,60 @@ async function testbedStartup(): Promise<void> {
   results.testbedStartupSeconds = T;
 }
 
-await rehydrateVsRebuild();
-await stateIo();
-await testbedStartup();
-console.log("\nNot measured yet: figure 5 (operator at 1,000 sessions), 6 (gateway overhead), 7 (density).");
+// Figure 6: what the gateway adds, against calling the runtime pod directly, in the same run.
+async function gatewayOverhead(): Promise<void> {
+  const tb = await startTestbed();
+  const procs: Array<{ stop: () => Promise<void> }> = [];
+  try {
+    await installTorpor(tb, 1);
+    await tb.kubectl(["create", "clusterrolebinding", "bench-chat", "--clusterrole=cluster-admin", "--serviceaccount=default:default"]);
+    procs.push(await startEntryPoint("operator/main.js", tb, { TORPOR_OPERATOR_PORT: String(await freePort()), POD_NAME: "operator-0" }));
+    const port = await freePort();
+    procs.push(await startEntryPoint("operator/gateway/main.js", tb, { TORPOR_GATEWAY_PORT: String(port) }));
+    const gw = `http://127.0.0.1:${port}`;
+    await tb.kubectl(["apply", "-f", "-"], sessionManifest("bench"));
+    const s = await eventually("placement", async () => {
+      const x = JSON.parse(await tb.kubectl(["get", "isess", "bench", "-o", "json"])) as InferenceSession;
+      return x.status?.podIP && x.status.conditions?.some((c) => c.type === "Ready" && c.status === "True") ? x : undefined;
+    }, 60_000);
+    await eventually("gateway", async () => ((await fetch(`${gw}/healthz`)).ok ? true : undefined), 20_000);
+    const token = (await tb.kubectl(["create", "token", "default"])).trim();
+    const direct = `http://${s.status!.podIP}:8080/v1/sessions/default/bench/chat/completions`;
+    const via = `${gw}/v1/sessions/default/bench/chat/completions`;
+    const call = async (url: string, auth: string, body: unknown) => {
+      const t = performance.now();
+      const r = await fetch(url, { method: "POST", headers: { authorization: `Bearer ${auth}`, "content-type": "application/json" }, body: JSON.stringify(body) });
+      await r.text();
+      if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+      return performance.now() - t;
+    };
+    const small = { messages: [{ role: "user", content: "hi" }], max_tokens: 1 };
+    for (let i = 0; i < 5; i++) { await call(direct, TOKEN, small); await call(via, token, small); }
+    const d: number[] = [], g: number[] = [];
+    const n = args.quick ? 60 : 200;
+    for (let i = 0; i < n; i++) { d.push(await call(direct, TOKEN, small)); g.push(await call(via, token, small)); }
+    const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!;
+    const stream = { messages: [{ role: "user", content: "tell me everything" }], max_tokens: 200, stream: true };
+    const ds: number[] = [], gs: number[] = [];
+    for (let i = 0; i < RUNS; i++) { ds.push(200 / ((await call(direct, TOKEN, stream)) / 1000)); gs.push(200 / ((await call(via, token, stream)) / 1000)); }
+    const D = stat(ds), G = stat(gs);
+    const added50 = pct(g, 0.5) - pct(d, 0.5), added99 = pct(g, 0.99) - pct(d, 0.99);
+    table("Figure 6: gateway overhead (goal: < 2 ms p50 added; streaming >= 0.95x tokens/s)", ["measure", "direct", "via gateway", "added / ratio"], [
+      ["non-streaming p50", `${pct(d, 0.5).toFixed(2)} ms`, `${pct(g, 0.5).toFixed(2)} ms`, `${added50.toFixed(2)} ms`],
+      ["non-streaming p99", `${pct(d, 0.99).toFixed(2)} ms`, `${pct(g, 0.99).toFixed(2)} ms`, `${added99.toFixed(2)} ms`],
+      ["streaming tokens/s", fmt(D, "tok/s", 0), fmt(G, "tok/s", 0), `${(G.median / D.median).toFixed(2)}x`],
+    ]);
+    results.gateway = { requests: n, directP50Ms: pct(d, 0.5), gatewayP50Ms: pct(g, 0.5), directP99Ms: pct(d, 0.99), gatewayP99Ms: pct(g, 0.99), addedP50Ms: added50, streamingDirect: D, streamingGateway: G };
+  } finally {
+    for (const p of procs.reverse()) await p.stop();
+    await tb.stop();
+  }
+}
+
+if (want("rebuild")) await rehydrateVsRebuild();
+if (want("io")) await stateIo();
+if (want("testbed")) await testbedStartup();
+if (want("gateway")) await gatewayOverhead();
+console.log("\nNot measured yet: figure 5 (operator at 1,000 sessions), 7 (density).");
 await writeFile(args.out!, JSON.stringify(results, null, 2) + "\n");
 console.log(`wrote ${args.out}`);

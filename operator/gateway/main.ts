@@ -5,11 +5,11 @@ import { createLogger } from "../../runtime/logger.js";
 import { EventRecorder } from "../events.js";
 import { KubernetesAccessControl, allowEveryone } from "./access.js";
 import { createGatewayApp } from "./app.js";
-import { ApiSessionSource, SessionRouter } from "./session-router.js";
+import { InformerSessionSource, SessionRouter } from "./session-router.js";
 
 const log = createLogger("gateway");
 
-function main(): void {
+async function main(): Promise<void> {
   const runtimeToken = process.env.TORPOR_RUNTIME_TOKEN ?? "";
   if (runtimeToken.length < 16) throw new Error("TORPOR_RUNTIME_TOKEN is required (the runtime pods' bearer token)");
   const kc = new KubeConfig();
@@ -19,7 +19,8 @@ function main(): void {
     for (let i = 0; i < 3; i++) log.warn("AUTHENTICATION IS DISABLED (TORPOR_GATEWAY_AUTH=disabled): anyone who reaches this gateway can use every session. Local demos only.");
   }
   const wakeTimeoutMs = Number(process.env.TORPOR_GATEWAY_WAKE_TIMEOUT_SECONDS ?? 60) * 1000;
-  const source = new ApiSessionSource(kc);
+  const source = new InformerSessionSource(kc, log);
+  await source.start();
   const router = new SessionRouter(kc, source, new EventRecorder(kc, "torpor-gateway", log), log, {
     wakeTimeoutMs, runtimePort: Number(process.env.TORPOR_RUNTIME_PORT ?? 8080),
   });
@@ -34,4 +35,4 @@ function main(): void {
   process.on("SIGINT", stop);
 }
 
-try { main(); } catch (err) { log.fatal({ err }, "gateway failed to start"); process.exit(1); }
+main().catch((err) => { log.fatal({ err }, "gateway failed to start"); process.exit(1); });

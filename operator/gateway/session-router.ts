@@ -2,7 +2,7 @@
 // Hibernated is flipped to InMemory (under the gateway's own field manager, with an Event), and
 // a session without a Ready pod is held until the operator places it, within a bound.
 // Concurrent requests for one session share one wake.
-import { CustomObjectsApi, PatchStrategy, setHeaderOptions, type KubeConfig } from "@kubernetes/client-node";
+import { CustomObjectsApi, PatchStrategy, makeInformer, setHeaderOptions, type Informer, type KubeConfig, type KubernetesObject } from "@kubernetes/client-node";
 import { TorporError } from "../../runtime/errors.js";
 import type { Logger } from "../../runtime/logger.js";
 import { GROUP, PLURAL, VERSION, type InferenceSession } from "../api/types.js";
@@ -14,7 +14,8 @@ export const GATEWAY_FIELD_MANAGER = "torpor-gateway";
 export interface Target { session: InferenceSession; url: string; pod: string; woken: boolean }
 
 export interface SessionSource {
-  get(namespace: string, name: string): Promise<InferenceSession | undefined>;
+  /** `fresh` skips any cache (used while waiting for the operator to act). */
+  get(namespace: string, name: string, fresh?: boolean): Promise<InferenceSession | undefined>;
 }
 
 const merge = setHeaderOptions("Content-Type", PatchStrategy.MergePatch);
@@ -30,6 +31,40 @@ export class ApiSessionSource implements SessionSource {
       if ((err as { code?: number }).code === 404) return undefined;
       throw err;
     }
+  }
+}
+
+/**
+ * Sessions from a watch, so a request costs no API call; a session not seen yet (just created) is
+ * read from the API server. A stale entry is harmless: the proxy retries and re-reads.
+ */
+export class InformerSessionSource implements SessionSource {
+  private readonly cache = new Map<string, InferenceSession>();
+  private readonly informer: Informer<KubernetesObject>;
+  private readonly fallback: ApiSessionSource;
+  private stopped = false;
+
+  constructor(kc: KubeConfig, private readonly log: Logger) {
+    const api = kc.makeApiClient(CustomObjectsApi);
+    this.fallback = new ApiSessionSource(kc);
+    this.informer = makeInformer<KubernetesObject>(kc, `/apis/${GROUP}/${VERSION}/${PLURAL}`,
+      () => api.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL }) as never);
+    const key = (o: KubernetesObject) => `${o.metadata?.namespace}/${o.metadata?.name}`;
+    this.informer.on("add", (o) => this.cache.set(key(o), o as InferenceSession));
+    this.informer.on("update", (o) => this.cache.set(key(o), o as InferenceSession));
+    this.informer.on("delete", (o) => this.cache.delete(key(o)));
+    this.informer.on("error", (err: unknown) => {
+      this.log.warn({ err: String(err) }, "session watch failed; restarting");
+      if (!this.stopped) setTimeout(() => { if (!this.stopped) void this.informer.start().catch(() => undefined); }, 1000);
+    });
+  }
+
+  start(): Promise<void> { return this.informer.start(); }
+  async stop(): Promise<void> { this.stopped = true; await this.informer.stop(); }
+
+  async get(namespace: string, name: string, fresh = false): Promise<InferenceSession | undefined> {
+    const hit = fresh ? undefined : this.cache.get(`${namespace}/${name}`);
+    return hit ?? this.fallback.get(namespace, name);
   }
 }
 
@@ -82,7 +117,7 @@ export class SessionRouter {
         throw new TorporError("wake_timeout", `session ${namespace}/${name} has no Ready runtime pod yet (${s.status?.conditions?.find((c) => c.type === "Ready")?.message ?? "not placed"}); retry shortly`);
       }
       await new Promise((r) => setTimeout(r, 200));
-      s = await this.source.get(namespace, name);
+      s = await this.source.get(namespace, name, true);
       if (!s) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} was deleted`);
     }
   }
