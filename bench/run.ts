@@ -262,10 +262,71 @@ async function gatewayOverhead(): Promise<void> {
   }
 }
 
+// Figure 7: density. One runtime, resident cap 8, many sessions in a round-robin conversation:
+// with hibernation, with everything resident, and with drop-and-rebuild, in the same run.
+async function density(): Promise<void> {
+  const sessions = args.quick ? 60 : 500, rounds = 2;
+  const rows: string[][] = [];
+  const out: Record<string, unknown> = {};
+  let perContextBytes = 0;
+  for (const mode of ["hibernate", "all-resident", "drop-and-rebuild"] as const) {
+    if (mode === "all-resident" && perContextBytes * sessions > os.freemem() * 0.6) {
+      const need = (perContextBytes * sessions) / 2 ** 30;
+      rows.push([mode, "skipped", "-", "-", `needs ~${need.toFixed(1)} GiB`]);
+      out[mode] = { skipped: true, estimatedGiB: need };
+      continue;
+    }
+    const dir = await mkdtemp(path.join(os.tmpdir(), "torpor-bench-density-"));
+    const { host, manager } = await harness(DEFAULT_TEST_MODEL, dir);
+    (manager.opts as { maxResident: number }).maxResident = mode === "all-resident" ? sessions : 8;
+    const histories = Array.from({ length: sessions }, () => [] as import("node-llama-cpp").ChatHistoryItem[]);
+    const ttft: number[] = [];
+    const rss0 = process.memoryUsage.rss();
+    let peakRss = rss0;
+    const t0 = performance.now();
+    for (let r = 0; r < rounds; r++) {
+      for (let i = 0; i < sessions; i++) {
+        const prompt = `Round ${r}: here is what I think about topic ${i}, please comment briefly.`;
+        let first = 0;
+        const start = performance.now();
+        const onText = () => { if (!first) first = performance.now() - start; };
+        let reply: string;
+        if (mode === "drop-and-rebuild") {
+          // The session was dropped after its last turn: a fresh context replays the whole history.
+          const fresh = await manager.register({ namespace: "bench", name: `d-${i}-${r}`, contextSize: 1024 });
+          const history = [...histories[i]!, { type: "user" as const, text: prompt }];
+          reply = (await fresh.complete(history, { maxTokens: 4, temperature: 0, onText })).text;
+          await manager.remove("bench", `d-${i}-${r}`);
+        } else {
+          const sess = await manager.register({ namespace: "bench", name: `s-${i}`, contextSize: 1024 });
+          reply = (await sess.submit(prompt, { maxTokens: 4, temperature: 0, onText })).text;
+        }
+        histories[i]!.push({ type: "user", text: prompt }, { type: "model", response: [reply] });
+        ttft.push(first || performance.now() - start);
+        peakRss = Math.max(peakRss, process.memoryUsage.rss());
+      }
+    }
+    const minutes = (performance.now() - t0) / 60_000;
+    if (mode === "hibernate") perContextBytes = (peakRss - rss0) / 8;
+    const sorted = [...ttft].sort((a, b) => a - b);
+    const p99 = sorted[Math.floor(sorted.length * 0.99)]!, p50 = sorted[Math.floor(sorted.length * 0.5)]!;
+    const turnsPerMin = ttft.length / minutes;
+    rows.push([mode, turnsPerMin.toFixed(0), `${p50.toFixed(1)} ms`, `${p99.toFixed(1)} ms`, `${((peakRss - rss0) / MiB).toFixed(0)} MiB`]);
+    out[mode] = { sessions, rounds, turnsPerMinute: turnsPerMin, ttftP50Ms: p50, ttftP99Ms: p99, peakRssGrowthMiB: (peakRss - rss0) / MiB };
+    for (const sess of manager.list()) await manager.remove(sess.ref.namespace, sess.ref.name);
+    await host.dispose();
+    await rm(dir, { recursive: true, force: true });
+  }
+  table(`Figure 7: density, one runtime, ${sessions} sessions round-robin x ${rounds} rounds (cap 8 unless all resident)`,
+    ["mode", "turns/min", "TTFT p50", "TTFT p99", "RSS growth"], rows);
+  results.density = out;
+}
+
 if (want("rebuild")) await rehydrateVsRebuild();
 if (want("io")) await stateIo();
 if (want("testbed")) await testbedStartup();
 if (want("gateway")) await gatewayOverhead();
-console.log("\nNot measured yet: figure 5 (operator at 1,000 sessions), 7 (density).");
+if (want("density")) await density();
+console.log("\nNot measured yet: figure 5 (operator at 1,000 sessions).");
 await writeFile(args.out!, JSON.stringify(results, null, 2) + "\n");
 console.log(`wrote ${args.out}`);
