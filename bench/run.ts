@@ -18,8 +18,9 @@ import { MODEL_DIR } from "../test/helpers/paths.js";
 import { eventually, installTorpor, session as sessionManifest, startEntryPoint, TOKEN } from "../test/helpers/torpor-on-testbed.js";
 import { freePort } from "../scripts/local-runtime.js";
 import type { InferenceSession } from "../operator/api/types.js";
+import { operatorScale } from "./operator-scale.js";
 
-const { values: args } = parseArgs({ options: { out: { type: "string", default: "bench-results.json" }, quick: { type: "boolean", default: false }, runs: { type: "string" }, only: { type: "string" } } });
+const { values: args } = parseArgs({ options: { out: { type: "string", default: "bench-results.json" }, quick: { type: "boolean", default: false }, runs: { type: "string" }, only: { type: "string" }, sessions: { type: "string" } } });
 /** --only rebuild,io,testbed,gateway runs a subset. */
 const want = (name: string) => !args.only || args.only.split(",").includes(name);
 const RUNS = Number(args.runs ?? (args.quick ? 2 : 3));
@@ -327,6 +328,18 @@ if (want("io")) await stateIo();
 if (want("testbed")) await testbedStartup();
 if (want("gateway")) await gatewayOverhead();
 if (want("density")) await density();
-console.log("\nNot measured yet: figure 5 (operator at 1,000 sessions).");
+if (want("operator")) {
+  const r = await operatorScale(Number(args.sessions ?? (args.quick ? 100 : 1000)));
+  table(`Figure 5: operator at ${r.sessions} sessions on the testbed (goal: all transitions within 60 s, <= 3 API writes per transition)`, ["measure", "value"], [
+    ["create -> all placed", `${r.placeSeconds.toFixed(1)} s`],
+    ["patch all -> all Hibernated", `${r.toHibernatedSeconds.toFixed(1)} s`],
+    ["patch all back -> all InMemory", `${r.toInMemorySeconds.toFixed(1)} s`],
+    ["reconcile latency p50 / p99 (histogram bucket bound)", `${r.reconcileP50Ms} / ${r.reconcileP99Ms} ms`],
+    ["API writes on inferencesessions per transition (besides the user's patch)", r.writesPerTransition.toFixed(2)],
+    ["operator CPU during both transitions", `${r.operatorCpuSeconds.toFixed(1)} s`],
+    ["operator RSS", `${r.operatorRssMiB.toFixed(0)} MiB`],
+  ]);
+  results.operatorScale = r;
+}
 await writeFile(args.out!, JSON.stringify(results, null, 2) + "\n");
 console.log(`wrote ${args.out}`);

@@ -10,7 +10,7 @@ import type { SessionStatus as RuntimeSessionStatus } from "../runtime/session-t
 import { FINALIZER, GROUP, PLURAL, VERSION, parseDuration, type InferenceSession } from "./api/types.js";
 import { EventRecorder } from "./events.js";
 import type { OperatorMetrics } from "./metrics.js";
-import { computeStatus, decidePlacement, decideTransition, hasFinalizer, sameStatus, type RuntimePod } from "./reconcile.js";
+import { computeStatus, decidePlacement, decideTransition, hasFinalizer, reasonOf, sameStatus, type RuntimePod } from "./reconcile.js";
 import { RuntimeApiError, RuntimeClient } from "./runtime-client.js";
 import { WorkQueue } from "./work-queue.js";
 
@@ -31,7 +31,6 @@ export interface ControllerOptions {
 
 const merge = setHeaderOptions("Content-Type", PatchStrategy.MergePatch);
 const keyOf = (o: { metadata?: { namespace?: string; name?: string } }) => `${o.metadata?.namespace}/${o.metadata?.name}`;
-const reasonOf = (code: string) => code.split(/[_-]/).map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join("");
 
 export class SessionController {
   private readonly queue = new WorkQueue();

@@ -87,7 +87,8 @@ function condition(prev: Condition[] | undefined, c: Omit<Condition, "lastTransi
   return { ...c, lastTransitionTime: before && before.status === c.status ? before.lastTransitionTime : now.toISOString() };
 }
 
-const reasonOf = (code: string) => code.split(/[_-]/).map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join("");
+/** A runtime error code (state_rejected, checksum_mismatch) as a condition/Event reason (ChecksumMismatch). */
+export const reasonOf = (code: string) => code.split(/[_-]/).map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join("");
 
 export function computeStatus(s: InferenceSession, o: Observation): InferenceSessionStatus {
   const prev = s.status ?? {};

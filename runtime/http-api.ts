@@ -128,7 +128,7 @@ export function createRuntimeApp(d: ApiDeps): express.Express {
     if (prompt === undefined || prompt.length === 0) throw new TorporError("bad_request", "prompt: required, a non-empty string", { field: "prompt" });
     const sampling = parseSampling(body, 1 << 20);
     const s = session(req);
-    await respond(req, res, sampling.stream, (opts) => s.submit(prompt, { ...opts, ...samplingOpts(sampling) }), (r) => ({
+    await respond(res, sampling.stream, (opts) => s.submit(prompt, { ...opts, ...samplingOpts(sampling) }), (r) => ({
       reply: r.text, finish_reason: r.finishReason,
       usage: usage(r), torpor: torporInfo(r),
     }));
@@ -143,7 +143,7 @@ export function createRuntimeApp(d: ApiDeps): express.Express {
     const id = `chatcmpl-${randomBytes(12).toString("hex")}`;
     const created = Math.floor(Date.now() / 1000);
     const model = d.host.name;
-    await respond(req, res, sampling.stream, (opts) => s.complete(messages, { ...opts, ...samplingOpts(sampling) }), (r) => ({
+    await respond(res, sampling.stream, (opts) => s.complete(messages, { ...opts, ...samplingOpts(sampling) }), (r) => ({
       id, object: "chat.completion", created, model,
       choices: [{ index: 0, message: { role: "assistant", content: r.text }, finish_reason: r.finishReason === "aborted" ? "stop" : r.finishReason }],
       usage: usage(r), torpor: torporInfo(r),
@@ -211,7 +211,7 @@ interface StreamShape {
  * aborts its generation, so the session's queue moves on.
  */
 async function respond(
-  req: Request, res: Response, stream: boolean,
+  res: Response, stream: boolean,
   run: (opts: Pick<GenerateOptions, "onText" | "onStart" | "signal">) => Promise<GenerateResult>,
   body: (r: GenerateResult) => unknown,
   shape?: StreamShape,
@@ -246,5 +246,4 @@ async function respond(
     write(e.toJSON());
     res.end();
   }
-  void req;
 }

@@ -54,8 +54,7 @@ export function parseSampling(o: Json, maxTokensCap: number): SamplingRequest {
   const maxTokens = optionalInt(o, "max_completion_tokens", 1, maxTokensCap) ?? optionalInt(o, "max_tokens", 1, maxTokensCap);
   const seed = optionalInt(o, "seed", 0, 2 ** 31 - 1);
   const topP = optionalNumber(o, "top_p", 0, 1);
-  const n = optionalInt(o, "n", 1, 1);
-  void n;
+  optionalInt(o, "n", 1, 1); // one choice per request: a session has one conversation
   return {
     ...(maxTokens !== undefined ? { maxTokens } : {}),
     temperature: optionalNumber(o, "temperature", 0, 2) ?? 0,

@@ -1,4 +1,5 @@
 // Types of the runtime's session API, shared by the runtime, the operator's runtime client and tests.
+import type { HibernationRecord } from "./hibernation-store.js";
 
 export type Residency = "NotCreated" | "InMemory" | "Hibernated";
 /** What the session is doing right now; transitions are visible to callers. */
@@ -40,13 +41,7 @@ export interface GenerateResult {
   created: boolean;
 }
 
-export interface HibernationSummary {
-  manifestFile: string;
-  stateFile: string;
-  bytes: number;
-  sha256: string;
-  tokenCount: number;
-  hibernatedAt: string;
+export interface HibernationSummary extends HibernationRecord {
   durationMs: number;
   reason: string;
 }

@@ -2,13 +2,14 @@
 // (Deployment "runtime-tiny" with an RWX hibernation claim) and the runtime token Secret.
 import path from "node:path";
 import { smallModel } from "./models.js";
+export { eventually } from "./eventually.js";
 import { REPO_ROOT } from "./paths.js";
 import { SHARED_HOST_PATH, type Testbed } from "../testbed/testbed.js";
 
 export const TOKEN = "operator-test-runtime-token-0123";
 export const HIB_HOST_PATH = `${SHARED_HOST_PATH}/hibernation`;
 
-export const runtimeManifest = (model: string) => `
+export const runtimeManifest = (model: string, extraEnv: Record<string, string> = {}) => `
 apiVersion: v1
 kind: Secret
 metadata: {name: torpor-runtime-token, namespace: default}
@@ -61,6 +62,7 @@ spec:
         - {name: TORPOR_RUNTIME_TOKEN, valueFrom: {secretKeyRef: {name: torpor-runtime-token, key: token}}}
         - {name: TORPOR_THREADS, value: "1"}
         - {name: TORPOR_GPU, value: "false"}
+${Object.entries(extraEnv).map(([k, v]) => `        - {name: ${k}, value: ${JSON.stringify(v)}}`).join("\n")}
         readinessProbe: {httpGet: {path: /readyz, port: http}, periodSeconds: 1}
         volumeMounts: [{name: hibernation, mountPath: /var/lib/torpor/hibernation}]
       volumes: [{name: hibernation, persistentVolumeClaim: {claimName: torpor-hibernation}}]
@@ -76,21 +78,12 @@ spec:
   systemPrompt: You are a test.${extra}
 `;
 
-export async function eventually<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try { const v = await fn(); if (v !== undefined) return v; } catch (e) { last = e; }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 
-export async function installTorpor(tb: Testbed, replicas = 2): Promise<void> {
+export async function installTorpor(tb: Testbed, replicas = 2, extraEnv: Record<string, string> = {}): Promise<void> {
   await tb.kubectl(["apply", "-f", path.join(REPO_ROOT, "crds", "inferencesessions.torpor.dev.yaml")]);
   await tb.kubectl(["wait", "--for=condition=Established", "crd/inferencesessions.torpor.dev", "--timeout=30s"]);
-  await tb.kubectl(["apply", "-f", "-"], runtimeManifest(await smallModel()).replace("replicas: 2", `replicas: ${replicas}`));
+  await tb.kubectl(["apply", "-f", "-"], runtimeManifest(await smallModel(), extraEnv).replace("replicas: 2", `replicas: ${replicas}`));
   await tb.kubectl(["rollout", "status", "deployment/runtime-tiny", "--timeout=120s"]);
 }
 

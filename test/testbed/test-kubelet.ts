@@ -382,7 +382,7 @@ export class TestKubelet {
     };
     const containerStatuses = run.containers.map((c) => ({
       name: c.spec.name, image: c.spec.image ?? "", imageID: "", containerID: c.proc?.pid ? `testbed://${c.proc.pid}` : undefined,
-      ready: c.ready && this.running(c), started: this.running(c), restartCount: Math.max(0, c.restartCount - (this.running(c) ? 0 : 0)),
+      ready: c.ready && this.running(c), started: this.running(c), restartCount: c.restartCount,
       state: this.running(c)
         ? { running: { startedAt: c.startedAt } }
         : c.exitCode !== undefined

@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { CoreV1Api } from "@kubernetes/client-node";
+import { eventually } from "../helpers/eventually.js";
 import { startTestbed, SHARED_HOST_PATH, type Testbed } from "./testbed.js";
 
 // A tiny HTTP server as the "container": readiness on /ready, file I/O on the mounted volume,
@@ -90,15 +91,6 @@ async function pods(tb: Testbed, selector: string): Promise<PodView[]> {
     .map((p) => ({ name: p.metadata.name, node: p.spec.nodeName, ip: p.status.podIP ?? "" }));
 }
 
-async function eventually<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 300));
-  }
-}
 
 describe("testbed", () => {
   let tb: Testbed;
