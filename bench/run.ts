@@ -328,7 +328,7 @@ if (want("io")) await stateIo();
 if (want("testbed")) await testbedStartup();
 if (want("gateway")) await gatewayOverhead();
 if (want("density")) await density();
-if (want("operator")) {
+if (args.only?.split(",").includes("operator")) { // minutes and GiB of contexts: only when asked
   const r = await operatorScale(Number(args.sessions ?? (args.quick ? 100 : 1000)));
   table(`Figure 5: operator at ${r.sessions} sessions on the testbed (goal: all transitions within 60 s, <= 3 API writes per transition)`, ["measure", "value"], [
     ["create -> all placed", `${r.placeSeconds.toFixed(1)} s`],
