@@ -111,13 +111,13 @@ export class HibernationStore {
     try {
       await writeState(tmpState);
       const fh = await open(tmpState, "r+");
-      let bytes: number;
+      let bytes: number, sha256: string;
       try {
         await fh.chmod(0o600);
-        await fh.sync();
+        // fsync waits on the disk, hashing on the CPU (the file is still in the page cache): overlap them.
+        [, sha256] = await Promise.all([fh.sync(), sha256File(tmpState)]);
         bytes = (await fh.stat()).size;
       } finally { await fh.close(); }
-      const sha256 = await sha256File(tmpState);
       await rename(tmpState, finalState);
       const manifest: HibernationManifest = {
         format: MANIFEST_FORMAT, version: MANIFEST_VERSION,
@@ -152,8 +152,12 @@ export class HibernationStore {
     return stat(this.manifestPath(dir, ref.name)).then(() => true, () => false);
   }
 
-  /** Reads and verifies a hibernated state; throws StateRejectedError without touching the files. */
-  async verify(ref: SessionRef, modelFingerprint: string): Promise<VerifiedState | undefined> {
+  /**
+   * Reads and verifies a hibernated state; throws StateRejectedError without touching the files.
+   * `whileHashing` runs once the manifest checks out, concurrently with the checksum (the caller
+   * allocates its context meanwhile); if the checksum then fails, the caller undoes it.
+   */
+  async verify(ref: SessionRef, modelFingerprint: string, whileHashing?: (m: HibernationManifest) => Promise<void>): Promise<VerifiedState | undefined> {
     const dir = await this.dirFor(ref);
     const manifestFile = this.manifestPath(dir, ref.name);
     let raw: string;
@@ -180,7 +184,10 @@ export class HibernationStore {
     const statePath = path.join(dir, m.stateFile);
     const size = await stat(statePath).then((s) => s.size, () => -1);
     if (size !== m.stateBytes) reject("truncated", `state file is ${size < 0 ? "missing" : `${size} bytes`}, manifest says ${m.stateBytes}`);
-    const sha = await sha256File(statePath);
+    const hashing = sha256File(statePath);
+    hashing.catch(() => undefined); // observed below; never an unhandled rejection if whileHashing fails first
+    if (whileHashing) await whileHashing(m);
+    const sha = await hashing;
     if (sha !== m.stateSha256) reject("checksum_mismatch", "state file SHA-256 does not match the manifest");
     return { manifest: m, statePath };
   }

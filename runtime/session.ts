@@ -146,7 +146,7 @@ export class Session {
       }
       this.phase = "Rehydrating";
       const t0 = performance.now();
-      const verified = await store.verify(this.ref, host.fingerprint);
+      const verified = await store.verify(this.ref, host.fingerprint, (m) => this.allocate(Math.max(m.contextSize, m.tokenCount)));
       if (!verified) {
         // The files went away (deleted by hand, or swept): start over rather than fail forever.
         this.log.warn("hibernated state missing on the volume; starting a fresh context");
@@ -156,7 +156,6 @@ export class Session {
         return this.ensureResident();
       }
       const { manifest, statePath } = verified;
-      await this.allocate(Math.max(manifest.contextSize, manifest.tokenCount));
       try {
         await this.sequence!.loadStateFromFile(statePath, { acceptRisk: true });
       } catch (err) {
