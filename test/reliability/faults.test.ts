@@ -30,7 +30,7 @@ describe("faults", () => {
       const name = `k${i}`;
       const rt = await startRuntime(env);
       await rt.client.register("default", name, { contextSize: 1536 });
-      const r1 = await rt.client.submit("default", name, "x".repeat(1200), { max_tokens: 2 });
+      await rt.client.submit("default", name, "x".repeat(1200), { max_tokens: 2 });
       const hib = rt.client.hibernate("default", name).catch(() => undefined);
       // The write of this ~20 MiB state takes tens of ms: spread the kill over it.
       await new Promise((r) => setTimeout(r, (i * 11) % 120));
@@ -52,7 +52,6 @@ describe("faults", () => {
           assert.equal(st.residency, "NotCreated");
           absent++;
         }
-        assert.ok(r1.reply.length >= 0);
         summary.survived++;
       } finally { await again.stop(); }
     }
