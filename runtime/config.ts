@@ -10,6 +10,8 @@ export interface RuntimeConfig {
   host: string;
   port: number;
   maxResident: number;
+  /** 0: no memory budget, only the resident-session cap. */
+  memoryBudgetBytes: number;
   /** 0 disables the idle policy. */
   idleAfterMs: number;
   defaultContextSize: number;
@@ -51,6 +53,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     host: env.TORPOR_HOST ?? "0.0.0.0",
     port: int(env, "TORPOR_PORT", 8080),
     maxResident: int(env, "TORPOR_MAX_RESIDENT", 8, 1),
+    memoryBudgetBytes: int(env, "TORPOR_MEMORY_BUDGET_MIB", 0) * 2 ** 20,
     idleAfterMs: int(env, "TORPOR_IDLE_AFTER_SECONDS", 0) * 1000,
     defaultContextSize: Math.min(int(env, "TORPOR_DEFAULT_CONTEXT_SIZE", 4096, 256), maxContextSize),
     maxContextSize,

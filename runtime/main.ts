@@ -24,7 +24,7 @@ async function main(): Promise<void> {
   const store = new HibernationStore(cfg.hibernationDir);
   const metrics = new RuntimeMetrics();
   const manager = new SessionManager(host, store, systemClock, metrics, log, {
-    maxResident: cfg.maxResident, idleAfterMs: cfg.idleAfterMs,
+    maxResident: cfg.maxResident, memoryBudgetBytes: cfg.memoryBudgetBytes, idleAfterMs: cfg.idleAfterMs,
     defaultContextSize: cfg.defaultContextSize, maxContextSize: cfg.maxContextSize, podName: cfg.podName,
   });
   const app = createRuntimeApp({

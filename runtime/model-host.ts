@@ -62,6 +62,19 @@ export class ModelHost {
     }
   }
 
+  private readonly estimates = new Map<number, number>();
+
+  /** node-llama-cpp's estimate of what one context of this size costs (RAM + VRAM), for the memory budget. */
+  async estimateContextBytes(contextSize: number): Promise<number> {
+    let bytes = this.estimates.get(contextSize);
+    if (bytes === undefined) {
+      const r = await this.model.fileInsights.estimateContextResourceRequirementsV2({ contextSize, modelGpuLayers: this.model.gpuLayers, sequences: 1 });
+      bytes = r.cpuRam + r.gpuVram;
+      this.estimates.set(contextSize, bytes);
+    }
+    return bytes;
+  }
+
   /** VRAM in use on the backend, for the memory-freed figures on GPU builds. */
   async vramUsed(): Promise<number> {
     return (await this.llama.getVramState()).used;

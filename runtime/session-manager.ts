@@ -17,6 +17,8 @@ export interface ManagerOptions {
   idleAfterMs: number;
   defaultContextSize: number;
   maxContextSize: number;
+  /** Optional cap on the estimated memory of resident contexts (0 or absent: only maxResident applies). */
+  memoryBudgetBytes?: number;
   /** How long a request waits for a resident slot when every resident session is busy. */
   admissionTimeoutMs?: number;
   podName: string;
@@ -35,7 +37,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class SessionManager implements Admission {
   private readonly sessions = new Map<string, Session>();
-  private readonly resident = new Set<Session>();
+  /** Resident (or being made resident) sessions and the estimated bytes of their contexts. */
+  private readonly resident = new Map<Session, number>();
   private readonly admissions = new SerialQueue();
   private draining = false;
 
@@ -103,11 +106,23 @@ export class SessionManager implements Admission {
     this.sessions.delete(`${namespace}/${name}`);
   }
 
+  private residentBytes(): number {
+    let sum = 0;
+    for (const b of this.resident.values()) sum += b;
+    return sum;
+  }
+
   async acquire(session: Session): Promise<void> {
+    const budget = this.opts.memoryBudgetBytes ?? 0;
+    const need = budget > 0 ? await this.host.estimateContextBytes(session.spec.contextSize) : 0;
+    if (budget > 0 && need > budget) {
+      throw new TorporError("capacity_exhausted", `a context of ${session.spec.contextSize} tokens needs about ${Math.round(need / 2 ** 20)} MiB, more than the runtime's whole memory budget of ${Math.round(budget / 2 ** 20)} MiB`);
+    }
     await this.admissions.run(async () => {
       const deadline = Date.now() + (this.opts.admissionTimeoutMs ?? 30_000);
-      while (this.resident.size >= this.opts.maxResident) {
-        const victim = [...this.resident]
+      const full = () => this.resident.size >= this.opts.maxResident || (budget > 0 && this.residentBytes() + need > budget);
+      while (full()) {
+        const victim = [...this.resident.keys()]
           .filter((s) => s !== session && !s.busy && s.residency === "InMemory")
           .sort((a, b) => a.lastActivity - b.lastActivity)[0];
         if (victim) {
@@ -117,11 +132,11 @@ export class SessionManager implements Admission {
           continue;
         }
         if (Date.now() > deadline) {
-          throw new TorporError("capacity_exhausted", `all ${this.opts.maxResident} resident sessions are busy generating; retry shortly`);
+          throw new TorporError("capacity_exhausted", `every resident session is busy generating (cap ${this.opts.maxResident}${budget ? `, budget ${Math.round(budget / 2 ** 20)} MiB` : ""}); retry shortly`);
         }
         await sleep(25);
       }
-      this.resident.add(session);
+      this.resident.set(session, need);
     });
   }
 
@@ -132,7 +147,7 @@ export class SessionManager implements Admission {
   /** Hibernates every resident session idle for longer than its policy allows. */
   async sweepIdle(): Promise<number> {
     const now = this.clock.now();
-    const due = [...this.resident].filter((s) => {
+    const due = [...this.resident.keys()].filter((s) => {
       const idleAfter = s.spec.idleAfterMs ?? this.opts.idleAfterMs;
       return idleAfter > 0 && !s.busy && s.residency === "InMemory" && now - s.lastActivity >= idleAfter;
     });

@@ -143,6 +143,23 @@ describe("bulkhead and idle policy", () => {
     assert.equal(await counterValue(h.metrics, "torpor_runtime_evictions_total"), 1);
   });
 
+  it("keeps the estimated memory of resident contexts within the budget", async () => {
+    const probe = await harness();
+    const perContext = await probe.host.estimateContextBytes(1024);
+    assert.ok(perContext > 0);
+    const h = await harness({ maxResident: 8, memoryBudgetBytes: Math.floor(perContext * 2.5) });
+    const [a, b, c] = await Promise.all(["ma", "mb", "mc"].map((n) => h.manager.register({ namespace: "default", name: n, contextSize: 1024 })));
+    await a!.submit("one", greedy(2));
+    h.clock.advance(1000);
+    await b!.submit("two", greedy(2));
+    h.clock.advance(1000);
+    await c!.submit("three", greedy(2));
+    assert.equal(a!.residency, "Hibernated", "the least recently used session makes room under the budget");
+    assert.equal(h.manager.residentCount, 2);
+    const huge = await h.manager.register({ namespace: "default", name: "huge", contextSize: 8192 });
+    await assert.rejects(huge.submit("hi", greedy(1)), (e: TorporError) => e.code === "capacity_exhausted" && /memory budget/.test(e.message));
+  });
+
   it("never evicts a session that is generating", async () => {
     const h = await harness({ maxResident: 1, admissionTimeoutMs: 60_000 });
     const a = await h.manager.register({ namespace: "default", name: "gen-a" });
