@@ -106,9 +106,11 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
     : lost || o.liveStateLost
       ? { status: "True" as const, reason: "LiveStateLost", message: `the pod holding the session in memory went away at ${liveStateLostAt}; the conversation resumes from ${prev.lastHibernation ? `the hibernation of ${prev.lastHibernation.time}` : "scratch"}` }
       : { status: "False" as const, reason: "AsExpected", message: "" };
+  // An error only makes the session unready when it cannot be served: its state is on the volume
+  // and was refused. A failed hibernate leaves it in memory and serving.
   const ready = o.waiting
     ? { status: "False" as const, reason: o.waiting.reason, message: o.waiting.message }
-    : err
+    : err && residency !== "InMemory"
       ? { status: "False" as const, reason: err.reason, message: err.message }
       : { status: "True" as const, reason: residency === "NotCreated" ? "Placed" : residency, message: `served by pod ${o.pod?.name} on node ${o.pod?.node}` };
   const hibernated = residency === "Hibernated"

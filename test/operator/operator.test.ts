@@ -8,7 +8,8 @@ import { after, before, describe, it } from "node:test";
 import { RuntimeClient } from "../../operator/runtime-client.js";
 import type { InferenceSession } from "../../operator/api/types.js";
 import { freePort } from "../../scripts/local-runtime.js";
-import { eventually, HIB_HOST_PATH, installTorpor, session, TOKEN } from "../helpers/torpor-on-testbed.js";
+import { eventually, HIB_HOST_PATH, installTorpor, runtimeManifest, session, TOKEN } from "../helpers/torpor-on-testbed.js";
+import { smallModel } from "../helpers/models.js";
 import { DIST, REPO_ROOT } from "../helpers/paths.js";
 import { startTestbed, type Testbed } from "../testbed/testbed.js";
 
@@ -155,6 +156,32 @@ describe("operator on the testbed", () => {
     await tb.kubectl(["apply", "-f", "-"], session("neighbour"));
     const n = await eventually("placement", async () => { const x = await get("neighbour"); return x.status?.pod ? x : undefined; });
     assert.equal((await runtimeFor(n).submit("default", "neighbour", "hello", { max_tokens: 2 })).usage.completion_tokens, 2);
+  });
+
+  it("a full disk during hibernate: session stays InMemory and serving, StorageFailed in status and an Event", async () => {
+    // A second pool whose hibernation volume is a 1 MiB memory-backed emptyDir.
+    const deployment = runtimeManifest(await smallModel()).split("---").at(-1)!
+      .replaceAll("runtime-tiny", "runtime-full").replaceAll("torpor.dev/model: tiny", "torpor.dev/model: full")
+      .replace("replicas: 2", "replicas: 1")
+      .replace("{name: hibernation, persistentVolumeClaim: {claimName: torpor-hibernation}}", "{name: hibernation, emptyDir: {medium: Memory, sizeLimit: 1Mi}}");
+    await tb.kubectl(["apply", "-f", "-"], deployment);
+    await tb.kubectl(["rollout", "status", "deployment/runtime-full", "--timeout=120s"]);
+    await tb.kubectl(["apply", "-f", "-"], session("cramped").replace("model: tiny", "model: full").replace("contextSize: 1024", "contextSize: 2048"));
+    const placed = await eventually("placement", async () => { const s = await get("cramped"); return s.status?.pod ? s : undefined; });
+    await runtimeFor(placed).submit("default", "cramped", "z".repeat(1500), { max_tokens: 2 });
+    await tb.kubectl(["patch", "isess", "cramped", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
+    await tb.kubectl(["wait", "--for=condition=Degraded", "isess/cramped", "--timeout=60s"]);
+    const s = await get("cramped");
+    const c = Object.fromEntries(s.status!.conditions!.map((x) => [x.type, x]));
+    assert.equal(c.Degraded!.reason, "StorageFailed");
+    assert.match(c.Degraded!.message, /hibernate write failed/);
+    assert.equal(c.Ready!.status, "True", "the session still serves from memory");
+    assert.equal(s.status!.residency, "InMemory");
+    const events = await tb.kubectl(["get", "events", "--field-selector", "involvedObject.name=cramped,type=Warning", "-o", "jsonpath={.items[*].reason}"]);
+    assert.match(events, /StorageFailed/);
+    assert.equal((await runtimeFor(s).submit("default", "cramped", "still here?", { max_tokens: 2 })).usage.completion_tokens, 2);
+    await tb.kubectl(["delete", "isess", "cramped", "--wait=true", "--timeout=60s"]);
+    await tb.kubectl(["delete", "deployment", "runtime-full"]);
   });
 
   it("sweeps hibernation files that belong to no session", async () => {

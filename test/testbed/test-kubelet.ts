@@ -37,6 +37,15 @@ export interface TestKubeletOptions {
 }
 
 const merge = setHeaderOptions("Content-Type", PatchStrategy.MergePatch);
+
+/** Kubernetes quantities as bytes: 1Mi, 512Ki, 2G, 1000. */
+export function quantityBytes(q: string | number): number {
+  const m = /^([0-9.]+)([KMGT]i?|[kmgt])?$/.exec(String(q).trim());
+  if (!m) throw new Error(`unsupported quantity ${q}`);
+  const unit = m[2] ?? "";
+  const pow = { "": 0, k: 1, K: 1, M: 2, m: 2, G: 3, g: 3, T: 4, t: 4 }[unit.replace("i", "") as "K"] ?? 0;
+  return Math.round(Number(m[1]) * (unit.endsWith("i") ? 1024 : 1000) ** pow);
+}
 const microTime = (d = new Date()) => d.toISOString().replace(/\.(\d{3})Z$/, ".$1000Z");
 
 interface ContainerRun {
@@ -277,9 +286,15 @@ export class TestKubelet {
       if (argv[0] === "node") argv[0] = process.execPath;
       run.mounts ??= new Map();
       const binds: Array<[string, string, boolean]> = [];
+      const tmpfs: Array<[string, number]> = [];
       for (const m of c.spec.volumeMounts ?? []) {
         const vol = pod.spec?.volumes?.find((v) => v.name === m.name);
         if (!vol) throw new Error(`volumeMount ${m.name} names no volume`);
+        if (vol.emptyDir?.medium === "Memory") {
+          // Memory-backed emptyDir is a tmpfs sized by sizeLimit, as on a real node (per container here).
+          tmpfs.push([m.mountPath, quantityBytes(vol.emptyDir.sizeLimit ?? "64Mi")]);
+          continue;
+        }
         let dir = run.mounts.get(vol.name);
         if (!dir) { dir = await resolveVolume(this.core, this.layout, pod, vol, run.node); run.mounts.set(vol.name, dir); }
         const src = m.subPath ? path.join(dir, m.subPath) : dir;
@@ -292,6 +307,7 @@ export class TestKubelet {
       const q = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
       const script = [
         ...binds.map(([src, dst, ro]) => `mkdir -p ${q(dst)} && mount --bind ${q(src)} ${q(dst)}${ro ? ` && mount -o remount,bind,ro ${q(dst)}` : ""}`),
+        ...tmpfs.map(([dst, bytes]) => `mkdir -p ${q(dst)} && mount -t tmpfs -o size=${bytes},mode=0777 tmpfs ${q(dst)}`),
         `cd ${q(cwd)}`, 'exec "$@"',
       ].join(" && ");
       const logDir = path.join(this.opts.root, "pods", `${run.namespace}_${run.name}_${run.uid}`);
