@@ -192,7 +192,8 @@ describe("across processes", () => {
     await rt.client.register("default", "lazy");
     await rt.client.submit("default", "a", "hello", { max_tokens: 2 });
     const inflight = rt.client.submit("default", "b", "a long answer please", { max_tokens: 150 });
-    await new Promise((r) => setTimeout(r, 50));
+    // SIGTERM only once the generation is really under way (not merely sent).
+    for (let i = 0; i < 200 && (await rt.client.status("default", "b")).phase !== "Generating"; i++) await new Promise((r) => setTimeout(r, 10));
     const code = await rt.stop("SIGTERM");
     const r = await inflight;
     assert.equal(r.usage.completion_tokens, 150, "in-flight generation was not finished");
