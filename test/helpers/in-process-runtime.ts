@@ -1,7 +1,5 @@
 // The runtime's parts wired in-process (real node-llama-cpp), for tests that need an injected clock.
-import { mkdtemp } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
+import { tempDir } from "./temp-dir.js";
 import { ManualClock } from "../../runtime/clock.js";
 import { HibernationStore } from "../../runtime/hibernation-store.js";
 import { createLogger } from "../../runtime/logger.js";
@@ -29,7 +27,7 @@ export interface Harness {
 
 export async function harness(opts: Partial<ManagerOptions> = {}, dir?: string): Promise<Harness> {
   const host = await sharedHost();
-  const root = dir ?? await mkdtemp(path.join(os.tmpdir(), "torpor-hib-"));
+  const root = dir ?? await tempDir("torpor-hib-");
   const store = new HibernationStore(root);
   const clock = new ManualClock(1_000_000);
   const metrics = new RuntimeMetrics(false);

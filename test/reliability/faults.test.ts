@@ -2,17 +2,17 @@
 // request bodies. Prints a summary of faults tried, survived and data lost at the end.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtemp, readdir } from "node:fs/promises";
-import os from "node:os";
+import { readdir } from "node:fs/promises";
 import path from "node:path";
 import { after, describe, it } from "node:test";
 import fc from "fast-check";
 import { RuntimeApiError } from "../../operator/runtime-client.js";
 import { startRuntime } from "../../scripts/local-runtime.js";
+import { tempDir } from "../helpers/temp-dir.js";
 import { smallModel, wideKvModel } from "../helpers/models.js";
 
 const summary = { tried: 0, survived: 0, dataLost: 0 };
-const tmp = (p: string) => mkdtemp(path.join(os.tmpdir(), p));
+const tmp = tempDir;
 
 after(() => {
   console.log(`\nreliability: ${summary.tried} faults tried, ${summary.survived} survived, ${summary.dataLost} lost data`);

@@ -1,15 +1,15 @@
 // The runtime as a real process: HTTP API, auth, refusal of bad state files, a second process
 // rehydrating from the same folder, memory really freed, and SIGTERM hibernating everything.
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, readFile, symlink, truncate, writeFile, open } from "node:fs/promises";
-import os from "node:os";
+import { readdir, readFile, symlink, truncate, writeFile, open } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { RuntimeApiError, RuntimeClient } from "../../operator/runtime-client.js";
 import { otherModel, smallModel, wideKvModel } from "../helpers/models.js";
+import { tempDir } from "../helpers/temp-dir.js";
 import { startRuntime, type RuntimeProcess } from "../../scripts/local-runtime.js";
 
-const tmp = (p: string) => mkdtemp(path.join(os.tmpdir(), p));
+const tmp = tempDir;
 
 async function rejectsWith(p: Promise<unknown>, status: number, code: string, reason?: string): Promise<RuntimeApiError> {
   try {

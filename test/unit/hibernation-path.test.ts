@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
-import { mkdtemp, symlink } from "node:fs/promises";
-import os from "node:os";
+import { symlink } from "node:fs/promises";
 import path from "node:path";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { resolveSessionDir, validateSubPath } from "../../runtime/hibernation-path.js";
 import { TorporError } from "../../runtime/errors.js";
+import { tempDir } from "../helpers/temp-dir.js";
 
 describe("hibernation paths", () => {
   it("accepts tenant sub-paths and refuses escapes", () => {
@@ -16,7 +16,7 @@ describe("hibernation paths", () => {
   });
 
   it("never resolves outside the namespace folder (property)", async () => {
-    const root = await mkdtemp(path.join(os.tmpdir(), "torpor-prop-"));
+    const root = await tempDir("torpor-prop-");
     await fc.assert(fc.asyncProperty(fc.array(fc.constantFrom("a", "b", "..", ".", "", "/", "c.d", "%2e%2e"), { maxLength: 6 }), async (parts) => {
       const sub = parts.join("/");
       try {
@@ -29,8 +29,8 @@ describe("hibernation paths", () => {
   });
 
   it("refuses a symlink that leads out of the volume", async () => {
-    const root = await mkdtemp(path.join(os.tmpdir(), "torpor-sym-"));
-    const outside = await mkdtemp(path.join(os.tmpdir(), "torpor-out-"));
+    const root = await tempDir("torpor-sym-");
+    const outside = await tempDir("torpor-out-");
     await resolveSessionDir(root, "ns", "");
     await symlink(outside, path.join(root, "ns", "link"));
     await assert.rejects(resolveSessionDir(root, "ns", "link/deeper"), (e: TorporError) => e.code === "invalid_path");
