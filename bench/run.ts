@@ -43,11 +43,11 @@ function table(title: string, head: string[], rows: string[][]): void {
 /** Drops the file from the page cache (posix_fadvise DONTNEED through GNU dd). */
 const dropCache = (file: string) => execFileSync("dd", [`if=${file}`, "iflag=nocache", "count=0", "status=none"]);
 
-async function harness(model: TestModelParams, dir: string) {
+async function harness(model: TestModelParams, dir: string, maxResident = 64) {
   const host = await ModelHost.load({ model: await ensureTestModel(MODEL_DIR, model), modelCacheDir: "", gpu: false, gpuLayers: 0, threads: 1 });
   const store = new HibernationStore(dir);
   const manager = new SessionManager(host, store, new ManualClock(), new RuntimeMetrics(false), createLogger("bench", "silent"), {
-    maxResident: 64, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 65536, podName: "bench",
+    maxResident, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 65536, podName: "bench",
   });
   return { host, store, manager };
 }
@@ -278,8 +278,7 @@ async function density(): Promise<void> {
       continue;
     }
     const dir = await mkdtemp(path.join(os.tmpdir(), "torpor-bench-density-"));
-    const { host, manager } = await harness(DEFAULT_TEST_MODEL, dir);
-    (manager.opts as { maxResident: number }).maxResident = mode === "all-resident" ? sessions : 8;
+    const { host, manager } = await harness(DEFAULT_TEST_MODEL, dir, mode === "all-resident" ? sessions : 8);
     const histories = Array.from({ length: sessions }, () => [] as import("node-llama-cpp").ChatHistoryItem[]);
     const ttft: number[] = [];
     const rss0 = process.memoryUsage.rss();

@@ -37,7 +37,8 @@ export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registe
   const current = pods.find((p) => p.name === s.status?.pod && p.ready && p.model === s.spec.model);
   if (isDeleting(s)) {
     // Any Ready pod of the pool mounts the volume, so files can go even if the session never ran.
-    return { kind: "finalize", ...(current ?? choosePod(pods, s.spec.model) ? { pod: current ?? choosePod(pods, s.spec.model)! } : {}) };
+    const pod = current ?? choosePod(pods, s.spec.model);
+    return pod ? { kind: "finalize", pod } : { kind: "finalize" };
   }
   if (current) return { kind: "use", pod: current, register: !registered, moved: false, liveStateLost: false };
   const next = choosePod(pods, s.spec.model);

@@ -59,7 +59,7 @@ export class SessionManager implements Admission {
 
   /** Idempotent: returns the existing session, or a new one that is Hibernated if the volume has its state. */
   async register(req: RegisterRequest): Promise<Session> {
-    this.assertAccepting();
+    this.checkAccepting();
     validateName("namespace", req.namespace);
     validateName("name", req.name);
     const path = req.path ?? "";
@@ -175,11 +175,10 @@ export class SessionManager implements Admission {
     return { hibernated, failed };
   }
 
-  private assertAccepting(): void {
+  /** Throws shutting_down once SIGTERM has been received. */
+  checkAccepting(): void {
     if (this.draining) throw new TorporError("shutting_down", "runtime is shutting down; retry on another pod");
   }
-
-  checkAccepting(): void { this.assertAccepting(); }
 
   countByResidency(): Record<string, number> {
     const counts = { NotCreated: 0, InMemory: 0, Hibernated: 0 };

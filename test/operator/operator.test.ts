@@ -19,6 +19,7 @@ describe("operator on the testbed", () => {
   let operatorLog = "";
   const hibDir = () => path.join(tb.dir, "shared", HIB_HOST_PATH, "default");
   const get = async (name: string) => JSON.parse(await tb.kubectl(["get", "isess", name, "-o", "json"])) as InferenceSession;
+  const waitPlaced = (name: string) => eventually(`placement of ${name}`, async () => { const s = await get(name); return s.status?.pod ? s : undefined; });
   const runtimeFor = (s: InferenceSession) => new RuntimeClient(`http://${s.status!.podIP}:8080`, TOKEN);
 
   const startOperator = async () => {
@@ -66,7 +67,7 @@ describe("operator on the testbed", () => {
 
   it("apply -> NotCreated; first request -> InMemory; patch -> Hibernated; back; delete", async () => {
     await tb.kubectl(["apply", "-f", "-"], session("chat"));
-    const placed = await eventually("placement", async () => { const s = await get("chat"); return s.status?.pod ? s : undefined; });
+    const placed = await waitPlaced("chat");
     assert.equal(placed.status!.residency, "NotCreated");
     assert.ok(placed.metadata.finalizers?.includes("torpor.dev/hibernation-files"));
 
@@ -104,7 +105,7 @@ describe("operator on the testbed", () => {
 
   it("a hibernated session whose pod is deleted rehydrates on another pod with its history", async () => {
     await tb.kubectl(["apply", "-f", "-"], session("mover"));
-    const placed = await eventually("placement", async () => { const s = await get("mover"); return s.status?.pod ? s : undefined; });
+    const placed = await waitPlaced("mover");
     await runtimeFor(placed).submit("default", "mover", "Remember the number 42.", { max_tokens: 4 });
     await tb.kubectl(["patch", "isess", "mover", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
     await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/mover", "--timeout=60s"]);
@@ -122,7 +123,7 @@ describe("operator on the testbed", () => {
 
   it("converges after the operator is killed and restarted mid-transition", async () => {
     await tb.kubectl(["apply", "-f", "-"], session("crashy"));
-    const placed = await eventually("placement", async () => { const s = await get("crashy"); return s.status?.pod ? s : undefined; });
+    const placed = await waitPlaced("crashy");
     await runtimeFor(placed).submit("default", "crashy", "Hi", { max_tokens: 4 });
     await eventually("InMemory", async () => ((await get("crashy")).status?.residency === "InMemory" ? true : undefined), 20_000);
     await tb.kubectl(["patch", "isess", "crashy", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
@@ -134,7 +135,7 @@ describe("operator on the testbed", () => {
 
   it("a corrupted hibernation file: session Degraded with the reason and an Event, file kept, runtime serving", async () => {
     await tb.kubectl(["apply", "-f", "-"], session("damaged"));
-    const placed = await eventually("placement", async () => { const s = await get("damaged"); return s.status?.pod ? s : undefined; });
+    const placed = await waitPlaced("damaged");
     await runtimeFor(placed).submit("default", "damaged", "precious words", { max_tokens: 4 });
     await tb.kubectl(["patch", "isess", "damaged", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
     await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/damaged", "--timeout=60s"]);
@@ -154,7 +155,7 @@ describe("operator on the testbed", () => {
     const events = await tb.kubectl(["get", "events", "--field-selector", "involvedObject.name=damaged,type=Warning", "-o", "jsonpath={.items[*].reason}"]);
     assert.match(events, /ChecksumMismatch/);
     await tb.kubectl(["apply", "-f", "-"], session("neighbour"));
-    const n = await eventually("placement", async () => { const x = await get("neighbour"); return x.status?.pod ? x : undefined; });
+    const n = await waitPlaced("neighbour");
     assert.equal((await runtimeFor(n).submit("default", "neighbour", "hello", { max_tokens: 2 })).usage.completion_tokens, 2);
   });
 
@@ -167,7 +168,7 @@ describe("operator on the testbed", () => {
     await tb.kubectl(["apply", "-f", "-"], deployment);
     await tb.kubectl(["rollout", "status", "deployment/runtime-full", "--timeout=120s"]);
     await tb.kubectl(["apply", "-f", "-"], session("cramped").replace("model: tiny", "model: full").replace("contextSize: 1024", "contextSize: 2048"));
-    const placed = await eventually("placement", async () => { const s = await get("cramped"); return s.status?.pod ? s : undefined; });
+    const placed = await waitPlaced("cramped");
     await runtimeFor(placed).submit("default", "cramped", "z".repeat(1500), { max_tokens: 2 });
     await tb.kubectl(["patch", "isess", "cramped", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
     await tb.kubectl(["wait", "--for=condition=Degraded", "isess/cramped", "--timeout=60s"]);
@@ -228,7 +229,7 @@ describe("operator on the testbed", () => {
 
   it("reports live state lost when the pod holding an in-memory session goes away", async () => {
     await tb.kubectl(["apply", "-f", "-"], session("fragile"));
-    const placed = await eventually("placement", async () => { const s = await get("fragile"); return s.status?.pod ? s : undefined; });
+    const placed = await waitPlaced("fragile");
     await runtimeFor(placed).submit("default", "fragile", "Hi", { max_tokens: 4 });
     await eventually("InMemory", async () => ((await get("fragile")).status?.residency === "InMemory" ? true : undefined), 20_000);
     // SIGKILL: no chance to hibernate on the way out.
@@ -246,7 +247,7 @@ describe("operator on the testbed", () => {
 
   it("a hibernated session on a failed node rehydrates on another node with its history", async () => {
     await tb.kubectl(["apply", "-f", "-"], session("survivor"));
-    const placed = await eventually("placement", async () => { const s = await get("survivor"); return s.status?.pod ? s : undefined; });
+    const placed = await waitPlaced("survivor");
     await runtimeFor(placed).submit("default", "survivor", "Keep this safe.", { max_tokens: 4 });
     await tb.kubectl(["patch", "isess", "survivor", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
     await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/survivor", "--timeout=60s"]);

@@ -354,8 +354,8 @@ export class TestKubelet {
     }));
   }
 
-  private async runProbe(p: V1Probe, c: V1Container | ContainerRun, ip: string): Promise<boolean> {
-    const spec = "spec" in c ? c.spec : c;
+  private async runProbe(p: V1Probe, c: ContainerRun, ip: string): Promise<boolean> {
+    const spec = c.spec;
     const port = (raw: number | string | undefined) => typeof raw === "number" ? raw : Number(spec.ports?.find((x) => x.name === raw)?.containerPort ?? raw);
     const timeout = (p.timeoutSeconds ?? 1) * 1000;
     if (p.httpGet) {
