@@ -26,6 +26,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 
 FROM runtime-${VARIANT}
 ENV NODE_ENV=production
+# Return a hibernated context's memory to the OS (see runtime/malloc-tuning.ts).
+ENV MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072
 WORKDIR /app
 COPY --from=build /src/node_modules node_modules
 COPY --from=build /src/dist dist

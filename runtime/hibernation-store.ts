@@ -7,7 +7,6 @@
 // The manifest's rename is the commit point: a crash before it leaves the previous manifest and
 // its state untouched, and a state file no manifest names is never loaded.
 import { createHash, randomBytes } from "node:crypto";
-import { createReadStream } from "node:fs";
 import { open, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { ChatHistoryItem } from "node-llama-cpp";
@@ -73,9 +72,21 @@ async function fsyncPath(p: string): Promise<void> {
   try { await fh.sync(); } finally { await fh.close(); }
 }
 
+/**
+ * One buffer, reused: a read stream leaves one garbage Buffer per chunk (tens of MiB for a large
+ * state) that stays in RSS until V8 collects it, which would eat the memory a hibernate just freed.
+ */
 export async function sha256File(p: string): Promise<string> {
   const hash = createHash("sha256");
-  for await (const chunk of createReadStream(p, { highWaterMark: 4 << 20 })) hash.update(chunk as Buffer);
+  const buf = Buffer.allocUnsafeSlow(1 << 20);
+  const fh = await open(p, "r");
+  try {
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      if (bytesRead === 0) break;
+      hash.update(buf.subarray(0, bytesRead));
+    }
+  } finally { await fh.close(); }
   return hash.digest("hex");
 }
 

@@ -4,6 +4,7 @@ import { mkdir } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { systemClock } from "./clock.js";
 import { loadConfig } from "./config.js";
+import { MALLOC_TUNING_ENV, missingMallocTuning } from "./malloc-tuning.js";
 import { HibernationStore } from "./hibernation-store.js";
 import { createRuntimeApp } from "./http-api.js";
 import { createLogger } from "./logger.js";
@@ -17,6 +18,10 @@ async function main(): Promise<void> {
   // Hibernation files hold users' conversations: owner-only, whatever creates them (llama.cpp too).
   process.umask(0o077);
   const cfg = loadConfig();
+  const untuned = missingMallocTuning(process.env);
+  if (untuned.length) {
+    log.warn({ missing: untuned, recommended: MALLOC_TUNING_ENV }, "glibc malloc is untuned: hibernated sessions may not return all their memory to the OS");
+  }
   await mkdir(cfg.hibernationDir, { recursive: true, mode: 0o700 });
   const t0 = performance.now();
   const host = await ModelHost.load(cfg);

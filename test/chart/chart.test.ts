@@ -6,6 +6,7 @@ import { after, before, describe, it } from "node:test";
 import YAML from "yaml";
 import { installChart, RELEASE_NAMESPACE } from "../../scripts/cluster.js";
 import { runQuickstart } from "../../scripts/quickstart.js";
+import { MALLOC_TUNING_ENV } from "../../runtime/malloc-tuning.js";
 import { REPO_ROOT } from "../helpers/paths.js";
 import { startTestbed, type Testbed } from "../testbed/testbed.js";
 
@@ -41,6 +42,10 @@ describe("helm chart", () => {
           assert.equal(c.securityContext.readOnlyRootFilesystem, true);
           assert.deepEqual((c.securityContext.capabilities as { drop: string[] }).drop, ["ALL"]);
         }
+      }
+      const runtimeEnv = (deployments.find((d) => JSON.stringify(d).includes("TORPOR_MODEL"))!.spec!.template!.spec.containers[0] as unknown as { env: Array<{ name: string; value?: string }> }).env;
+      for (const [name, value] of Object.entries(MALLOC_TUNING_ENV)) {
+        assert.equal(runtimeEnv.find((e) => e.name === name)?.value, value, `runtime pods lack ${name}=${value}`);
       }
       if (v.length) {
         const runtime = deployments.find((d) => JSON.stringify(d).includes("nvidia.com/gpu.present"))!;
