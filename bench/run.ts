@@ -18,10 +18,11 @@ import { MODEL_DIR } from "../test/helpers/paths.js";
 import { eventually, installTorpor, session as sessionManifest, startEntryPoint, TOKEN } from "../test/helpers/torpor-on-testbed.js";
 import { freePort } from "../scripts/local-runtime.js";
 import type { InferenceSession } from "../operator/api/types.js";
+import { bulkheadSwap } from "./bulkhead-swap.js";
 import { operatorScale } from "./operator-scale.js";
 
 const { values: args } = parseArgs({ options: { out: { type: "string", default: "bench-results.json" }, quick: { type: "boolean", default: false }, runs: { type: "string" }, only: { type: "string" }, sessions: { type: "string" } } });
-/** --only rebuild,io,testbed,gateway runs a subset. */
+/** --only rebuild,io,testbed,gateway,density,swap runs a subset (operator only when named). */
 const want = (name: string) => !args.only || args.only.split(",").includes(name);
 const RUNS = Number(args.runs ?? (args.quick ? 2 : 3));
 
@@ -327,6 +328,16 @@ if (want("io")) await stateIo();
 if (want("testbed")) await testbedStartup();
 if (want("gateway")) await gatewayOverhead();
 if (want("density")) await density();
+if (want("swap")) {
+  const r = await bulkheadSwap(args.quick ? 2 : 4);
+  const H = stat(r.handover.turnMs), F = stat(r.fresh.turnMs), HR = stat(r.handover.rehydrateMs), FR = stat(r.fresh.rehydrateMs);
+  table(`Figure 8: full bulkhead, 3 sessions on 2 slots, ${r.stateMiB.toFixed(0)} MiB states in ${r.contextMiB.toFixed(0)} MiB contexts: every turn evicts one session and rehydrates another`,
+    ["mode", "time to first token (evict + rehydrate + eval)", "rehydrate", "speedup"], [
+      ["context handover (default)", fmt(H), fmt(HR), `${(F.median / H.median).toFixed(2)}x`],
+      ["free + allocate", fmt(F), fmt(FR), "1.00x"],
+    ]);
+  results.bulkheadSwap = { ...r, handoverTurn: H, freshTurn: F, handoverRehydrate: HR, freshRehydrate: FR, speedup: F.median / H.median };
+}
 if (args.only?.split(",").includes("operator")) { // minutes and GiB of contexts: only when asked
   const r = await operatorScale(Number(args.sessions ?? (args.quick ? 100 : 1000)));
   table(`Figure 5: operator at ${r.sessions} sessions on the testbed (goal: all transitions within 60 s, <= 3 API writes per transition)`, ["measure", "value"], [

@@ -23,6 +23,8 @@ export interface RuntimeConfig {
   /** 0 lets llama.cpp choose. */
   threads: number;
   maxBodyBytes: number;
+  /** Reuse an evicted session's context for the session that needed the room. */
+  contextHandover: boolean;
   podName: string;
   nodeName: string;
 }
@@ -33,6 +35,13 @@ function int(env: NodeJS.ProcessEnv, key: string, fallback: number, min = 0): nu
   const n = Number(raw);
   if (!Number.isInteger(n) || n < min) throw new TorporError("bad_request", `${key}=${raw} must be an integer >= ${min}`);
   return n;
+}
+
+function bool(env: NodeJS.ProcessEnv, key: string, fallback: boolean): boolean {
+  const raw = env[key];
+  if (raw === undefined || raw === "") return fallback;
+  if (raw === "true" || raw === "false") return raw === "true";
+  throw new TorporError("bad_request", `${key}=${raw} must be true or false`);
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig {
@@ -62,6 +71,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     gpu: gpuLayers === 0 || env.TORPOR_GPU === "false" ? false : "auto",
     threads: int(env, "TORPOR_THREADS", 0),
     maxBodyBytes: int(env, "TORPOR_MAX_BODY_BYTES", 1 << 20, 1024),
+    contextHandover: bool(env, "TORPOR_CONTEXT_HANDOVER", true),
     podName: env.TORPOR_POD_NAME ?? env.HOSTNAME ?? "local",
     nodeName: env.TORPOR_NODE_NAME ?? "local",
   };

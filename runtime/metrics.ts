@@ -31,6 +31,10 @@ export class RuntimeMetrics {
     name: "torpor_runtime_evictions_total", help: "Sessions hibernated by the runtime itself, by reason (lru, idle, shutdown).",
     labelNames: ["reason"], registers: [this.registry],
   });
+  readonly contextHandovers = new Counter({
+    name: "torpor_runtime_context_handovers_total", help: "Contexts reused from an evicted session instead of being freed and allocated again.",
+    registers: [this.registry],
+  });
   readonly errors = new Counter({
     name: "torpor_runtime_errors_total", help: "Errors returned, by stable error code.", labelNames: ["code"], registers: [this.registry],
   });

@@ -9,7 +9,7 @@ import type { Logger } from "./logger.js";
 import type { RuntimeMetrics } from "./metrics.js";
 import type { ModelHost } from "./model-host.js";
 import { SerialQueue } from "./serial-queue.js";
-import { Session, type Admission } from "./session.js";
+import { Session, type Admission, type SpareContext } from "./session.js";
 import type { SessionSpec } from "./session-types.js";
 
 export interface ManagerOptions {
@@ -21,6 +21,8 @@ export interface ManagerOptions {
   memoryBudgetBytes?: number;
   /** How long a request waits for a resident slot when every resident session is busy. */
   admissionTimeoutMs?: number;
+  /** Reuse an evicted session's context for the session that needed the room (default true). */
+  contextHandover?: boolean;
   podName: string;
 }
 
@@ -112,31 +114,41 @@ export class SessionManager implements Admission {
     return sum;
   }
 
-  async acquire(session: Session): Promise<void> {
+  async acquire(session: Session): Promise<SpareContext | undefined> {
     const budget = this.opts.memoryBudgetBytes ?? 0;
     const need = budget > 0 ? await this.host.estimateContextBytes(session.spec.contextSize) : 0;
     if (budget > 0 && need > budget) {
       throw new TorporError("capacity_exhausted", `a context of ${session.spec.contextSize} tokens needs about ${Math.round(need / 2 ** 20)} MiB, more than the runtime's whole memory budget of ${Math.round(budget / 2 ** 20)} MiB`);
     }
-    await this.admissions.run(async () => {
+    return this.admissions.run(async () => {
       const deadline = Date.now() + (this.opts.admissionTimeoutMs ?? 30_000);
       const full = () => this.resident.size >= this.opts.maxResident || (budget > 0 && this.residentBytes() + need > budget);
-      while (full()) {
-        const victim = [...this.resident.keys()]
-          .filter((s) => s !== session && !s.busy && s.residency === "InMemory")
-          .sort((a, b) => a.lastActivity - b.lastActivity)[0];
-        if (victim) {
-          this.log.info({ namespace: victim.ref.namespace, name: victim.ref.name, for: `${session.ref.namespace}/${session.ref.name}` }, "evicting least recently used session");
-          await victim.hibernate("lru");
-          this.metrics.evictions.inc({ reason: "lru" });
-          continue;
+      let spare: SpareContext | undefined;
+      try {
+        while (full()) {
+          const victim = [...this.resident.keys()]
+            .filter((s) => s !== session && !s.busy && s.residency === "InMemory")
+            .sort((a, b) => a.lastActivity - b.lastActivity)[0];
+          if (victim) {
+            // Only a context of the very size this session asks for is worth keeping.
+            const handOver = this.opts.contextHandover !== false && !spare && victim.spec.contextSize === session.spec.contextSize;
+            this.log.info({ namespace: victim.ref.namespace, name: victim.ref.name, for: `${session.ref.namespace}/${session.ref.name}`, handOver }, "evicting least recently used session");
+            if (handOver) spare = (await victim.evict("lru")).spare;
+            else await victim.hibernate("lru");
+            this.metrics.evictions.inc({ reason: "lru" });
+            continue;
+          }
+          if (Date.now() > deadline) {
+            throw new TorporError("capacity_exhausted", `every resident session is busy generating (cap ${this.opts.maxResident}${budget ? `, budget ${Math.round(budget / 2 ** 20)} MiB` : ""}); retry shortly`);
+          }
+          await sleep(25);
         }
-        if (Date.now() > deadline) {
-          throw new TorporError("capacity_exhausted", `every resident session is busy generating (cap ${this.opts.maxResident}${budget ? `, budget ${Math.round(budget / 2 ** 20)} MiB` : ""}); retry shortly`);
-        }
-        await sleep(25);
+      } catch (err) {
+        await spare?.context.dispose();
+        throw err;
       }
       this.resident.set(session, need);
+      return spare;
     });
   }
 

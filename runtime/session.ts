@@ -11,10 +11,28 @@ import { NODE_LLAMA_CPP_VERSION, type ModelHost } from "./model-host.js";
 import { SerialQueue } from "./serial-queue.js";
 import type { GenerateOptions, GenerateResult, HibernateOutcome, Phase, Residency, SessionSpec, SessionStatus, Wake } from "./session-types.js";
 
-/** Grants a context slot (evicting others if needed) and takes it back. */
+/**
+ * A clean context taken from a session that was evicted to make room: reusing it spares the next
+ * session llama.cpp's allocation and clearing of a whole KV buffer (the bulk of a rehydrate's
+ * latency when contexts are large). Whoever holds one owns it: use it or dispose it.
+ */
+export interface SpareContext {
+  context: LlamaContext;
+  /** Its one sequence, emptied. */
+  sequence: LlamaContextSequence;
+  /** The size it was requested with (the key for reuse). */
+  contextSize: number;
+}
+
+/** Grants a context slot (evicting others if needed, possibly handing over one's context) and takes it back. */
 export interface Admission {
-  acquire(session: Session): Promise<void>;
+  acquire(session: Session): Promise<SpareContext | undefined>;
   release(session: Session): void;
+}
+
+interface HibernateResult {
+  outcome: HibernateOutcome;
+  spare?: SpareContext;
 }
 
 export interface SessionDeps {
@@ -34,9 +52,11 @@ export class Session {
   lastActivity: number;
   private history: ChatHistoryItem[] = [];
   private context?: LlamaContext;
+  /** The size the current context was requested with. */
+  private allocatedSize = 0;
   private sequence?: LlamaContextSequence;
   private readonly queue = new SerialQueue();
-  private pendingHibernate?: Promise<HibernateOutcome>;
+  private pendingHibernate?: Promise<HibernateResult>;
   private deleted = false;
   private readonly createdAt: string;
   private lastHibernation?: SessionStatus["lastHibernation"];
@@ -95,9 +115,23 @@ export class Session {
   }
 
   /** Coalesced: concurrent calls share one save; it runs after whatever is already queued. */
-  hibernate(reason: string): Promise<HibernateOutcome> {
+  async hibernate(reason: string): Promise<HibernateOutcome> {
+    return (await this.hibernateOnce(reason, false)).outcome;
+  }
+
+  /**
+   * Hibernates for the bulkhead and hands the freed context to the caller instead of disposing it.
+   * A save already under way is joined instead (its context is disposed as usual: no spare).
+   */
+  async evict(reason: string): Promise<HibernateResult> {
+    const joined = this.pendingHibernate;
+    const r = await this.hibernateOnce(reason, true);
+    return joined ? { outcome: r.outcome } : r;
+  }
+
+  private hibernateOnce(reason: string, handOver: boolean): Promise<HibernateResult> {
     if (this.pendingHibernate) return this.pendingHibernate;
-    const p = this.queue.run(() => this.doHibernate(reason)).finally(() => {
+    const p = this.queue.run(() => this.doHibernate(reason, handOver)).finally(() => {
       if (this.pendingHibernate === p) this.pendingHibernate = undefined;
     });
     this.pendingHibernate = p;
@@ -134,11 +168,13 @@ export class Session {
     if (this.deleted) throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`);
     if (this.residency === "InMemory") return { rehydrated: false, created: false };
     const { host, store, admission, metrics } = this.deps;
-    await admission.acquire(this);
+    let spare = await admission.acquire(this);
+    // Whatever path below allocates takes the spare (or disposes it when the size differs).
+    const allocate = (contextSize: number) => { const s = spare; spare = undefined; return this.allocate(contextSize, s); };
     try {
       if (this.residency === "NotCreated") {
         this.phase = "Creating";
-        await this.allocate(this.spec.contextSize);
+        await allocate(this.spec.contextSize);
         this.history = this.spec.systemPrompt ? [{ type: "system", text: this.spec.systemPrompt }] : [];
         this.residency = "InMemory";
         this.log.info({ contextSize: this.spec.contextSize }, "context created");
@@ -146,12 +182,13 @@ export class Session {
       }
       this.phase = "Rehydrating";
       const t0 = performance.now();
-      const verified = await store.verify(this.ref, host.fingerprint, (m) => this.allocate(Math.max(m.contextSize, m.tokenCount)));
+      const verified = await store.verify(this.ref, host.fingerprint, (m) => allocate(Math.max(m.contextSize, m.tokenCount)));
       if (!verified) {
         // The files went away (deleted by hand, or swept): start over rather than fail forever.
         this.log.warn("hibernated state missing on the volume; starting a fresh context");
         this.residency = "NotCreated";
         this.phase = "Idle";
+        await spare?.context.dispose();
         admission.release(this);
         return this.ensureResident();
       }
@@ -173,6 +210,7 @@ export class Session {
       this.log.info({ bytes: manifest.stateBytes, tokens: manifest.tokenCount, ms: Math.round(ms * 10) / 10 }, "rehydrated");
       return { rehydrated: true, rehydrateMs: ms, created: false };
     } catch (err) {
+      await spare?.context.dispose();
       await this.disposeContext();
       admission.release(this);
       this.recordError(err);
@@ -182,9 +220,34 @@ export class Session {
     }
   }
 
-  private async allocate(contextSize: number): Promise<void> {
-    this.context = await this.deps.host.createContext(contextSize);
-    this.sequence = this.context.getSequence();
+  private async allocate(contextSize: number, spare?: SpareContext): Promise<void> {
+    if (spare && spare.contextSize === contextSize && !spare.context.disposed) {
+      this.context = spare.context;
+      this.sequence = spare.sequence;
+      this.deps.metrics.contextHandovers.inc();
+    } else {
+      await spare?.context.dispose();
+      this.context = await this.deps.host.createContext(contextSize);
+      this.sequence = this.context.getSequence();
+    }
+    this.allocatedSize = contextSize;
+  }
+
+  /** Empties the sequence and gives up the context without freeing it. */
+  private async detachContext(): Promise<SpareContext | undefined> {
+    const ctx = this.context, seq = this.sequence;
+    if (!ctx || !seq) return undefined;
+    try {
+      await seq.clearHistory();
+    } catch (err) {
+      this.log.warn({ err }, "could not empty the sequence for handover; freeing the context instead");
+      await this.disposeContext();
+      return undefined;
+    }
+    this.context = undefined;
+    this.sequence = undefined;
+    this.deps.admission.release(this);
+    return { context: ctx, sequence: seq, contextSize: this.allocatedSize };
   }
 
   private async disposeContext(): Promise<void> {
@@ -195,10 +258,10 @@ export class Session {
     this.deps.admission.release(this);
   }
 
-  private async doHibernate(reason: string): Promise<HibernateOutcome> {
-    if (this.residency === "NotCreated") return { outcome: "not-created" };
+  private async doHibernate(reason: string, handOver: boolean): Promise<HibernateResult> {
+    if (this.residency === "NotCreated") return { outcome: { outcome: "not-created" } };
     if (this.residency === "Hibernated") {
-      return { outcome: "already-hibernated", ...(this.lastHibernation ? { record: this.lastHibernation } : {}) };
+      return { outcome: { outcome: "already-hibernated", ...(this.lastHibernation ? { record: this.lastHibernation } : {}) } };
     }
     const { store, host, metrics } = this.deps;
     const seq = this.sequence!;
@@ -221,7 +284,7 @@ export class Session {
         this.log.error({ err, reason }, "hibernate failed; the session stays in memory");
         throw err;
       }
-      await this.disposeContext();
+      const spare = handOver ? await this.detachContext() : (await this.disposeContext(), undefined);
       const ms = performance.now() - t0;
       this.residency = "Hibernated";
       this.lastHibernation = { ...record, durationMs: ms, reason };
@@ -229,7 +292,7 @@ export class Session {
       metrics.hibernateDuration.observe({ reason }, ms / 1000);
       metrics.bytesWritten.inc(record.bytes);
       this.log.info({ reason, bytes: record.bytes, tokens: record.tokenCount, ms: Math.round(ms * 10) / 10 }, "hibernated");
-      return { outcome: "hibernated", record: this.lastHibernation };
+      return { outcome: { outcome: "hibernated", record: this.lastHibernation }, ...(spare ? { spare } : {}) };
     } finally {
       this.phase = "Idle";
     }

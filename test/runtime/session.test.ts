@@ -143,6 +143,38 @@ describe("bulkhead and idle policy", () => {
     assert.equal(await counterValue(h.metrics, "torpor_runtime_evictions_total"), 1);
   });
 
+  it("hands an evicted session's context to the session that needed the room; both continue exactly", async () => {
+    const h = await harness({ maxResident: 1 });
+    const ref = await harness({ maxResident: 8, contextHandover: false });
+    const names = ["swap-a", "swap-b"];
+    const live = await Promise.all(names.map((n) => h.manager.register({ namespace: "default", name: n, systemPrompt: "Be brief." })));
+    const never = await Promise.all(names.map((n) => ref.manager.register({ namespace: "default", name: n, systemPrompt: "Be brief." })));
+    for (const [turn, text] of ["first words", "more words", "last words"].entries()) {
+      for (const i of [0, 1]) {
+        // Cap 1: every call evicts the other session, whose context this one then takes over.
+        const r = await live[i]!.submit(`${text} ${i}`, greedy(12));
+        const expected = await never[i]!.submit(`${text} ${i}`, greedy(12));
+        assert.equal(r.text, expected.text, `turn ${turn} of ${names[i]}`);
+        assert.equal(r.rehydrated, turn > 0);
+      }
+    }
+    assert.equal(await counterValue(h.metrics, "torpor_runtime_context_handovers_total"), 5);
+    assert.equal(await counterValue(ref.metrics, "torpor_runtime_context_handovers_total"), 0);
+    assert.equal(h.manager.residentCount, 1);
+  });
+
+  it("frees the evicted context instead when the sizes differ, or when handover is off", async () => {
+    for (const [opts, sizes] of [[{}, [512, 1024]], [{ contextHandover: false }, [1024, 1024]]] as const) {
+      const h = await harness({ maxResident: 1, ...opts });
+      const [a, b] = await Promise.all(sizes.map((contextSize, i) => h.manager.register({ namespace: "default", name: `size-${i}`, contextSize })));
+      await a!.submit("one", greedy(2));
+      await b!.submit("two", greedy(2));
+      assert.equal((await a!.submit("one again", greedy(2))).rehydrated, true);
+      assert.equal(await counterValue(h.metrics, "torpor_runtime_context_handovers_total"), 0);
+      assert.equal(await counterValue(h.metrics, "torpor_runtime_evictions_total"), 2);
+    }
+  });
+
   it("keeps the estimated memory of resident contexts within the budget", async () => {
     const probe = await harness();
     const perContext = await probe.host.estimateContextBytes(1024);
