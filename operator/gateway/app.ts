@@ -1,7 +1,7 @@
 // The gateway: one stable, OpenAI-compatible base URL per session. Authenticates and authorises
 // the caller, wakes the session if needed, and proxies to the runtime pod holding it, streaming
 // responses through unbuffered. See docs/gateway.md.
-import { Readable } from "node:stream";
+import type { IncomingMessage } from "node:http";
 import express, { type NextFunction, type Request, type Response } from "express";
 import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { TorporError, asTorporError } from "../../runtime/errors.js";
@@ -9,6 +9,7 @@ import type { Logger } from "../../runtime/logger.js";
 import { asObject, optionalString, parseMessages, parseSampling } from "../../runtime/request-validation.js";
 import type { AccessControl } from "./access.js";
 import type { SessionRouter, SessionSource } from "./session-router.js";
+import { postJson } from "./upstream.js";
 
 export interface GatewayDeps {
   router: SessionRouter;
@@ -83,36 +84,36 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
     const deadline = Date.now() + d.wakeTimeoutMs;
     const abort = new AbortController();
     res.on("close", () => { if (!res.writableFinished) abort.abort(); });
+    const payload = JSON.stringify(body);
     for (let attempt = 0; ; attempt++) {
       const target = await d.router.route(namespace, name);
-      let upstream: globalThis.Response;
+      let upstream: IncomingMessage;
       try {
-        upstream = await fetch(`${target.url}/v1/sessions/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}/${suffix}`, {
-          method: "POST", body: JSON.stringify(body), signal: abort.signal,
-          headers: { authorization: `Bearer ${d.runtimeToken}`, "content-type": "application/json" },
-        });
+        upstream = await postJson(`${target.url}/v1/sessions/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}/${suffix}`, d.runtimeToken, payload, abort.signal);
       } catch (err) {
         if (abort.signal.aborted) return;
         if (Date.now() > deadline) throw new TorporError("runtime_unavailable", `runtime pod ${target.pod} is unreachable: ${(err as Error).message}`);
         await new Promise((r) => setTimeout(r, Math.min(1000, 100 * 2 ** attempt)));
         continue;
       }
-      if (upstream.status === 404 && Date.now() < deadline) {
-        await upstream.body?.cancel();
+      if (upstream.statusCode === 404 && Date.now() < deadline) {
+        upstream.resume();
         await new Promise((r) => setTimeout(r, Math.min(1000, 100 * 2 ** attempt)));
         continue;
       }
-      res.status(upstream.status);
-      upstream.headers.forEach((v, k) => { if (!HOP_BY_HOP.has(k)) res.setHeader(k, v); });
+      res.status(upstream.statusCode ?? 502);
+      for (const [k, v] of Object.entries(upstream.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) res.setHeader(k, v);
       if (target.woken) res.setHeader("x-torpor-woken", "true");
-      if (!upstream.body) { res.end(); return; }
-      res.flushHeaders();
-      // Streams pass through chunk by chunk: no buffering between the runtime and the caller.
+      // A stream's head (with the rehydrate headers) goes out at once; a JSON reply goes in one write.
+      if (String(upstream.headers["content-type"]).startsWith("text/event-stream")) res.flushHeaders();
+      // Chunks pass through as they arrive: no buffering between the runtime and the caller.
       await new Promise<void>((resolve) => {
-        const stream = Readable.fromWeb(upstream.body as import("node:stream/web").ReadableStream);
-        stream.on("error", () => { res.end(); resolve(); });
-        stream.on("end", resolve);
-        stream.pipe(res);
+        // The runtime going away mid-response ends ours too (a stream then lacks its [DONE]).
+        const done = () => { if (!res.writableEnded) res.end(); resolve(); };
+        upstream.once("error", done);
+        upstream.once("close", done);
+        res.once("close", () => { upstream.destroy(); resolve(); });
+        upstream.pipe(res);
       });
       return;
     }
