@@ -73,20 +73,32 @@ async function fsyncPath(p: string): Promise<void> {
 }
 
 /**
- * One buffer, reused: a read stream leaves one garbage Buffer per chunk (tens of MiB for a large
- * state) that stays in RSS until V8 collects it, which would eat the memory a hibernate just freed.
+ * Two 1 MiB buffers, reused: the next read runs on the thread pool while this one is hashed, which
+ * keeps SHA-256 at its CPU bound. A read stream would leave one garbage Buffer per chunk (tens of
+ * MiB for a large state) in RSS until V8 collects it, eating the memory a hibernate just freed.
  */
 export async function sha256File(p: string): Promise<string> {
   const hash = createHash("sha256");
-  const buf = Buffer.allocUnsafeSlow(1 << 20);
+  const size = 1 << 20;
+  const bufs = [Buffer.allocUnsafeSlow(size), Buffer.allocUnsafeSlow(size)] as const;
   const fh = await open(p, "r");
+  let pending: Promise<{ bytesRead: number }> | undefined;
   try {
+    let i = 0;
+    pending = fh.read(bufs[0], 0, size, null);
     for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      const { bytesRead } = await pending;
+      pending = undefined;
       if (bytesRead === 0) break;
-      hash.update(buf.subarray(0, bytesRead));
+      const current = bufs[i]!;
+      i ^= 1;
+      pending = fh.read(bufs[i]!, 0, size, null);
+      hash.update(current.subarray(0, bytesRead));
     }
-  } finally { await fh.close(); }
+  } finally {
+    await pending?.catch(() => undefined); // never close the handle under a read in flight
+    await fh.close();
+  }
   return hash.digest("hex");
 }
 
