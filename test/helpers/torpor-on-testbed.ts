@@ -5,6 +5,7 @@ import { smallModel } from "./models.js";
 export { eventually } from "./eventually.js";
 import { REPO_ROOT } from "./paths.js";
 import { SHARED_HOST_PATH, type Testbed } from "../testbed/testbed.js";
+import { MALLOC_TUNING_ENV } from "../../runtime/malloc-tuning.js";
 
 export const TOKEN = "operator-test-runtime-token-0123";
 export const HIB_HOST_PATH = `${SHARED_HOST_PATH}/hibernation`;
@@ -62,7 +63,7 @@ spec:
         - {name: TORPOR_RUNTIME_TOKEN, valueFrom: {secretKeyRef: {name: torpor-runtime-token, key: token}}}
         - {name: TORPOR_THREADS, value: "1"}
         - {name: TORPOR_GPU, value: "false"}
-${Object.entries(extraEnv).map(([k, v]) => `        - {name: ${k}, value: ${JSON.stringify(v)}}`).join("\n")}
+${Object.entries({ ...MALLOC_TUNING_ENV, ...extraEnv }).map(([k, v]) => `        - {name: ${k}, value: ${JSON.stringify(v)}}`).join("\n")}
         readinessProbe: {httpGet: {path: /readyz, port: http}, periodSeconds: 1}
         volumeMounts: [{name: hibernation, mountPath: /var/lib/torpor/hibernation}]
       volumes: [{name: hibernation, persistentVolumeClaim: {claimName: torpor-hibernation}}]

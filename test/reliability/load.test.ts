@@ -11,7 +11,8 @@ import { startTestbed, type Testbed } from "../testbed/testbed.js";
 
 const SESSIONS = 20;
 const CLIENTS = 100;
-const SECONDS = Number(process.env.TORPOR_LOAD_SECONDS ?? 40);
+// Three minutes, as the reliability issue asks; TORPOR_LOAD_SECONDS shortens it for local iteration.
+const SECONDS = Number(process.env.TORPOR_LOAD_SECONDS ?? 180);
 
 describe("load", () => {
   let tb: Testbed;
