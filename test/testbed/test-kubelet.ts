@@ -61,6 +61,14 @@ interface ContainerRun {
   nextProbeAt: number;
   nextStartAt: number;
   starting: boolean;
+  /** The startup probe has passed (or there is none): liveness and readiness probes run from then. */
+  started: boolean;
+  livenessFailures: number;
+  nextLivenessAt: number;
+  /** Set when a failed liveness or startup probe had the container killed: SIGKILL after the grace period. */
+  killAt?: number;
+  /** The previous run's end, reported as lastState like the kubelet does. */
+  lastTerminated?: { exitCode: number; reason: string; startedAt?: string; finishedAt?: string };
 }
 
 interface PodRun {
@@ -225,7 +233,7 @@ export class TestKubelet {
       uid: pod.metadata!.uid!, namespace: pod.metadata!.namespace!, name: pod.metadata!.name!, node,
       ip: `127.1.${(n >> 8) & 255}.${n & 255}`, startTime: new Date().toISOString(), graceMs: 30_000,
       containers: (pod.spec?.containers ?? []).map((spec) => ({
-        spec, restartCount: 0, ready: false, probeFailures: 0, nextProbeAt: 0, nextStartAt: 0, starting: false,
+        spec, restartCount: 0, ready: false, probeFailures: 0, nextProbeAt: 0, nextStartAt: 0, starting: false, started: false, livenessFailures: 0, nextLivenessAt: 0,
       })),
     };
     this.pods.set(run.uid, run);
@@ -249,12 +257,13 @@ export class TestKubelet {
     }
     const policy = pod.spec?.restartPolicy ?? "Always";
     for (const c of run.containers) {
+      if (c.killAt !== undefined && Date.now() > c.killAt) this.signal(c, "SIGKILL");
       if (this.running(c) || c.starting) continue;
       const exited = c.exitCode !== undefined;
       const restart = !exited || policy === "Always" || (policy === "OnFailure" && c.exitCode !== 0);
       if (restart && Date.now() >= c.nextStartAt) await this.startContainer(pod, run, c);
     }
-    await this.probe(run);
+    await this.probe(pod, run);
     await this.reportStatus(pod, run, policy);
   }
 
@@ -325,10 +334,15 @@ export class TestKubelet {
       c.ready = false;
       c.probeFailures = 0;
       c.nextProbeAt = Date.now() + (c.spec.readinessProbe?.initialDelaySeconds ?? 0) * 1000;
+      c.started = !c.spec.startupProbe;
+      c.livenessFailures = 0;
+      c.nextLivenessAt = Date.now() + ((c.spec.startupProbe ?? c.spec.livenessProbe)?.initialDelaySeconds ?? 0) * 1000;
+      c.killAt = undefined;
       proc.once("exit", (code, signal) => {
         c.exitCode = code ?? (signal ? 128 + (signal === "SIGKILL" ? 9 : 15) : 1);
         c.reason = code === 0 ? "Completed" : "Error";
         c.finishedAt = new Date().toISOString();
+        c.lastTerminated = { exitCode: c.exitCode, reason: c.reason, ...(c.startedAt ? { startedAt: c.startedAt } : {}), finishedAt: c.finishedAt };
         c.ready = false;
         c.restartCount++;
         // CrashLoopBackOff, compressed: 1 s doubling up to 10 s.
@@ -342,9 +356,11 @@ export class TestKubelet {
     }
   }
 
-  private async probe(run: PodRun): Promise<void> {
+  private async probe(pod: V1Pod, run: PodRun): Promise<void> {
     await Promise.all(run.containers.map(async (c) => {
-      if (!this.running(c)) return;
+      if (!this.running(c) || c.killAt !== undefined) return;
+      await this.checkAlive(pod, run, c);
+      if (!c.started || c.killAt !== undefined) { c.ready = false; return; }
       const p = c.spec.readinessProbe;
       if (!p) { c.ready = true; return; }
       if (Date.now() < c.nextProbeAt) return;
@@ -352,6 +368,25 @@ export class TestKubelet {
       const ok = await this.runProbe(p, c, run.ip).catch(() => false);
       if (ok) { c.probeFailures = 0; c.ready = true; } else if (++c.probeFailures >= (p.failureThreshold ?? 3) || !c.ready) c.ready = false;
     }));
+  }
+
+  /**
+   * Startup, then liveness probes, as the kubelet runs them: failureThreshold failures in a row
+   * kill the container (SIGTERM, SIGKILL after the pod's grace period) and restartPolicy decides.
+   */
+  private async checkAlive(pod: V1Pod, run: PodRun, c: ContainerRun): Promise<void> {
+    const p = c.started ? c.spec.livenessProbe : c.spec.startupProbe;
+    if (!p || Date.now() < c.nextLivenessAt) return;
+    c.nextLivenessAt = Date.now() + (p.periodSeconds ?? 10) * 1000;
+    if (await this.runProbe(p, c, run.ip).catch(() => false)) {
+      c.livenessFailures = 0;
+      if (!c.started) { c.started = true; c.nextLivenessAt = Date.now() + (c.spec.livenessProbe?.initialDelaySeconds ?? 0) * 1000; }
+      return;
+    }
+    if (++c.livenessFailures < (p.failureThreshold ?? 3)) return;
+    c.ready = false;
+    c.killAt = Date.now() + (pod.spec?.terminationGracePeriodSeconds ?? 30) * 1000;
+    this.signal(c, "SIGTERM");
   }
 
   private async runProbe(p: V1Probe, c: ContainerRun, ip: string): Promise<boolean> {
@@ -398,12 +433,13 @@ export class TestKubelet {
     };
     const containerStatuses = run.containers.map((c) => ({
       name: c.spec.name, image: c.spec.image ?? "", imageID: "", containerID: c.proc?.pid ? `testbed://${c.proc.pid}` : undefined,
-      ready: c.ready && this.running(c), started: this.running(c), restartCount: c.restartCount,
+      ready: c.ready && this.running(c), started: this.running(c) && c.started, restartCount: c.restartCount,
       state: this.running(c)
         ? { running: { startedAt: c.startedAt } }
         : c.exitCode !== undefined
           ? { terminated: { exitCode: c.exitCode, reason: c.reason, startedAt: c.startedAt, finishedAt: c.finishedAt } }
           : { waiting: { reason: run.failed ? "CreateContainerConfigError" : "ContainerCreating", ...(run.failed ? { message: run.failed } : {}) } },
+      ...(this.running(c) && c.lastTerminated ? { lastState: { terminated: c.lastTerminated } } : {}),
     }));
     const status = {
       phase, hostIP: "127.0.0.1", hostIPs: [{ ip: "127.0.0.1" }], podIP: run.ip, podIPs: [{ ip: run.ip }], startTime: run.startTime,

@@ -163,4 +163,44 @@ describe("testbed", () => {
       }
     });
   });
+
+  it("kills and restarts a container whose liveness probe fails; a passing startup probe gates readiness", async () => {
+    // /healthz fails once /sicken was called; a restarted process is healthy again.
+    const server = `
+let sick = false;
+require("http").createServer((req, res) => {
+  if (req.url === "/sicken") sick = true;
+  if (req.url === "/healthz" && sick) res.statusCode = 500;
+  res.end();
+}).listen(8080, process.env.POD_IP);
+`;
+    await tb.kubectl(["apply", "-f", "-"], `
+apiVersion: v1
+kind: Pod
+metadata: {name: probed, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: server
+    image: example.invalid/ignored:latest
+    command: [node, -e, ${JSON.stringify(server)}]
+    ports: [{name: http, containerPort: 8080}]
+    env:
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    startupProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1, failureThreshold: 30}
+    livenessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1, failureThreshold: 2}
+    readinessProbe: {httpGet: {path: /ready, port: http}, periodSeconds: 1}
+`);
+    type Status = { podIP?: string; containerStatuses?: Array<{ ready: boolean; started?: boolean; restartCount: number; state?: { running?: unknown }; lastState?: { terminated?: { exitCode: number } } }> };
+    const podStatus = async () => (JSON.parse(await tb.kubectl(["get", "pod", "probed", "-o", "json"])) as { status: Status }).status;
+    const status = async () => (await podStatus()).containerStatuses?.[0];
+    const ready = await eventually("the probed pod to start and be Ready", async () => { const c = await status(); return c?.ready && c.started ? c : undefined; });
+    assert.equal(ready.restartCount, 0);
+    assert.equal((await fetch(`http://${(await podStatus()).podIP}:8080/sicken`)).status, 200);
+    const restarted = await eventually("a liveness restart", async () => { const c = await status(); return c && c.restartCount >= 1 && c.state?.running ? c : undefined; }, 30_000);
+    assert.ok(restarted.lastState?.terminated, "the killed container is reported in lastState");
+    await eventually("Ready again after the restart", async () => ((await status())?.ready ? true : undefined), 30_000);
+    await tb.kubectl(["delete", "pod", "probed", "--wait=true", "--timeout=30s"]);
+  });
 });
