@@ -3,17 +3,18 @@
 // ignored and the container's command/args run as local processes from this checkout, each pod on
 // its own loopback IP, in its own mount namespace where its volumes appear at their mountPaths.
 // Status is reported as a kubelet would (phase, podIP, container states, Ready from the readiness
-// probe); deletion gets SIGTERM, the grace period, then SIGKILL; restartPolicy is honoured.
+// probe); startup and liveness probes kill and restart; deletion gets SIGTERM, the grace period,
+// then SIGKILL; restartPolicy is honoured.
 import { spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream } from "node:fs";
 import { mkdir } from "node:fs/promises";
-import net from "node:net";
 import path from "node:path";
 import {
   CoordinationV1Api, CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions,
-  type V1Container, type V1Pod, type V1Probe,
+  type V1Container, type V1Pod,
 } from "@kubernetes/client-node";
 import { expand, resolveEnv, type PodRuntimeInfo } from "./pod-environment.js";
+import { runProbe } from "./pod-probe.js";
 import { resolveVolume, type VolumeLayout } from "./pod-volumes.js";
 
 export interface TestNodeSpec {
@@ -365,7 +366,7 @@ export class TestKubelet {
       if (!p) { c.ready = true; return; }
       if (Date.now() < c.nextProbeAt) return;
       c.nextProbeAt = Date.now() + (p.periodSeconds ?? 10) * 1000;
-      const ok = await this.runProbe(p, c, run.ip).catch(() => false);
+      const ok = await runProbe(p, c.spec, run.ip, this.opts.cwd).catch(() => false);
       if (ok) { c.probeFailures = 0; c.ready = true; } else if (++c.probeFailures >= (p.failureThreshold ?? 3) || !c.ready) c.ready = false;
     }));
   }
@@ -378,7 +379,7 @@ export class TestKubelet {
     const p = c.started ? c.spec.livenessProbe : c.spec.startupProbe;
     if (!p || Date.now() < c.nextLivenessAt) return;
     c.nextLivenessAt = Date.now() + (p.periodSeconds ?? 10) * 1000;
-    if (await this.runProbe(p, c, run.ip).catch(() => false)) {
+    if (await runProbe(p, c.spec, run.ip, this.opts.cwd).catch(() => false)) {
       c.livenessFailures = 0;
       if (!c.started) { c.started = true; c.nextLivenessAt = Date.now() + (c.spec.livenessProbe?.initialDelaySeconds ?? 0) * 1000; }
       return;
@@ -387,33 +388,6 @@ export class TestKubelet {
     c.ready = false;
     c.killAt = Date.now() + (pod.spec?.terminationGracePeriodSeconds ?? 30) * 1000;
     this.signal(c, "SIGTERM");
-  }
-
-  private async runProbe(p: V1Probe, c: ContainerRun, ip: string): Promise<boolean> {
-    const spec = c.spec;
-    const port = (raw: number | string | undefined) => typeof raw === "number" ? raw : Number(spec.ports?.find((x) => x.name === raw)?.containerPort ?? raw);
-    const timeout = (p.timeoutSeconds ?? 1) * 1000;
-    if (p.httpGet) {
-      const r = await fetch(`http://${ip}:${port(p.httpGet.port)}${p.httpGet.path ?? "/"}`, { signal: AbortSignal.timeout(timeout) });
-      return r.status >= 200 && r.status < 400;
-    }
-    if (p.tcpSocket) {
-      return new Promise((resolve) => {
-        const s = net.connect(port(p.tcpSocket!.port), ip);
-        s.setTimeout(timeout, () => { s.destroy(); resolve(false); });
-        s.once("connect", () => { s.destroy(); resolve(true); });
-        s.once("error", () => resolve(false));
-      });
-    }
-    if (p.exec?.command?.length) {
-      const [cmd, ...args] = p.exec.command;
-      return new Promise((resolve) => {
-        const child = spawn(cmd!, args, { cwd: this.opts.cwd, stdio: "ignore" });
-        child.once("exit", (code) => resolve(code === 0));
-        child.once("error", () => resolve(false));
-      });
-    }
-    return true;
   }
 
   private async reportStatus(pod: V1Pod, run: PodRun, policy: string): Promise<void> {
