@@ -10,7 +10,7 @@ import type { SessionStatus as RuntimeSessionStatus } from "../runtime/session-t
 import { FINALIZER, GROUP, PLURAL, VERSION, parseDuration, type InferenceSession } from "./api/types.js";
 import { EventRecorder } from "./events.js";
 import type { OperatorMetrics } from "./metrics.js";
-import { computeStatus, decidePlacement, decideTransition, hasFinalizer, reasonOf, sameStatus, type RuntimePod } from "./reconcile.js";
+import { computeStatus, decidePlacement, decideTransition, hasFinalizer, liveStateLost, reasonOf, sameStatus, type RuntimePod } from "./reconcile.js";
 import { RuntimeApiError, RuntimeClient } from "./runtime-client.js";
 import { WorkQueue } from "./work-queue.js";
 
@@ -171,6 +171,7 @@ export class SessionController {
     }
 
     let error: { reason: string; message: string } | undefined;
+    let lost = false;
     try {
       if (plan.register) {
         const idle = s.spec.hibernation?.idleAfter ? parseDuration(s.spec.hibernation.idleAfter) : undefined;
@@ -180,10 +181,12 @@ export class SessionController {
           ...(s.spec.hibernation?.path ? { path: s.spec.hibernation.path } : {}),
           ...(idle !== undefined ? { idleAfterSeconds: Math.ceil(idle / 1000) } : {}),
         });
-        if (plan.liveStateLost) {
-          this.events.record(s, "Warning", "LiveStateLost", `pod ${s.status?.pod} holding the session in memory is gone; resuming from ${s.status?.lastHibernation ? "the last hibernation" : "scratch"} on pod ${plan.pod.name}`);
+        lost = liveStateLost(plan, runtime.residency);
+        if (lost) {
+          this.events.record(s, "Warning", "LiveStateLost", `the runtime on pod ${s.status?.pod} held the session in memory and lost it without saving; starting from scratch on pod ${plan.pod.name}`);
         }
         this.events.record(s, "Normal", "Placed", `placed on runtime pod ${plan.pod.name} (node ${plan.pod.node}); residency ${runtime.residency}`);
+        log.info({ pod: plan.pod.name, previousPod: s.status?.pod, residency: runtime.residency, liveStateLost: lost, resourceVersion: s.metadata.resourceVersion }, "session registered on runtime pod");
       }
       const transition = decideTransition(s, runtime!.residency);
       if (transition) {
@@ -204,7 +207,7 @@ export class SessionController {
       this.events.record(s, "Warning", error.reason, err.message);
       runtime = await this.client(plan.pod).status(namespace, name).catch(() => runtime);
     }
-    await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, ...(runtime ? { runtime } : {}), liveStateLost: plan.liveStateLost, ...(error ? { error } : {}) }));
+    await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, ...(runtime ? { runtime } : {}), liveStateLost: lost, ...(error ? { error } : {}) }));
     return error ? 15_000 : undefined;
   }
 

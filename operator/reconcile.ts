@@ -18,7 +18,11 @@ export interface RuntimePod {
 export type Placement =
   | { kind: "finalize"; pod?: RuntimePod }
   | { kind: "wait"; reason: "NoRuntimePod"; message: string }
-  | { kind: "use"; pod: RuntimePod; register: boolean; moved: boolean; liveStateLost: boolean };
+  | {
+    kind: "use"; pod: RuntimePod; register: boolean; moved: boolean;
+    /** The status says a runtime held the session in memory, yet it must be registered again. */
+    heldInMemory: boolean;
+  };
 
 export const isDeleting = (s: InferenceSession) => !!s.metadata.deletionTimestamp;
 export const hasFinalizer = (s: InferenceSession) => (s.metadata.finalizers ?? []).includes(FINALIZER);
@@ -40,13 +44,25 @@ export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registe
     const pod = current ?? choosePod(pods, s.spec.model);
     return pod ? { kind: "finalize", pod } : { kind: "finalize" };
   }
-  if (current) return { kind: "use", pod: current, register: !registered, moved: false, liveStateLost: false };
+  const heldInMemory = s.status?.residency === "InMemory";
+  // Same pod but the runtime does not know the session: its container restarted (an OOM kill, a crash).
+  if (current) return { kind: "use", pod: current, register: !registered, moved: false, heldInMemory: !registered && heldInMemory };
   const next = choosePod(pods, s.spec.model);
   if (!next) {
     return { kind: "wait", reason: "NoRuntimePod", message: `no Ready runtime pod serves model "${s.spec.model}" (pods labelled torpor.dev/model=${s.spec.model})` };
   }
   const hadPod = !!s.status?.pod;
-  return { kind: "use", pod: next, register: true, moved: hadPod, liveStateLost: hadPod && s.status?.residency === "InMemory" };
+  // Not hadPod: a round with no Ready pod clears status.pod, but the residency still says InMemory.
+  return { kind: "use", pod: next, register: true, moved: hadPod, heldInMemory };
+}
+
+/**
+ * After registering a session that a runtime held in memory: if no hibernated state turned up on
+ * the volume, the conversation is gone. A state that did turn up is the latest one (files are
+ * deleted on rehydrate, so no turn can follow a state still on the volume): nothing was lost.
+ */
+export function liveStateLost(plan: { register: boolean; heldInMemory: boolean }, residencyAfterRegister: ObservedResidency): boolean {
+  return plan.register && plan.heldInMemory && residencyAfterRegister === "NotCreated";
 }
 
 export type Transition = "hibernate" | "rehydrate" | undefined;
@@ -64,7 +80,9 @@ export function decideTransition(s: InferenceSession, runtime: ObservedResidency
   const desired = s.spec.residency ?? "InMemory";
   if (desired === "Hibernated" && runtime === "InMemory") return "hibernate";
   if (desired === "InMemory" && runtime === "Hibernated") {
-    const specChanged = s.metadata.generation === undefined || s.metadata.generation !== s.status?.observedGeneration;
+    // Level-triggered: the InMemory intent of this generation has not been met yet. Once it has,
+    // a later idle hibernation by the runtime is not undone.
+    const specChanged = s.metadata.generation === undefined || s.metadata.generation !== s.status?.appliedGeneration;
     const wokenAt = Date.parse(s.metadata.annotations?.[WAKE_ANNOTATION] ?? "");
     const hibernatedAt = Date.parse(s.status?.lastHibernation?.time ?? "");
     const wokenByRequest = Number.isFinite(wokenAt) && (!Number.isFinite(hibernatedAt) || wokenAt >= hibernatedAt);
@@ -105,7 +123,7 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
   const degraded = err
     ? { status: "True" as const, reason: err.reason, message: err.message }
     : lost || o.liveStateLost
-      ? { status: "True" as const, reason: "LiveStateLost", message: `the pod holding the session in memory went away at ${liveStateLostAt}; the conversation resumes from ${prev.lastHibernation ? `the hibernation of ${prev.lastHibernation.time}` : "scratch"}` }
+      ? { status: "True" as const, reason: "LiveStateLost", message: `the runtime holding the session in memory went away at ${liveStateLostAt} without saving it; the conversation starts again from scratch` }
       : { status: "False" as const, reason: "AsExpected", message: "" };
   // An error only makes the session unready when it cannot be served: its state is on the volume
   // and was refused. A failed hibernate leaves it in memory and serving.
@@ -123,8 +141,12 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
     : prev.lastHibernation;
   const r = rt?.lastRehydrate;
   const lastRehydrate = r ? { time: r.at, durationMs: Math.round(r.durationMs * 10) / 10 } : prev.lastRehydrate;
+  const desired = s.spec.residency ?? "InMemory";
+  const matches = desired === "Hibernated" ? residency !== "InMemory" : residency !== "Hibernated";
+  const applied = rt && matches && gen !== undefined ? gen : prev.appliedGeneration;
   const out: InferenceSessionStatus = {
     ...(gen !== undefined ? { observedGeneration: gen } : {}),
+    ...(applied !== undefined ? { appliedGeneration: applied } : {}),
     residency, phase,
     conditions: [
       condition(prev.conditions, { type: "Ready", ...ready, ...(gen !== undefined ? { observedGeneration: gen } : {}) }, o.now),

@@ -56,6 +56,7 @@ export const statusSchema = {
   type: "object",
   properties: {
     observedGeneration: int(),
+    appliedGeneration: int(),
     residency: str({ enum: ["NotCreated", "InMemory", "Hibernated"] }),
     phase: str({ enum: ["Pending", "Idle", "Hibernating", "Rehydrating", "Lost"] }),
     conditions: { type: "array", items: condition, "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"] },

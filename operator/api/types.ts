@@ -48,6 +48,12 @@ export interface LastHibernation {
 
 export interface InferenceSessionStatus {
   observedGeneration?: number;
+  /**
+   * The generation whose spec.residency the runtime was last seen to match. Behind
+   * metadata.generation, the user's latest residency is still to be carried out, however many
+   * reconciles (a pod replaced, a runtime unreachable) have observed it meanwhile.
+   */
+  appliedGeneration?: number;
   residency?: ObservedResidency;
   phase?: SessionPhase;
   conditions?: Condition[];
@@ -87,7 +93,7 @@ export interface InferenceSession {
 export const SPEC_FIELDS = { model: true, residency: true, contextSize: true, systemPrompt: true, hibernation: true } satisfies Record<keyof InferenceSessionSpec, true>;
 export const HIBERNATION_FIELDS = { idleAfter: true, path: true } satisfies Record<keyof HibernationPolicy, true>;
 export const STATUS_FIELDS = {
-  observedGeneration: true, residency: true, phase: true, conditions: true, pod: true, podIP: true, node: true, tokenCount: true,
+  observedGeneration: true, appliedGeneration: true, residency: true, phase: true, conditions: true, pod: true, podIP: true, node: true, tokenCount: true,
   lastHibernation: true, lastRehydrate: true, lastActivityTime: true, liveStateLostAt: true,
 } satisfies Record<keyof InferenceSessionStatus, true>;
 export const LAST_HIBERNATION_FIELDS = { file: true, bytes: true, tokenCount: true, sha256: true, time: true, durationMs: true } satisfies Record<keyof LastHibernation, true>;

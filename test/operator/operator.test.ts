@@ -245,6 +245,60 @@ describe("operator on the testbed", () => {
     assert.equal(lost.status!.residency, "NotCreated");
   });
 
+  it("reports live state lost when the runtime container restarts in the same pod (an OOM kill)", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("oom"));
+    const placed = await waitPlaced("oom");
+    await runtimeFor(placed).submit("default", "oom", "Hi", { max_tokens: 4 });
+    await eventually("InMemory", async () => ((await get("oom")).status?.residency === "InMemory" ? true : undefined), 20_000);
+    // The kernel's OOM killer sends SIGKILL; the kubelet restarts the container in the same pod (the
+    // operator may meanwhile move the session to another Ready pod: either way the loss is reported).
+    for (const p of tb.kubelet.processes("default", placed.status!.pod!)) process.kill(-p.pid!, "SIGKILL");
+    const lost = await eventually("LiveStateLost after the restart", async () => {
+      const s = await get("oom");
+      return s.status?.liveStateLostAt ? s : undefined;
+    }, 60_000);
+    assert.equal(lost.status!.conditions!.find((c) => c.type === "Degraded")?.reason, "LiveStateLost");
+    assert.equal(lost.status!.residency, "NotCreated");
+  });
+
+  it("SIGKILL of the runtime during a hibernate ends as Hibernated with the whole history or as LiveStateLost, never half", async () => {
+    const outcomes = { hibernated: 0, lost: 0 };
+    // The operator calls the runtime some ms after the patch and the write takes some ms more:
+    // the kills land before, during and after the commit point.
+    for (const delay of [0, 20, 40, 80, 160]) {
+      const name = `killed-${delay}`;
+      await tb.kubectl(["apply", "-f", "-"], session(name));
+      const placed = await waitPlaced(name);
+      await runtimeFor(placed).submit("default", name, "z".repeat(800), { max_tokens: 4 });
+      await eventually("InMemory", async () => ((await get(name)).status?.residency === "InMemory" ? true : undefined), 20_000);
+      await tb.kubectl(["patch", "isess", name, "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
+      await new Promise((r) => setTimeout(r, delay));
+      for (const p of tb.kubelet.processes("default", placed.status!.pod!)) process.kill(-p.pid!, "SIGKILL");
+      await tb.kubectl(["delete", "pod", placed.status!.pod!, "--wait=false"]);
+      const outcome = await eventually(`${name} to settle`, async () => {
+        const s = await get(name);
+        if (s.status?.liveStateLostAt) return "lost" as const;
+        return s.status?.conditions?.some((c) => c.type === "Hibernated" && c.status === "True") ? "hibernated" as const : undefined;
+      }, 90_000);
+      outcomes[outcome]++;
+      const settled = await get(name);
+      if (outcome === "lost") {
+        assert.equal(settled.status!.residency, "NotCreated");
+        assert.equal(settled.status!.conditions!.find((c) => c.type === "Degraded")?.reason, "LiveStateLost");
+        continue;
+      }
+      // Committed before the kill: it comes back elsewhere with the whole conversation.
+      await tb.kubectl(["patch", "isess", name, "--type=merge", "-p", '{"spec":{"residency":"InMemory"}}']);
+      const back = await eventually(`${name} back in memory on a live pod`, async () => {
+        const s = await get(name);
+        return s.status?.residency === "InMemory" && s.status.pod !== placed.status!.pod ? s : undefined;
+      }, 90_000);
+      const h = await runtimeFor(back).request<{ history: Array<{ type: string }> }>("GET", `/v1/sessions/default/${name}?history=true`);
+      assert.deepEqual(h.history.map((m) => m.type), ["system", "user", "model"]);
+    }
+    console.log(`# runtime SIGKILLed during operator-driven hibernates: ${outcomes.hibernated} committed and restored, ${outcomes.lost} reported LiveStateLost`);
+  });
+
   it("a hibernated session on a failed node rehydrates on another node with its history", async () => {
     await tb.kubectl(["apply", "-f", "-"], session("survivor"));
     const placed = await waitPlaced("survivor");

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { InferenceSession } from "../../operator/api/types.js";
-import { choosePod, computeStatus, decidePlacement, decideTransition, sameStatus, type RuntimePod } from "../../operator/reconcile.js";
+import { choosePod, computeStatus, decidePlacement, decideTransition, liveStateLost, sameStatus, type RuntimePod } from "../../operator/reconcile.js";
 import type { SessionStatus } from "../../runtime/session-types.js";
 
 const pod = (name: string, extra: Partial<RuntimePod> = {}): RuntimePod =>
@@ -30,15 +30,34 @@ describe("placement", () => {
 
   it("keeps a session on its Ready pod and registers only when the pod does not know it", () => {
     const s = session({ status: { pod: "b" } });
-    assert.deepEqual(decidePlacement(s, [pod("a"), pod("b")], true), { kind: "use", pod: pod("b"), register: false, moved: false, liveStateLost: false });
+    assert.deepEqual(decidePlacement(s, [pod("a"), pod("b")], true), { kind: "use", pod: pod("b"), register: false, moved: false, heldInMemory: false });
     assert.equal((decidePlacement(s, [pod("a"), pod("b")], false) as { register: boolean }).register, true);
   });
 
-  it("moves a session whose pod is gone; an in-memory one has lost its live state", () => {
+  it("moves a session whose pod is gone; an in-memory one lost its live state unless a saved state turns up", () => {
     const hib = decidePlacement(session({ status: { pod: "gone", residency: "Hibernated" } }), [pod("a")], false);
-    assert.deepEqual(hib, { kind: "use", pod: pod("a"), register: true, moved: true, liveStateLost: false });
-    const mem = decidePlacement(session({ status: { pod: "gone", residency: "InMemory" } }), [pod("a")], false);
-    assert.equal((mem as { liveStateLost: boolean }).liveStateLost, true);
+    assert.deepEqual(hib, { kind: "use", pod: pod("a"), register: true, moved: true, heldInMemory: false });
+    assert.equal(liveStateLost(hib as { register: boolean; heldInMemory: boolean }, "NotCreated"), false);
+    const mem = decidePlacement(session({ status: { pod: "gone", residency: "InMemory" } }), [pod("a")], false) as { register: boolean; heldInMemory: boolean };
+    assert.equal(liveStateLost(mem, "NotCreated"), true);
+    // SIGTERM hibernated it on the way out: the state on the volume is the latest one.
+    assert.equal(liveStateLost(mem, "Hibernated"), false);
+  });
+
+  it("still knows a session was in memory after a round without any Ready pod cleared its pod", () => {
+    const waited = computeStatus(session({ status: { pod: "b", residency: "InMemory" } }), { now, waiting: { reason: "NoRuntimePod", message: "none" } });
+    assert.equal(waited.pod, undefined);
+    const plan = decidePlacement(session({ status: waited }), [pod("c")], false) as { register: boolean; heldInMemory: boolean };
+    assert.equal(liveStateLost(plan, "NotCreated"), true);
+  });
+
+  it("notices a runtime that restarted in the same pod and forgot an in-memory session", () => {
+    const s = session({ status: { pod: "b", residency: "InMemory" } });
+    const restarted = decidePlacement(s, [pod("b")], false) as { register: boolean; heldInMemory: boolean };
+    assert.equal(restarted.register, true);
+    assert.equal(liveStateLost(restarted, "NotCreated"), true);
+    const healthy = decidePlacement(s, [pod("b")], true) as { register: boolean; heldInMemory: boolean };
+    assert.equal(liveStateLost(healthy, "InMemory"), false);
   });
 
   it("waits when no runtime pod serves the model", () => {
@@ -63,18 +82,29 @@ describe("transitions", () => {
   ];
   for (const [desired, observed, expected] of cases) {
     it(`desired ${desired}, runtime ${observed}, spec just changed -> ${expected ?? "nothing"}`, () => {
-      assert.equal(decideTransition(session({ spec: { model: "m", residency: desired }, status: { observedGeneration: 2 } }), observed), expected);
+      assert.equal(decideTransition(session({ spec: { model: "m", residency: desired }, status: { observedGeneration: 3, appliedGeneration: 2 } }), observed), expected);
     });
   }
 
-  it("does not undo the runtime's idle hibernation (no spec change since the last reconcile)", () => {
-    assert.equal(decideTransition(session({ status: { observedGeneration: 3 } }), "Hibernated"), undefined);
+  it("does not undo the runtime's idle hibernation (this generation's InMemory was already met)", () => {
+    assert.equal(decideTransition(session({ status: { observedGeneration: 3, appliedGeneration: 3 } }), "Hibernated"), undefined);
+  });
+
+  it("still rehydrates when the change to InMemory was first observed while the session had no runtime", () => {
+    // Generation 3 says InMemory; the pod holding the hibernated session was being replaced.
+    const s = session({ status: { observedGeneration: 2, appliedGeneration: 2, residency: "Hibernated" } });
+    const waiting = computeStatus(s, { now, waiting: { reason: "NoRuntimePod", message: "replacing" } });
+    assert.equal(waiting.observedGeneration, 3);
+    assert.equal(waiting.appliedGeneration, 2, "nothing was carried out in that round");
+    assert.equal(decideTransition({ ...s, status: waiting }, "Hibernated"), "rehydrate");
+    const done = computeStatus({ ...s, status: waiting }, { now, pod: pod("a"), runtime: runtime("InMemory") });
+    assert.equal(done.appliedGeneration, 3);
   });
 
   it("leaves the rehydrate to the request that woke the session", () => {
     const woken = session({
       metadata: { name: "s", namespace: "ns", generation: 4, annotations: { "torpor.dev/woken-by-request-at": "2026-01-01T00:10:00.000Z" } },
-      status: { observedGeneration: 3, lastHibernation: { file: "f", bytes: 1, tokenCount: 1, sha256: "x", time: "2026-01-01T00:05:00.000Z", durationMs: 1 } },
+      status: { observedGeneration: 3, appliedGeneration: 3, lastHibernation: { file: "f", bytes: 1, tokenCount: 1, sha256: "x", time: "2026-01-01T00:05:00.000Z", durationMs: 1 } },
     });
     assert.equal(decideTransition(woken, "Hibernated"), undefined);
     // An older wake does not count once the session has been hibernated again.
