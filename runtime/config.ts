@@ -25,6 +25,8 @@ export interface RuntimeConfig {
   maxBodyBytes: number;
   /** Reuse an evicted session's context for the session that needed the room. */
   contextHandover: boolean;
+  /** Wait for an idle resident session this long before taking a busy one's slot between its turns. */
+  preemptAfterMs: number;
   podName: string;
   nodeName: string;
 }
@@ -72,6 +74,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     threads: int(env, "TORPOR_THREADS", 0),
     maxBodyBytes: int(env, "TORPOR_MAX_BODY_BYTES", 1 << 20, 1024),
     contextHandover: bool(env, "TORPOR_CONTEXT_HANDOVER", true),
+    preemptAfterMs: int(env, "TORPOR_PREEMPT_AFTER_MS", 2000),
     podName: env.TORPOR_POD_NAME ?? env.HOSTNAME ?? "local",
     nodeName: env.TORPOR_NODE_NAME ?? "local",
   };

@@ -31,7 +31,7 @@ async function main(): Promise<void> {
   const manager = new SessionManager(host, store, systemClock, metrics, log, {
     maxResident: cfg.maxResident, memoryBudgetBytes: cfg.memoryBudgetBytes, idleAfterMs: cfg.idleAfterMs,
     defaultContextSize: cfg.defaultContextSize, maxContextSize: cfg.maxContextSize, podName: cfg.podName,
-    contextHandover: cfg.contextHandover,
+    contextHandover: cfg.contextHandover, preemptAfterMs: cfg.preemptAfterMs,
   });
   const app = createRuntimeApp({
     manager, store, host, metrics, log, token: cfg.token, maxBodyBytes: cfg.maxBodyBytes,

@@ -28,7 +28,7 @@ export class RuntimeMetrics {
     },
   });
   readonly evictions = new Counter({
-    name: "torpor_runtime_evictions_total", help: "Sessions hibernated by the runtime itself, by reason (lru, idle, shutdown).",
+    name: "torpor_runtime_evictions_total", help: "Sessions hibernated by the runtime itself, by reason (lru, preempt, idle, shutdown).",
     labelNames: ["reason"], registers: [this.registry],
   });
   readonly contextHandovers = new Counter({

@@ -23,6 +23,12 @@ export interface ManagerOptions {
   admissionTimeoutMs?: number;
   /** Reuse an evicted session's context for the session that needed the room (default true). */
   contextHandover?: boolean;
+  /**
+   * How long a request waits for an idle resident session before it takes the slot of a busy one
+   * between two of its turns (default 2000 ms). Without it, sessions that always have a request
+   * queued would keep their slots and starve every other session until the admission timeout.
+   */
+  preemptAfterMs?: number;
   podName: string;
 }
 
@@ -39,8 +45,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class SessionManager implements Admission {
   private readonly sessions = new Map<string, Session>();
-  /** Resident (or being made resident) sessions and the estimated bytes of their contexts. */
-  private readonly resident = new Map<Session, number>();
+  /** Resident (or being made resident) sessions: the estimated bytes of their contexts, and since when. */
+  private readonly resident = new Map<Session, { bytes: number; since: number }>();
   private readonly admissions = new SerialQueue();
   private draining = false;
 
@@ -110,7 +116,7 @@ export class SessionManager implements Admission {
 
   private residentBytes(): number {
     let sum = 0;
-    for (const b of this.resident.values()) sum += b;
+    for (const r of this.resident.values()) sum += r.bytes;
     return sum;
   }
 
@@ -121,21 +127,28 @@ export class SessionManager implements Admission {
       throw new TorporError("capacity_exhausted", `a context of ${session.spec.contextSize} tokens needs about ${Math.round(need / 2 ** 20)} MiB, more than the runtime's whole memory budget of ${Math.round(budget / 2 ** 20)} MiB`);
     }
     return this.admissions.run(async () => {
-      const deadline = Date.now() + (this.opts.admissionTimeoutMs ?? 30_000);
+      const started = Date.now();
+      const deadline = started + (this.opts.admissionTimeoutMs ?? 30_000);
       const full = () => this.resident.size >= this.opts.maxResident || (budget > 0 && this.residentBytes() + need > budget);
       let spare: SpareContext | undefined;
       try {
         while (full()) {
-          const victim = [...this.resident.keys()]
-            .filter((s) => s !== session && !s.busy && s.residency === "InMemory")
-            .sort((a, b) => a.lastActivity - b.lastActivity)[0];
+          const candidates = [...this.resident.keys()].filter((s) => s !== session && s.residency === "InMemory");
+          const idle = candidates.filter((s) => !s.busy).sort((a, b) => a.lastActivity - b.lastActivity)[0];
+          // Time-slicing under sustained load: the session resident longest gives up its slot
+          // after the requests already queued on it (its queue is FIFO: no generation is cut).
+          const preempted = !idle && Date.now() - started >= (this.opts.preemptAfterMs ?? 2000)
+            ? candidates.sort((a, b) => this.resident.get(a)!.since - this.resident.get(b)!.since)[0]
+            : undefined;
+          const victim = idle ?? preempted;
           if (victim) {
+            const reason = idle ? "lru" : "preempt";
             // Only a context of the very size this session asks for is worth keeping.
             const handOver = this.opts.contextHandover !== false && !spare && victim.spec.contextSize === session.spec.contextSize;
-            this.log.info({ namespace: victim.ref.namespace, name: victim.ref.name, for: `${session.ref.namespace}/${session.ref.name}`, handOver }, "evicting least recently used session");
-            if (handOver) spare = (await victim.evict("lru")).spare;
-            else await victim.hibernate("lru");
-            this.metrics.evictions.inc({ reason: "lru" });
+            this.log.info({ namespace: victim.ref.namespace, name: victim.ref.name, for: `${session.ref.namespace}/${session.ref.name}`, handOver, reason }, "evicting a resident session");
+            if (handOver) spare = (await victim.evict(reason)).spare;
+            else await victim.hibernate(reason);
+            this.metrics.evictions.inc({ reason });
             continue;
           }
           if (Date.now() > deadline) {
@@ -147,7 +160,7 @@ export class SessionManager implements Admission {
         await spare?.context.dispose();
         throw err;
       }
-      this.resident.set(session, need);
+      this.resident.set(session, { bytes: need, since: Date.now() });
       return spare;
     });
   }

@@ -206,6 +206,24 @@ describe("bulkhead and idle policy", () => {
     assert.equal(a.residency, "Hibernated");
   });
 
+  it("gives a waiting session a slot when the resident one never goes idle (time-slicing between turns)", async () => {
+    const h = await harness({ maxResident: 1, preemptAfterMs: 200, admissionTimeoutMs: 20_000 });
+    const hog = await h.manager.register({ namespace: "default", name: "hog", contextSize: 4096 });
+    const other = await h.manager.register({ namespace: "default", name: "starved" });
+    await hog.submit("start", greedy(2));
+    // Two clients keep a request queued on the hog at all times: it is never idle.
+    let stop = false, hogTurns = 0;
+    const clients = [0, 1].map(async (c) => { while (!stop) { await hog.submit(`client ${c}`, greedy(3)); hogTurns++; } });
+    await new Promise((r) => setTimeout(r, 50));
+    const r = await other.submit("my turn?", greedy(2));
+    stop = true;
+    await Promise.all(clients);
+    assert.equal(r.created, true);
+    assert.ok(await counterValue(h.metrics, "torpor_runtime_evictions_total") >= 1);
+    const hist = hog.messages().filter((m) => m.type === "user").length;
+    assert.equal(hist, hogTurns + 1, "every turn of the preempted session is in its history, once");
+  });
+
   it("hibernates sessions idle longer than the policy (injected clock)", async () => {
     const h = await harness({ idleAfterMs: 60_000 });
     const s = await h.manager.register({ namespace: "default", name: "idle" });
