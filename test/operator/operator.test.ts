@@ -21,6 +21,16 @@ describe("operator on the testbed", () => {
   const get = async (name: string) => JSON.parse(await tb.kubectl(["get", "isess", name, "-o", "json"])) as InferenceSession;
   const waitPlaced = (name: string) => eventually(`placement of ${name}`, async () => { const s = await get(name); return s.status?.pod ? s : undefined; });
   const runtimeFor = (s: InferenceSession) => new RuntimeClient(`http://${s.status!.podIP}:8080`, TOKEN);
+  /** A new session with one turn, once its status says InMemory; resolves with its placement. */
+  const inMemorySession = async (name: string, prompt = "Hi") => {
+    await tb.kubectl(["apply", "-f", "-"], session(name));
+    const placed = await waitPlaced(name);
+    await runtimeFor(placed).submit("default", name, prompt, { max_tokens: 4 });
+    await eventually(`${name} InMemory`, async () => ((await get(name)).status?.residency === "InMemory" ? true : undefined), 20_000);
+    return placed;
+  };
+  /** SIGKILL, as the OOM killer or a crash does: no chance to hibernate on the way out. */
+  const sigkillRuntime = (pod: string) => { for (const p of tb.kubelet.processes("default", pod)) process.kill(-p.pid!, "SIGKILL"); };
 
   const startOperator = async () => {
     const port = await freePort();
@@ -228,12 +238,8 @@ describe("operator on the testbed", () => {
   });
 
   it("reports live state lost when the pod holding an in-memory session goes away", async () => {
-    await tb.kubectl(["apply", "-f", "-"], session("fragile"));
-    const placed = await waitPlaced("fragile");
-    await runtimeFor(placed).submit("default", "fragile", "Hi", { max_tokens: 4 });
-    await eventually("InMemory", async () => ((await get("fragile")).status?.residency === "InMemory" ? true : undefined), 20_000);
-    // SIGKILL: no chance to hibernate on the way out.
-    for (const p of tb.kubelet.processes("default", placed.status!.pod!)) process.kill(-p.pid!, "SIGKILL");
+    const placed = await inMemorySession("fragile");
+    sigkillRuntime(placed.status!.pod!);
     await tb.kubectl(["delete", "pod", placed.status!.pod!, "--wait=false"]);
     const lost = await eventually("LiveStateLost", async () => {
       const s = await get("fragile");
@@ -246,13 +252,10 @@ describe("operator on the testbed", () => {
   });
 
   it("reports live state lost when the runtime container restarts in the same pod (an OOM kill)", async () => {
-    await tb.kubectl(["apply", "-f", "-"], session("oom"));
-    const placed = await waitPlaced("oom");
-    await runtimeFor(placed).submit("default", "oom", "Hi", { max_tokens: 4 });
-    await eventually("InMemory", async () => ((await get("oom")).status?.residency === "InMemory" ? true : undefined), 20_000);
-    // The kernel's OOM killer sends SIGKILL; the kubelet restarts the container in the same pod (the
-    // operator may meanwhile move the session to another Ready pod: either way the loss is reported).
-    for (const p of tb.kubelet.processes("default", placed.status!.pod!)) process.kill(-p.pid!, "SIGKILL");
+    const placed = await inMemorySession("oom");
+    // The kubelet restarts the container in the same pod (the operator may meanwhile move the
+    // session to another Ready pod: either way the loss is reported).
+    sigkillRuntime(placed.status!.pod!);
     const lost = await eventually("LiveStateLost after the restart", async () => {
       const s = await get("oom");
       return s.status?.liveStateLostAt ? s : undefined;
@@ -267,13 +270,10 @@ describe("operator on the testbed", () => {
     // the kills land before, during and after the commit point.
     for (const delay of [0, 20, 40, 80, 160]) {
       const name = `killed-${delay}`;
-      await tb.kubectl(["apply", "-f", "-"], session(name));
-      const placed = await waitPlaced(name);
-      await runtimeFor(placed).submit("default", name, "z".repeat(800), { max_tokens: 4 });
-      await eventually("InMemory", async () => ((await get(name)).status?.residency === "InMemory" ? true : undefined), 20_000);
+      const placed = await inMemorySession(name, "z".repeat(800));
       await tb.kubectl(["patch", "isess", name, "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
       await new Promise((r) => setTimeout(r, delay));
-      for (const p of tb.kubelet.processes("default", placed.status!.pod!)) process.kill(-p.pid!, "SIGKILL");
+      sigkillRuntime(placed.status!.pod!);
       await tb.kubectl(["delete", "pod", placed.status!.pod!, "--wait=false"]);
       const outcome = await eventually(`${name} to settle`, async () => {
         const s = await get(name);
