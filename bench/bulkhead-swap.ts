@@ -5,14 +5,8 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { ManualClock } from "../runtime/clock.js";
-import { ensureTestModel, type TestModelParams } from "../runtime/gguf/test-model.js";
-import { HibernationStore } from "../runtime/hibernation-store.js";
-import { createLogger } from "../runtime/logger.js";
-import { RuntimeMetrics } from "../runtime/metrics.js";
-import { ModelHost } from "../runtime/model-host.js";
-import { SessionManager } from "../runtime/session-manager.js";
-import { MODEL_DIR } from "../test/helpers/paths.js";
+import type { TestModelParams } from "../runtime/gguf/test-model.js";
+import { benchManager, loadHost } from "./harness.js";
 
 /** 64 KiB of KV per token: a 4096-token context is a 256 MiB buffer that llama.cpp clears on allocation. */
 const SWAP_MODEL: TestModelParams = { layers: 16, embedding: 256, feedForward: 256, heads: 4, headDim: 256, contextLength: 8192, seed: 11 };
@@ -28,15 +22,13 @@ export interface SwapResult {
 }
 
 export async function bulkheadSwap(rounds: number): Promise<SwapResult> {
-  const host = await ModelHost.load({ model: await ensureTestModel(MODEL_DIR, SWAP_MODEL), modelCacheDir: "", gpu: false, gpuLayers: 0, threads: 1 });
+  const host = await loadHost(SWAP_MODEL);
   const contextMiB = (await host.estimateContextBytes(CONTEXT)) / 2 ** 20;
   const dirs: string[] = [];
   const modes = await Promise.all([true, false].map(async (contextHandover) => {
     const dir = await mkdtemp(path.join(os.tmpdir(), "torpor-bench-swap-"));
     dirs.push(dir);
-    const manager = new SessionManager(host, new HibernationStore(dir), new ManualClock(), new RuntimeMetrics(false), createLogger("bench", "silent"), {
-      maxResident: 2, idleAfterMs: 0, defaultContextSize: CONTEXT, maxContextSize: CONTEXT, podName: "bench", contextHandover,
-    });
+    const manager = benchManager(host, dir, { maxResident: 2, defaultContextSize: CONTEXT, contextHandover });
     return { manager, turnMs: [] as number[], rehydrateMs: [] as number[] };
   }));
   let stateBytes = 0;

@@ -6,19 +6,13 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { DEFAULT_TEST_MODEL, ensureTestModel, type TestModelParams } from "../runtime/gguf/test-model.js";
-import { HibernationStore } from "../runtime/hibernation-store.js";
-import { ManualClock } from "../runtime/clock.js";
-import { createLogger } from "../runtime/logger.js";
-import { RuntimeMetrics } from "../runtime/metrics.js";
-import { ModelHost } from "../runtime/model-host.js";
-import { SessionManager } from "../runtime/session-manager.js";
+import { DEFAULT_TEST_MODEL, type TestModelParams } from "../runtime/gguf/test-model.js";
 import { startTestbed } from "../test/testbed/testbed.js";
-import { MODEL_DIR } from "../test/helpers/paths.js";
 import { eventually, installTorpor, session as sessionManifest, startEntryPoint, TOKEN } from "../test/helpers/torpor-on-testbed.js";
 import { freePort } from "../scripts/local-runtime.js";
 import type { InferenceSession } from "../operator/api/types.js";
 import { bulkheadSwap } from "./bulkhead-swap.js";
+import { harness } from "./harness.js";
 import { operatorScale } from "./operator-scale.js";
 
 const { values: args } = parseArgs({ options: { out: { type: "string", default: "bench-results.json" }, quick: { type: "boolean", default: false }, runs: { type: "string" }, only: { type: "string" }, sessions: { type: "string" } } });
@@ -43,15 +37,6 @@ function table(title: string, head: string[], rows: string[][]): void {
 
 /** Drops the file from the page cache (posix_fadvise DONTNEED through GNU dd). */
 const dropCache = (file: string) => execFileSync("dd", [`if=${file}`, "iflag=nocache", "count=0", "status=none"]);
-
-async function harness(model: TestModelParams, dir: string, maxResident = 64) {
-  const host = await ModelHost.load({ model: await ensureTestModel(MODEL_DIR, model), modelCacheDir: "", gpu: false, gpuLayers: 0, threads: 1 });
-  const store = new HibernationStore(dir);
-  const manager = new SessionManager(host, store, new ManualClock(), new RuntimeMetrics(false), createLogger("bench", "silent"), {
-    maxResident, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 65536, podName: "bench",
-  });
-  return { host, store, manager };
-}
 
 const filler = (tokens: number) => Array.from({ length: tokens }, (_, i) => String.fromCharCode(97 + ((i * 7) % 26))).join("");
 const results: Record<string, unknown> = { machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version }, date: new Date().toISOString(), runs: RUNS };

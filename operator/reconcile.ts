@@ -19,7 +19,7 @@ export type Placement =
   | { kind: "finalize"; pod?: RuntimePod }
   | { kind: "wait"; reason: "NoRuntimePod"; message: string }
   | {
-    kind: "use"; pod: RuntimePod; register: boolean; moved: boolean;
+    kind: "use"; pod: RuntimePod; register: boolean;
     /** The status says a runtime held the session in memory, yet it must be registered again. */
     heldInMemory: boolean;
   };
@@ -46,14 +46,13 @@ export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registe
   }
   const heldInMemory = s.status?.residency === "InMemory";
   // Same pod but the runtime does not know the session: its container restarted (an OOM kill, a crash).
-  if (current) return { kind: "use", pod: current, register: !registered, moved: false, heldInMemory: !registered && heldInMemory };
+  if (current) return { kind: "use", pod: current, register: !registered, heldInMemory: !registered && heldInMemory };
   const next = choosePod(pods, s.spec.model);
   if (!next) {
     return { kind: "wait", reason: "NoRuntimePod", message: `no Ready runtime pod serves model "${s.spec.model}" (pods labelled torpor.dev/model=${s.spec.model})` };
   }
-  const hadPod = !!s.status?.pod;
-  // Not hadPod: a round with no Ready pod clears status.pod, but the residency still says InMemory.
-  return { kind: "use", pod: next, register: true, moved: hadPod, heldInMemory };
+  // Not "had a pod": a round with no Ready pod clears status.pod, but the residency still says InMemory.
+  return { kind: "use", pod: next, register: true, heldInMemory };
 }
 
 /**

@@ -1,5 +1,6 @@
 // The InferenceSession API (torpor.dev/v1alpha1), shared by the operator, the gateway and tests.
 // crd.ts builds the CRD's schema; test/unit/crd.test.ts proves the two list the same fields.
+import type { Residency } from "../../runtime/session-types.js";
 
 export const GROUP = "torpor.dev";
 export const VERSION = "v1alpha1";
@@ -8,7 +9,8 @@ export const PLURAL = "inferencesessions";
 export const FINALIZER = "torpor.dev/hibernation-files";
 
 export type DesiredResidency = "InMemory" | "Hibernated";
-export type ObservedResidency = "NotCreated" | "InMemory" | "Hibernated";
+/** What the runtime reports: the status mirrors it. */
+export type ObservedResidency = Residency;
 /** What is happening now; Idle when nothing is in flight. */
 export type SessionPhase = "Pending" | "Idle" | "Hibernating" | "Rehydrating" | "Lost";
 

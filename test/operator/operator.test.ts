@@ -21,6 +21,13 @@ describe("operator on the testbed", () => {
   const get = async (name: string) => JSON.parse(await tb.kubectl(["get", "isess", name, "-o", "json"])) as InferenceSession;
   const waitPlaced = (name: string) => eventually(`placement of ${name}`, async () => { const s = await get(name); return s.status?.pod ? s : undefined; });
   const runtimeFor = (s: InferenceSession) => new RuntimeClient(`http://${s.status!.podIP}:8080`, TOKEN);
+  /** What a user does: kubectl patch the desired residency (and kubectl wait for Hibernated). */
+  const setResidency = (name: string, residency: "InMemory" | "Hibernated") =>
+    tb.kubectl(["patch", "isess", name, "--type=merge", "-p", JSON.stringify({ spec: { residency } })]);
+  const hibernateAndWait = async (name: string) => {
+    await setResidency(name, "Hibernated");
+    await tb.kubectl(["wait", "--for=condition=Hibernated", `isess/${name}`, "--timeout=60s"]);
+  };
   /** A new session with one turn, once its status says InMemory; resolves with its placement. */
   const inMemorySession = async (name: string, prompt = "Hi") => {
     await tb.kubectl(["apply", "-f", "-"], session(name));
@@ -87,8 +94,7 @@ describe("operator on the testbed", () => {
     const resident = await eventually("InMemory in status", async () => { const s = await get("chat"); return s.status?.residency === "InMemory" ? s : undefined; }, 20_000);
     assert.equal(resident.status!.node, placed.status!.node);
 
-    await tb.kubectl(["patch", "isess", "chat", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
-    await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/chat", "--timeout=60s"]);
+    await hibernateAndWait("chat");
     const hib = await get("chat");
     assert.equal(hib.status!.residency, "Hibernated");
     assert.ok(hib.status!.lastHibernation!.bytes > 0);
@@ -99,7 +105,7 @@ describe("operator on the testbed", () => {
     // The context is really gone from the runtime, not just marked.
     assert.equal((await rt.info()).capacity.resident, 0);
 
-    await tb.kubectl(["patch", "isess", "chat", "--type=merge", "-p", '{"spec":{"residency":"InMemory"}}']);
+    await setResidency("chat", "InMemory");
     await tb.kubectl(["wait", "--for=condition=Hibernated=false", "isess/chat", "--timeout=60s"]);
     assert.equal((await get("chat")).status!.residency, "InMemory");
     assert.ok(!(await readdir(hibDir())).some((f) => f.startsWith("chat.")), "file should be gone after the rehydrate");
@@ -107,18 +113,14 @@ describe("operator on the testbed", () => {
     const events = await tb.kubectl(["get", "events", "--field-selector", "involvedObject.name=chat", "-o", "jsonpath={.items[*].reason}"]);
     for (const r of ["Placed", "Hibernated", "Rehydrated"]) assert.match(events, new RegExp(r));
 
-    await tb.kubectl(["patch", "isess", "chat", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
-    await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/chat", "--timeout=60s"]);
+    await hibernateAndWait("chat");
     await tb.kubectl(["delete", "isess", "chat", "--wait=true", "--timeout=60s"]);
     assert.ok(!(await readdir(hibDir())).some((f) => f.startsWith("chat.")), "files should be gone after delete");
   });
 
   it("a hibernated session whose pod is deleted rehydrates on another pod with its history", async () => {
-    await tb.kubectl(["apply", "-f", "-"], session("mover"));
-    const placed = await waitPlaced("mover");
-    await runtimeFor(placed).submit("default", "mover", "Remember the number 42.", { max_tokens: 4 });
-    await tb.kubectl(["patch", "isess", "mover", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
-    await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/mover", "--timeout=60s"]);
+    const placed = await inMemorySession("mover", "Remember the number 42.");
+    await hibernateAndWait("mover");
     await tb.kubectl(["delete", "pod", placed.status!.pod!, "--wait=true", "--timeout=60s"]);
     const moved = await eventually("re-placement", async () => {
       const s = await get("mover");
@@ -132,11 +134,8 @@ describe("operator on the testbed", () => {
   });
 
   it("converges after the operator is killed and restarted mid-transition", async () => {
-    await tb.kubectl(["apply", "-f", "-"], session("crashy"));
-    const placed = await waitPlaced("crashy");
-    await runtimeFor(placed).submit("default", "crashy", "Hi", { max_tokens: 4 });
-    await eventually("InMemory", async () => ((await get("crashy")).status?.residency === "InMemory" ? true : undefined), 20_000);
-    await tb.kubectl(["patch", "isess", "crashy", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
+    await inMemorySession("crashy", "Hi");
+    await setResidency("crashy", "Hibernated");
     await stopOperator(operator, "SIGKILL");
     operator = await startOperator();
     await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/crashy", "--timeout=60s"]);
@@ -144,17 +143,14 @@ describe("operator on the testbed", () => {
   });
 
   it("a corrupted hibernation file: session Degraded with the reason and an Event, file kept, runtime serving", async () => {
-    await tb.kubectl(["apply", "-f", "-"], session("damaged"));
-    const placed = await waitPlaced("damaged");
-    await runtimeFor(placed).submit("default", "damaged", "precious words", { max_tokens: 4 });
-    await tb.kubectl(["patch", "isess", "damaged", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
-    await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/damaged", "--timeout=60s"]);
+    await inMemorySession("damaged", "precious words");
+    await hibernateAndWait("damaged");
     const stateFile = (await readdir(hibDir())).find((f) => f.startsWith("damaged.") && f.endsWith(".state"))!;
     const { open } = await import("node:fs/promises");
     const fh = await open(path.join(hibDir(), stateFile), "r+");
     await fh.write(Buffer.from("garbage!"), 0, 8, 100);
     await fh.close();
-    await tb.kubectl(["patch", "isess", "damaged", "--type=merge", "-p", '{"spec":{"residency":"InMemory"}}']);
+    await setResidency("damaged", "InMemory");
     await tb.kubectl(["wait", "--for=condition=Degraded", "isess/damaged", "--timeout=60s"]);
     const s = await get("damaged");
     const degraded = s.status!.conditions!.find((c) => c.type === "Degraded")!;
@@ -180,7 +176,7 @@ describe("operator on the testbed", () => {
     await tb.kubectl(["apply", "-f", "-"], session("cramped").replace("model: tiny", "model: full").replace("contextSize: 1024", "contextSize: 2048"));
     const placed = await waitPlaced("cramped");
     await runtimeFor(placed).submit("default", "cramped", "z".repeat(1500), { max_tokens: 2 });
-    await tb.kubectl(["patch", "isess", "cramped", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
+    await setResidency("cramped", "Hibernated");
     await tb.kubectl(["wait", "--for=condition=Degraded", "isess/cramped", "--timeout=60s"]);
     const s = await get("cramped");
     const c = Object.fromEntries(s.status!.conditions!.map((x) => [x.type, x]));
@@ -271,7 +267,7 @@ describe("operator on the testbed", () => {
     for (const delay of [0, 20, 40, 80, 160]) {
       const name = `killed-${delay}`;
       const placed = await inMemorySession(name, "z".repeat(800));
-      await tb.kubectl(["patch", "isess", name, "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
+      await setResidency(name, "Hibernated");
       await new Promise((r) => setTimeout(r, delay));
       sigkillRuntime(placed.status!.pod!);
       await tb.kubectl(["delete", "pod", placed.status!.pod!, "--wait=false"]);
@@ -288,7 +284,7 @@ describe("operator on the testbed", () => {
         continue;
       }
       // Committed before the kill: it comes back elsewhere with the whole conversation.
-      await tb.kubectl(["patch", "isess", name, "--type=merge", "-p", '{"spec":{"residency":"InMemory"}}']);
+      await setResidency(name, "InMemory");
       const back = await eventually(`${name} back in memory on a live pod`, async () => {
         const s = await get(name);
         return s.status?.residency === "InMemory" && s.status.pod !== placed.status!.pod ? s : undefined;
@@ -300,11 +296,8 @@ describe("operator on the testbed", () => {
   });
 
   it("a hibernated session on a failed node rehydrates on another node with its history", async () => {
-    await tb.kubectl(["apply", "-f", "-"], session("survivor"));
-    const placed = await waitPlaced("survivor");
-    await runtimeFor(placed).submit("default", "survivor", "Keep this safe.", { max_tokens: 4 });
-    await tb.kubectl(["patch", "isess", "survivor", "--type=merge", "-p", '{"spec":{"residency":"Hibernated"}}']);
-    await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/survivor", "--timeout=60s"]);
+    const placed = await inMemorySession("survivor", "Keep this safe.");
+    await hibernateAndWait("survivor");
     tb.kubelet.failNode(placed.status!.node!);
     const moved = await eventually("re-placement on a healthy node", async () => {
       const s = await get("survivor");

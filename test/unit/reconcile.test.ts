@@ -30,13 +30,13 @@ describe("placement", () => {
 
   it("keeps a session on its Ready pod and registers only when the pod does not know it", () => {
     const s = session({ status: { pod: "b" } });
-    assert.deepEqual(decidePlacement(s, [pod("a"), pod("b")], true), { kind: "use", pod: pod("b"), register: false, moved: false, heldInMemory: false });
+    assert.deepEqual(decidePlacement(s, [pod("a"), pod("b")], true), { kind: "use", pod: pod("b"), register: false, heldInMemory: false });
     assert.equal((decidePlacement(s, [pod("a"), pod("b")], false) as { register: boolean }).register, true);
   });
 
   it("moves a session whose pod is gone; an in-memory one lost its live state unless a saved state turns up", () => {
     const hib = decidePlacement(session({ status: { pod: "gone", residency: "Hibernated" } }), [pod("a")], false);
-    assert.deepEqual(hib, { kind: "use", pod: pod("a"), register: true, moved: true, heldInMemory: false });
+    assert.deepEqual(hib, { kind: "use", pod: pod("a"), register: true, heldInMemory: false });
     assert.equal(liveStateLost(hib as { register: boolean; heldInMemory: boolean }, "NotCreated"), false);
     const mem = decidePlacement(session({ status: { pod: "gone", residency: "InMemory" } }), [pod("a")], false) as { register: boolean; heldInMemory: boolean };
     assert.equal(liveStateLost(mem, "NotCreated"), true);
