@@ -10,8 +10,13 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm install --no-audit --no-fund
 COPY tsconfig.json ./
+COPY contract contract
+COPY common common
 COPY runtime runtime
 COPY operator operator
+COPY gateway gateway
+COPY fixtures fixtures
+COPY testbed testbed
 COPY scripts scripts
 COPY test test
 COPY bench bench

@@ -5,7 +5,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import type { TestModelParams } from "../runtime/gguf/test-model.js";
+import type { TestModelParams } from "../fixtures/gguf/test-model.js";
 import { benchManager, loadHost } from "./harness.js";
 
 /** 64 KiB of KV per token: a 4096-token context is a 256 MiB buffer that llama.cpp clears on allocation. */

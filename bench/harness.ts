@@ -1,13 +1,13 @@
 // The runtime's parts wired in-process for the benchmarks: a generated model and a session manager
 // on a folder, with the options a figure varies.
-import { ManualClock } from "../runtime/clock.js";
-import { ensureTestModel, type TestModelParams } from "../runtime/gguf/test-model.js";
-import { HibernationStore } from "../runtime/hibernation-store.js";
-import { createLogger } from "../runtime/logger.js";
+import { ManualClock } from "../common/clock.js";
+import { ensureTestModel, type TestModelParams } from "../fixtures/gguf/test-model.js";
+import { HibernationStore } from "../runtime/storage/hibernation-store.js";
+import { createLogger } from "../common/logger.js";
 import { RuntimeMetrics } from "../runtime/metrics.js";
-import { ModelHost } from "../runtime/model-host.js";
-import { SessionManager, type ManagerOptions } from "../runtime/session-manager.js";
-import { MODEL_DIR } from "../test/helpers/paths.js";
+import { ModelHost } from "../runtime/model/model-host.js";
+import { SessionManager, type ManagerOptions } from "../runtime/sessions/session-manager.js";
+import { MODEL_DIR } from "../testbed/paths.js";
 
 export function loadHost(model: TestModelParams): Promise<ModelHost> {
   return ensureTestModel(MODEL_DIR, model).then((file) => ModelHost.load({ model: file, modelCacheDir: "", gpu: false, gpuLayers: 0, threads: 1 }));

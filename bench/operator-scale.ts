@@ -3,11 +3,11 @@
 // latency, API writes per transition (from the API server's own metrics), operator CPU and RSS.
 import { readFile } from "node:fs/promises";
 import { CustomObjectsApi, PatchStrategy, setHeaderOptions } from "@kubernetes/client-node";
-import { GROUP, PLURAL, VERSION, type InferenceSession } from "../operator/api/types.js";
-import { RuntimeClient } from "../operator/runtime-client.js";
-import { freePort } from "../scripts/local-runtime.js";
-import { eventually, installTorpor, startEntryPoint, TOKEN } from "../test/helpers/torpor-on-testbed.js";
-import { startTestbed, type Testbed } from "../test/testbed/testbed.js";
+import { GROUP, PLURAL, VERSION, type InferenceSession } from "../contract/inference-session.js";
+import { RuntimeClient } from "../contract/runtime-client.js";
+import { freePort } from "../testbed/local-runtime.js";
+import { eventually, installTorpor, startEntryPoint, TOKEN } from "../testbed/torpor-on-testbed.js";
+import { startTestbed, type Testbed } from "../testbed/testbed.js";
 
 const merge = setHeaderOptions("Content-Type", PatchStrategy.MergePatch);
 

@@ -6,11 +6,11 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { DEFAULT_TEST_MODEL, type TestModelParams } from "../runtime/gguf/test-model.js";
-import { startTestbed } from "../test/testbed/testbed.js";
-import { eventually, installTorpor, session as sessionManifest, startEntryPoint, TOKEN } from "../test/helpers/torpor-on-testbed.js";
-import { freePort } from "../scripts/local-runtime.js";
-import type { InferenceSession } from "../operator/api/types.js";
+import { DEFAULT_TEST_MODEL, type TestModelParams } from "../fixtures/gguf/test-model.js";
+import { startTestbed } from "../testbed/testbed.js";
+import { eventually, installTorpor, session as sessionManifest, startEntryPoint, TOKEN } from "../testbed/torpor-on-testbed.js";
+import { freePort } from "../testbed/local-runtime.js";
+import type { InferenceSession } from "../contract/inference-session.js";
 import { bulkheadSwap } from "./bulkhead-swap.js";
 import { harness } from "./harness.js";
 import { operatorScale } from "./operator-scale.js";
@@ -208,7 +208,7 @@ async function gatewayOverhead(): Promise<void> {
     await tb.kubectl(["create", "clusterrolebinding", "bench-chat", "--clusterrole=cluster-admin", "--serviceaccount=default:default"]);
     procs.push(await startEntryPoint("operator/main.js", tb, { TORPOR_OPERATOR_PORT: String(await freePort()), POD_NAME: "operator-0" }));
     const port = await freePort();
-    procs.push(await startEntryPoint("operator/gateway/main.js", tb, { TORPOR_GATEWAY_PORT: String(port) }));
+    procs.push(await startEntryPoint("gateway/main.js", tb, { TORPOR_GATEWAY_PORT: String(port) }));
     const gw = `http://127.0.0.1:${port}`;
     await tb.kubectl(["apply", "-f", "-"], sessionManifest("bench"));
     const s = await eventually("placement", async () => {

@@ -5,13 +5,13 @@ import {
   CoreV1Api, CustomObjectsApi, PatchStrategy, makeInformer, setHeaderOptions,
   type Informer, type KubeConfig, type KubernetesObject, type V1Pod,
 } from "@kubernetes/client-node";
-import type { Logger } from "../runtime/logger.js";
-import type { SessionStatus as RuntimeSessionStatus } from "../runtime/session-types.js";
-import { FINALIZER, GROUP, PLURAL, VERSION, parseDuration, type InferenceSession } from "./api/types.js";
-import { EventRecorder } from "./events.js";
+import type { Logger } from "../common/logger.js";
+import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
+import { FINALIZER, GROUP, PLURAL, VERSION, parseDuration, type InferenceSession } from "../contract/inference-session.js";
+import { EventRecorder } from "../common/events.js";
 import type { OperatorMetrics } from "./metrics.js";
-import { computeStatus, decidePlacement, decideTransition, hasFinalizer, liveStateLost, reasonOf, sameStatus, type RuntimePod } from "./reconcile.js";
-import { RuntimeApiError, RuntimeClient } from "./runtime-client.js";
+import { computeStatus, decidePlacement, decideTransition, hasFinalizer, liveStateLost, reasonOf, sameStatus, type RuntimePod } from "./decisions.js";
+import { RuntimeApiError, RuntimeClient } from "../contract/runtime-client.js";
 import { WorkQueue } from "./work-queue.js";
 
 export interface ControllerOptions {

@@ -2,7 +2,7 @@
 // Optimistic concurrency (resourceVersion) decides races; a leader that cannot renew in time
 // stops acting (the caller exits, as controller-runtime does) rather than risk a split brain.
 import { CoordinationV1Api, type KubeConfig, type V1Lease } from "@kubernetes/client-node";
-import type { Logger } from "../runtime/logger.js";
+import type { Logger } from "../common/logger.js";
 
 export interface LeaderElectionOptions {
   namespace: string;

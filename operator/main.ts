@@ -2,7 +2,7 @@
 // /healthz, /readyz and /metrics. Exits when it loses leadership, so a restart re-joins cleanly.
 import { KubeConfig } from "@kubernetes/client-node";
 import express from "express";
-import { createLogger } from "../runtime/logger.js";
+import { createLogger } from "../common/logger.js";
 import { SessionController } from "./controller.js";
 import { LeaderElector } from "./leader-election.js";
 import { OperatorMetrics } from "./metrics.js";

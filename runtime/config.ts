@@ -1,5 +1,5 @@
 // Runtime configuration, read once from the environment (the chart and the test kubelet set it).
-import { TorporError } from "./errors.js";
+import { TorporError } from "../contract/errors.js";
 
 export interface RuntimeConfig {
   /** A GGUF file path, or an `hf:` URI resolved by node-llama-cpp into modelCacheDir. */

@@ -2,15 +2,15 @@
 // SIGTERM stop taking work, finish generations and hibernate every resident session before exit.
 import { mkdir } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
-import { systemClock } from "./clock.js";
+import { systemClock } from "../common/clock.js";
 import { loadConfig } from "./config.js";
-import { MALLOC_TUNING_ENV, missingMallocTuning } from "./malloc-tuning.js";
-import { HibernationStore } from "./hibernation-store.js";
-import { createRuntimeApp } from "./http-api.js";
-import { createLogger } from "./logger.js";
+import { MALLOC_TUNING_ENV, missingMallocTuning } from "./model/malloc-tuning.js";
+import { HibernationStore } from "./storage/hibernation-store.js";
+import { createRuntimeApp } from "./http/app.js";
+import { createLogger } from "../common/logger.js";
 import { RuntimeMetrics } from "./metrics.js";
-import { ModelHost } from "./model-host.js";
-import { SessionManager } from "./session-manager.js";
+import { ModelHost } from "./model/model-host.js";
+import { SessionManager } from "./sessions/session-manager.js";
 
 const log = createLogger("runtime");
 

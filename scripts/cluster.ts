@@ -6,7 +6,7 @@ import { spawn } from "node:child_process";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { startTestbed, type Testbed } from "../test/testbed/testbed.js";
+import { startTestbed, type Testbed } from "../testbed/testbed.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const STATE = path.join(ROOT, ".torpor", "cluster");

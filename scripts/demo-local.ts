@@ -3,8 +3,8 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { ensureTestModel } from "../runtime/gguf/test-model.js";
-import { startRuntime } from "./local-runtime.js";
+import { ensureTestModel } from "../fixtures/gguf/test-model.js";
+import { startRuntime } from "../testbed/local-runtime.js";
 
 const MiB = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
 const cache = process.env.TORPOR_CACHE_DIR ?? path.join(os.homedir(), ".cache", "torpor");

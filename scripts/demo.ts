@@ -3,7 +3,7 @@
 // test model, runs the README quickstart step by step, prints the session's hibernation figures,
 // and tears everything down. `npm run demo:runtime` shows the runtime alone.
 import path from "node:path";
-import { startTestbed } from "../test/testbed/testbed.js";
+import { startTestbed } from "../testbed/testbed.js";
 import { installChart } from "./cluster.js";
 import { runQuickstart } from "./quickstart.js";
 

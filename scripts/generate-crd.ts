@@ -1,8 +1,8 @@
-// Writes crds/ and the chart's copy from operator/api/crd.ts (the single source).
+// Writes crds/ and the chart's copy from contract/crd.ts (the single source).
 import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { renderCrdYaml } from "../operator/api/crd-yaml.js";
+import { renderCrdYaml } from "../contract/crd-yaml.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const yaml = renderCrdYaml();

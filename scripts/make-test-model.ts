@@ -1,7 +1,7 @@
 // CLI for the test-fixture model: node dist/scripts/make-test-model.js [--dir D] [--layers N] ...
 // Prints the path of the generated (or cached) GGUF file.
 import { parseArgs } from "node:util";
-import { DEFAULT_TEST_MODEL, ensureTestModel } from "../runtime/gguf/test-model.js";
+import { DEFAULT_TEST_MODEL, ensureTestModel } from "../fixtures/gguf/test-model.js";
 
 const { values } = parseArgs({
   options: {

@@ -6,9 +6,9 @@ import { after, before, describe, it } from "node:test";
 import YAML from "yaml";
 import { installChart, RELEASE_NAMESPACE } from "../../scripts/cluster.js";
 import { runQuickstart } from "../../scripts/quickstart.js";
-import { MALLOC_TUNING_ENV } from "../../runtime/malloc-tuning.js";
-import { REPO_ROOT } from "../helpers/paths.js";
-import { startTestbed, type Testbed } from "../testbed/testbed.js";
+import { MALLOC_TUNING_ENV } from "../../runtime/model/malloc-tuning.js";
+import { REPO_ROOT } from "../../testbed/paths.js";
+import { startTestbed, type Testbed } from "../../testbed/testbed.js";
 
 const CHART = path.join(REPO_ROOT, "charts", "torpor");
 const values = (name: string) => path.join(CHART, name);

@@ -4,10 +4,10 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import fc from "fast-check";
 import OpenAI from "openai";
-import type { InferenceSession } from "../../operator/api/types.js";
-import { freePort } from "../../scripts/local-runtime.js";
-import { eventually, installTorpor, session, startEntryPoint, type NodeProcess } from "../helpers/torpor-on-testbed.js";
-import { startTestbed, type Testbed } from "../testbed/testbed.js";
+import type { InferenceSession } from "../../contract/inference-session.js";
+import { freePort } from "../../testbed/local-runtime.js";
+import { eventually, installTorpor, session, startEntryPoint, type NodeProcess } from "../../testbed/torpor-on-testbed.js";
+import { startTestbed, type Testbed } from "../../testbed/testbed.js";
 
 const RBAC = `
 apiVersion: v1
@@ -53,7 +53,7 @@ describe("gateway on the testbed", () => {
     await tb.kubectl(["apply", "-f", "-"], RBAC);
     operator = await startEntryPoint("operator/main.js", tb, { TORPOR_OPERATOR_PORT: String(await freePort()), POD_NAME: "operator-0", TORPOR_RESYNC_SECONDS: "5" });
     const port = await freePort();
-    gateway = await startEntryPoint("operator/gateway/main.js", tb, { TORPOR_GATEWAY_PORT: String(port), TORPOR_GATEWAY_WAKE_TIMEOUT_SECONDS: "60" });
+    gateway = await startEntryPoint("gateway/main.js", tb, { TORPOR_GATEWAY_PORT: String(port), TORPOR_GATEWAY_WAKE_TIMEOUT_SECONDS: "60" });
     gw = `http://127.0.0.1:${port}`;
     await eventually("gateway", async () => ((await fetch(`${gw}/healthz`)).ok ? true : undefined), 20_000);
     alice = (await tb.kubectl(["create", "token", "alice"])).trim();

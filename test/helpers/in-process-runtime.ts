@@ -1,12 +1,12 @@
 // The runtime's parts wired in-process (real node-llama-cpp), for tests that need an injected clock.
-import { tempDir } from "./temp-dir.js";
-import { ManualClock } from "../../runtime/clock.js";
-import { HibernationStore } from "../../runtime/hibernation-store.js";
-import { createLogger } from "../../runtime/logger.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { ManualClock } from "../../common/clock.js";
+import { HibernationStore } from "../../runtime/storage/hibernation-store.js";
+import { createLogger } from "../../common/logger.js";
 import { RuntimeMetrics } from "../../runtime/metrics.js";
-import { ModelHost } from "../../runtime/model-host.js";
-import { SessionManager, type ManagerOptions } from "../../runtime/session-manager.js";
-import { smallModel } from "./models.js";
+import { ModelHost } from "../../runtime/model/model-host.js";
+import { SessionManager, type ManagerOptions } from "../../runtime/sessions/session-manager.js";
+import { smallModel } from "../../testbed/models.js";
 
 let hostPromise: Promise<ModelHost> | undefined;
 

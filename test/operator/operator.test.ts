@@ -5,13 +5,13 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { readdir } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { RuntimeClient } from "../../operator/runtime-client.js";
-import type { InferenceSession } from "../../operator/api/types.js";
-import { freePort } from "../../scripts/local-runtime.js";
-import { eventually, HIB_HOST_PATH, installTorpor, runtimeManifest, session, TOKEN } from "../helpers/torpor-on-testbed.js";
-import { smallModel } from "../helpers/models.js";
-import { DIST, REPO_ROOT } from "../helpers/paths.js";
-import { startTestbed, type Testbed } from "../testbed/testbed.js";
+import { RuntimeClient } from "../../contract/runtime-client.js";
+import type { InferenceSession } from "../../contract/inference-session.js";
+import { freePort } from "../../testbed/local-runtime.js";
+import { eventually, HIB_HOST_PATH, installTorpor, runtimeManifest, session, TOKEN } from "../../testbed/torpor-on-testbed.js";
+import { smallModel } from "../../testbed/models.js";
+import { DIST, REPO_ROOT } from "../../testbed/paths.js";
+import { startTestbed, type Testbed } from "../../testbed/testbed.js";
 
 describe("operator on the testbed", () => {
   let tb: Testbed;

@@ -6,10 +6,10 @@ import { readdir } from "node:fs/promises";
 import path from "node:path";
 import { after, describe, it } from "node:test";
 import fc from "fast-check";
-import { RuntimeApiError } from "../../operator/runtime-client.js";
-import { startRuntime } from "../../scripts/local-runtime.js";
-import { tempDir } from "../helpers/temp-dir.js";
-import { smallModel, wideKvModel } from "../helpers/models.js";
+import { RuntimeApiError } from "../../contract/runtime-client.js";
+import { startRuntime } from "../../testbed/local-runtime.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { smallModel, wideKvModel } from "../../testbed/models.js";
 
 const summary = { tried: 0, survived: 0, dataLost: 0 };
 const tmp = tempDir;
@@ -56,7 +56,7 @@ describe("faults", () => {
       } finally { await again.stop(); }
     }
     // Leftovers of interrupted writes are only temp or unreferenced files, which the sweeper removes.
-    const { HibernationStore } = await import("../../runtime/hibernation-store.js");
+    const { HibernationStore } = await import("../../runtime/storage/hibernation-store.js");
     await new HibernationStore(dir).sweepOrphans(0);
     const left = (await readdir(path.join(dir, "default"))).filter((f) => f.endsWith(".tmp"));
     assert.deepEqual(left, []);

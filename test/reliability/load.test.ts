@@ -5,11 +5,11 @@
 // machine gets there before the three minutes are up).
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { RuntimeClient } from "../../operator/runtime-client.js";
-import type { InferenceSession } from "../../operator/api/types.js";
-import { freePort } from "../../scripts/local-runtime.js";
-import { eventually, installTorpor, startEntryPoint, TOKEN, type NodeProcess } from "../helpers/torpor-on-testbed.js";
-import { startTestbed, type Testbed } from "../testbed/testbed.js";
+import { RuntimeClient } from "../../contract/runtime-client.js";
+import type { InferenceSession } from "../../contract/inference-session.js";
+import { freePort } from "../../testbed/local-runtime.js";
+import { eventually, installTorpor, startEntryPoint, TOKEN, type NodeProcess } from "../../testbed/torpor-on-testbed.js";
+import { startTestbed, type Testbed } from "../../testbed/testbed.js";
 
 const SESSIONS = 20;
 const CLIENTS = 100;
@@ -36,7 +36,7 @@ spec: {model: tiny, contextSize: ${CONTEXT}, hibernation: {idleAfter: ${i % 2 ? 
     await tb.kubectl(["apply", "-f", "-"], sessions);
     operator = await startEntryPoint("operator/main.js", tb, { TORPOR_OPERATOR_PORT: String(await freePort()), POD_NAME: "operator-0" });
     const port = await freePort();
-    gateway = await startEntryPoint("operator/gateway/main.js", tb, { TORPOR_GATEWAY_PORT: String(port), TORPOR_GATEWAY_AUTH: "disabled", TORPOR_GATEWAY_WAKE_TIMEOUT_SECONDS: "120" });
+    gateway = await startEntryPoint("gateway/main.js", tb, { TORPOR_GATEWAY_PORT: String(port), TORPOR_GATEWAY_AUTH: "disabled", TORPOR_GATEWAY_WAKE_TIMEOUT_SECONDS: "120" });
     gw = `http://127.0.0.1:${port}`;
     await eventually("gateway", async () => ((await fetch(`${gw}/healthz`)).ok ? true : undefined), 20_000);
     await eventually("placement of every session", async () => {

@@ -4,10 +4,10 @@ import assert from "node:assert/strict";
 import { readdir, readFile, symlink, truncate, writeFile, open } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { RuntimeApiError, RuntimeClient } from "../../operator/runtime-client.js";
-import { otherModel, smallModel, wideKvModel } from "../helpers/models.js";
-import { tempDir } from "../helpers/temp-dir.js";
-import { startRuntime, type RuntimeProcess } from "../../scripts/local-runtime.js";
+import { RuntimeApiError, RuntimeClient } from "../../contract/runtime-client.js";
+import { otherModel, smallModel, wideKvModel } from "../../testbed/models.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { startRuntime, type RuntimeProcess } from "../../testbed/local-runtime.js";
 
 const tmp = tempDir;
 

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { readdir, stat } from "node:fs/promises";
 import path from "node:path";
 import { describe, it } from "node:test";
-import { TorporError } from "../../runtime/errors.js";
+import { TorporError } from "../../contract/errors.js";
 import { counterValue, greedy, harness } from "../helpers/in-process-runtime.js";
 
 async function histogramCount(h: Awaited<ReturnType<typeof harness>>, name: string): Promise<number> {

@@ -2,8 +2,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { CoreV1Api } from "@kubernetes/client-node";
-import { eventually } from "../helpers/eventually.js";
-import { startTestbed, SHARED_HOST_PATH, type Testbed } from "./testbed.js";
+import { eventually } from "../../testbed/eventually.js";
+import { startTestbed, SHARED_HOST_PATH, type Testbed } from "../../testbed/testbed.js";
 
 // A tiny HTTP server as the "container": readiness on /ready, file I/O on the mounted volume,
 // and its environment on /env. It binds to its own pod IP, like a pod on a real network.

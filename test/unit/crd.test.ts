@@ -4,10 +4,10 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { describe, it } from "node:test";
-import { specSchema, statusSchema } from "../../operator/api/crd.js";
-import { CRD_FILE, renderCrdYaml } from "../../operator/api/crd-yaml.js";
-import { HIBERNATION_FIELDS, LAST_HIBERNATION_FIELDS, SPEC_FIELDS, STATUS_FIELDS, parseDuration } from "../../operator/api/types.js";
-import { REPO_ROOT } from "../helpers/paths.js";
+import { specSchema, statusSchema } from "../../contract/crd.js";
+import { CRD_FILE, renderCrdYaml } from "../../contract/crd-yaml.js";
+import { HIBERNATION_FIELDS, LAST_HIBERNATION_FIELDS, SPEC_FIELDS, STATUS_FIELDS, parseDuration } from "../../contract/inference-session.js";
+import { REPO_ROOT } from "../../testbed/paths.js";
 
 const keys = (o: object) => Object.keys(o).sort();
 

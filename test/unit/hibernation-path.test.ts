@@ -3,9 +3,9 @@ import { symlink } from "node:fs/promises";
 import path from "node:path";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { resolveSessionDir, validateSubPath } from "../../runtime/hibernation-path.js";
-import { TorporError } from "../../runtime/errors.js";
-import { tempDir } from "../helpers/temp-dir.js";
+import { resolveSessionDir, validateSubPath } from "../../runtime/storage/hibernation-path.js";
+import { TorporError } from "../../contract/errors.js";
+import { tempDir } from "../../testbed/temp-dir.js";
 
 describe("hibernation paths", () => {
   it("accepts tenant sub-paths and refuses escapes", () => {

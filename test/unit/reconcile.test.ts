@@ -1,9 +1,9 @@
 // The controller's pure decisions, branch by branch.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import type { InferenceSession } from "../../operator/api/types.js";
-import { choosePod, computeStatus, decidePlacement, decideTransition, liveStateLost, sameStatus, type RuntimePod } from "../../operator/reconcile.js";
-import type { SessionStatus } from "../../runtime/session-types.js";
+import type { InferenceSession } from "../../contract/inference-session.js";
+import { choosePod, computeStatus, decidePlacement, decideTransition, liveStateLost, sameStatus, type RuntimePod } from "../../operator/decisions.js";
+import type { SessionStatus } from "../../contract/runtime-api.js";
 
 const pod = (name: string, extra: Partial<RuntimePod> = {}): RuntimePod =>
   ({ name, namespace: "torpor", node: `node-${name}`, ip: "127.1.0.1", port: 8080, model: "m", ready: true, sessions: 0, ...extra });

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { WorkQueue } from "../../operator/work-queue.js";
-import { SerialQueue } from "../../runtime/serial-queue.js";
+import { SerialQueue } from "../../runtime/sessions/serial-queue.js";
 
 describe("work queue", () => {
   it("de-duplicates keys and never hands one key to two workers", async () => {

@@ -1,7 +1,7 @@
 // The controller's decisions as pure functions: (session, observed world) -> what to do, and
 // (session, results) -> the status to write. No I/O here, so every branch is unit-tested.
-import type { SessionStatus as RuntimeSessionStatus } from "../runtime/session-types.js";
-import { FINALIZER, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "./api/types.js";
+import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
+import { FINALIZER, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "../contract/inference-session.js";
 
 export interface RuntimePod {
   name: string;

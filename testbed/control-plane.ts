@@ -5,7 +5,7 @@ import { createWriteStream } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import https from "node:https";
 import path from "node:path";
-import { freePort } from "../../scripts/local-runtime.js";
+import { freePort } from "./local-runtime.js";
 import { ensureKubeBinaries } from "./kube-binaries.js";
 import { createPki, type Pki } from "./pki.js";
 

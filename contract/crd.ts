@@ -1,6 +1,6 @@
 // The CRD, built in code so the schema sits next to the types; `node dist/scripts/generate-crd.js`
 // writes crds/inferencesessions.torpor.dev.yaml and a test fails if the committed file is stale.
-import { GROUP, KIND, MAX_CONTEXT_SIZE, MIN_CONTEXT_SIZE, PLURAL, VERSION, DEFAULT_CONTEXT_SIZE } from "./types.js";
+import { GROUP, KIND, MAX_CONTEXT_SIZE, MIN_CONTEXT_SIZE, PLURAL, VERSION, DEFAULT_CONTEXT_SIZE } from "./inference-session.js";
 
 const str = (extra: Record<string, unknown> = {}) => ({ type: "string", ...extra });
 const int = (extra: Record<string, unknown> = {}) => ({ type: "integer", format: "int64", ...extra });

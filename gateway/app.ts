@@ -4,9 +4,9 @@
 import type { IncomingMessage } from "node:http";
 import express, { type NextFunction, type Request, type Response } from "express";
 import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import { TorporError, asTorporError } from "../../runtime/errors.js";
-import type { Logger } from "../../runtime/logger.js";
-import { asObject, optionalString, parseMessages, parseSampling } from "../../runtime/request-validation.js";
+import { TorporError, asTorporError } from "../contract/errors.js";
+import type { Logger } from "../common/logger.js";
+import { asObject, optionalString, parseMessages, parseSampling } from "../contract/request-validation.js";
 import type { AccessControl } from "./access.js";
 import type { SessionRouter, SessionSource } from "./session-router.js";
 import { postJson } from "./upstream.js";

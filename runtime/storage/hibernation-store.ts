@@ -10,7 +10,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { open, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { ChatHistoryItem } from "node-llama-cpp";
-import { StateRejectedError, TorporError } from "./errors.js";
+import { StateRejectedError, TorporError } from "../../contract/errors.js";
 import { resolveSessionDir, validateName } from "./hibernation-path.js";
 
 export const MANIFEST_FORMAT = "torpor.dev/hibernation";

@@ -2,14 +2,14 @@
 // Every operation (generate, hibernate, rehydrate, delete) runs on the session's queue, which is
 // what makes hibernate wait for in-flight generation and requests wait for a hibernate.
 import { LlamaChat, type ChatHistoryItem, type LlamaContext, type LlamaContextSequence } from "node-llama-cpp";
-import type { Clock } from "./clock.js";
-import { StateRejectedError, TorporError } from "./errors.js";
-import type { HibernationRecord, HibernationStore, SessionRef } from "./hibernation-store.js";
-import type { Logger } from "./logger.js";
-import type { RuntimeMetrics } from "./metrics.js";
-import { NODE_LLAMA_CPP_VERSION, type ModelHost } from "./model-host.js";
+import type { Clock } from "../../common/clock.js";
+import { StateRejectedError, TorporError } from "../../contract/errors.js";
+import type { HibernationRecord, HibernationStore, SessionRef } from "../storage/hibernation-store.js";
+import type { Logger } from "../../common/logger.js";
+import type { RuntimeMetrics } from "../metrics.js";
+import { NODE_LLAMA_CPP_VERSION, type ModelHost } from "../model/model-host.js";
 import { SerialQueue } from "./serial-queue.js";
-import type { GenerateOptions, GenerateResult, HibernateOutcome, Phase, Residency, SessionSpec, SessionStatus, Wake } from "./session-types.js";
+import type { GenerateOptions, GenerateResult, HibernateOutcome, Phase, Residency, SessionSpec, SessionStatus, Wake } from "../../contract/runtime-api.js";
 
 /**
  * A clean context taken from a session that was evicted to make room: reusing it spares the next

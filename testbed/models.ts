@@ -1,4 +1,4 @@
-import { DEFAULT_TEST_MODEL, ensureTestModel, type TestModelParams } from "../../runtime/gguf/test-model.js";
+import { DEFAULT_TEST_MODEL, ensureTestModel, type TestModelParams } from "../fixtures/gguf/test-model.js";
 import { MODEL_DIR } from "./paths.js";
 
 /** The default fixture: 4 layers, 256 wide; loads in well under a second. */

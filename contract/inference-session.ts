@@ -1,6 +1,6 @@
 // The InferenceSession API (torpor.dev/v1alpha1), shared by the operator, the gateway and tests.
 // crd.ts builds the CRD's schema; test/unit/crd.test.ts proves the two list the same fields.
-import type { Residency } from "../../runtime/session-types.js";
+import type { Residency } from "./runtime-api.js";
 
 export const GROUP = "torpor.dev";
 export const VERSION = "v1alpha1";

@@ -2,7 +2,7 @@
 // into a versioned cache (first build: minutes; afterwards instant).
 import { spawn } from "node:child_process";
 import path from "node:path";
-import { REPO_ROOT } from "../helpers/paths.js";
+import { REPO_ROOT } from "./paths.js";
 
 export interface KubeBinaries { dir: string; etcd: string; apiserver: string; controllerManager: string; scheduler: string }
 

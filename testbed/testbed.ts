@@ -5,7 +5,7 @@ import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { KubeConfig } from "@kubernetes/client-node";
-import { REPO_ROOT } from "../helpers/paths.js";
+import { REPO_ROOT } from "./paths.js";
 import { startControlPlane, type ControlPlane } from "./control-plane.js";
 import { ensureKubeTools, type KubeTools } from "./kube-tools.js";
 import { TestKubelet, type TestNodeSpec } from "./test-kubelet.js";

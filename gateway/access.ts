@@ -3,8 +3,8 @@
 // session's namespace. Decisions are cached briefly so a chat does not cost two API calls a turn.
 import { createHash } from "node:crypto";
 import { AuthenticationV1Api, AuthorizationV1Api, type KubeConfig } from "@kubernetes/client-node";
-import { TorporError } from "../../runtime/errors.js";
-import { GROUP, PLURAL } from "../api/types.js";
+import { TorporError } from "../contract/errors.js";
+import { GROUP, PLURAL } from "../contract/inference-session.js";
 
 export interface AccessRequest {
   namespace: string;

@@ -1,5 +1,5 @@
 // Types of the runtime's session API, shared by the runtime, the operator's runtime client and tests.
-import type { HibernationRecord } from "./hibernation-store.js";
+import type { HibernationRecord } from "../runtime/storage/hibernation-store.js";
 
 export type Residency = "NotCreated" | "InMemory" | "Hibernated";
 /** What the session is doing right now; transitions are visible to callers. */

@@ -1,14 +1,14 @@
 // The runtime's HTTP API, used by the operator and the gateway. See docs/runtime-api.md.
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import express, { type NextFunction, type Request, type Response } from "express";
-import { TorporError, asTorporError } from "./errors.js";
-import type { HibernationStore } from "./hibernation-store.js";
-import type { Logger } from "./logger.js";
-import type { RuntimeMetrics } from "./metrics.js";
-import type { ModelHost } from "./model-host.js";
-import { asObject, optionalInt, optionalString, parseMessages, parseSampling } from "./request-validation.js";
-import type { SessionManager } from "./session-manager.js";
-import type { GenerateOptions, GenerateResult, RuntimeInfo, Wake } from "./session-types.js";
+import { TorporError, asTorporError } from "../../contract/errors.js";
+import type { HibernationStore } from "../storage/hibernation-store.js";
+import type { Logger } from "../../common/logger.js";
+import type { RuntimeMetrics } from "../metrics.js";
+import type { ModelHost } from "../model/model-host.js";
+import { asObject, optionalInt, optionalString, parseMessages, parseSampling } from "../../contract/request-validation.js";
+import type { SessionManager } from "../sessions/session-manager.js";
+import type { GenerateOptions, GenerateResult, RuntimeInfo, Wake } from "../../contract/runtime-api.js";
 
 export interface ApiDeps {
   manager: SessionManager;

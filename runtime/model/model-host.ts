@@ -4,10 +4,10 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { getLlama, resolveChatWrapper, resolveModelFile, type ChatWrapper, type Llama, type LlamaContext, type LlamaModel } from "node-llama-cpp";
-import type { RuntimeConfig } from "./config.js";
-import { TorporError } from "./errors.js";
+import type { RuntimeConfig } from "../config.js";
+import { TorporError } from "../../contract/errors.js";
 import { modelFingerprint } from "./model-fingerprint.js";
-import { TEST_MODEL_PRESETS, ensureTestModel } from "./gguf/test-model.js";
+import { TEST_MODEL_PRESETS, ensureTestModel } from "../../fixtures/gguf/test-model.js";
 
 // The package does not export its package.json; its entry point sits in dist/.
 export const NODE_LLAMA_CPP_VERSION: string = (JSON.parse(readFileSync(

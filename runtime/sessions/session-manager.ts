@@ -1,16 +1,16 @@
 // The runtime's sessions: registration, the resident-session bulkhead with LRU eviction, the idle
 // policy and graceful shutdown. Holds nothing a restart would need: hibernated sessions are found
 // again on the volume when the operator re-registers them.
-import type { Clock } from "./clock.js";
-import { TorporError } from "./errors.js";
-import { validateName, validateSubPath } from "./hibernation-path.js";
-import type { HibernationStore } from "./hibernation-store.js";
-import type { Logger } from "./logger.js";
-import type { RuntimeMetrics } from "./metrics.js";
-import type { ModelHost } from "./model-host.js";
+import type { Clock } from "../../common/clock.js";
+import { TorporError } from "../../contract/errors.js";
+import { validateName, validateSubPath } from "../storage/hibernation-path.js";
+import type { HibernationStore } from "../storage/hibernation-store.js";
+import type { Logger } from "../../common/logger.js";
+import type { RuntimeMetrics } from "../metrics.js";
+import type { ModelHost } from "../model/model-host.js";
 import { SerialQueue } from "./serial-queue.js";
 import { Session, type Admission, type SpareContext } from "./session.js";
-import type { SessionSpec } from "./session-types.js";
+import type { SessionSpec } from "../../contract/runtime-api.js";
 
 export interface ManagerOptions {
   maxResident: number;

@@ -1,7 +1,7 @@
 // Kubernetes Events on sessions (placements, hibernations, rehydrations, failures).
 import { CoreV1Api, type KubeConfig } from "@kubernetes/client-node";
-import type { Logger } from "../runtime/logger.js";
-import { GROUP, KIND, VERSION, type InferenceSession } from "./api/types.js";
+import type { Logger } from "./logger.js";
+import { GROUP, KIND, VERSION, type InferenceSession } from "../contract/inference-session.js";
 
 export class EventRecorder {
   private readonly core: CoreV1Api;

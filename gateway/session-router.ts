@@ -3,11 +3,11 @@
 // a session without a Ready pod is held until the operator places it, within a bound.
 // Concurrent requests for one session share one wake.
 import { CustomObjectsApi, PatchStrategy, makeInformer, setHeaderOptions, type Informer, type KubeConfig, type KubernetesObject } from "@kubernetes/client-node";
-import { TorporError } from "../../runtime/errors.js";
-import type { Logger } from "../../runtime/logger.js";
-import { GROUP, PLURAL, VERSION, type InferenceSession } from "../api/types.js";
-import { WAKE_ANNOTATION } from "../reconcile.js";
-import type { EventRecorder } from "../events.js";
+import { TorporError } from "../contract/errors.js";
+import type { Logger } from "../common/logger.js";
+import { GROUP, PLURAL, VERSION, type InferenceSession } from "../contract/inference-session.js";
+import { WAKE_ANNOTATION } from "../operator/decisions.js";
+import type { EventRecorder } from "../common/events.js";
 
 export const GATEWAY_FIELD_MANAGER = "torpor-gateway";
 

@@ -1,8 +1,8 @@
 // The gateway's entry point (its own Deployment). TORPOR_GATEWAY_AUTH=disabled turns off
 // authentication for the local demo only, and says so loudly.
 import { KubeConfig } from "@kubernetes/client-node";
-import { createLogger } from "../../runtime/logger.js";
-import { EventRecorder } from "../events.js";
+import { createLogger } from "../common/logger.js";
+import { EventRecorder } from "../common/events.js";
 import { KubernetesAccessControl, allowEveryone } from "./access.js";
 import { createGatewayApp } from "./app.js";
 import { InformerSessionSource, SessionRouter } from "./session-router.js";

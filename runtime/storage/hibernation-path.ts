@@ -2,7 +2,7 @@
 // per-tenant separation but must never leave the namespace's folder, even through symlinks.
 import { mkdir, realpath } from "node:fs/promises";
 import path from "node:path";
-import { TorporError } from "./errors.js";
+import { TorporError } from "../../contract/errors.js";
 
 const NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 const SEGMENT = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;

@@ -4,8 +4,8 @@ import path from "node:path";
 import { smallModel } from "./models.js";
 export { eventually } from "./eventually.js";
 import { REPO_ROOT } from "./paths.js";
-import { SHARED_HOST_PATH, type Testbed } from "../testbed/testbed.js";
-import { MALLOC_TUNING_ENV } from "../../runtime/malloc-tuning.js";
+import { SHARED_HOST_PATH, type Testbed } from "./testbed.js";
+import { MALLOC_TUNING_ENV } from "../runtime/model/malloc-tuning.js";
 
 export const TOKEN = "operator-test-runtime-token-0123";
 export const HIB_HOST_PATH = `${SHARED_HOST_PATH}/hibernation`;

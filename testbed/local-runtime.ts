@@ -5,8 +5,8 @@ import { readFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { RuntimeClient } from "../operator/runtime-client.js";
-import { MALLOC_TUNING_ENV } from "../runtime/malloc-tuning.js";
+import { RuntimeClient } from "../contract/runtime-client.js";
+import { MALLOC_TUNING_ENV } from "../runtime/model/malloc-tuning.js";
 const DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
 export const TEST_TOKEN = "test-runtime-token-0123456789";

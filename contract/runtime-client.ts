@@ -1,6 +1,6 @@
 // Typed HTTP client for a runtime pod's API, used by the operator, the gateway and the tests.
-import type { GenerateResult, HibernateOutcome, RuntimeInfo, SessionStatus, Wake } from "../runtime/session-types.js";
-import type { HibernationFileEntry } from "../runtime/hibernation-store.js";
+import type { GenerateResult, HibernateOutcome, RuntimeInfo, SessionStatus, Wake } from "./runtime-api.js";
+import type { HibernationFileEntry } from "../runtime/storage/hibernation-store.js";
 
 export class RuntimeApiError extends Error {
   constructor(readonly status: number, readonly code: string, message: string, readonly details?: Record<string, unknown>) {

@@ -4,7 +4,7 @@ import { createRequire } from "node:module";
 import { chmod, mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { inflateRawSync } from "node:zlib";
-import { CACHE_DIR } from "../helpers/paths.js";
+import { CACHE_DIR } from "./paths.js";
 
 export interface KubeTools { kubectl: string; helm: string }
 
