@@ -113,3 +113,6 @@ export function parseDuration(s: string): number | undefined {
   }
   return ms;
 }
+
+/** Set by the gateway, in the same patch that flips spec.residency to InMemory for a request. */
+export const WAKE_ANNOTATION = "torpor.dev/woken-by-request-at";

@@ -99,3 +99,19 @@ export function parseMessages(o: Json, maxMessages = 10_000): ChatHistoryItem[] 
   if (items[items.length - 1]!.type !== "user") throw bad(`messages[${items.length - 1}].role`, "the last message must have role \"user\"");
   return items;
 }
+
+/** The `submit` route's prompt: a non-empty string. */
+export function requiredPrompt(o: Json, maxLength: number): string {
+  const prompt = optionalString(o, "prompt", maxLength);
+  if (!prompt) throw bad("prompt", "required, a non-empty string");
+  return prompt;
+}
+
+/** express.json()'s failures (too large, not JSON, bad charset) as the 4xx they are; undefined for anything else. */
+export function bodyParserError(err: unknown): TorporError | undefined {
+  const type = (err as { type?: string })?.type;
+  if (type === "entity.too.large") return new TorporError("payload_too_large", `request body exceeds the limit of ${(err as { limit?: number }).limit} bytes`);
+  if (type === "entity.parse.failed") return new TorporError("bad_request", `body: not valid JSON (${(err as Error).message})`, { field: "body" });
+  if (type) return new TorporError("bad_request", (err as Error).message);
+  return undefined;
+}

@@ -1,5 +1,25 @@
 // Types of the runtime's session API, shared by the runtime, the operator's runtime client and tests.
-import type { HibernationRecord } from "../runtime/storage/hibernation-store.js";
+
+/** A committed hibernation file, as the runtime reports it. */
+export interface HibernationRecord {
+  manifestFile: string;
+  stateFile: string;
+  bytes: number;
+  sha256: string;
+  tokenCount: number;
+  hibernatedAt: string;
+}
+
+/** A hibernation file on the volume (the sweeper's view). */
+export interface HibernationFileEntry {
+  namespace: string;
+  name: string;
+  path: string;
+  manifestFile: string;
+  bytes: number;
+  tokenCount: number;
+  hibernatedAt: string;
+}
 
 export type Residency = "NotCreated" | "InMemory" | "Hibernated";
 /** What the session is doing right now; transitions are visible to callers. */

@@ -6,10 +6,11 @@ import express, { type NextFunction, type Request, type Response } from "express
 import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { TorporError, asTorporError } from "../contract/errors.js";
 import type { Logger } from "../common/logger.js";
-import { asObject, optionalString, parseMessages, parseSampling } from "../contract/request-validation.js";
+import { asObject, bodyParserError, parseMessages, parseSampling, requiredPrompt } from "../contract/request-validation.js";
+import { mountHealthRoutes } from "../common/health-server.js";
 import type { AccessControl } from "./access.js";
 import type { SessionRouter, SessionSource } from "./session-router.js";
-import { postJson } from "./upstream.js";
+import { RuntimeClient, sessionPath } from "../contract/runtime-client.js";
 
 export interface GatewayDeps {
   router: SessionRouter;
@@ -37,9 +38,7 @@ const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "co
 export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics()): express.Express {
   const app = express();
   app.disable("x-powered-by");
-  app.get("/healthz", (_q, r) => { r.json({ ok: true }); });
-  app.get("/readyz", (_q, r) => { r.json({ ok: true }); });
-  app.get("/metrics", async (_q, r) => { r.setHeader("content-type", metrics.registry.contentType); r.send(await metrics.registry.metrics()); });
+  mountHealthRoutes(app, { registry: metrics.registry });
   app.use(express.json({ limit: d.maxBodyBytes, type: () => true }));
 
   const ref = (req: Request) => ({ namespace: String(req.params.namespace), name: String(req.params.name) });
@@ -70,8 +69,7 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
 
   app.post("/v1/sessions/:namespace/:name/chat/completions", generation("chat", (b) => { parseMessages(b); parseSampling(b, 1 << 20); }, "chat/completions"));
   app.post("/v1/sessions/:namespace/:name/submit", generation("submit", (b) => {
-    const prompt = optionalString(b, "prompt", d.maxBodyBytes);
-    if (!prompt) throw new TorporError("bad_request", "prompt: required, a non-empty string", { field: "prompt" });
+    requiredPrompt(b, d.maxBodyBytes);
     parseSampling(b, 1 << 20);
   }, "submit"));
 
@@ -89,7 +87,7 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
       const target = await d.router.route(namespace, name);
       let upstream: IncomingMessage;
       try {
-        upstream = await postJson(`${target.url}/v1/sessions/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}/${suffix}`, d.runtimeToken, payload, abort.signal);
+        upstream = await new RuntimeClient(target.url, d.runtimeToken, 0).send("POST", `${sessionPath(namespace, name)}/${suffix}`, payload, { signal: abort.signal });
       } catch (err) {
         if (abort.signal.aborted) return;
         if (Date.now() > deadline) throw new TorporError("runtime_unavailable", `runtime pod ${target.pod} is unreachable: ${(err as Error).message}`);
@@ -121,11 +119,7 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
 
   app.use((req: Request, _res: Response, next: NextFunction) => next(new TorporError("session_not_found", `no route ${req.method} ${req.path}`)));
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
-    const type = (err as { type?: string })?.type;
-    const e = type === "entity.too.large" ? new TorporError("payload_too_large", `request body exceeds the limit of ${d.maxBodyBytes} bytes`)
-      : type === "entity.parse.failed" ? new TorporError("bad_request", "body: not valid JSON", { field: "body" })
-      : type ? new TorporError("bad_request", (err as Error).message)
-      : asTorporError(err);
+    const e = bodyParserError(err) ?? asTorporError(err);
     if (e.status >= 500) d.log.error({ err, path: req.path, code: e.code }, "gateway request failed");
     if (res.headersSent) { res.end(); return; }
     if (e.code === "wake_timeout" || e.code === "runtime_unavailable") res.setHeader("retry-after", "2");

@@ -2,11 +2,12 @@
 // Hibernated is flipped to InMemory (under the gateway's own field manager, with an Event), and
 // a session without a Ready pod is held until the operator places it, within a bound.
 // Concurrent requests for one session share one wake.
-import { CustomObjectsApi, PatchStrategy, makeInformer, setHeaderOptions, type Informer, type KubeConfig, type KubernetesObject } from "@kubernetes/client-node";
+import { CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
+import { RestartingInformer } from "../common/informer.js";
+import { keyOf, mergePatch } from "../common/kube.js";
 import { TorporError } from "../contract/errors.js";
 import type { Logger } from "../common/logger.js";
-import { GROUP, PLURAL, VERSION, type InferenceSession } from "../contract/inference-session.js";
-import { WAKE_ANNOTATION } from "../operator/decisions.js";
+import { GROUP, PLURAL, VERSION, WAKE_ANNOTATION, type InferenceSession } from "../contract/inference-session.js";
 import type { EventRecorder } from "../common/events.js";
 
 export const GATEWAY_FIELD_MANAGER = "torpor-gateway";
@@ -17,8 +18,6 @@ export interface SessionSource {
   /** `fresh` skips any cache (used while waiting for the operator to act). */
   get(namespace: string, name: string, fresh?: boolean): Promise<InferenceSession | undefined>;
 }
-
-const merge = setHeaderOptions("Content-Type", PatchStrategy.MergePatch);
 
 /** Reads sessions straight from the API server (the gateway keeps no cache that could go stale). */
 export class ApiSessionSource implements SessionSource {
@@ -40,27 +39,19 @@ export class ApiSessionSource implements SessionSource {
  */
 export class InformerSessionSource implements SessionSource {
   private readonly cache = new Map<string, InferenceSession>();
-  private readonly informer: Informer<KubernetesObject>;
+  private readonly informer: RestartingInformer<InferenceSession>;
   private readonly fallback: ApiSessionSource;
-  private stopped = false;
 
-  constructor(kc: KubeConfig, private readonly log: Logger) {
+  constructor(kc: KubeConfig, log: Logger) {
     const api = kc.makeApiClient(CustomObjectsApi);
     this.fallback = new ApiSessionSource(kc);
-    this.informer = makeInformer<KubernetesObject>(kc, `/apis/${GROUP}/${VERSION}/${PLURAL}`,
-      () => api.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL }) as never);
-    const key = (o: KubernetesObject) => `${o.metadata?.namespace}/${o.metadata?.name}`;
-    this.informer.on("add", (o) => this.cache.set(key(o), o as InferenceSession));
-    this.informer.on("update", (o) => this.cache.set(key(o), o as InferenceSession));
-    this.informer.on("delete", (o) => this.cache.delete(key(o)));
-    this.informer.on("error", (err: unknown) => {
-      this.log.warn({ err: String(err) }, "session watch failed; restarting");
-      if (!this.stopped) setTimeout(() => { if (!this.stopped) void this.informer.start().catch(() => undefined); }, 1000);
-    });
+    this.informer = new RestartingInformer<InferenceSession>(kc, `/apis/${GROUP}/${VERSION}/${PLURAL}`,
+      () => api.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL }),
+      { upsert: (o) => this.cache.set(keyOf(o), o), remove: (o) => this.cache.delete(keyOf(o)) }, log);
   }
 
   start(): Promise<void> { return this.informer.start(); }
-  async stop(): Promise<void> { this.stopped = true; await this.informer.stop(); }
+  stop(): Promise<void> { return this.informer.stop(); }
 
   async get(namespace: string, name: string, fresh = false): Promise<InferenceSession | undefined> {
     const hit = fresh ? undefined : this.cache.get(`${namespace}/${name}`);
@@ -102,7 +93,7 @@ export class SessionRouter {
         // The annotation tells the operator not to pre-warm: this request rehydrates the session
         // itself, so its caller is the one told that a rehydrate happened.
         body: { metadata: { annotations: { [WAKE_ANNOTATION]: new Date().toISOString() } }, spec: { residency: "InMemory" } },
-      }, merge);
+      }, mergePatch);
       this.events.record(s, "Normal", "Woken", "a request arrived for the hibernated session; spec.residency set to InMemory by the gateway");
       this.log.info({ namespace, name }, "woke hibernated session");
       woken = true;

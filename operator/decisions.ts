@@ -1,7 +1,7 @@
 // The controller's decisions as pure functions: (session, observed world) -> what to do, and
 // (session, results) -> the status to write. No I/O here, so every branch is unit-tested.
 import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
-import { FINALIZER, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "../contract/inference-session.js";
+import { FINALIZER, WAKE_ANNOTATION, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "../contract/inference-session.js";
 
 export interface RuntimePod {
   name: string;
@@ -65,9 +65,6 @@ export function liveStateLost(plan: { register: boolean; heldInMemory: boolean }
 }
 
 export type Transition = "hibernate" | "rehydrate" | undefined;
-
-/** Set by the gateway, in the same patch that flips spec.residency to InMemory for a request. */
-export const WAKE_ANNOTATION = "torpor.dev/woken-by-request-at";
 
 /**
  * Lazy: NotCreated stays NotCreated whatever is desired; the first request creates the context.

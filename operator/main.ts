@@ -2,6 +2,7 @@
 // /healthz, /readyz and /metrics. Exits when it loses leadership, so a restart re-joins cleanly.
 import { KubeConfig } from "@kubernetes/client-node";
 import express from "express";
+import { mountHealthRoutes } from "../common/health-server.js";
 import { createLogger } from "../common/logger.js";
 import { SessionController } from "./controller.js";
 import { LeaderElector } from "./leader-election.js";
@@ -17,9 +18,8 @@ async function main(): Promise<void> {
   const metrics = new OperatorMetrics();
   let leading = false;
   const app = express();
-  app.get("/healthz", (_q, r) => { r.json({ ok: true }); });
-  app.get("/readyz", (_q, r) => { r.json({ ok: true, leader: leading }); });
-  app.get("/metrics", async (_q, r) => { r.setHeader("content-type", metrics.registry.contentType); r.send(await metrics.registry.metrics()); });
+  // Ready while standing by too: a follower is healthy, and the Service needs no leader to scrape it.
+  mountHealthRoutes(app, { registry: metrics.registry, ready: () => ({ ready: true, leader: leading }) });
   const port = Number(process.env.TORPOR_OPERATOR_PORT ?? 8081);
   const server = app.listen(port, process.env.TORPOR_HOST ?? "0.0.0.0");
 

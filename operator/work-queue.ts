@@ -28,10 +28,10 @@ export class WorkQueue {
     this.timers.set(key, setTimeout(() => { this.timers.delete(key); this.add(key); }, ms));
   }
 
-  addRateLimited(key: string): number {
+  addRateLimited(key: string, minDelayMs = 0): number {
     const n = this.failures.get(key) ?? 0;
     this.failures.set(key, n + 1);
-    const delay = Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** n);
+    const delay = Math.max(minDelayMs, Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** n));
     this.addAfter(key, delay);
     return delay;
   }

@@ -6,22 +6,11 @@ import { spawn } from "node:child_process";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { startTestbed, type Testbed } from "../testbed/testbed.js";
+import { installChart } from "../testbed/chart-install.js";
+import { startTestbed } from "../testbed/testbed.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const STATE = path.join(ROOT, ".torpor", "cluster");
-export const RELEASE_NAMESPACE = "torpor";
-
-/** Installs the chart the way a kind user would (values-kind.yaml) and returns the gateway's URL. */
-export async function installChart(tb: Testbed): Promise<string> {
-  const chart = path.join(ROOT, "charts", "torpor");
-  await tb.kubectl(["create", "namespace", RELEASE_NAMESPACE]);
-  await tb.kubectl(["apply", "-f", path.join(chart, "hibernation-pv-kind.yaml")]);
-  await tb.helm(["install", "torpor", chart, "-n", RELEASE_NAMESPACE, "-f", path.join(chart, "values-kind.yaml"), "--wait", "--timeout", "180s"]);
-  const ip = (await tb.kubectl(["get", "pods", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=gateway", "-o", "jsonpath={.items[0].status.podIP}"])).trim();
-  return `http://${ip}:8000`;
-}
-
 async function serve(): Promise<void> {
   const tb = await startTestbed();
   const stop = async () => { await tb.stop(); await rm(STATE, { recursive: true, force: true }); process.exit(0); };

@@ -4,8 +4,8 @@
 // and tears everything down. `npm run demo:runtime` shows the runtime alone.
 import path from "node:path";
 import { startTestbed } from "../testbed/testbed.js";
-import { installChart } from "./cluster.js";
-import { runQuickstart } from "./quickstart.js";
+import { installChart } from "../testbed/chart-install.js";
+import { runQuickstart } from "../testbed/quickstart.js";
 
 console.log("torpor demo: starting the local testbed (first run builds Kubernetes from the Go module proxy: minutes)");
 let t = performance.now();

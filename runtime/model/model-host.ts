@@ -3,11 +3,11 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { getLlama, resolveChatWrapper, resolveModelFile, type ChatWrapper, type Llama, type LlamaContext, type LlamaModel } from "node-llama-cpp";
+import { getLlama, resolveChatWrapper, type ChatWrapper, type Llama, type LlamaContext, type LlamaModel } from "node-llama-cpp";
 import type { RuntimeConfig } from "../config.js";
 import { TorporError } from "../../contract/errors.js";
 import { modelFingerprint } from "./model-fingerprint.js";
-import { TEST_MODEL_PRESETS, ensureTestModel } from "../../fixtures/gguf/test-model.js";
+import { resolveModelSource } from "./model-source.js";
 
 // The package does not export its package.json; its entry point sits in dist/.
 export const NODE_LLAMA_CPP_VERSION: string = (JSON.parse(readFileSync(
@@ -24,22 +24,11 @@ export class ModelHost {
   ) {}
 
   static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads">): Promise<ModelHost> {
-    const modelPath = await ModelHost.resolve(cfg.model, cfg.modelCacheDir);
+    const modelPath = await resolveModelSource(cfg.model, cfg.modelCacheDir);
     const llama = await getLlama({ gpu: cfg.gpu, logLevel: "error" as never, build: "never" });
     const model = await llama.loadModel({ modelPath, gpuLayers: cfg.gpuLayers });
     const chatWrapper = resolveChatWrapper(model);
     return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, cfg.threads);
-  }
-
-  /** A file path; an `hf:` URI (node-llama-cpp's resolver, cached); or `torpor-test:<preset>` (generated fixture). */
-  static async resolve(source: string, cacheDir: string): Promise<string> {
-    if (source.startsWith("torpor-test:")) {
-      const preset = TEST_MODEL_PRESETS[source.slice("torpor-test:".length)];
-      if (!preset) throw new TorporError("bad_request", `unknown test model "${source}"; presets: ${Object.keys(TEST_MODEL_PRESETS).join(", ")}`);
-      return ensureTestModel(cacheDir, preset);
-    }
-    if (source.startsWith("hf:") || source.startsWith("https:")) return resolveModelFile(source, { directory: cacheDir, cli: false });
-    return source;
   }
 
   get name(): string {

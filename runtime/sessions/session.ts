@@ -1,28 +1,18 @@
 // One conversation: its history, its own llama context while resident, and a FIFO of work.
 // Every operation (generate, hibernate, rehydrate, delete) runs on the session's queue, which is
 // what makes hibernate wait for in-flight generation and requests wait for a hibernate.
-import { LlamaChat, type ChatHistoryItem, type LlamaContext, type LlamaContextSequence } from "node-llama-cpp";
+import { LlamaChat, type ChatHistoryItem } from "node-llama-cpp";
 import type { Clock } from "../../common/clock.js";
 import { StateRejectedError, TorporError } from "../../contract/errors.js";
 import type { HibernationRecord, HibernationStore, SessionRef } from "../storage/hibernation-store.js";
 import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
 import { NODE_LLAMA_CPP_VERSION, type ModelHost } from "../model/model-host.js";
+import { ResidentContext, type SpareContext } from "./resident-context.js";
 import { SerialQueue } from "./serial-queue.js";
-import type { GenerateOptions, GenerateResult, HibernateOutcome, Phase, Residency, SessionSpec, SessionStatus, Wake } from "../../contract/runtime-api.js";
 
-/**
- * A clean context taken from a session that was evicted to make room: reusing it spares the next
- * session llama.cpp's allocation and clearing of a whole KV buffer (the bulk of a rehydrate's
- * latency when contexts are large). Whoever holds one owns it: use it or dispose it.
- */
-export interface SpareContext {
-  context: LlamaContext;
-  /** Its one sequence, emptied. */
-  sequence: LlamaContextSequence;
-  /** The size it was requested with (the key for reuse). */
-  contextSize: number;
-}
+export type { SpareContext };
+import type { GenerateOptions, GenerateResult, HibernateOutcome, Phase, Residency, SessionSpec, SessionStatus, Wake } from "../../contract/runtime-api.js";
 
 /** Grants a context slot (evicting others if needed, possibly handing over one's context) and takes it back. */
 export interface Admission {
@@ -51,10 +41,8 @@ export class Session {
   phase: Phase = "Idle";
   lastActivity: number;
   private history: ChatHistoryItem[] = [];
-  private context?: LlamaContext;
-  /** The size the current context was requested with. */
-  private allocatedSize = 0;
-  private sequence?: LlamaContextSequence;
+  /** Present while the session holds native memory (resident, or being made resident). */
+  private resident?: ResidentContext;
   private readonly queue = new SerialQueue();
   private pendingHibernate?: Promise<HibernateResult>;
   private deleted = false;
@@ -78,7 +66,7 @@ export class Session {
     return {
       namespace: this.ref.namespace, name: this.ref.name, path: this.ref.path,
       residency: this.residency, phase: this.phase, contextSize: this.spec.contextSize,
-      tokenCount: this.sequence?.contextTokens.length ?? 0, messages: this.history.length,
+      tokenCount: this.resident?.allocated ? this.resident.sequence.contextTokens.length : 0, messages: this.history.length,
       queued: this.queue.depth, createdAt: this.createdAt,
       lastActivity: new Date(this.lastActivity).toISOString(),
       ...(this.lastHibernation ? { lastHibernation: this.lastHibernation } : {}),
@@ -142,7 +130,7 @@ export class Session {
   delete(): Promise<void> {
     this.deleted = true;
     return this.queue.run(async () => {
-      await this.disposeContext();
+      await this.releaseResident();
       await this.deps.store.remove(this.ref);
       this.residency = "NotCreated";
       this.log.info("session deleted");
@@ -168,51 +156,25 @@ export class Session {
     if (this.deleted) throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`);
     if (this.residency === "InMemory") return { rehydrated: false, created: false };
     const { host, store, admission, metrics } = this.deps;
-    let spare = await admission.acquire(this);
-    // Whatever path below allocates takes the spare (or disposes it when the size differs).
-    const allocate = (contextSize: number) => { const s = spare; spare = undefined; return this.allocate(contextSize, s); };
+    const spare = await admission.acquire(this);
+    const resident = new ResidentContext(host, metrics, this.log, () => admission.release(this), spare);
+    this.resident = resident;
     try {
-      if (this.residency === "NotCreated") {
-        this.phase = "Creating";
-        await allocate(this.spec.contextSize);
-        this.history = this.spec.systemPrompt ? [{ type: "system", text: this.spec.systemPrompt }] : [];
-        this.residency = "InMemory";
-        this.log.info({ contextSize: this.spec.contextSize }, "context created");
-        return { rehydrated: false, created: true };
-      }
-      this.phase = "Rehydrating";
-      const t0 = performance.now();
-      const verified = await store.verify(this.ref, host.fingerprint, (m) => allocate(Math.max(m.contextSize, m.tokenCount)));
-      if (!verified) {
+      if (this.residency === "Hibernated") {
+        const wake = await this.rehydrate(resident);
+        if (wake) return wake;
         // The files went away (deleted by hand, or swept): start over rather than fail forever.
         this.log.warn("hibernated state missing on the volume; starting a fresh context");
         this.residency = "NotCreated";
-        this.phase = "Idle";
-        await spare?.context.dispose();
-        admission.release(this);
-        return this.ensureResident();
       }
-      const { manifest, statePath } = verified;
-      try {
-        await this.sequence!.loadStateFromFile(statePath, { acceptRisk: true });
-      } catch (err) {
-        throw new StateRejectedError("load_failed", (err as Error).message, statePath);
-      }
-      this.history = manifest.history;
-      this.spec = { ...this.spec, contextSize: manifest.contextSize };
-      await store.remove(this.ref);
-      const ms = performance.now() - t0;
+      this.phase = "Creating";
+      await resident.allocate(this.spec.contextSize);
+      this.history = this.spec.systemPrompt ? [{ type: "system", text: this.spec.systemPrompt }] : [];
       this.residency = "InMemory";
-      this.lastRehydrate = { at: new Date(this.deps.clock.now()).toISOString(), durationMs: ms, bytes: manifest.stateBytes, tokenCount: manifest.tokenCount };
-      this.lastError = undefined;
-      metrics.rehydrateDuration.observe(ms / 1000);
-      metrics.bytesRead.inc(manifest.stateBytes);
-      this.log.info({ bytes: manifest.stateBytes, tokens: manifest.tokenCount, ms: Math.round(ms * 10) / 10 }, "rehydrated");
-      return { rehydrated: true, rehydrateMs: ms, created: false };
+      this.log.info({ contextSize: this.spec.contextSize }, "context created");
+      return { rehydrated: false, created: true };
     } catch (err) {
-      await spare?.context.dispose();
-      await this.disposeContext();
-      admission.release(this);
+      await this.releaseResident();
       this.recordError(err);
       throw err;
     } finally {
@@ -220,42 +182,44 @@ export class Session {
     }
   }
 
-  private async allocate(contextSize: number, spare?: SpareContext): Promise<void> {
-    if (spare && spare.contextSize === contextSize && !spare.context.disposed) {
-      this.context = spare.context;
-      this.sequence = spare.sequence;
-      this.deps.metrics.contextHandovers.inc();
-    } else {
-      await spare?.context.dispose();
-      this.context = await this.deps.host.createContext(contextSize);
-      this.sequence = this.context.getSequence();
-    }
-    this.allocatedSize = contextSize;
-  }
-
-  /** Empties the sequence and gives up the context without freeing it. */
-  private async detachContext(): Promise<SpareContext | undefined> {
-    const ctx = this.context, seq = this.sequence;
-    if (!ctx || !seq) return undefined;
+  /** Loads the state on the volume into `resident`; undefined when there is none. */
+  private async rehydrate(resident: ResidentContext): Promise<Wake | undefined> {
+    const { host, store, metrics } = this.deps;
+    this.phase = "Rehydrating";
+    const t0 = performance.now();
+    const verified = await store.verify(this.ref, host.fingerprint, (m) => resident.allocate(Math.max(m.contextSize, m.tokenCount)).then(() => undefined));
+    if (!verified) return undefined;
+    const { manifest, statePath } = verified;
     try {
-      await seq.clearHistory();
+      await resident.sequence.loadStateFromFile(statePath, { acceptRisk: true });
     } catch (err) {
-      this.log.warn({ err }, "could not empty the sequence for handover; freeing the context instead");
-      await this.disposeContext();
-      return undefined;
+      throw new StateRejectedError("load_failed", (err as Error).message, statePath);
     }
-    this.context = undefined;
-    this.sequence = undefined;
-    this.deps.admission.release(this);
-    return { context: ctx, sequence: seq, contextSize: this.allocatedSize };
+    this.history = manifest.history;
+    this.spec = { ...this.spec, contextSize: manifest.contextSize };
+    await store.remove(this.ref);
+    const ms = performance.now() - t0;
+    this.residency = "InMemory";
+    this.lastRehydrate = { at: new Date(this.deps.clock.now()).toISOString(), durationMs: ms, bytes: manifest.stateBytes, tokenCount: manifest.tokenCount };
+    this.lastError = undefined;
+    metrics.rehydrateDuration.observe(ms / 1000);
+    metrics.bytesRead.inc(manifest.stateBytes);
+    this.log.info({ bytes: manifest.stateBytes, tokens: manifest.tokenCount, ms: Math.round(ms * 10) / 10 }, "rehydrated");
+    return { rehydrated: true, rehydrateMs: ms, created: false };
   }
 
-  private async disposeContext(): Promise<void> {
-    const ctx = this.context;
-    this.context = undefined;
-    this.sequence = undefined;
-    if (ctx && !ctx.disposed) await ctx.dispose();
-    this.deps.admission.release(this);
+  /** Frees the session's native memory (idempotent). */
+  private async releaseResident(): Promise<void> {
+    const r = this.resident;
+    this.resident = undefined;
+    await r?.dispose();
+  }
+
+  /** Gives the emptied context away for a handover instead of freeing it. */
+  private async detachResident(): Promise<SpareContext | undefined> {
+    const r = this.resident;
+    this.resident = undefined;
+    return r?.detach();
   }
 
   private async doHibernate(reason: string, handOver: boolean): Promise<HibernateResult> {
@@ -264,7 +228,7 @@ export class Session {
       return { outcome: { outcome: "already-hibernated", ...(this.lastHibernation ? { record: this.lastHibernation } : {}) } };
     }
     const { store, host, metrics } = this.deps;
-    const seq = this.sequence!;
+    const seq = this.resident!.sequence;
     this.phase = "Hibernating";
     const t0 = performance.now();
     try {
@@ -284,7 +248,7 @@ export class Session {
         this.log.error({ err, reason }, "hibernate failed; the session stays in memory");
         throw err;
       }
-      const spare = handOver ? await this.detachContext() : (await this.disposeContext(), undefined);
+      const spare = handOver ? await this.detachResident() : (await this.releaseResident(), undefined);
       const ms = performance.now() - t0;
       this.residency = "Hibernated";
       this.lastHibernation = { ...record, durationMs: ms, reason };
@@ -300,7 +264,7 @@ export class Session {
 
   private async generate(history: ChatHistoryItem[], opts: GenerateOptions): Promise<Omit<GenerateResult, keyof Wake>> {
     const { host, metrics } = this.deps;
-    const seq = this.sequence!;
+    const seq = this.resident!.sequence;
     const contextSize = seq.contextSize;
     const prompt: ChatHistoryItem[] = [...history, { type: "model", response: [] }];
     const promptTokens = host.chatWrapper.generateContextState({ chatHistory: prompt }).contextText.tokenize(host.model.tokenizer).length;

@@ -12,6 +12,9 @@ import path from "node:path";
 import type { ChatHistoryItem } from "node-llama-cpp";
 import { StateRejectedError, TorporError } from "../../contract/errors.js";
 import { resolveSessionDir, validateName } from "./hibernation-path.js";
+import type { HibernationFileEntry, HibernationRecord } from "../../contract/runtime-api.js";
+
+export type { HibernationFileEntry, HibernationRecord };
 
 export const MANIFEST_FORMAT = "torpor.dev/hibernation";
 export const MANIFEST_VERSION = 1;
@@ -43,28 +46,9 @@ export interface HibernationManifest {
   runtime: { nodeLlamaCpp: string; pod?: string };
 }
 
-export interface HibernationRecord {
-  manifestFile: string;
-  stateFile: string;
-  bytes: number;
-  sha256: string;
-  tokenCount: number;
-  hibernatedAt: string;
-}
-
 export interface VerifiedState {
   manifest: HibernationManifest;
   statePath: string;
-}
-
-export interface HibernationFileEntry {
-  namespace: string;
-  name: string;
-  path: string;
-  manifestFile: string;
-  bytes: number;
-  tokenCount: number;
-  hibernatedAt: string;
 }
 
 async function fsyncPath(p: string): Promise<void> {

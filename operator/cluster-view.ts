@@ -1,0 +1,39 @@
+// The controller's cached view of the world: sessions and runtime pods from the informers, and
+// what each runtime last reported. Everything here is rebuilt from the API server and the runtimes
+// after a restart; nothing in it is the truth on its own.
+import type { V1Pod } from "@kubernetes/client-node";
+import { keyOf } from "../common/kube.js";
+import type { InferenceSession } from "../contract/inference-session.js";
+import { RuntimeClient } from "../contract/runtime-client.js";
+import type { RuntimePod } from "./decisions.js";
+
+export class ClusterView {
+  readonly sessions = new Map<string, InferenceSession>();
+  readonly pods = new Map<string, V1Pod>();
+  /** Last runtime report per pod: session fingerprints (to enqueue changes) and counts (placement). */
+  readonly reports = new Map<string, Map<string, string>>();
+
+  constructor(private readonly runtimeToken: string) {}
+
+  client(pod: RuntimePod): RuntimeClient {
+    return new RuntimeClient(`http://${pod.ip}:${pod.port}`, this.runtimeToken, 120_000);
+  }
+
+  runtimePods(): RuntimePod[] {
+    return [...this.pods.values()].map((p): RuntimePod => {
+      const ready = !p.metadata?.deletionTimestamp && !!p.status?.podIP &&
+        (p.status?.conditions ?? []).some((c) => c.type === "Ready" && c.status === "True");
+      const port = p.spec?.containers.flatMap((c) => c.ports ?? []).find((x) => x.name === "http")?.containerPort ?? 8080;
+      const report = this.reports.get(keyOf(p));
+      return {
+        name: p.metadata!.name!, namespace: p.metadata!.namespace!, node: p.spec?.nodeName ?? "", ip: p.status?.podIP ?? "", port,
+        model: p.metadata?.labels?.["torpor.dev/model"] ?? "", ready, sessions: report?.size ?? 0,
+      };
+    });
+  }
+
+  /** Keys of the sessions whose status names this pod. */
+  sessionsOn(podName: string | undefined): string[] {
+    return [...this.sessions].filter(([, s]) => s.status?.pod === podName).map(([k]) => k);
+  }
+}

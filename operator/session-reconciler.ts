@@ -1,0 +1,126 @@
+// One session's reconcile: read the observed session and the world (runtime pods, the runtime's
+// view of the session), apply the pure decisions from decisions.ts idempotently, write status once.
+// Apply and cleanup are separate paths; the finalizer protocol around them is in finalizer.ts.
+import { CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
+import type { EventRecorder } from "../common/events.js";
+import { keyOf } from "../common/kube.js";
+import type { Logger } from "../common/logger.js";
+import { GROUP, PLURAL, VERSION, parseDuration, type InferenceSession } from "../contract/inference-session.js";
+import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
+import { RuntimeApiError } from "../contract/runtime-client.js";
+import type { ClusterView } from "./cluster-view.js";
+import { computeStatus, decidePlacement, decideTransition, liveStateLost, reasonOf, sameStatus, type Placement, type RuntimePod } from "./decisions.js";
+import { Finalizer, type Requeue } from "./finalizer.js";
+import type { OperatorMetrics } from "./metrics.js";
+
+/** A runtime refusal already written to status and an Event: retried, not logged again. */
+export class ReportedError extends Error {
+  /** Runtime refusals (a rejected state file, a full disk) do not clear up in milliseconds. */
+  readonly minRetryMs = 15_000;
+  constructor(readonly runtimeError: RuntimeApiError) { super(runtimeError.message); this.name = "ReportedError"; }
+}
+
+export class SessionReconciler {
+  private readonly custom: CustomObjectsApi;
+  private readonly finalizer: Finalizer;
+
+  constructor(kc: KubeConfig, private readonly view: ClusterView, private readonly events: EventRecorder,
+    private readonly metrics: OperatorMetrics, private readonly log: Logger) {
+    this.custom = kc.makeApiClient(CustomObjectsApi);
+    this.finalizer = new Finalizer(kc);
+  }
+
+  async reconcile(key: string): Promise<Requeue> {
+    const s = this.view.sessions.get(key);
+    if (!s) return undefined;
+    const log = this.log.child({ namespace: s.metadata.namespace, name: s.metadata.name });
+    const pods = this.view.runtimePods();
+    let runtime: RuntimeSessionStatus | undefined;
+    const current = pods.find((p) => p.name === s.status?.pod && p.ready);
+    if (current) {
+      try { runtime = await this.view.client(current).status(s.metadata.namespace, s.metadata.name); } catch (err) {
+        if (!(err instanceof RuntimeApiError && err.code === "session_not_found")) throw err;
+      }
+    }
+    const plan = decidePlacement(s, pods, !!runtime);
+    return this.finalizer.run(s,
+      () => this.apply(s, plan, runtime, log),
+      () => this.cleanup(s, plan, log));
+  }
+
+  /** Deletes the session's files through any Ready runtime of its pool (they share the volume). */
+  private async cleanup(s: InferenceSession, plan: Placement, log: Logger): Promise<{ done: boolean; requeue?: Requeue }> {
+    if (plan.kind !== "finalize" || !plan.pod) {
+      log.info("waiting for a Ready runtime pod to delete the session's hibernation files");
+      return { done: false, requeue: 5000 };
+    }
+    await this.view.client(plan.pod).delete(s.metadata.namespace, s.metadata.name, s.spec.hibernation?.path ?? "");
+    log.info("hibernation files removed; finalizer released");
+    return { done: true };
+  }
+
+  private async apply(s: InferenceSession, plan: Placement, observed: RuntimeSessionStatus | undefined, log: Logger): Promise<Requeue> {
+    const { namespace, name } = s.metadata;
+    const now = new Date();
+    if (plan.kind === "finalize") return undefined;
+    if (plan.kind === "wait") {
+      await this.writeStatus(s, computeStatus(s, { now, waiting: plan }));
+      return 10_000;
+    }
+    let runtime = observed;
+    let lost = false;
+    const c = this.view.client(plan.pod);
+    try {
+      if (plan.register) {
+        runtime = await c.register(namespace, name, registerBody(s));
+        lost = liveStateLost(plan, runtime.residency);
+        if (lost) {
+          this.events.record(s, "Warning", "LiveStateLost", `the runtime on pod ${s.status?.pod} held the session in memory and lost it without saving; starting from scratch on pod ${plan.pod.name}`);
+        }
+        this.events.record(s, "Normal", "Placed", `placed on runtime pod ${plan.pod.name} (node ${plan.pod.node}); residency ${runtime.residency}`);
+        log.info({ pod: plan.pod.name, previousPod: s.status?.pod, residency: runtime.residency, liveStateLost: lost, resourceVersion: s.metadata.resourceVersion }, "session registered on runtime pod");
+      }
+      const transition = decideTransition(s, runtime!.residency);
+      if (transition) {
+        this.metrics.transitions.inc({ transition });
+        if (transition === "hibernate") {
+          const out = await c.hibernate(namespace, name);
+          if (out.record) this.events.record(s, "Normal", "Hibernated", `wrote ${out.record.bytes} bytes (${out.record.tokenCount} tokens) in ${out.record.durationMs.toFixed(0)} ms`);
+        } else {
+          const w = await c.rehydrate(namespace, name);
+          if (w.rehydrated) this.events.record(s, "Normal", "Rehydrated", `restored in ${w.rehydrateMs?.toFixed(0)} ms on pod ${plan.pod.name}`);
+        }
+        runtime = await c.status(namespace, name);
+      }
+    } catch (err) {
+      if (!(err instanceof RuntimeApiError)) throw err;
+      const error = { reason: reasonOf(String(err.details?.reason ?? err.code)), message: err.message };
+      this.events.record(s, "Warning", error.reason, err.message);
+      runtime = await c.status(namespace, name).catch(() => runtime);
+      await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, ...(runtime ? { runtime } : {}), liveStateLost: lost, error }));
+      throw new ReportedError(err);
+    }
+    await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, ...(runtime ? { runtime } : {}), liveStateLost: lost }));
+    return undefined;
+  }
+
+  private async writeStatus(s: InferenceSession, status: InferenceSession["status"]): Promise<void> {
+    if (sameStatus(s.status, status!)) return;
+    const updated = await this.custom.replaceNamespacedCustomObjectStatus({
+      group: GROUP, version: VERSION, plural: PLURAL, namespace: s.metadata.namespace, name: s.metadata.name,
+      body: { ...s, status },
+    }) as InferenceSession;
+    // Keep the cache ahead of the watch, so the next reconcile does not act on a stale status.
+    this.view.sessions.set(keyOf(updated), updated);
+  }
+}
+
+function registerBody(s: InferenceSession) {
+  const idle = s.spec.hibernation?.idleAfter ? parseDuration(s.spec.hibernation.idleAfter) : undefined;
+  return {
+    contextSize: s.spec.contextSize ?? 4096,
+    ...(s.spec.systemPrompt ? { systemPrompt: s.spec.systemPrompt } : {}),
+    ...(s.spec.hibernation?.path ? { path: s.spec.hibernation.path } : {}),
+    ...(idle !== undefined ? { idleAfterSeconds: Math.ceil(idle / 1000) } : {}),
+  };
+}

@@ -1,0 +1,70 @@
+// The operator's side of the runtime API: runtime info, session registration, status, hibernate,
+// pre-warm, delete and the volume's file list.
+import type express from "express";
+import type { Request } from "express";
+import { asObject, optionalInt, optionalString } from "../../contract/request-validation.js";
+import type { RuntimeInfo } from "../../contract/runtime-api.js";
+import { wakeHeaders, type ApiDeps } from "./api-deps.js";
+
+export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
+  const { manager, store } = d;
+  const session = (req: Request) => manager.get(String(req.params.namespace), String(req.params.name));
+
+  app.get("/v1/runtime", async (_req, res) => {
+    const info: RuntimeInfo = {
+      pod: d.podName, node: d.nodeName,
+      model: { name: d.host.name, fingerprint: d.host.fingerprint, trainContextSize: d.host.trainContextSize },
+      capacity: { maxResident: manager.opts.maxResident, resident: manager.residentCount, sessions: manager.sessionCount },
+      memory: { rssBytes: process.memoryUsage.rss(), vramUsedBytes: await d.host.vramUsed() },
+      ready: !manager.shuttingDown,
+    };
+    res.json(info);
+  });
+
+  app.get("/v1/sessions", (_req, res) => { res.json({ sessions: manager.list().map((s) => s.status()) }); });
+
+  app.put("/v1/sessions/:namespace/:name", async (req, res) => {
+    const body = asObject(req.body ?? {});
+    const path = optionalString(body, "path", 512);
+    const contextSize = optionalInt(body, "contextSize", 256, manager.opts.maxContextSize);
+    const systemPrompt = optionalString(body, "systemPrompt", 100_000);
+    const idleAfterSeconds = optionalInt(body, "idleAfterSeconds", 0, 365 * 86400);
+    const s = await manager.register({
+      namespace: String(req.params.namespace), name: String(req.params.name),
+      ...(path !== undefined ? { path } : {}),
+      ...(contextSize !== undefined ? { contextSize } : {}),
+      ...(systemPrompt !== undefined ? { systemPrompt } : {}),
+      ...(idleAfterSeconds !== undefined ? { idleAfterMs: idleAfterSeconds * 1000 } : {}),
+    });
+    res.json(s.status());
+  });
+
+  app.get("/v1/sessions/:namespace/:name", (req, res) => {
+    const s = session(req);
+    res.json(req.query.history === "true" ? { ...s.status(), history: s.messages() } : s.status());
+  });
+
+  app.post("/v1/sessions/:namespace/:name/hibernate", async (req, res) => {
+    res.json(await session(req).hibernate("request"));
+  });
+
+  app.post("/v1/sessions/:namespace/:name/rehydrate", async (req, res) => {
+    manager.checkAccepting();
+    const wake = await session(req).warm();
+    wakeHeaders(res, wake);
+    res.json({ ...wake, status: session(req).status() });
+  });
+
+  app.delete("/v1/sessions/:namespace/:name", async (req, res) => {
+    const namespace = String(req.params.namespace), name = String(req.params.name);
+    const path = typeof req.query.path === "string" ? req.query.path : "";
+    let registered = true;
+    try { manager.get(namespace, name); } catch { registered = false; }
+    if (registered) await manager.remove(namespace, name);
+    // Also works for sessions this runtime never saw: the finalizer and sweeper rely on it.
+    const removedFiles = await store.remove({ namespace, name, path });
+    res.json({ deleted: registered, removedFiles: registered || removedFiles });
+  });
+
+  app.get("/v1/hibernation-files", async (_req, res) => { res.json({ files: await store.list() }); });
+}
