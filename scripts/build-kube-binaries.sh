@@ -4,7 +4,7 @@
 # keyed by versions, so clean clones and CI reuse it. Prints the cache folder last.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-mod="$here/test/kube-binaries"
+mod="$here/testbed/kube-binaries"
 KUBE_VERSION=v1.35.4
 ETCD_VERSION=v3.6.5
 cache_root="${TORPOR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/torpor}"
