@@ -37,6 +37,12 @@ export const specSchema = {
       },
     },
   },
+  // A property's own `self == oldSelf` rule runs only when the field exists on both sides: adding
+  // or removing the path (or the whole hibernation block) is caught here.
+  "x-kubernetes-validations": [{
+    rule: "(has(self.hibernation) && has(self.hibernation.path) ? self.hibernation.path : '') == (has(oldSelf.hibernation) && has(oldSelf.hibernation.path) ? oldSelf.hibernation.path : '')",
+    message: "hibernation.path is immutable (it cannot be added or removed either): hibernated files would be orphaned",
+  }],
 };
 
 const condition = {
@@ -58,7 +64,7 @@ export const statusSchema = {
     observedGeneration: int(),
     appliedGeneration: int(),
     residency: str({ enum: ["NotCreated", "InMemory", "Hibernated"] }),
-    phase: str({ enum: ["Pending", "Idle", "Hibernating", "Rehydrating", "Lost"] }),
+    phase: str({ enum: ["Pending", "Idle", "Hibernating", "Rehydrating", "Lost", "HandingOff"] }),
     conditions: { type: "array", items: condition, "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"] },
     pod: str(),
     podIP: str(),
@@ -71,6 +77,8 @@ export const statusSchema = {
     lastRehydrate: { type: "object", properties: { time: time(), durationMs: { type: "number" } } },
     lastActivityTime: time(),
     liveStateLostAt: time(),
+    epoch: int(),
+    handOffFrom: str(),
   },
 };
 

@@ -13,6 +13,7 @@ export type ErrorCode =
   | "shutting_down"
   | "storage_failed"
   | "session_deleted"
+  | "stale_epoch"
   | "wake_timeout"
   | "runtime_unavailable"
   | "internal";
@@ -30,6 +31,7 @@ const STATUS: Record<ErrorCode, number> = {
   shutting_down: 503,
   storage_failed: 507,
   session_deleted: 409,
+  stale_epoch: 409,
   wake_timeout: 503,
   runtime_unavailable: 502,
   internal: 500,
@@ -60,4 +62,14 @@ export function asTorporError(err: unknown): TorporError {
   if (err instanceof TorporError) return err;
   const message = err instanceof Error ? err.message : String(err);
   return new TorporError("internal", message);
+}
+
+/**
+ * This runtime's copy of the session belongs to an older placement: the operator has placed it
+ * elsewhere (a newer epoch claimed it on the volume). Nothing it holds may be served or saved.
+ */
+export class StaleEpochError extends TorporError {
+  constructor(readonly epoch: number, readonly newer: number, what: string) {
+    super("stale_epoch", `${what}: this runtime holds placement epoch ${epoch} but epoch ${newer} now owns the session (it moved to another runtime pod)`, { epoch, newer });
+  }
 }

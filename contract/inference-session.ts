@@ -12,7 +12,7 @@ export type DesiredResidency = "InMemory" | "Hibernated";
 /** What the runtime reports: the status mirrors it. */
 export type ObservedResidency = Residency;
 /** What is happening now; Idle when nothing is in flight. */
-export type SessionPhase = "Pending" | "Idle" | "Hibernating" | "Rehydrating" | "Lost";
+export type SessionPhase = "Pending" | "Idle" | "Hibernating" | "Rehydrating" | "Lost" | "HandingOff";
 
 export interface InferenceSessionSpec {
   /** Runtime pool that serves the session (runtime pods labelled torpor.dev/model=<model>). Immutable. */
@@ -68,6 +68,14 @@ export interface InferenceSessionStatus {
   lastActivityTime?: string;
   /** Set when the pod holding the session in memory disappeared: the live state since the last hibernation is gone. */
   liveStateLostAt?: string;
+  /**
+   * The placement epoch: raised by the operator (through the status subresource, so optimistic
+   * concurrency keeps it monotonic) before every new placement. The runtime stamps it into what it
+   * writes; older placements can no longer commit, and a runtime serving an older one refuses.
+   */
+  epoch?: number;
+  /** Set while the session waits for the pod that held it to commit it (a hand-off). */
+  handOffFrom?: string;
 }
 
 export interface ObjectMeta {
@@ -96,7 +104,7 @@ export const SPEC_FIELDS = { model: true, residency: true, contextSize: true, sy
 export const HIBERNATION_FIELDS = { idleAfter: true, path: true } satisfies Record<keyof HibernationPolicy, true>;
 export const STATUS_FIELDS = {
   observedGeneration: true, appliedGeneration: true, residency: true, phase: true, conditions: true, pod: true, podIP: true, node: true, tokenCount: true,
-  lastHibernation: true, lastRehydrate: true, lastActivityTime: true, liveStateLostAt: true,
+  lastHibernation: true, lastRehydrate: true, lastActivityTime: true, liveStateLostAt: true, epoch: true, handOffFrom: true,
 } satisfies Record<keyof InferenceSessionStatus, true>;
 export const LAST_HIBERNATION_FIELDS = { file: true, bytes: true, tokenCount: true, sha256: true, time: true, durationMs: true } satisfies Record<keyof LastHibernation, true>;
 

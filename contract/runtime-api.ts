@@ -21,6 +21,9 @@ export interface HibernationFileEntry {
   hibernatedAt: string;
 }
 
+/** Sent by the gateway: the placement epoch it routed by; a runtime holding an older one refuses. */
+export const EPOCH_HEADER = "x-torpor-epoch";
+
 export type Residency = "NotCreated" | "InMemory" | "Hibernated";
 /** What the session is doing right now; transitions are visible to callers. */
 export type Phase = "Idle" | "Creating" | "Generating" | "Hibernating" | "Rehydrating";
@@ -77,6 +80,8 @@ export interface SessionStatus {
   path: string;
   residency: Residency;
   phase: Phase;
+  /** The placement epoch this runtime serves the session under (0: unfenced). */
+  epoch: number;
   contextSize: number;
   tokenCount: number;
   messages: number;

@@ -18,6 +18,7 @@ export interface RegisterBody {
   contextSize?: number;
   systemPrompt?: string;
   idleAfterSeconds?: number;
+  epoch?: number;
 }
 
 export interface SubmitResponse {
@@ -101,5 +102,6 @@ export class RuntimeClient {
   delete(ns: string, name: string, path = ""): Promise<{ deleted: boolean; removedFiles: boolean }> {
     return this.request("DELETE", `${sessionPath(ns, name)}${path ? `?path=${encodeURIComponent(path)}` : ""}`);
   }
+  drop(ns: string, name: string, epoch: number): Promise<{ dropped: boolean }> { return this.request("POST", `${sessionPath(ns, name)}/drop`, { epoch }); }
   files(): Promise<{ files: HibernationFileEntry[] }> { return this.request("GET", "/v1/hibernation-files"); }
 }

@@ -10,6 +10,7 @@ import { asObject, bodyParserError, parseMessages, parseSampling, requiredPrompt
 import { mountHealthRoutes } from "../common/health-server.js";
 import type { AccessControl } from "./access.js";
 import type { SessionRouter, SessionSource } from "./session-router.js";
+import { EPOCH_HEADER } from "../contract/runtime-api.js";
 import { RuntimeClient, sessionPath } from "../contract/runtime-client.js";
 
 export interface GatewayDeps {
@@ -87,12 +88,25 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
       const target = await d.router.route(namespace, name);
       let upstream: IncomingMessage;
       try {
-        upstream = await new RuntimeClient(target.url, d.runtimeToken, 0).send("POST", `${sessionPath(namespace, name)}/${suffix}`, payload, { signal: abort.signal });
+        const epoch = target.session.status?.epoch;
+        upstream = await new RuntimeClient(target.url, d.runtimeToken, 0).send("POST", `${sessionPath(namespace, name)}/${suffix}`, payload, {
+          signal: abort.signal, ...(epoch ? { headers: { [EPOCH_HEADER]: String(epoch) } } : {}),
+        });
       } catch (err) {
         if (abort.signal.aborted) return;
         if (Date.now() > deadline) throw new TorporError("runtime_unavailable", `runtime pod ${target.pod} is unreachable: ${(err as Error).message}`);
         await new Promise((r) => setTimeout(r, Math.min(1000, 100 * 2 ** attempt)));
         continue;
+      }
+      // The pod no longer serves the session (it moved, or the pod is draining for a rolling
+      // update): hold the request and follow the session to its next placement.
+      let replay: Buffer | undefined;
+      if (upstream.statusCode === 409 || upstream.statusCode === 503) {
+        replay = await readAll(upstream);
+        if (MOVED_CODES.has(errorCode(replay)) && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, Math.min(1000, 100 * 2 ** attempt)));
+          continue;
+        }
       }
       if (upstream.statusCode === 404 && Date.now() < deadline) {
         upstream.resume();
@@ -103,6 +117,7 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
       for (const [k, v] of Object.entries(upstream.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) res.setHeader(k, v);
       if (target.woken) res.setHeader("x-torpor-woken", "true");
       // A stream's head (with the rehydrate headers) goes out at once; a JSON reply goes in one write.
+      if (replay) { res.end(replay); return; }
       if (String(upstream.headers["content-type"]).startsWith("text/event-stream")) res.flushHeaders();
       // Chunks pass through as they arrive: no buffering between the runtime and the caller.
       await new Promise<void>((resolve) => {
@@ -126,4 +141,17 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
     res.status(e.status).json(e.toJSON());
   });
   return app;
+}
+
+/** Runtime refusals that mean "this session is now served elsewhere". */
+const MOVED_CODES = new Set(["stale_epoch", "shutting_down"]);
+
+async function readAll(stream: IncomingMessage): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of stream) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
+
+function errorCode(body: Buffer): string {
+  try { return String((JSON.parse(body.toString("utf8")) as { error?: { code?: string } }).error?.code ?? ""); } catch { return ""; }
 }

@@ -13,10 +13,15 @@ export class ClusterView {
   /** Last runtime report per pod: session fingerprints (to enqueue changes) and counts (placement). */
   readonly reports = new Map<string, Map<string, string>>();
 
-  constructor(private readonly runtimeToken: string) {}
+  /**
+   * @param notReadyHandOffMs how long a session held by a NotReady (not terminating) pod waits for
+   * it to commit before it moves anyway: a probe blip must not move sessions, a dead node must not
+   * strand them.
+   */
+  constructor(private readonly runtimeToken: string, private readonly notReadyHandOffMs = 30_000) {}
 
-  client(pod: RuntimePod): RuntimeClient {
-    return new RuntimeClient(`http://${pod.ip}:${pod.port}`, this.runtimeToken, 120_000);
+  client(pod: RuntimePod, timeoutMs = 120_000): RuntimeClient {
+    return new RuntimeClient(`http://${pod.ip}:${pod.port}`, this.runtimeToken, timeoutMs);
   }
 
   runtimePods(): RuntimePod[] {
@@ -25,11 +30,22 @@ export class ClusterView {
         (p.status?.conditions ?? []).some((c) => c.type === "Ready" && c.status === "True");
       const port = p.spec?.containers.flatMap((c) => c.ports ?? []).find((x) => x.name === "http")?.containerPort ?? 8080;
       const report = this.reports.get(keyOf(p));
-      return {
+      const out: RuntimePod = {
         name: p.metadata!.name!, namespace: p.metadata!.namespace!, node: p.spec?.nodeName ?? "", ip: p.status?.podIP ?? "", port,
         model: p.metadata?.labels?.["torpor.dev/model"] ?? "", ready, sessions: report?.size ?? 0,
       };
+      if (!ready) out.handOffDeadline = this.handOffDeadline(p);
+      return out;
     });
+  }
+
+  private handOffDeadline(p: V1Pod): number | undefined {
+    // No address: nothing can be asked of it, and it never ran anything that could be saved.
+    if (!p.status?.podIP) return 0;
+    // deletionTimestamp is the end of the grace period: SIGTERM's saves finish before it.
+    if (p.metadata?.deletionTimestamp) return new Date(p.metadata.deletionTimestamp).getTime() + 5_000;
+    const since = (p.status.conditions ?? []).find((c) => c.type === "Ready")?.lastTransitionTime;
+    return since ? new Date(since).getTime() + this.notReadyHandOffMs : 0;
   }
 
   /** Keys of the sessions whose status names this pod. */

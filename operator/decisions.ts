@@ -13,6 +13,12 @@ export interface RuntimePod {
   ready: boolean;
   /** Sessions registered on it, as last reported by the runtime (placement uses it). */
   sessions?: number;
+  /**
+   * For a pod that is not Ready: until when a session it holds in memory waits for it to commit
+   * (ms since the epoch). Terminating: its deletionTimestamp (the end of its grace period) plus a
+   * margin; NotReady but not terminating: a bound after it turned NotReady.
+   */
+  handOffDeadline?: number;
 }
 
 export type Placement =
@@ -41,7 +47,9 @@ export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registe
   const current = pods.find((p) => p.name === s.status?.pod && p.ready && p.model === s.spec.model);
   if (isDeleting(s)) {
     // Any Ready pod of the pool mounts the volume, so files can go even if the session never ran.
-    const pod = current ?? choosePod(pods, s.spec.model);
+    // A session whose pool is gone (or never existed) must not keep its namespace from being
+    // deleted: every runtime mounts the one hibernation volume, so any Ready one can clean up.
+    const pod = current ?? choosePod(pods, s.spec.model) ?? pods.filter((p) => p.ready).sort((a, b) => a.name.localeCompare(b.name))[0];
     return pod ? { kind: "finalize", pod } : { kind: "finalize" };
   }
   const heldInMemory = s.status?.residency === "InMemory";
@@ -63,6 +71,21 @@ export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registe
 export function liveStateLost(plan: { register: boolean; heldInMemory: boolean }, residencyAfterRegister: ObservedResidency): boolean {
   return plan.register && plan.heldInMemory && residencyAfterRegister === "NotCreated";
 }
+
+/**
+ * The pod that held the session in memory and has stopped being Ready (terminating, NotReady,
+ * partitioned): the session is not served elsewhere until that pod has committed it, or is gone,
+ * or its hand-off deadline has passed (then fencing keeps a late write from ever counting).
+ */
+export function handOffSource(s: InferenceSession, pods: RuntimePod[], now: number): RuntimePod | undefined {
+  if (isDeleting(s) || s.status?.residency !== "InMemory") return undefined;
+  const old = pods.find((p) => p.name === s.status?.pod && p.model === s.spec.model);
+  if (!old || old.ready) return undefined;
+  return old.handOffDeadline === undefined || now < old.handOffDeadline ? old : undefined;
+}
+
+/** The epoch of the next placement: one above anything the session has had. */
+export const nextEpoch = (s: InferenceSession) => (s.status?.epoch ?? 0) + 1;
 
 export type Transition = "hibernate" | "rehydrate" | undefined;
 
@@ -95,6 +118,8 @@ export interface Observation {
   liveStateLost?: boolean;
   /** An error from the runtime call this round (e.g. a refused state file). */
   error?: { reason: string; message: string };
+  /** Waiting for this pod to commit the session before it moves. */
+  handOffFrom?: RuntimePod;
 }
 
 function condition(prev: Condition[] | undefined, c: Omit<Condition, "lastTransitionTime">, now: Date): Condition {
@@ -111,7 +136,7 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
   const rt = o.runtime;
   const residency: ObservedResidency = rt?.residency ?? (o.liveStateLost ? (prev.lastHibernation ? "Hibernated" : "NotCreated") : prev.residency ?? "NotCreated");
   const liveStateLostAt = o.liveStateLost ? o.now.toISOString() : prev.liveStateLostAt;
-  let phase: SessionPhase = o.waiting ? "Pending" : rt?.phase === "Hibernating" || rt?.phase === "Rehydrating" ? rt.phase : "Idle";
+  let phase: SessionPhase = o.waiting ? "Pending" : o.handOffFrom ? "HandingOff" : rt?.phase === "Hibernating" || rt?.phase === "Rehydrating" ? rt.phase : "Idle";
   if (o.liveStateLost) phase = "Lost";
   const err = o.error ?? (rt?.lastError ? { reason: reasonOf(rt.lastError.reason ?? rt.lastError.code), message: rt.lastError.message } : undefined);
   // Reported until the conversation is back in memory somewhere.
@@ -125,6 +150,8 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
   // and was refused. A failed hibernate leaves it in memory and serving.
   const ready = o.waiting
     ? { status: "False" as const, reason: o.waiting.reason, message: o.waiting.message }
+    : o.handOffFrom
+      ? { status: "False" as const, reason: "HandOff", message: `waiting for pod ${o.handOffFrom.name}, which held the session in memory and is no longer Ready, to save it` }
     : err && residency !== "InMemory"
       ? { status: "False" as const, reason: err.reason, message: err.message }
       : { status: "True" as const, reason: residency === "NotCreated" ? "Placed" : residency, message: `served by pod ${o.pod?.name} on node ${o.pod?.node}` };
@@ -151,6 +178,8 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
     ],
   };
   const pod = o.pod;
+  if (prev.epoch !== undefined) out.epoch = prev.epoch;
+  if (o.handOffFrom) out.handOffFrom = o.handOffFrom.name;
   if (pod) { out.pod = pod.name; out.podIP = pod.ip; out.node = pod.node; }
   else if (!o.liveStateLost && prev.pod && !o.waiting) { out.pod = prev.pod; if (prev.podIP) out.podIP = prev.podIP; if (prev.node) out.node = prev.node; }
   if (rt && rt.residency === "InMemory") out.tokenCount = rt.tokenCount;

@@ -1,6 +1,7 @@
 // Polls each Ready runtime pod's session list (one request per pod) and queues the sessions whose
 // state changed, so idle hibernations, rehydrates and errors reach status without a watch on the
-// runtime. Request activity counts in minutes: chatting causes no API write per request.
+// runtime, and tells a pod to drop any copy an older placement left on it. Request activity counts
+// in minutes: chatting causes no API write per request.
 import type { ClusterView } from "./cluster-view.js";
 
 export async function pollRuntimes(view: ClusterView, enqueue: (key: string) => void): Promise<void> {
@@ -14,7 +15,13 @@ export async function pollRuntimes(view: ClusterView, enqueue: (key: string) => 
         const k = `${st.namespace}/${st.name}`;
         const fp = [st.residency, st.phase, st.lastHibernation?.hibernatedAt, st.lastRehydrate?.at, st.lastError?.at, Math.floor(Date.parse(st.lastActivity) / 60_000)].join("|");
         next.set(k, fp);
-        if (prev?.get(k) !== fp && view.sessions.get(k)?.status?.pod === pod.name) enqueue(k);
+        const placed = view.sessions.get(k)?.status;
+        if (prev?.get(k) !== fp && placed?.pod === pod.name) enqueue(k);
+        // A copy left behind by an older placement (the pod was partitioned when the session
+        // moved): it must never be served or saved again.
+        if (placed?.pod !== pod.name && (placed?.epoch ?? 0) > st.epoch) {
+          await view.client(pod, 5000).drop(st.namespace, st.name, placed!.epoch!).catch(() => undefined);
+        }
       }
       view.reports.set(podKey, next);
     } catch { /* the pod may be going away; its informer event handles that */ }

@@ -9,7 +9,7 @@ import { GROUP, PLURAL, VERSION, parseDuration, type InferenceSession } from "..
 import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
 import { RuntimeApiError } from "../contract/runtime-client.js";
 import type { ClusterView } from "./cluster-view.js";
-import { computeStatus, decidePlacement, decideTransition, liveStateLost, reasonOf, sameStatus, type Placement, type RuntimePod } from "./decisions.js";
+import { computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, reasonOf, sameStatus, type Placement, type RuntimePod } from "./decisions.js";
 import { Finalizer, type Requeue } from "./finalizer.js";
 import type { OperatorMetrics } from "./metrics.js";
 
@@ -44,7 +44,7 @@ export class SessionReconciler {
     }
     const plan = decidePlacement(s, pods, !!runtime);
     return this.finalizer.run(s,
-      () => this.apply(s, plan, runtime, log),
+      () => this.apply(s, plan, pods, runtime, log),
       () => this.cleanup(s, plan, log));
   }
 
@@ -59,10 +59,15 @@ export class SessionReconciler {
     return { done: true };
   }
 
-  private async apply(s: InferenceSession, plan: Placement, observed: RuntimeSessionStatus | undefined, log: Logger): Promise<Requeue> {
+  private async apply(s: InferenceSession, plan: Placement, pods: RuntimePod[], observed: RuntimeSessionStatus | undefined, log: Logger): Promise<Requeue> {
     const { namespace, name } = s.metadata;
     const now = new Date();
     if (plan.kind === "finalize") return undefined;
+    const from = handOffSource(s, pods, now.getTime());
+    if (from && !(plan.kind === "use" && plan.pod.name === from.name) && !await this.handOff(s, from, log)) {
+      await this.writeStatus(s, computeStatus(s, { now, handOffFrom: from }));
+      return 500;
+    }
     if (plan.kind === "wait") {
       await this.writeStatus(s, computeStatus(s, { now, waiting: plan }));
       return 10_000;
@@ -72,7 +77,14 @@ export class SessionReconciler {
     const c = this.view.client(plan.pod);
     try {
       if (plan.register) {
-        runtime = await c.register(namespace, name, registerBody(s));
+        // The epoch is durable before any runtime hears of it; a conflict here means another
+        // reconcile (or operator) got there first, and this one starts over.
+        const epoch = nextEpoch(s);
+        s = await this.writeStatus(s, { ...s.status, epoch });
+        runtime = await c.register(namespace, name, { ...registerBody(s), epoch });
+        const previous = pods.find((p) => p.name === s.status?.pod && p.name !== plan.pod.name);
+        // Best effort: a previous holder that cannot hear it now is told by the runtime monitor later.
+        if (previous?.ip) void this.view.client(previous, 5000).drop(namespace, name, epoch).catch(() => undefined);
         lost = liveStateLost(plan, runtime.residency);
         if (lost) {
           this.events.record(s, "Warning", "LiveStateLost", `the runtime on pod ${s.status?.pod} held the session in memory and lost it without saving; starting from scratch on pod ${plan.pod.name}`);
@@ -104,14 +116,33 @@ export class SessionReconciler {
     return undefined;
   }
 
-  private async writeStatus(s: InferenceSession, status: InferenceSession["status"]): Promise<void> {
-    if (sameStatus(s.status, status!)) return;
+  /**
+   * Asks the pod that held the session to commit it (joining the save its SIGTERM started, if
+   * any). True once nothing of the session is left in that pod's memory.
+   */
+  private async handOff(s: InferenceSession, from: RuntimePod, log: Logger): Promise<boolean> {
+    const budget = Math.max(2000, Math.min(60_000, (from.handOffDeadline ?? Date.now() + 30_000) - Date.now()));
+    try {
+      const out = await this.view.client(from, budget).hibernate(s.metadata.namespace, s.metadata.name);
+      log.info({ from: from.name, outcome: out.outcome }, "hand-off: the previous pod committed the session");
+      return true;
+    } catch (err) {
+      if (err instanceof RuntimeApiError && (err.code === "session_not_found" || err.code === "stale_epoch")) return true;
+      log.info({ from: from.name, err: String(err) }, "hand-off pending: the previous pod has not committed the session yet");
+      return false;
+    }
+  }
+
+  /** Writes status (optimistic concurrency on the session's resourceVersion); returns the session as stored. */
+  private async writeStatus(s: InferenceSession, status: InferenceSession["status"]): Promise<InferenceSession> {
+    if (sameStatus(s.status, status!)) return s;
     const updated = await this.custom.replaceNamespacedCustomObjectStatus({
       group: GROUP, version: VERSION, plural: PLURAL, namespace: s.metadata.namespace, name: s.metadata.name,
       body: { ...s, status },
     }) as InferenceSession;
     // Keep the cache ahead of the watch, so the next reconcile does not act on a stale status.
     this.view.sessions.set(keyOf(updated), updated);
+    return updated;
   }
 }
 

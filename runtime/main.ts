@@ -26,7 +26,7 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   const host = await ModelHost.load(cfg);
   log.info({ model: host.name, fingerprint: host.fingerprint.slice(0, 16), ms: Math.round(performance.now() - t0) }, "model loaded");
-  const store = new HibernationStore(cfg.hibernationDir);
+  const store = new HibernationStore(cfg.hibernationDir, (err, message) => log.warn({ err }, message));
   const metrics = new RuntimeMetrics();
   const manager = new SessionManager(host, store, systemClock, metrics, log, {
     maxResident: cfg.maxResident, memoryBudgetBytes: cfg.memoryBudgetBytes, idleAfterMs: cfg.idleAfterMs,

@@ -2,6 +2,7 @@
 // pre-warm, delete and the volume's file list.
 import type express from "express";
 import type { Request } from "express";
+import { TorporError } from "../../contract/errors.js";
 import { asObject, optionalInt, optionalString } from "../../contract/request-validation.js";
 import type { RuntimeInfo } from "../../contract/runtime-api.js";
 import { wakeHeaders, type ApiDeps } from "./api-deps.js";
@@ -29,12 +30,14 @@ export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
     const contextSize = optionalInt(body, "contextSize", 256, manager.opts.maxContextSize);
     const systemPrompt = optionalString(body, "systemPrompt", 100_000);
     const idleAfterSeconds = optionalInt(body, "idleAfterSeconds", 0, 365 * 86400);
+    const epoch = optionalInt(body, "epoch", 0, Number.MAX_SAFE_INTEGER);
     const s = await manager.register({
       namespace: String(req.params.namespace), name: String(req.params.name),
       ...(path !== undefined ? { path } : {}),
       ...(contextSize !== undefined ? { contextSize } : {}),
       ...(systemPrompt !== undefined ? { systemPrompt } : {}),
       ...(idleAfterSeconds !== undefined ? { idleAfterMs: idleAfterSeconds * 1000 } : {}),
+      ...(epoch !== undefined ? { epoch } : {}),
     });
     res.json(s.status());
   });
@@ -46,6 +49,13 @@ export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
 
   app.post("/v1/sessions/:namespace/:name/hibernate", async (req, res) => {
     res.json(await session(req).hibernate("request"));
+  });
+
+  // The operator placed the session elsewhere under epoch `epoch`: this runtime's copy is stale.
+  app.post("/v1/sessions/:namespace/:name/drop", async (req, res) => {
+    const epoch = optionalInt(asObject(req.body ?? {}), "epoch", 1, Number.MAX_SAFE_INTEGER);
+    if (epoch === undefined) throw new TorporError("bad_request", "epoch: required, the placement epoch that now owns the session", { field: "epoch" });
+    res.json({ dropped: await manager.drop(String(req.params.namespace), String(req.params.name), epoch) });
   });
 
   app.post("/v1/sessions/:namespace/:name/rehydrate", async (req, res) => {

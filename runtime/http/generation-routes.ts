@@ -6,11 +6,18 @@ import type { Request, Response } from "express";
 import { asTorporError } from "../../contract/errors.js";
 import { asObject, parseMessages, parseSampling, requiredPrompt } from "../../contract/request-validation.js";
 import type { GenerateOptions, GenerateResult } from "../../contract/runtime-api.js";
+import { EPOCH_HEADER } from "../../contract/runtime-api.js";
 import { wakeHeaders, type ApiDeps } from "./api-deps.js";
 
 export function mountGenerationRoutes(app: express.Express, d: ApiDeps): void {
   const { manager } = d;
-  const session = (req: Request) => manager.get(String(req.params.namespace), String(req.params.name));
+  /** The session, refusing (409 stale_epoch) when the caller routed by a newer placement than this copy. */
+  const session = (req: Request) => {
+    const s = manager.get(String(req.params.namespace), String(req.params.name));
+    const epoch = Number(req.headers[EPOCH_HEADER]);
+    s.checkEpoch(Number.isSafeInteger(epoch) && epoch > 0 ? epoch : undefined);
+    return s;
+  };
 
   app.post("/v1/sessions/:namespace/:name/submit", async (req, res) => {
     manager.checkAccepting();

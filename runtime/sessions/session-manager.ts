@@ -2,7 +2,7 @@
 // policy and graceful shutdown. Holds nothing a restart would need: hibernated sessions are found
 // again on the volume when the operator re-registers them.
 import type { Clock } from "../../common/clock.js";
-import { TorporError } from "../../contract/errors.js";
+import { StaleEpochError, TorporError } from "../../contract/errors.js";
 import { validateName, validateSubPath } from "../storage/hibernation-path.js";
 import type { HibernationStore } from "../storage/hibernation-store.js";
 import type { Logger } from "../../common/logger.js";
@@ -39,6 +39,8 @@ export interface RegisterRequest {
   contextSize?: number;
   systemPrompt?: string;
   idleAfterMs?: number;
+  /** The operator's placement epoch (0 or absent: unfenced, for local use without an operator). */
+  epoch?: number;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -82,7 +84,16 @@ export class SessionManager implements Admission {
       ...(req.idleAfterMs !== undefined ? { idleAfterMs: req.idleAfterMs } : {}),
     };
     const key = `${req.namespace}/${req.name}`;
-    const existing = this.sessions.get(key);
+    const epoch = req.epoch ?? 0;
+    let existing = this.sessions.get(key);
+    if (existing && epoch > existing.epoch) {
+      // Placed here again under a newer epoch (it was elsewhere meanwhile): this copy may be older
+      // than what the other placement committed, so it goes and the volume decides.
+      await existing.drop(epoch);
+      this.sessions.delete(key);
+      existing = undefined;
+    }
+    if (existing && epoch < existing.epoch) throw new StaleEpochError(epoch, existing.epoch, `cannot register ${key}`);
     if (existing) {
       if (existing.ref.path !== path) {
         throw new TorporError("bad_request", `session ${key} already uses hibernation path "${existing.ref.path}"; it cannot change`);
@@ -92,8 +103,10 @@ export class SessionManager implements Admission {
       return existing;
     }
     const ref = { namespace: req.namespace, name: req.name, path };
-    const hibernated = await this.store.exists(ref);
-    const session = new Session(ref, spec, hibernated, {
+    const previous = await this.store.claim(ref, epoch);
+    const window = { epoch, min: previous };
+    const hibernated = await this.store.exists(ref, window);
+    const session = new Session(ref, spec, window, hibernated, {
       host: this.host, store: this.store, clock: this.clock, metrics: this.metrics, log: this.log, admission: this, podName: this.opts.podName,
     });
     this.sessions.set(key, session);
@@ -107,6 +120,16 @@ export class SessionManager implements Admission {
   }
 
   list(): Session[] { return [...this.sessions.values()]; }
+
+  /** A newer placement owns the session elsewhere: forget this copy without saving it. */
+  async drop(namespace: string, name: string, newer: number): Promise<boolean> {
+    const key = `${namespace}/${name}`;
+    const s = this.sessions.get(key);
+    if (!s || s.epoch >= newer) return false;
+    this.sessions.delete(key);
+    await s.drop(newer);
+    return true;
+  }
 
   async remove(namespace: string, name: string): Promise<void> {
     const s = this.get(namespace, name);

@@ -3,8 +3,8 @@
 // what makes hibernate wait for in-flight generation and requests wait for a hibernate.
 import { LlamaChat, type ChatHistoryItem } from "node-llama-cpp";
 import type { Clock } from "../../common/clock.js";
-import { StateRejectedError, TorporError } from "../../contract/errors.js";
-import type { HibernationRecord, HibernationStore, SessionRef } from "../storage/hibernation-store.js";
+import { StaleEpochError, StateRejectedError, TorporError } from "../../contract/errors.js";
+import type { EpochWindow, HibernationRecord, HibernationStore, SessionRef } from "../storage/hibernation-store.js";
 import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
 import { NODE_LLAMA_CPP_VERSION, type ModelHost } from "../model/model-host.js";
@@ -46,17 +46,45 @@ export class Session {
   private readonly queue = new SerialQueue();
   private pendingHibernate?: Promise<HibernateResult>;
   private deleted = false;
+  /** The newer epoch that took the session over, once dropped. */
+  private dropped = 0;
   private readonly createdAt: string;
   private lastHibernation?: SessionStatus["lastHibernation"];
   private lastRehydrate?: SessionStatus["lastRehydrate"];
   private lastError?: SessionStatus["lastError"];
   private readonly log: Logger;
 
-  constructor(readonly ref: Required<SessionRef>, public spec: SessionSpec, hibernated: boolean, private readonly deps: SessionDeps) {
+  /**
+   * @param window the placement epoch this copy serves, and the oldest epoch whose commit it may
+   * adopt (the placement before it: a hand-off); narrowed to its own epoch once resident.
+   */
+  constructor(readonly ref: Required<SessionRef>, public spec: SessionSpec, private window: EpochWindow, hibernated: boolean, private readonly deps: SessionDeps) {
     this.residency = hibernated ? "Hibernated" : "NotCreated";
     this.lastActivity = deps.clock.now();
     this.createdAt = new Date(deps.clock.now()).toISOString();
     this.log = deps.log.child({ namespace: ref.namespace, name: ref.name });
+  }
+
+  get epoch(): number { return this.window.epoch; }
+
+  /** Refuses a request routed by a placement newer than this copy: the caller must follow it. */
+  checkEpoch(requested: number | undefined): void {
+    if (requested !== undefined && this.window.epoch > 0 && requested > this.window.epoch) {
+      throw new StaleEpochError(this.window.epoch, requested, `session ${this.ref.namespace}/${this.ref.name} moved`);
+    }
+  }
+
+  /**
+   * A newer placement owns the session: give up this copy without saving it (its state would be
+   * older than the new owner's), after in-flight work finishes.
+   */
+  drop(newer: number): Promise<void> {
+    this.dropped = newer;
+    return this.queue.run(async () => {
+      await this.releaseResident();
+      this.residency = "NotCreated";
+      this.log.warn({ epoch: this.window.epoch, newer }, "dropped: a newer placement owns the session");
+    });
   }
 
   /** True while anything is queued or running: such a session is never evicted. */
@@ -66,6 +94,7 @@ export class Session {
     return {
       namespace: this.ref.namespace, name: this.ref.name, path: this.ref.path,
       residency: this.residency, phase: this.phase, contextSize: this.spec.contextSize,
+      epoch: this.window.epoch,
       tokenCount: this.resident?.allocated ? this.resident.sequence.contextTokens.length : 0, messages: this.history.length,
       queued: this.queue.depth, createdAt: this.createdAt,
       lastActivity: new Date(this.lastActivity).toISOString(),
@@ -142,6 +171,7 @@ export class Session {
 
   private run<T>(task: () => Promise<T>): Promise<T> {
     if (this.deleted) return Promise.reject(new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`));
+    if (this.dropped) return Promise.reject(new StaleEpochError(this.window.epoch, this.dropped, `session ${this.ref.namespace}/${this.ref.name} moved`));
     this.lastActivity = this.deps.clock.now();
     return this.queue.run(async () => {
       try {
@@ -155,7 +185,10 @@ export class Session {
   private async ensureResident(): Promise<Wake> {
     if (this.deleted) throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`);
     if (this.residency === "InMemory") return { rehydrated: false, created: false };
+    if (this.dropped) throw new StaleEpochError(this.window.epoch, this.dropped, `session ${this.ref.namespace}/${this.ref.name} moved`);
     const { host, store, admission, metrics } = this.deps;
+    // A hand-off may have committed after this session was registered: always look on the volume.
+    if (this.residency === "NotCreated" && await store.exists(this.ref, this.window)) this.residency = "Hibernated";
     const spare = await admission.acquire(this);
     const resident = new ResidentContext(host, metrics, this.log, () => admission.release(this), spare);
     this.resident = resident;
@@ -171,6 +204,7 @@ export class Session {
       await resident.allocate(this.spec.contextSize);
       this.history = this.spec.systemPrompt ? [{ type: "system", text: this.spec.systemPrompt }] : [];
       this.residency = "InMemory";
+      this.window = { epoch: this.window.epoch, min: this.window.epoch };
       this.log.info({ contextSize: this.spec.contextSize }, "context created");
       return { rehydrated: false, created: true };
     } catch (err) {
@@ -187,7 +221,7 @@ export class Session {
     const { host, store, metrics } = this.deps;
     this.phase = "Rehydrating";
     const t0 = performance.now();
-    const verified = await store.verify(this.ref, host.fingerprint, (m) => resident.allocate(Math.max(m.contextSize, m.tokenCount)).then(() => undefined));
+    const verified = await store.verify(this.ref, host.fingerprint, this.window, (m) => resident.allocate(Math.max(m.contextSize, m.tokenCount)).then(() => undefined));
     if (!verified) return undefined;
     const { manifest, statePath } = verified;
     try {
@@ -197,9 +231,12 @@ export class Session {
     }
     this.history = manifest.history;
     this.spec = { ...this.spec, contextSize: manifest.contextSize };
-    await store.remove(this.ref);
-    const ms = performance.now() - t0;
     this.residency = "InMemory";
+    // From here on only this epoch's commits count: an older placement's late write is stale.
+    this.window = { epoch: this.window.epoch, min: this.window.epoch };
+    // The conversation is in memory now: a failed delete costs disk space, never the session.
+    await store.remove(this.ref, { keepClaims: true }).catch((err) => this.log.warn({ err }, "could not delete the restored hibernation files; the sweeper or the next hibernate will"));
+    const ms = performance.now() - t0;
     this.lastRehydrate = { at: new Date(this.deps.clock.now()).toISOString(), durationMs: ms, bytes: manifest.stateBytes, tokenCount: manifest.tokenCount };
     this.lastError = undefined;
     metrics.rehydrateDuration.observe(ms / 1000);
@@ -234,7 +271,7 @@ export class Session {
     try {
       let record: HibernationRecord;
       try {
-        record = await store.save(this.ref, async (tmp) => { await seq.saveStateToFile(tmp); }, {
+        record = await store.save(this.ref, this.window, async (tmp) => { await seq.saveStateToFile(tmp); }, {
           modelFingerprint: host.fingerprint,
           contextSize: this.spec.contextSize,
           tokenCount: seq.contextTokens.length,
@@ -245,6 +282,14 @@ export class Session {
         });
       } catch (err) {
         this.recordError(err);
+        if (err instanceof StaleEpochError) {
+          // Saving would replace a newer placement's state with this older copy: drop it instead.
+          this.dropped = err.newer;
+          await this.releaseResident();
+          this.residency = "NotCreated";
+          this.log.warn({ err, reason }, "hibernate refused: a newer placement owns the session; this copy is dropped");
+          throw err;
+        }
         this.log.error({ err, reason }, "hibernate failed; the session stays in memory");
         throw err;
       }

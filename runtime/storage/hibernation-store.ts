@@ -1,16 +1,25 @@
 // Durable, atomic hibernation files on the volume.
 //
 // Layout, per session, in <root>/<namespace>/[<sub-path>/]:
-//   <name>.torpor.json         manifest: the commit record (history, checksums, model fingerprint)
-//   <name>.<id>.state          llama.cpp sequence state named by the manifest
-//   .<name>.*.tmp              in-flight writes; never read, removed on failure and by the sweeper
+//   <name>@e<epoch>.torpor.json  manifest: the commit record of placement <epoch> (history, checksums,
+//                                model fingerprint); <name>.torpor.json for unfenced use (no epoch)
+//   <name>@e<epoch>.claim        placement <epoch> owns the session (empty; the fence)
+//   <name>.<id>.state            llama.cpp sequence state named by a manifest
+//   .<name>.*.tmp                in-flight writes; never read, removed on failure and by the sweeper
 // The manifest's rename is the commit point: a crash before it leaves the previous manifest and
 // its state untouched, and a state file no manifest names is never loaded.
+//
+// Fencing without a read-compare-rename race on a shared (NFS-style) volume: every placement has
+// an epoch from the operator (the API server's optimistic concurrency makes them monotonic), and
+// each epoch writes only files named by its own epoch, so two writers never replace each other's
+// commit. A placement claims the session when it is registered; from then on a commit from an
+// epoch older than the newest claim is ignored by every reader and cleaned up, whenever it lands.
+// '@' cannot occur in a Kubernetes name, so no session's files can be mistaken for another's.
 import { createHash, randomBytes } from "node:crypto";
 import { open, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { ChatHistoryItem } from "node-llama-cpp";
-import { StateRejectedError, TorporError } from "../../contract/errors.js";
+import { StaleEpochError, StateRejectedError, TorporError } from "../../contract/errors.js";
 import { resolveSessionDir, validateName } from "./hibernation-path.js";
 import type { HibernationFileEntry, HibernationRecord } from "../../contract/runtime-api.js";
 
@@ -19,6 +28,20 @@ export type { HibernationFileEntry, HibernationRecord };
 export const MANIFEST_FORMAT = "torpor.dev/hibernation";
 export const MANIFEST_VERSION = 1;
 const MANIFEST_SUFFIX = ".torpor.json";
+const CLAIM_SUFFIX = ".claim";
+
+/**
+ * Which commits a session may load: its own epoch's, and until it has been resident once, those of
+ * the placement before it (`min`: a hand-off, adopted under its own epoch). 0/0 is unfenced.
+ */
+export interface EpochWindow { epoch: number; min: number }
+export const UNFENCED: EpochWindow = { epoch: 0, min: 0 };
+
+interface SessionFiles {
+  /** Committed manifests by epoch (0: the unfenced name). */
+  manifests: Map<number, string>;
+  claims: number[];
+}
 
 export interface SessionRef {
   namespace: string;
@@ -43,6 +66,8 @@ export interface HibernationManifest {
   history: ChatHistoryItem[];
   createdAt: string;
   hibernatedAt: string;
+  /** The placement epoch that wrote it (0: unfenced). */
+  epoch?: number;
   runtime: { nodeLlamaCpp: string; pod?: string };
 }
 
@@ -87,34 +112,93 @@ export async function sha256File(p: string): Promise<string> {
 }
 
 export class HibernationStore {
-  constructor(readonly root: string) {}
+  /** onWarning hears failures that lose nothing (cleanup after a commit); the runtime logs them. */
+  constructor(readonly root: string, private readonly onWarning: (err: unknown, message: string) => void = () => undefined) {}
 
   dirFor(ref: SessionRef): Promise<string> {
     validateName("name", ref.name);
     return resolveSessionDir(this.root, ref.namespace, ref.path ?? "");
   }
 
-  private manifestPath(dir: string, name: string): string {
-    return path.join(dir, name + MANIFEST_SUFFIX);
+  private manifestPath(dir: string, name: string, epoch = 0): string {
+    return path.join(dir, epoch > 0 ? `${name}@e${epoch}${MANIFEST_SUFFIX}` : name + MANIFEST_SUFFIX);
+  }
+
+  private async scan(dir: string, name: string): Promise<SessionFiles> {
+    const entries = await readdir(dir).catch(() => [] as string[]);
+    const esc = name.replace(/\./g, "\\.");
+    const manifest = new RegExp(`^${esc}(?:@e(\\d+))?\\.torpor\\.json$`);
+    const claim = new RegExp(`^${esc}@e(\\d+)\\.claim$`);
+    const out: SessionFiles = { manifests: new Map(), claims: [] };
+    for (const f of entries) {
+      const m = manifest.exec(f);
+      if (m) { out.manifests.set(m[1] ? Number(m[1]) : 0, f); continue; }
+      const c = claim.exec(f);
+      if (c) out.claims.push(Number(c[1]));
+    }
+    return out;
+  }
+
+  /** The newest epoch that has claimed or committed the session. */
+  private static newest(f: SessionFiles): number {
+    return Math.max(0, ...f.claims, ...f.manifests.keys());
   }
 
   /**
-   * Writes state + manifest durably. `writeState` fills the given temp path (llama.cpp writes it
-   * itself); everything after is ours: fsync, checksum, rename, manifest commit, dir fsync.
+   * Placement `epoch` takes the session: refuses if a newer placement already has, writes its
+   * claim, and returns the epoch of the placement before it (whose commit it may adopt).
+   */
+  async claim(ref: SessionRef, epoch: number): Promise<number> {
+    if (epoch <= 0) return 0;
+    const dir = await this.dirFor(ref);
+    const files = await this.scan(dir, ref.name);
+    const newest = HibernationStore.newest(files);
+    if (newest > epoch) throw new StaleEpochError(epoch, newest, `cannot register ${ref.namespace}/${ref.name}`);
+    const previous = Math.max(0, ...files.claims.filter((c) => c < epoch));
+    if (!files.claims.includes(epoch)) {
+      await (await open(path.join(dir, `${ref.name}@e${epoch}${CLAIM_SUFFIX}`), "w", 0o600)).close();
+      await fsyncPath(dir);
+    }
+    // Claims older than the previous one fence nothing any more.
+    for (const c of files.claims) if (c < previous) await rm(path.join(dir, `${ref.name}@e${c}${CLAIM_SUFFIX}`), { force: true });
+    return previous;
+  }
+
+  /** The committed manifest this window may load: the newest inside it. */
+  private static pick(files: SessionFiles, w: EpochWindow): [number, string] | undefined {
+    const eligible = [...files.manifests].filter(([e]) => (w.epoch === 0 ? e === 0 : e >= w.min && e <= w.epoch)).sort(([a], [b]) => b - a);
+    return eligible[0];
+  }
+
+  /**
+   * Writes state + manifest durably, as placement `window.epoch`. `writeState` fills the given temp
+   * path (llama.cpp writes it itself); everything after is ours: fsync, checksum, rename, manifest
+   * commit, dir fsync. Refuses (StaleEpochError) when a newer placement has claimed the session.
    */
   async save(
     ref: SessionRef,
+    window: EpochWindow,
     writeState: (tmpPath: string) => Promise<void>,
-    fields: Omit<HibernationManifest, "format" | "version" | "namespace" | "name" | "path" | "stateFile" | "stateBytes" | "stateSha256" | "hibernatedAt">,
+    fields: Omit<HibernationManifest, "format" | "version" | "namespace" | "name" | "path" | "stateFile" | "stateBytes" | "stateSha256" | "hibernatedAt" | "epoch">,
   ): Promise<HibernationRecord> {
     const dir = await this.dirFor(ref);
+    const { epoch } = window;
+    const before = await this.scan(dir, ref.name);
+    // Checked before the costly write. Racing a newer claim is harmless: our file carries our
+    // epoch, which every reader after that claim ignores.
+    const newest = HibernationStore.newest(before);
+    if (epoch > 0 && newest > epoch) throw new StaleEpochError(epoch, newest, `cannot hibernate ${ref.namespace}/${ref.name}`);
     const id = randomBytes(6).toString("hex");
     const stateName = `${ref.name}.${id}.state`;
     const tmpState = path.join(dir, `.${stateName}.tmp`);
     const tmpManifest = path.join(dir, `.${ref.name}.${id}.json.tmp`);
     const finalState = path.join(dir, stateName);
-    const manifestFile = this.manifestPath(dir, ref.name);
-    const previous = await this.readManifestLoose(manifestFile);
+    const manifestFile = this.manifestPath(dir, ref.name, epoch);
+    // What this commit replaces: our epoch's previous manifest (renamed over) and older epochs' ones.
+    const superseded = [...before.manifests].filter(([e]) => e <= epoch).map(([, f]) => path.join(dir, f));
+    const supersededStates = (await Promise.all(superseded.map((f) => this.readManifestLoose(f))))
+      .map((m) => m && path.join(dir, path.basename(m.stateFile))).filter((f): f is string => !!f && f !== finalState);
+    let manifest: HibernationManifest;
     try {
       await writeState(tmpState);
       const fh = await open(tmpState, "r+");
@@ -126,11 +210,11 @@ export class HibernationStore {
         bytes = (await fh.stat()).size;
       } finally { await fh.close(); }
       await rename(tmpState, finalState);
-      const manifest: HibernationManifest = {
+      manifest = {
         format: MANIFEST_FORMAT, version: MANIFEST_VERSION,
         namespace: ref.namespace, name: ref.name, path: ref.path ?? "",
         stateFile: stateName, stateBytes: bytes, stateSha256: sha256,
-        hibernatedAt: new Date().toISOString(),
+        hibernatedAt: new Date().toISOString(), epoch,
         ...fields,
       };
       const mh = await open(tmpManifest, "wx", 0o600);
@@ -139,11 +223,6 @@ export class HibernationStore {
         await mh.sync();
       } finally { await mh.close(); }
       await rename(tmpManifest, manifestFile);
-      await fsyncPath(dir);
-      if (previous && previous.stateFile !== stateName) {
-        await unlink(path.join(dir, path.basename(previous.stateFile))).catch(() => undefined);
-      }
-      return { manifestFile, stateFile: finalState, bytes, sha256, tokenCount: manifest.tokenCount, hibernatedAt: manifest.hibernatedAt };
     } catch (err) {
       await Promise.all([tmpState, tmpManifest, finalState].map((p) => rm(p, { force: true })));
       // A state file named by a manifest we did not commit must not survive; the previous one stays.
@@ -151,22 +230,44 @@ export class HibernationStore {
       const message = err instanceof Error ? err.message : String(err);
       throw new TorporError("storage_failed", `hibernate write failed${code ? ` (${code})` : ""}: ${message}`, { code });
     }
+    // Past the commit point: failures are warnings, and nothing committed is ever deleted by one.
+    await fsyncPath(dir).catch((err) => this.onWarning(err, "folder fsync after the commit failed; the commit may not survive a power loss"));
+    for (const f of [...superseded.filter((x) => x !== manifestFile), ...supersededStates]) {
+      await unlink(f).catch((err) => { if ((err as NodeJS.ErrnoException).code !== "ENOENT") this.onWarning(err, `could not remove superseded file ${path.basename(f)}; the sweeper will`); });
+    }
+    return { manifestFile, stateFile: finalState, bytes: manifest.stateBytes, sha256: manifest.stateSha256, tokenCount: manifest.tokenCount, hibernatedAt: manifest.hibernatedAt };
   }
 
-  /** Whether a committed manifest exists (no verification: cheap, used to find hibernated sessions). */
-  async exists(ref: SessionRef): Promise<boolean> {
+  /** Whether a commit this window may load exists (no verification: cheap, used to find hibernated sessions). */
+  async exists(ref: SessionRef, window: EpochWindow = UNFENCED): Promise<boolean> {
     const dir = await this.dirFor(ref);
-    return stat(this.manifestPath(dir, ref.name)).then(() => true, () => false);
+    return !!HibernationStore.pick(await this.scan(dir, ref.name), window);
   }
 
   /**
-   * Reads and verifies a hibernated state; throws StateRejectedError without touching the files.
-   * `whileHashing` runs once the manifest checks out, concurrently with the checksum (the caller
-   * allocates its context meanwhile); if the checksum then fails, the caller undoes it.
+   * Reads and verifies the hibernated state this window may load; throws StateRejectedError without
+   * touching the files. A hand-off commit from the previous placement is first adopted: renamed
+   * (atomically) to this epoch's name, so its writer can no longer replace it. `whileHashing` runs
+   * once the manifest checks out, concurrently with the checksum (the caller allocates its context
+   * meanwhile); if the checksum then fails, the caller undoes it.
    */
-  async verify(ref: SessionRef, modelFingerprint: string, whileHashing?: (m: HibernationManifest) => Promise<void>): Promise<VerifiedState | undefined> {
+  async verify(ref: SessionRef, modelFingerprint: string, window: EpochWindow = UNFENCED, whileHashing?: (m: HibernationManifest) => Promise<void>): Promise<VerifiedState | undefined> {
     const dir = await this.dirFor(ref);
-    const manifestFile = this.manifestPath(dir, ref.name);
+    const files = await this.scan(dir, ref.name);
+    const newest = HibernationStore.newest(files);
+    if (window.epoch > 0 && newest > window.epoch) throw new StaleEpochError(window.epoch, newest, `cannot load ${ref.namespace}/${ref.name}`);
+    const picked = HibernationStore.pick(files, window);
+    if (!picked) return undefined;
+    let manifestFile = path.join(dir, picked[1]);
+    if (picked[0] < window.epoch) {
+      const adopted = this.manifestPath(dir, ref.name, window.epoch);
+      try { await rename(manifestFile, adopted); } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT") return this.verify(ref, modelFingerprint, window, whileHashing);
+        throw err;
+      }
+      await fsyncPath(dir).catch((err) => this.onWarning(err, "folder fsync after adopting a hand-off failed"));
+      manifestFile = adopted;
+    }
     let raw: string;
     try {
       raw = await readFile(manifestFile, "utf8");
@@ -199,18 +300,23 @@ export class HibernationStore {
     return { manifest: m, statePath };
   }
 
-  /** Removes a session's manifest and every state/temp file of it. Idempotent. */
-  async remove(ref: SessionRef): Promise<boolean> {
+  /**
+   * Removes a session's manifests and every state/temp file of it; its claims too unless
+   * `keepClaims` (after a rehydrate the claim keeps fencing off older placements). Idempotent.
+   * Returns whether a manifest was there.
+   */
+  async remove(ref: SessionRef, opts: { keepClaims?: boolean } = {}): Promise<boolean> {
     const dir = await this.dirFor(ref);
     const entries = await readdir(dir).catch(() => [] as string[]);
     const esc = ref.name.replace(/\./g, "\\.");
-    const own = new RegExp(`^(${esc}\\.torpor\\.json|${esc}\\.[0-9a-f]{12}\\.state|\\.${esc}\\.[0-9a-f]{12}\\.(state|json)\\.tmp)$`);
+    const claims = opts.keepClaims ? "" : `|${esc}@e\\d+\\.claim`;
+    const own = new RegExp(`^(${esc}(@e\\d+)?\\.torpor\\.json|${esc}\\.[0-9a-f]{12}\\.state|\\.${esc}\\.[0-9a-f]{12}\\.(state|json)\\.tmp${claims})$`);
     const mine = entries.filter((f) => own.test(f));
-    // Manifest first: once it is gone nothing can load the state, even if we crash midway.
+    // Manifests first: once they are gone nothing can load the state, even if we crash midway.
     mine.sort((a) => (a.endsWith(MANIFEST_SUFFIX) ? -1 : 1));
     for (const f of mine) await rm(path.join(dir, f), { force: true });
     if (mine.length) await fsyncPath(dir);
-    return mine.includes(ref.name + MANIFEST_SUFFIX);
+    return mine.some((f) => f.endsWith(MANIFEST_SUFFIX));
   }
 
   /** Every committed manifest under the root (for the operator's sweeper and for humans). */

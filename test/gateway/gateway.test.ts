@@ -131,6 +131,52 @@ describe("gateway on the testbed", () => {
     assert.equal(body.model, "tiny");
   });
 
+  it("a graceful delete of the session's runtime pod keeps the conversation, on both routes, whenever the next turn comes", async () => {
+    type Usage = { prompt_tokens: number; prompt_tokens_details?: { cached_tokens?: number } | null };
+    const submit = async (name: string, prompt: string) => {
+      const res = await fetch(`${gw}/v1/sessions/default/${name}/submit`, {
+        method: "POST", headers: { authorization: `Bearer ${alice}`, "content-type": "application/json" },
+        body: JSON.stringify({ prompt, max_tokens: 8 }),
+      });
+      const body = await res.json() as { usage: Usage; error?: unknown };
+      assert.equal(res.status, 200, JSON.stringify(body));
+      return { usage: body.usage, rehydrated: res.headers.get("x-torpor-rehydrated") === "true" };
+    };
+    const chats = new Map<string, Array<{ role: "user" | "assistant"; content: string }>>();
+    const chat = async (name: string, prompt: string) => {
+      const messages = [...(chats.get(name) ?? []), { role: "user" as const, content: prompt }];
+      const { data, response } = await client(name).chat.completions.create({ model: "tiny", messages, max_tokens: 8, temperature: 0 }).withResponse();
+      chats.set(name, [...messages, { role: "assistant", content: data.choices[0]!.message.content ?? "" }]);
+      return { usage: data.usage as Usage, rehydrated: response.headers.get("x-torpor-rehydrated") === "true" };
+    };
+    const moves: string[] = [];
+    for (const [route, turn] of [["submit", submit], ["chat", chat]] as const) {
+      for (const delayMs of [0, 1000]) {
+        const name = `handoff-${route}-${delayMs}`;
+        await tb.kubectl(["apply", "-f", "-"], session(name));
+        let last = await turn(name, "Remember the number 4711.");
+        for (const prompt of ["And the colour teal.", "And the city Lisbon."]) last = await turn(name, prompt);
+        const before = await eventually(`${name} InMemory`, async () => { const s = await get(name); return s.status?.residency === "InMemory" ? s : undefined; }, 20_000);
+        await tb.kubectl(["delete", "pod", before.status!.pod!, "--wait=false"]);
+        await new Promise((r) => setTimeout(r, delayMs));
+        const t0 = Date.now();
+        const next = await turn(name, "What did I ask you to remember?");
+        const ms = Date.now() - t0;
+        const after = await get(name);
+        moves.push(`${route}/${delayMs}ms: ${ms} ms, ${next.usage.prompt_tokens_details?.cached_tokens} of ${next.usage.prompt_tokens} prompt tokens reused`);
+        assert.notEqual(after.status!.pod, before.status!.pod, "served by another pod");
+        assert.ok((after.status!.epoch ?? 0) > (before.status!.epoch ?? 0), "a new placement epoch");
+        assert.ok(next.usage.prompt_tokens > last.usage.prompt_tokens, `history kept: ${next.usage.prompt_tokens} prompt tokens after ${last.usage.prompt_tokens}`);
+        assert.ok(next.rehydrated, "the next turn continued from the state the old pod saved");
+        assert.ok((next.usage.prompt_tokens_details?.cached_tokens ?? 0) >= last.usage.prompt_tokens, `restored tokens reused: ${JSON.stringify(next.usage)}`);
+        assert.ok(ms < 30_000, `answered in ${ms} ms`);
+        assert.equal(after.status!.liveStateLostAt, undefined);
+        await tb.kubectl(["rollout", "status", "deployment/runtime-tiny", "--timeout=120s"]);
+      }
+    }
+    console.log(`# hand-offs on graceful pod deletion: ${moves.join("; ")}`);
+  });
+
   it("fuzzed bodies and headers get 4xx JSON errors or answers, never a 5xx", async () => {
     await tb.kubectl(["apply", "-f", "-"], session("fuzzed"));
     const anyJson = fc.jsonValue({ maxDepth: 3 });

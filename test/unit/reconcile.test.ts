@@ -15,7 +15,7 @@ const session = (extra: Partial<InferenceSession> = {}): InferenceSession => ({
 });
 
 const runtime = (residency: SessionStatus["residency"], extra: Partial<SessionStatus> = {}): SessionStatus => ({
-  namespace: "ns", name: "s", path: "", residency, phase: "Idle", contextSize: 1024, tokenCount: 10, messages: 2, queued: 0,
+  namespace: "ns", name: "s", path: "", residency, phase: "Idle", epoch: 0, contextSize: 1024, tokenCount: 10, messages: 2, queued: 0,
   createdAt: "2026-01-01T00:00:00.000Z", lastActivity: "2026-01-01T00:00:00.000Z", ...extra,
 });
 
