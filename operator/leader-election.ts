@@ -19,6 +19,7 @@ export class LeaderElector {
   private timer?: NodeJS.Timeout;
   private leading = false;
   private lastRenew = 0;
+  private stopped = false;
 
   constructor(kc: KubeConfig, private readonly o: LeaderElectionOptions, private readonly log: Logger) {
     this.api = kc.makeApiClient(CoordinationV1Api);
@@ -31,15 +32,32 @@ export class LeaderElector {
     const duration = this.o.leaseDurationMs ?? 15_000;
     const every = this.o.renewEveryMs ?? 2_000;
     return new Promise((resolve) => {
+      let inFlight = false;
       const tick = async () => {
-        const ok = await this.tryAcquireOrRenew(duration).catch((err) => { this.log.warn({ err: String(err) }, "lease update failed"); return false; });
-        if (ok) {
-          this.lastRenew = Date.now();
-          if (!this.leading) { this.leading = true; this.log.info({ identity: this.o.identity }, "became leader"); resolve(); }
-        } else if (this.leading && Date.now() - this.lastRenew > duration * 0.8) {
+        // Leadership ends at the deadline whatever the API server does: a renewal that hangs (a
+        // partition, a stuck connection) must not keep a leader acting after its lease expired.
+        if (this.leading && Date.now() - this.lastRenew > duration * 0.8) {
           this.leading = false;
-          this.log.error("lost leadership");
+          this.log.error("lost leadership: the lease was not renewed in time");
           onLost();
+          return;
+        }
+        if (inFlight) return;
+        inFlight = true;
+        let timer: NodeJS.Timeout | undefined;
+        const timeout = new Promise<boolean>((r) => { timer = setTimeout(() => r(false), Math.max(500, duration / 3)); });
+        try {
+          const ok = await Promise.race([
+            this.tryAcquireOrRenew(duration).catch((err) => { this.log.warn({ err: String(err) }, "lease update failed"); return false; }),
+            timeout,
+          ]);
+          if (ok && !this.stopped) {
+            this.lastRenew = Date.now();
+            if (!this.leading) { this.leading = true; this.log.info({ identity: this.o.identity }, "became leader"); resolve(); }
+          }
+        } finally {
+          clearTimeout(timer);
+          inFlight = false;
         }
       };
       void tick();
@@ -77,5 +95,5 @@ export class LeaderElector {
     return true;
   }
 
-  stop(): void { if (this.timer) clearInterval(this.timer); }
+  stop(): void { this.stopped = true; if (this.timer) clearInterval(this.timer); }
 }

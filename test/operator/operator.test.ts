@@ -79,6 +79,11 @@ describe("operator on the testbed", () => {
     }
     await tb.kubectl(["apply", "-f", "-"], session("immutable"));
     await assert.rejects(tb.kubectl(["patch", "isess", "immutable", "--type=merge", "-p", '{"spec":{"model":"other"}}']), /model is immutable/);
+    // Adding or removing the path would orphan files just as changing it would.
+    await assert.rejects(tb.kubectl(["patch", "isess", "immutable", "--type=merge", "-p", '{"spec":{"hibernation":{"path":"tenant-a"}}}']), /hibernation.path is immutable/);
+    await tb.kubectl(["apply", "-f", "-"], session("immutable-path", "\n  hibernation: {path: tenant-a}"));
+    await assert.rejects(tb.kubectl(["patch", "isess", "immutable-path", "--type=json", "-p", '[{"op":"remove","path":"/spec/hibernation"}]']), /hibernation.path is immutable/);
+    await tb.kubectl(["delete", "isess", "immutable-path", "--wait=true", "--timeout=60s"]);
     await tb.kubectl(["delete", "isess", "immutable", "--wait=true", "--timeout=60s"]);
   });
 
@@ -99,7 +104,8 @@ describe("operator on the testbed", () => {
     assert.equal(hib.status!.residency, "Hibernated");
     assert.ok(hib.status!.lastHibernation!.bytes > 0);
     assert.equal(hib.status!.observedGeneration, hib.metadata.generation);
-    assert.ok((await readdir(hibDir())).includes("chat.torpor.json"));
+    // Committed under the placement's epoch (the fence), next to its claim.
+    assert.ok((await readdir(hibDir())).includes(`chat@e${hib.status!.epoch}.torpor.json`));
     const info = await rt.status("default", "chat");
     assert.equal(info.residency, "Hibernated");
     // The context is really gone from the runtime, not just marked.
@@ -197,7 +203,7 @@ describe("operator on the testbed", () => {
     await rt.register("default", "orphan");
     await rt.submit("default", "orphan", "nobody owns me", { max_tokens: 2 });
     await rt.hibernate("default", "orphan");
-    assert.ok((await readdir(hibDir())).includes("orphan.torpor.json"));
+    assert.ok((await readdir(hibDir())).some((f) => /^orphan(@e\d+)?\.torpor\.json$/.test(f)));
     await eventually("the sweeper", async () => ((await readdir(hibDir())).some((f) => f.startsWith("orphan.")) ? undefined : true), 30_000);
   });
 

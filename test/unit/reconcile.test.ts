@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { InferenceSession } from "../../contract/inference-session.js";
-import { choosePod, computeStatus, decidePlacement, decideTransition, liveStateLost, sameStatus, type RuntimePod } from "../../operator/decisions.js";
+import { choosePod, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, sameStatus, type RuntimePod } from "../../operator/decisions.js";
 import type { SessionStatus } from "../../contract/runtime-api.js";
 
 const pod = (name: string, extra: Partial<RuntimePod> = {}): RuntimePod =>
@@ -68,6 +68,41 @@ describe("placement", () => {
     const deleting = session({ metadata: { name: "s", namespace: "ns", deletionTimestamp: "2026-01-01T00:00:00Z", finalizers: ["torpor.dev/hibernation-files"] } });
     assert.deepEqual(decidePlacement(deleting, [pod("a")], false), { kind: "finalize", pod: pod("a") });
     assert.deepEqual(decidePlacement(deleting, [], false), { kind: "finalize" });
+  });
+});
+
+describe("hand-off", () => {
+  const t = now.getTime();
+  it("waits for a terminating or NotReady pod that holds the session in memory, until its deadline", () => {
+    const held = session({ status: { pod: "old", residency: "InMemory" } });
+    assert.equal(handOffSource(held, [pod("old", { ready: false, handOffDeadline: t + 1000 }), pod("new")], t)?.name, "old");
+    assert.equal(handOffSource(held, [pod("old", { ready: false, handOffDeadline: t - 1 }), pod("new")], t), undefined, "deadline passed: fencing takes over");
+    assert.equal(handOffSource(held, [pod("new")], t), undefined, "the pod is gone: nothing to wait for");
+    assert.equal(handOffSource(held, [pod("old"), pod("new")], t), undefined, "a Ready holder keeps the session");
+  });
+  it("does not wait for sessions the old pod did not hold in memory, or that are being deleted", () => {
+    const old = [pod("old", { ready: false, handOffDeadline: t + 1000 })];
+    assert.equal(handOffSource(session({ status: { pod: "old", residency: "Hibernated" } }), old, t), undefined);
+    assert.equal(handOffSource(session({ status: { pod: "old", residency: "NotCreated" } }), old, t), undefined);
+    const deleting = session({ status: { pod: "old", residency: "InMemory" } });
+    deleting.metadata.deletionTimestamp = now.toISOString();
+    assert.equal(handOffSource(deleting, old, t), undefined);
+  });
+  it("status says HandingOff and not Ready, keeps the pod and the epoch; epochs only grow", () => {
+    const s = session({ status: { pod: "old", residency: "InMemory", epoch: 4 } });
+    const st = computeStatus(s, { now, handOffFrom: pod("old") });
+    assert.equal(st.phase, "HandingOff");
+    assert.equal(st.pod, "old");
+    assert.equal(st.epoch, 4);
+    assert.equal(st.handOffFrom, "old");
+    assert.equal(st.conditions!.find((c) => c.type === "Ready")!.reason, "HandOff");
+    assert.equal(nextEpoch(s), 5);
+    assert.equal(nextEpoch(session()), 1);
+  });
+  it("a deleted session whose pool has no Ready pod is cleaned up by any Ready runtime", () => {
+    const s = session({ status: { pod: "gone" } });
+    s.metadata.deletionTimestamp = now.toISOString();
+    assert.equal((decidePlacement(s, [pod("x", { model: "other" })], false) as { pod?: RuntimePod }).pod?.name, "x");
   });
 });
 
