@@ -25,6 +25,14 @@ export const specSchema = {
       type: "object",
       properties: {
         idleAfter: str({ pattern: "^([0-9]+(ms|s|m|h))+$", maxLength: 32, description: "Hibernate after this long without requests (Go duration, e.g. 15m)." }),
+        checkpoint: {
+          type: "object",
+          description: "Write the state between turns while InMemory, so a crash loses at most this much. Off unless set; costs one state file per session on the volume.",
+          properties: {
+            afterTurns: int({ minimum: 1, maximum: 10000, description: "Checkpoint after this many turns." }),
+            interval: str({ pattern: "^([0-9]+(ms|s|m|h))+$", maxLength: 32, description: "Checkpoint at most this long after an unsaved turn (Go duration)." }),
+          },
+        },
         path: str({
           maxLength: 512, pattern: SUB_PATH,
           description: "Sub-path inside the namespace's folder on the hibernation volume (per-tenant separation). Immutable.",
@@ -74,7 +82,8 @@ export const statusSchema = {
       type: "object",
       properties: { file: str(), bytes: int(), tokenCount: int(), sha256: str(), time: time(), durationMs: { type: "number" } },
     },
-    lastRehydrate: { type: "object", properties: { time: time(), durationMs: { type: "number" } } },
+    lastRehydrate: { type: "object", properties: { time: time(), durationMs: { type: "number" }, replayed: str() } },
+    lastLoss: { type: "object", properties: { time: time(), tokensLost: int(), checkpointTime: time() } },
     lastActivityTime: time(),
     liveStateLostAt: time(),
     epoch: int(),

@@ -28,6 +28,19 @@ export interface HibernationPolicy {
   idleAfter?: string;
   /** Sub-path inside the namespace's folder on the hibernation volume. Immutable. */
   path?: string;
+  /**
+   * Write the state between turns while the session stays InMemory, so a crash (an OOM kill, a
+   * lost node) loses at most that much. Off unless set: each checkpointed session keeps one state
+   * file (its KV cache, tens of MB to GBs) on the volume.
+   */
+  checkpoint?: CheckpointPolicy;
+}
+
+export interface CheckpointPolicy {
+  /** After this many turns since the last checkpoint. */
+  afterTurns?: number;
+  /** Go-style duration: at most this long after a turn that is not yet checkpointed. */
+  interval?: string;
 }
 
 export interface Condition {
@@ -64,7 +77,8 @@ export interface InferenceSessionStatus {
   node?: string;
   tokenCount?: number;
   lastHibernation?: LastHibernation;
-  lastRehydrate?: { time: string; durationMs: number };
+  /** `replayed`: the state could not be loaded (another llama.cpp version, say); the history was replayed instead. */
+  lastRehydrate?: { time: string; durationMs: number; replayed?: string };
   lastActivityTime?: string;
   /** Set when the pod holding the session in memory disappeared: the live state since the last hibernation is gone. */
   liveStateLostAt?: string;
@@ -76,6 +90,8 @@ export interface InferenceSessionStatus {
   epoch?: number;
   /** Set while the session waits for the pod that held it to commit it (a hand-off). */
   handOffFrom?: string;
+  /** The last crash that cost turns: the session came back from its last checkpoint. */
+  lastLoss?: { time: string; tokensLost: number; checkpointTime?: string };
 }
 
 export interface ObjectMeta {
@@ -101,10 +117,11 @@ export interface InferenceSession {
 
 /** Every field, listed once; `satisfies` makes the compiler reject a missing or extra name. */
 export const SPEC_FIELDS = { model: true, residency: true, contextSize: true, systemPrompt: true, hibernation: true } satisfies Record<keyof InferenceSessionSpec, true>;
-export const HIBERNATION_FIELDS = { idleAfter: true, path: true } satisfies Record<keyof HibernationPolicy, true>;
+export const HIBERNATION_FIELDS = { idleAfter: true, path: true, checkpoint: true } satisfies Record<keyof HibernationPolicy, true>;
+export const CHECKPOINT_FIELDS = { afterTurns: true, interval: true } satisfies Record<keyof CheckpointPolicy, true>;
 export const STATUS_FIELDS = {
   observedGeneration: true, appliedGeneration: true, residency: true, phase: true, conditions: true, pod: true, podIP: true, node: true, tokenCount: true,
-  lastHibernation: true, lastRehydrate: true, lastActivityTime: true, liveStateLostAt: true, epoch: true, handOffFrom: true,
+  lastHibernation: true, lastRehydrate: true, lastActivityTime: true, liveStateLostAt: true, epoch: true, handOffFrom: true, lastLoss: true,
 } satisfies Record<keyof InferenceSessionStatus, true>;
 export const LAST_HIBERNATION_FIELDS = { file: true, bytes: true, tokenCount: true, sha256: true, time: true, durationMs: true } satisfies Record<keyof LastHibernation, true>;
 

@@ -33,6 +33,8 @@ export interface SessionSpec {
   systemPrompt?: string;
   /** Per-session idle policy; falls back to the runtime's default. 0 disables. */
   idleAfterMs?: number;
+  /** Checkpoints while resident (absent: none). */
+  checkpoint?: { afterTurns?: number; intervalMs?: number };
 }
 
 export interface GenerateOptions {
@@ -89,7 +91,11 @@ export interface SessionStatus {
   createdAt: string;
   lastActivity: string;
   lastHibernation?: HibernationSummary;
-  lastRehydrate?: { at: string; durationMs: number; bytes: number; tokenCount: number };
+  /** `replayed`: why the state was not loaded and the history was evaluated again instead. */
+  lastRehydrate?: { at: string; durationMs: number; bytes: number; tokenCount: number; replayed?: string };
+  lastCheckpoint?: HibernationRecord & { durationMs: number };
+  /** The commit found on the volume when the session was registered here (what a crash left). */
+  foundOnVolume?: { tokenCount: number; hibernatedAt: string };
   lastError?: { code: string; message: string; at: string; reason?: string };
 }
 

@@ -19,6 +19,8 @@ export interface RegisterBody {
   systemPrompt?: string;
   idleAfterSeconds?: number;
   epoch?: number;
+  checkpointAfterTurns?: number;
+  checkpointIntervalSeconds?: number;
 }
 
 export interface SubmitResponse {
@@ -102,6 +104,7 @@ export class RuntimeClient {
   delete(ns: string, name: string, path = ""): Promise<{ deleted: boolean; removedFiles: boolean }> {
     return this.request("DELETE", `${sessionPath(ns, name)}${path ? `?path=${encodeURIComponent(path)}` : ""}`);
   }
+  handOff(ns: string, name: string, epoch: number): Promise<HibernateOutcome> { return this.request("POST", `${sessionPath(ns, name)}/handoff`, { epoch }); }
   drop(ns: string, name: string, epoch: number): Promise<{ dropped: boolean }> { return this.request("POST", `${sessionPath(ns, name)}/drop`, { epoch }); }
   files(): Promise<{ files: HibernationFileEntry[] }> { return this.request("GET", "/v1/hibernation-files"); }
 }

@@ -117,13 +117,14 @@ export class SessionReconciler {
   }
 
   /**
-   * Asks the pod that held the session to commit it (joining the save its SIGTERM started, if
-   * any). True once nothing of the session is left in that pod's memory.
+   * Asks the pod that held the session to commit it for the next placement and to stop serving
+   * it (joining the save its SIGTERM started, if any). True once nothing of the session is left in
+   * that pod's memory.
    */
   private async handOff(s: InferenceSession, from: RuntimePod, log: Logger): Promise<boolean> {
     const budget = Math.max(2000, Math.min(60_000, (from.handOffDeadline ?? Date.now() + 30_000) - Date.now()));
     try {
-      const out = await this.view.client(from, budget).hibernate(s.metadata.namespace, s.metadata.name);
+      const out = await this.view.client(from, budget).handOff(s.metadata.namespace, s.metadata.name, nextEpoch(s));
       log.info({ from: from.name, outcome: out.outcome }, "hand-off: the previous pod committed the session");
       return true;
     } catch (err) {

@@ -38,6 +38,14 @@ export class RuntimeMetrics {
   readonly errors = new Counter({
     name: "torpor_runtime_errors_total", help: "Errors returned, by stable error code.", labelNames: ["code"], registers: [this.registry],
   });
+  readonly checkpointDuration = new Histogram({
+    name: "torpor_runtime_checkpoint_duration_seconds", help: "Time to write a checkpoint of a resident session (it stays in memory).",
+    buckets: DURATION_BUCKETS, registers: [this.registry],
+  });
+  readonly replays = new Counter({
+    name: "torpor_runtime_state_replays_total", help: "Rehydrates that could not load the saved state and evaluated the saved history instead, by reason (runtime_version, load_failed).",
+    labelNames: ["reason"], registers: [this.registry],
+  });
   readonly generatedTokens = new Counter({
     name: "torpor_runtime_generated_tokens_total", help: "Tokens generated.", registers: [this.registry],
   });

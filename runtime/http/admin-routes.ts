@@ -31,6 +31,8 @@ export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
     const systemPrompt = optionalString(body, "systemPrompt", 100_000);
     const idleAfterSeconds = optionalInt(body, "idleAfterSeconds", 0, 365 * 86400);
     const epoch = optionalInt(body, "epoch", 0, Number.MAX_SAFE_INTEGER);
+    const checkpointAfterTurns = optionalInt(body, "checkpointAfterTurns", 1, 10_000);
+    const checkpointIntervalSeconds = optionalInt(body, "checkpointIntervalSeconds", 1, 365 * 86400);
     const s = await manager.register({
       namespace: String(req.params.namespace), name: String(req.params.name),
       ...(path !== undefined ? { path } : {}),
@@ -38,6 +40,12 @@ export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
       ...(systemPrompt !== undefined ? { systemPrompt } : {}),
       ...(idleAfterSeconds !== undefined ? { idleAfterMs: idleAfterSeconds * 1000 } : {}),
       ...(epoch !== undefined ? { epoch } : {}),
+      ...(checkpointAfterTurns !== undefined || checkpointIntervalSeconds !== undefined ? {
+        checkpoint: {
+          ...(checkpointAfterTurns !== undefined ? { afterTurns: checkpointAfterTurns } : {}),
+          ...(checkpointIntervalSeconds !== undefined ? { intervalMs: checkpointIntervalSeconds * 1000 } : {}),
+        },
+      } : {}),
     });
     res.json(s.status());
   });
@@ -49,6 +57,13 @@ export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
 
   app.post("/v1/sessions/:namespace/:name/hibernate", async (req, res) => {
     res.json(await session(req).hibernate("request"));
+  });
+
+  // The operator is moving the session to placement `epoch`: commit it and stop serving it here.
+  app.post("/v1/sessions/:namespace/:name/handoff", async (req, res) => {
+    const epoch = optionalInt(asObject(req.body ?? {}), "epoch", 1, Number.MAX_SAFE_INTEGER);
+    if (epoch === undefined) throw new TorporError("bad_request", "epoch: required, the placement epoch the session moves to", { field: "epoch" });
+    res.json(await manager.handOff(String(req.params.namespace), String(req.params.name), epoch));
   });
 
   // The operator placed the session elsewhere under epoch `epoch`: this runtime's copy is stale.

@@ -10,7 +10,7 @@ import type { RuntimeMetrics } from "../metrics.js";
 import type { ModelHost } from "../model/model-host.js";
 import { SerialQueue } from "./serial-queue.js";
 import { Session, type Admission, type SpareContext } from "./session.js";
-import type { SessionSpec } from "../../contract/runtime-api.js";
+import type { HibernateOutcome, SessionSpec } from "../../contract/runtime-api.js";
 
 export interface ManagerOptions {
   maxResident: number;
@@ -41,6 +41,7 @@ export interface RegisterRequest {
   idleAfterMs?: number;
   /** The operator's placement epoch (0 or absent: unfenced, for local use without an operator). */
   epoch?: number;
+  checkpoint?: { afterTurns?: number; intervalMs?: number };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -82,6 +83,7 @@ export class SessionManager implements Admission {
       contextSize,
       ...(req.systemPrompt ? { systemPrompt: req.systemPrompt } : {}),
       ...(req.idleAfterMs !== undefined ? { idleAfterMs: req.idleAfterMs } : {}),
+      ...(req.checkpoint ? { checkpoint: req.checkpoint } : {}),
     };
     const key = `${req.namespace}/${req.name}`;
     const epoch = req.epoch ?? 0;
@@ -105,8 +107,8 @@ export class SessionManager implements Admission {
     const ref = { namespace: req.namespace, name: req.name, path };
     const previous = await this.store.claim(ref, epoch);
     const window = { epoch, min: previous };
-    const hibernated = await this.store.exists(ref, window);
-    const session = new Session(ref, spec, window, hibernated, {
+    const found = await this.store.peek(ref, window);
+    const session = new Session(ref, spec, window, found, {
       host: this.host, store: this.store, clock: this.clock, metrics: this.metrics, log: this.log, admission: this, podName: this.opts.podName,
     });
     this.sessions.set(key, session);
@@ -120,6 +122,13 @@ export class SessionManager implements Admission {
   }
 
   list(): Session[] { return [...this.sessions.values()]; }
+
+  /** Commits the session for placement `newer` and stops serving it here (see Session.handOff). */
+  async handOff(namespace: string, name: string, newer: number): Promise<HibernateOutcome> {
+    const s = this.get(namespace, name);
+    if (s.epoch >= newer) throw new StaleEpochError(newer, s.epoch, `cannot hand ${namespace}/${name} off`);
+    return s.handOff(newer);
+  }
 
   /** A newer placement owns the session elsewhere: forget this copy without saving it. */
   async drop(namespace: string, name: string, newer: number): Promise<boolean> {
@@ -192,9 +201,10 @@ export class SessionManager implements Admission {
     this.resident.delete(session);
   }
 
-  /** Hibernates every resident session idle for longer than its policy allows. */
+  /** Hibernates every resident session idle for longer than its policy allows; starts due checkpoints. */
   async sweepIdle(): Promise<number> {
     const now = this.clock.now();
+    for (const s of this.resident.keys()) s.checkpointIfDue(now);
     const due = [...this.resident.keys()].filter((s) => {
       const idleAfter = s.spec.idleAfterMs ?? this.opts.idleAfterMs;
       return idleAfter > 0 && !s.busy && s.residency === "InMemory" && now - s.lastActivity >= idleAfter;

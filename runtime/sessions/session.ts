@@ -48,6 +48,13 @@ export class Session {
   private deleted = false;
   /** The newer epoch that took the session over, once dropped. */
   private dropped = 0;
+  /** Turns since the volume last held this session's exact state, and when the first of them ended. */
+  private unsavedTurns = 0;
+  private unsavedSince?: number;
+  /** The volume holds exactly the resident state (a checkpoint, or a restore kept for checkpoints). */
+  private volumeCurrent = false;
+  private pendingCheckpoint?: Promise<void>;
+  private lastCheckpoint?: SessionStatus["lastCheckpoint"];
   private readonly createdAt: string;
   private lastHibernation?: SessionStatus["lastHibernation"];
   private lastRehydrate?: SessionStatus["lastRehydrate"];
@@ -58,8 +65,9 @@ export class Session {
    * @param window the placement epoch this copy serves, and the oldest epoch whose commit it may
    * adopt (the placement before it: a hand-off); narrowed to its own epoch once resident.
    */
-  constructor(readonly ref: Required<SessionRef>, public spec: SessionSpec, private window: EpochWindow, hibernated: boolean, private readonly deps: SessionDeps) {
-    this.residency = hibernated ? "Hibernated" : "NotCreated";
+  constructor(readonly ref: Required<SessionRef>, public spec: SessionSpec, private window: EpochWindow,
+    private readonly foundOnVolume: SessionStatus["foundOnVolume"], private readonly deps: SessionDeps) {
+    this.residency = foundOnVolume ? "Hibernated" : "NotCreated";
     this.lastActivity = deps.clock.now();
     this.createdAt = new Date(deps.clock.now()).toISOString();
     this.log = deps.log.child({ namespace: ref.namespace, name: ref.name });
@@ -72,6 +80,16 @@ export class Session {
     if (requested !== undefined && this.window.epoch > 0 && requested > this.window.epoch) {
       throw new StaleEpochError(this.window.epoch, requested, `session ${this.ref.namespace}/${this.ref.name} moved`);
     }
+  }
+
+  /**
+   * The operator moves the session to placement `newer`: from now on this copy refuses new
+   * requests (the gateway follows the session), and once the work already queued has run, the
+   * state is committed for the new placement to adopt.
+   */
+  handOff(newer: number): Promise<HibernateOutcome> {
+    if (!this.dropped || newer > this.dropped) this.dropped = newer;
+    return this.queue.run(async () => (await this.doHibernate("handoff", false)).outcome);
   }
 
   /**
@@ -101,6 +119,8 @@ export class Session {
       ...(this.lastHibernation ? { lastHibernation: this.lastHibernation } : {}),
       ...(this.lastRehydrate ? { lastRehydrate: this.lastRehydrate } : {}),
       ...(this.lastError ? { lastError: this.lastError } : {}),
+      ...(this.lastCheckpoint ? { lastCheckpoint: this.lastCheckpoint } : {}),
+      ...(this.foundOnVolume ? { foundOnVolume: this.foundOnVolume } : {}),
     };
   }
 
@@ -110,7 +130,9 @@ export class Session {
       const wake = await this.ensureResident();
       opts.onStart?.(wake);
       const next: ChatHistoryItem[] = [...this.history, { type: "user", text: prompt }];
-      return { ...(await this.generate(next, opts)), ...wake };
+      const out = { ...(await this.generate(next, opts)), ...wake };
+      this.afterTurn();
+      return out;
     });
   }
 
@@ -122,7 +144,9 @@ export class Session {
       const withSystem: ChatHistoryItem[] = this.spec.systemPrompt && messages[0]?.type !== "system"
         ? [{ type: "system", text: this.spec.systemPrompt }, ...messages]
         : messages;
-      return { ...(await this.generate(withSystem, opts)), ...wake };
+      const out = { ...(await this.generate(withSystem, opts)), ...wake };
+      this.afterTurn();
+      return out;
     });
   }
 
@@ -153,6 +177,72 @@ export class Session {
     });
     this.pendingHibernate = p;
     return p;
+  }
+
+  /** Starts a checkpoint if the session's interval policy says one is due (the runtime's timer calls it). */
+  checkpointIfDue(now: number): void {
+    const interval = this.spec.checkpoint?.intervalMs;
+    if (interval && this.unsavedTurns > 0 && this.unsavedSince !== undefined && now - this.unsavedSince >= interval) this.scheduleCheckpoint();
+  }
+
+  private afterTurn(): void {
+    this.volumeCurrent = false;
+    this.unsavedTurns++;
+    this.unsavedSince ??= this.deps.clock.now();
+    const after = this.spec.checkpoint?.afterTurns;
+    if (after && this.unsavedTurns >= after) this.scheduleCheckpoint();
+  }
+
+  /** Queued behind the turn that made it due (and anything already waiting): it never cuts a generation. */
+  private scheduleCheckpoint(): void {
+    if (this.pendingCheckpoint || this.deleted || this.dropped) return;
+    const p = this.queue.run(() => this.doCheckpoint()).catch((err) => {
+      this.log.warn({ err }, "checkpoint failed; the session stays in memory and tries again after its next turn");
+    }).finally(() => { if (this.pendingCheckpoint === p) this.pendingCheckpoint = undefined; });
+    this.pendingCheckpoint = p;
+  }
+
+  private async doCheckpoint(): Promise<void> {
+    if (this.residency !== "InMemory" || !this.resident?.allocated || this.unsavedTurns === 0) return;
+    const t0 = performance.now();
+    const record = await this.save("checkpoint");
+    const ms = performance.now() - t0;
+    this.lastCheckpoint = { ...record, durationMs: ms };
+    this.unsavedTurns = 0;
+    this.unsavedSince = undefined;
+    this.volumeCurrent = true;
+    this.deps.metrics.checkpointDuration.observe(ms / 1000);
+    this.deps.metrics.bytesWritten.inc(record.bytes);
+    this.log.info({ bytes: record.bytes, tokens: record.tokenCount, ms: Math.round(ms * 10) / 10 }, "checkpointed");
+  }
+
+  /**
+   * Commits the resident state under this session's epoch. A newer placement's claim means this
+   * copy is stale: it is dropped (never saved over the newer state) and the error says so.
+   */
+  private async save(reason: string): Promise<HibernationRecord> {
+    const { store, host } = this.deps;
+    const seq = this.resident!.sequence;
+    try {
+      return await store.save(this.ref, this.window, async (tmp) => { await seq.saveStateToFile(tmp); }, {
+        modelFingerprint: host.fingerprint,
+        contextSize: this.spec.contextSize,
+        tokenCount: seq.contextTokens.length,
+        ...(this.spec.systemPrompt ? { systemPrompt: this.spec.systemPrompt } : {}),
+        history: this.history,
+        createdAt: this.createdAt,
+        runtime: { nodeLlamaCpp: NODE_LLAMA_CPP_VERSION, pod: this.deps.podName },
+      });
+    } catch (err) {
+      this.recordError(err);
+      if (err instanceof StaleEpochError) {
+        this.dropped = err.newer;
+        await this.releaseResident();
+        this.residency = "NotCreated";
+        this.log.warn({ err, reason }, "save refused: a newer placement owns the session; this copy is dropped");
+      }
+      throw err;
+    }
   }
 
   /** Frees the context and removes the session's files, after in-flight work finishes. */
@@ -223,25 +313,43 @@ export class Session {
     const t0 = performance.now();
     const verified = await store.verify(this.ref, host.fingerprint, this.window, (m) => resident.allocate(Math.max(m.contextSize, m.tokenCount)).then(() => undefined));
     if (!verified) return undefined;
-    const { manifest, statePath } = verified;
-    try {
-      await resident.sequence.loadStateFromFile(statePath, { acceptRisk: true });
-    } catch (err) {
-      throw new StateRejectedError("load_failed", (err as Error).message, statePath);
+    const { manifest, manifestFile, statePath } = verified;
+    // A state from another llama.cpp is not loaded (its layout may differ silently); one that
+    // fails to load is not retried forever: either way the saved history is evaluated again.
+    let replayed: string | undefined = manifest.runtime?.nodeLlamaCpp !== NODE_LLAMA_CPP_VERSION ? "runtime_version" : undefined;
+    if (!replayed) {
+      try {
+        await resident.sequence.loadStateFromFile(statePath, { acceptRisk: true });
+      } catch (err) {
+        replayed = "load_failed";
+        this.log.warn({ err, file: statePath }, "the saved state could not be loaded; replaying the saved history instead");
+      }
+    }
+    if (replayed) {
+      await resident.sequence.clearHistory();
+      metrics.replays.inc({ reason: replayed });
+      this.log.warn({ reason: replayed, wroteWith: manifest.runtime?.nodeLlamaCpp, runningWith: NODE_LLAMA_CPP_VERSION, messages: manifest.history.length }, "session rebuilt from its saved history; the next turn evaluates it again");
     }
     this.history = manifest.history;
     this.spec = { ...this.spec, contextSize: manifest.contextSize };
     this.residency = "InMemory";
     // From here on only this epoch's commits count: an older placement's late write is stale.
     this.window = { epoch: this.window.epoch, min: this.window.epoch };
-    // The conversation is in memory now: a failed delete costs disk space, never the session.
-    await store.remove(this.ref, { keepClaims: true }).catch((err) => this.log.warn({ err }, "could not delete the restored hibernation files; the sweeper or the next hibernate will"));
+    if (this.spec.checkpoint && !replayed) {
+      // With checkpoints the file stays until the next checkpoint replaces it: a crash right after
+      // this restore loses nothing.
+      this.volumeCurrent = true;
+      this.lastCheckpoint ??= { manifestFile, stateFile: statePath, bytes: manifest.stateBytes, sha256: manifest.stateSha256, tokenCount: manifest.tokenCount, hibernatedAt: manifest.hibernatedAt, durationMs: 0 };
+    } else {
+      // The conversation is in memory now: a failed delete costs disk space, never the session.
+      await store.remove(this.ref, { keepClaims: true }).catch((err) => this.log.warn({ err }, "could not delete the restored hibernation files; the sweeper or the next hibernate will"));
+    }
     const ms = performance.now() - t0;
-    this.lastRehydrate = { at: new Date(this.deps.clock.now()).toISOString(), durationMs: ms, bytes: manifest.stateBytes, tokenCount: manifest.tokenCount };
+    this.lastRehydrate = { at: new Date(this.deps.clock.now()).toISOString(), durationMs: ms, bytes: manifest.stateBytes, tokenCount: manifest.tokenCount, ...(replayed ? { replayed } : {}) };
     this.lastError = undefined;
     metrics.rehydrateDuration.observe(ms / 1000);
     metrics.bytesRead.inc(manifest.stateBytes);
-    this.log.info({ bytes: manifest.stateBytes, tokens: manifest.tokenCount, ms: Math.round(ms * 10) / 10 }, "rehydrated");
+    this.log.info({ bytes: manifest.stateBytes, tokens: manifest.tokenCount, ms: Math.round(ms * 10) / 10, ...(replayed ? { replayed } : {}) }, "rehydrated");
     return { rehydrated: true, rehydrateMs: ms, created: false };
   }
 
@@ -264,42 +372,32 @@ export class Session {
     if (this.residency === "Hibernated") {
       return { outcome: { outcome: "already-hibernated", ...(this.lastHibernation ? { record: this.lastHibernation } : {}) } };
     }
-    const { store, host, metrics } = this.deps;
-    const seq = this.resident!.sequence;
+    const { metrics } = this.deps;
     this.phase = "Hibernating";
     const t0 = performance.now();
     try {
       let record: HibernationRecord;
-      try {
-        record = await store.save(this.ref, this.window, async (tmp) => { await seq.saveStateToFile(tmp); }, {
-          modelFingerprint: host.fingerprint,
-          contextSize: this.spec.contextSize,
-          tokenCount: seq.contextTokens.length,
-          ...(this.spec.systemPrompt ? { systemPrompt: this.spec.systemPrompt } : {}),
-          history: this.history,
-          createdAt: this.createdAt,
-          runtime: { nodeLlamaCpp: NODE_LLAMA_CPP_VERSION, pod: this.deps.podName },
-        });
-      } catch (err) {
-        this.recordError(err);
-        if (err instanceof StaleEpochError) {
-          // Saving would replace a newer placement's state with this older copy: drop it instead.
-          this.dropped = err.newer;
-          await this.releaseResident();
-          this.residency = "NotCreated";
-          this.log.warn({ err, reason }, "hibernate refused: a newer placement owns the session; this copy is dropped");
+      if (this.volumeCurrent && this.lastCheckpoint) {
+        // Nothing happened since the last checkpoint: it is this state, already durable.
+        record = this.lastCheckpoint;
+      } else {
+        try {
+          record = await this.save(reason);
+        } catch (err) {
+          if (!(err instanceof StaleEpochError)) this.log.error({ err, reason }, "hibernate failed; the session stays in memory");
           throw err;
         }
-        this.log.error({ err, reason }, "hibernate failed; the session stays in memory");
-        throw err;
+        metrics.bytesWritten.inc(record.bytes);
       }
       const spare = handOver ? await this.detachResident() : (await this.releaseResident(), undefined);
       const ms = performance.now() - t0;
       this.residency = "Hibernated";
+      this.unsavedTurns = 0;
+      this.unsavedSince = undefined;
+      this.volumeCurrent = false;
       this.lastHibernation = { ...record, durationMs: ms, reason };
       this.lastError = undefined;
       metrics.hibernateDuration.observe({ reason }, ms / 1000);
-      metrics.bytesWritten.inc(record.bytes);
       this.log.info({ reason, bytes: record.bytes, tokens: record.tokenCount, ms: Math.round(ms * 10) / 10 }, "hibernated");
       return { outcome: { outcome: "hibernated", record: this.lastHibernation }, ...(spare ? { spare } : {}) };
     } finally {

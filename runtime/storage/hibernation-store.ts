@@ -73,6 +73,7 @@ export interface HibernationManifest {
 
 export interface VerifiedState {
   manifest: HibernationManifest;
+  manifestFile: string;
   statePath: string;
 }
 
@@ -244,6 +245,14 @@ export class HibernationStore {
     return !!HibernationStore.pick(await this.scan(dir, ref.name), window);
   }
 
+  /** The commit this window may load, read without verification (what a crash left behind). */
+  async peek(ref: SessionRef, window: EpochWindow = UNFENCED): Promise<{ tokenCount: number; hibernatedAt: string } | undefined> {
+    const dir = await this.dirFor(ref);
+    const picked = HibernationStore.pick(await this.scan(dir, ref.name), window);
+    const m = picked && await this.readManifestLoose(path.join(dir, picked[1]));
+    return m ? { tokenCount: m.tokenCount, hibernatedAt: m.hibernatedAt } : undefined;
+  }
+
   /**
    * Reads and verifies the hibernated state this window may load; throws StateRejectedError without
    * touching the files. A hand-off commit from the previous placement is first adopted: renamed
@@ -297,7 +306,7 @@ export class HibernationStore {
     if (whileHashing) await whileHashing(m);
     const sha = await hashing;
     if (sha !== m.stateSha256) reject("checksum_mismatch", "state file SHA-256 does not match the manifest");
-    return { manifest: m, statePath };
+    return { manifest: m, manifestFile, statePath };
   }
 
   /**

@@ -170,7 +170,7 @@ describe("gateway on the testbed", () => {
         assert.ok(next.rehydrated, "the next turn continued from the state the old pod saved");
         assert.ok((next.usage.prompt_tokens_details?.cached_tokens ?? 0) >= last.usage.prompt_tokens, `restored tokens reused: ${JSON.stringify(next.usage)}`);
         assert.ok(ms < 30_000, `answered in ${ms} ms`);
-        assert.equal(after.status!.liveStateLostAt, undefined);
+        assert.equal(after.status!.liveStateLostAt, undefined, operator.output().split("\n").filter((l) => l.includes(name)).join("\n") + "\n" + (await import("node:fs")).readdirSync(`${tb.dir}/shared/var/lib/torpor-shared/hibernation/default`).join(" "));
         await tb.kubectl(["rollout", "status", "deployment/runtime-tiny", "--timeout=120s"]);
       }
     }

@@ -1,0 +1,100 @@
+// What survives what, in-process on real node-llama-cpp: hand-offs between placements (epochs),
+// checkpoints while resident, and states another llama.cpp wrote (replayed from the history).
+import assert from "node:assert/strict";
+import { readdir, readFile, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { describe, it } from "node:test";
+import { counterValue, greedy, harness } from "../helpers/in-process-runtime.js";
+
+describe("hand-off between placements", () => {
+  it("a new placement adopts the old one's commit and continues exactly; the old copy can no longer save", async () => {
+    const old = await harness();
+    const twin = await harness();
+    const a = await old.manager.register({ namespace: "default", name: "moving", epoch: 1 });
+    const t = await twin.manager.register({ namespace: "default", name: "moving" });
+    for (const turn of ["The code word is heron.", "Repeat it."]) {
+      assert.equal((await a.submit(turn, greedy(12))).text, (await t.submit(turn, greedy(12))).text);
+    }
+    await a.hibernate("shutdown");
+    // A second runtime on the same volume, placed under the next epoch.
+    const next = await harness({}, old.dir);
+    const b = await next.manager.register({ namespace: "default", name: "moving", epoch: 2 });
+    assert.equal(b.residency, "Hibernated");
+    const rb = await b.submit("And once more?", greedy(12));
+    assert.equal(rb.rehydrated, true);
+    assert.ok(rb.cachedTokens > 0);
+    assert.equal(rb.text, (await t.submit("And once more?", greedy(12))).text, "greedy continuation after the move");
+    // The stale holder is refused: re-registering under its old epoch, and saving.
+    await assert.rejects(old.manager.register({ namespace: "default", name: "moving", epoch: 1 }).then((s) => s.submit("fork?", greedy(2))), /stale_epoch|epoch 2 now owns/);
+  });
+});
+
+describe("checkpoints", () => {
+  it("writes the state between turns, keeps it after a restore, and a crash loses at most the turns since", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "ckpt", checkpoint: { afterTurns: 1 } });
+    await s.submit("First: the river is called Tejo.", greedy(8));
+    await s.submit("Second: the bridge is red.", greedy(8));
+    await s.warm(); // queued behind the checkpoint the second turn scheduled
+    const st = s.status();
+    assert.equal(st.residency, "InMemory");
+    assert.ok(st.lastCheckpoint, "checkpointed while resident");
+    assert.equal(st.lastCheckpoint!.tokenCount, st.tokenCount);
+    const files = await readdir(path.join(h.dir, "default"));
+    assert.equal(files.filter((f) => f.endsWith(".state")).length, 1, "checkpoints replace each other");
+    // A crash now (the process gone without a hibernate): another runtime finds the checkpoint.
+    const after = await harness({}, h.dir);
+    const back = await after.manager.register({ namespace: "default", name: "ckpt", checkpoint: { afterTurns: 1 } });
+    assert.equal(back.status().foundOnVolume?.tokenCount, st.tokenCount);
+    const r = await back.submit("Third?", greedy(4));
+    assert.equal(r.rehydrated, true);
+    assert.deepEqual(back.messages().slice(0, s.messages().length), s.messages(), "both turns restored");
+    // With checkpoints on, the file restored from stays until the next checkpoint replaces it.
+    assert.ok((await readdir(path.join(h.dir, "default"))).some((f) => f.endsWith(".state")));
+    assert.ok(await counterValue(after.metrics, "torpor_runtime_checkpoint_duration_seconds") >= 0);
+  });
+
+  it("hibernating right after a checkpoint writes nothing again", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "ckpt-fast", checkpoint: { afterTurns: 1 } });
+    await s.submit("hello", greedy(4));
+    await s.warm();
+    const ckpt = s.status().lastCheckpoint!;
+    const out = await s.hibernate("request");
+    assert.equal(out.record!.stateFile, ckpt.stateFile, "the checkpoint is the hibernation");
+    assert.equal((await s.submit("again", greedy(4))).rehydrated, true);
+  });
+
+  it("an interval policy checkpoints on the runtime's timer, not before", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "ckpt-timer", checkpoint: { intervalMs: 60_000 } });
+    await s.submit("hello", greedy(4));
+    await h.manager.sweepIdle();
+    await s.warm();
+    assert.equal(s.status().lastCheckpoint, undefined);
+    h.clock.advance(61_000);
+    await h.manager.sweepIdle();
+    await s.warm();
+    assert.ok(s.status().lastCheckpoint);
+  });
+});
+
+describe("states written by another llama.cpp", () => {
+  it("are not loaded: the session is rebuilt from the saved history, and says so", async () => {
+    const h = await harness();
+    const twin = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "upgraded" });
+    const t = await twin.manager.register({ namespace: "default", name: "upgraded" });
+    for (const turn of ["Name a colour.", "Another one."]) assert.equal((await s.submit(turn, greedy(8))).text, (await t.submit(turn, greedy(8))).text);
+    const out = await s.hibernate("test");
+    const manifest = JSON.parse(await readFile(out.record!.manifestFile, "utf8")) as { runtime: { nodeLlamaCpp: string } };
+    manifest.runtime.nodeLlamaCpp = "0.0.1";
+    await writeFile(out.record!.manifestFile, JSON.stringify(manifest));
+    const r = await s.submit("And a third?", greedy(8));
+    assert.equal(r.rehydrated, true);
+    assert.equal(r.cachedTokens, 0, "nothing reused: the history was evaluated again");
+    assert.equal(r.text, (await t.submit("And a third?", greedy(8))).text, "same continuation as a session that never moved");
+    assert.equal(s.status().lastRehydrate?.replayed, "runtime_version");
+    assert.equal(await counterValue(h.metrics, "torpor_runtime_state_replays_total"), 1);
+  });
+});
