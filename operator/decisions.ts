@@ -87,6 +87,16 @@ export function handOffSource(s: InferenceSession, pods: RuntimePod[], now: numb
 /** The epoch of the next placement: one above anything the session has had. */
 export const nextEpoch = (s: InferenceSession) => (s.status?.epoch ?? 0) + 1;
 
+/**
+ * After registering a session a runtime held in memory: a checkpoint turned up, but older than
+ * what status last saw (a crash between checkpoints). Undefined when nothing was lost.
+ */
+export function checkpointLoss(s: InferenceSession, plan: { register: boolean; heldInMemory: boolean }, rt: RuntimeSessionStatus): { tokensLost: number; checkpointTime: string } | undefined {
+  if (!plan.register || !plan.heldInMemory || rt.residency !== "Hibernated" || !rt.foundOnVolume) return undefined;
+  const tokensLost = (s.status?.tokenCount ?? 0) - rt.foundOnVolume.tokenCount;
+  return tokensLost > 0 ? { tokensLost, checkpointTime: rt.foundOnVolume.hibernatedAt } : undefined;
+}
+
 export type Transition = "hibernate" | "rehydrate" | undefined;
 
 /**
@@ -120,6 +130,8 @@ export interface Observation {
   error?: { reason: string; message: string };
   /** Waiting for this pod to commit the session before it moves. */
   handOffFrom?: RuntimePod;
+  /** The session came back from a checkpoint older than its last known state. */
+  loss?: { tokensLost: number; checkpointTime: string };
 }
 
 function condition(prev: Condition[] | undefined, c: Omit<Condition, "lastTransitionTime">, now: Date): Condition {
@@ -163,7 +175,7 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
     ? { file: h.manifestFile, bytes: h.bytes, tokenCount: h.tokenCount, sha256: h.sha256, time: h.hibernatedAt, durationMs: Math.round(h.durationMs * 10) / 10 }
     : prev.lastHibernation;
   const r = rt?.lastRehydrate;
-  const lastRehydrate = r ? { time: r.at, durationMs: Math.round(r.durationMs * 10) / 10 } : prev.lastRehydrate;
+  const lastRehydrate = r ? { time: r.at, durationMs: Math.round(r.durationMs * 10) / 10, ...(r.replayed ? { replayed: r.replayed } : {}) } : prev.lastRehydrate;
   const desired = s.spec.residency ?? "InMemory";
   const matches = desired === "Hibernated" ? residency !== "InMemory" : residency !== "Hibernated";
   const applied = rt && matches && gen !== undefined ? gen : prev.appliedGeneration;
@@ -180,9 +192,13 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
   const pod = o.pod;
   if (prev.epoch !== undefined) out.epoch = prev.epoch;
   if (o.handOffFrom) out.handOffFrom = o.handOffFrom.name;
+  const lastLoss = o.loss ? { time: o.now.toISOString(), ...o.loss } : prev.lastLoss;
+  if (lastLoss) out.lastLoss = lastLoss;
   if (pod) { out.pod = pod.name; out.podIP = pod.ip; out.node = pod.node; }
   else if (!o.liveStateLost && prev.pod && !o.waiting) { out.pod = prev.pod; if (prev.podIP) out.podIP = prev.podIP; if (prev.node) out.node = prev.node; }
   if (rt && rt.residency === "InMemory") out.tokenCount = rt.tokenCount;
+  // Nothing observed this round (a hand-off, an unreachable pod): what was last known stands.
+  else if (!rt && prev.tokenCount !== undefined) out.tokenCount = prev.tokenCount;
   else if (lastHibernation) out.tokenCount = lastHibernation.tokenCount;
   if (lastHibernation) out.lastHibernation = lastHibernation;
   if (lastRehydrate) out.lastRehydrate = lastRehydrate;

@@ -13,7 +13,10 @@ export async function pollRuntimes(view: ClusterView, enqueue: (key: string) => 
       const next = new Map<string, string>();
       for (const st of sessions) {
         const k = `${st.namespace}/${st.name}`;
-        const fp = [st.residency, st.phase, st.lastHibernation?.hibernatedAt, st.lastRehydrate?.at, st.lastError?.at, Math.floor(Date.parse(st.lastActivity) / 60_000)].join("|");
+        // A checkpoint is a durable event (and bounds what a crash can cost): status follows it.
+        const fp = [st.residency, st.phase, st.lastHibernation?.hibernatedAt, st.lastRehydrate?.at, st.lastError?.at, st.lastCheckpoint?.hibernatedAt,
+          // With checkpoints, status tracks the token count per turn so a crash can say what it cost.
+          st.lastCheckpoint ? st.tokenCount : "", Math.floor(Date.parse(st.lastActivity) / 60_000)].join("|");
         next.set(k, fp);
         const placed = view.sessions.get(k)?.status;
         if (prev?.get(k) !== fp && placed?.pod === pod.name) enqueue(k);

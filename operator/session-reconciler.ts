@@ -9,7 +9,7 @@ import { GROUP, PLURAL, VERSION, parseDuration, type InferenceSession } from "..
 import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
 import { RuntimeApiError } from "../contract/runtime-client.js";
 import type { ClusterView } from "./cluster-view.js";
-import { computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, reasonOf, sameStatus, type Placement, type RuntimePod } from "./decisions.js";
+import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, reasonOf, sameStatus, type Placement, type RuntimePod } from "./decisions.js";
 import { Finalizer, type Requeue } from "./finalizer.js";
 import type { OperatorMetrics } from "./metrics.js";
 
@@ -74,6 +74,7 @@ export class SessionReconciler {
     }
     let runtime = observed;
     let lost = false;
+    let loss: ReturnType<typeof checkpointLoss>;
     const c = this.view.client(plan.pod);
     try {
       if (plan.register) {
@@ -86,6 +87,10 @@ export class SessionReconciler {
         // Best effort: a previous holder that cannot hear it now is told by the runtime monitor later.
         if (previous?.ip) void this.view.client(previous, 5000).drop(namespace, name, epoch).catch(() => undefined);
         lost = liveStateLost(plan, runtime.residency);
+        loss = checkpointLoss(s, plan, runtime);
+        if (loss) {
+          this.events.record(s, "Warning", "RestoredFromCheckpoint", `the runtime on pod ${s.status?.pod} went away without saving; the session continues from its checkpoint of ${loss.checkpointTime}, about ${loss.tokensLost} tokens behind`);
+        }
         if (lost) {
           this.events.record(s, "Warning", "LiveStateLost", `the runtime on pod ${s.status?.pod} held the session in memory and lost it without saving; starting from scratch on pod ${plan.pod.name}`);
         }
@@ -112,7 +117,11 @@ export class SessionReconciler {
       await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, ...(runtime ? { runtime } : {}), liveStateLost: lost, error }));
       throw new ReportedError(err);
     }
-    await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, ...(runtime ? { runtime } : {}), liveStateLost: lost }));
+    const r = runtime?.lastRehydrate;
+    if (r?.replayed && r.at !== s.status?.lastRehydrate?.time) {
+      this.events.record(s, "Warning", "StateReplayed", `the saved state could not be loaded (${r.replayed}); the session was rebuilt from its saved history, which the next turn evaluates again`);
+    }
+    await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, ...(runtime ? { runtime } : {}), liveStateLost: lost, ...(loss ? { loss } : {}) }));
     return undefined;
   }
 
@@ -149,7 +158,11 @@ export class SessionReconciler {
 
 function registerBody(s: InferenceSession) {
   const idle = s.spec.hibernation?.idleAfter ? parseDuration(s.spec.hibernation.idleAfter) : undefined;
+  const ckpt = s.spec.hibernation?.checkpoint;
+  const ckptInterval = ckpt?.interval ? parseDuration(ckpt.interval) : undefined;
   return {
+    ...(ckpt?.afterTurns ? { checkpointAfterTurns: ckpt.afterTurns } : {}),
+    ...(ckptInterval ? { checkpointIntervalSeconds: Math.max(1, Math.ceil(ckptInterval / 1000)) } : {}),
     contextSize: s.spec.contextSize ?? 4096,
     ...(s.spec.systemPrompt ? { systemPrompt: s.spec.systemPrompt } : {}),
     ...(s.spec.hibernation?.path ? { path: s.spec.hibernation.path } : {}),

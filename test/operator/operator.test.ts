@@ -266,6 +266,26 @@ describe("operator on the testbed", () => {
     assert.equal(lost.status!.residency, "NotCreated");
   });
 
+  it("with checkpoints, an OOM-style kill costs at most the turns since the last checkpoint, and says how much", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("ckpt", "\n  hibernation: {checkpoint: {afterTurns: 2}}"));
+    const placed = await waitPlaced("ckpt");
+    const rt = runtimeFor(placed);
+    for (const p of ["one", "two", "three"]) await rt.submit("default", "ckpt", p, { max_tokens: 4 });
+    const tokens = (await rt.status("default", "ckpt")).tokenCount;
+    await eventually("status to see the third turn", async () => ((await get("ckpt")).status?.tokenCount === tokens ? true : undefined), 20_000);
+    sigkillRuntime(placed.status!.pod!);
+    const back = await eventually("restored from the checkpoint", async () => { const s = await get("ckpt"); return s.status?.lastLoss ? s : undefined; }, 60_000)
+      .catch(async (err) => { throw new Error(`${err}: ${JSON.stringify((await get("ckpt")).status)}\n${operatorLog.split("\n").filter((l) => l.includes("ckpt")).join("\n")}`); });
+    assert.ok(back.status!.lastLoss!.tokensLost > 0 && back.status!.lastLoss!.tokensLost < tokens, JSON.stringify(back.status!.lastLoss));
+    assert.equal(back.status!.liveStateLostAt, undefined, "not lost: restored from the checkpoint");
+    const r = await runtimeFor(back).submit("default", "ckpt", "four", { max_tokens: 2 });
+    assert.equal(r.torpor.rehydrated, true);
+    const h = await runtimeFor(back).request<{ history: Array<{ type: string; text?: string }> }>("GET", "/v1/sessions/default/ckpt?history=true");
+    assert.deepEqual(h.history.filter((m) => m.type === "user").map((m) => m.text), ["one", "two", "four"], "the two checkpointed turns kept, the third lost");
+    const events = await tb.kubectl(["get", "events", "--field-selector", "involvedObject.name=ckpt", "-o", "jsonpath={.items[*].reason}"]);
+    assert.match(events, /RestoredFromCheckpoint/);
+  });
+
   it("SIGKILL of the runtime during a hibernate ends as Hibernated with the whole history or as LiveStateLost, never half", async () => {
     const outcomes = { hibernated: 0, lost: 0 };
     // The operator calls the runtime some ms after the patch and the write takes some ms more:

@@ -89,8 +89,9 @@ describe("hand-off", () => {
     assert.equal(handOffSource(deleting, old, t), undefined);
   });
   it("status says HandingOff and not Ready, keeps the pod and the epoch; epochs only grow", () => {
-    const s = session({ status: { pod: "old", residency: "InMemory", epoch: 4 } });
+    const s = session({ status: { pod: "old", residency: "InMemory", epoch: 4, tokenCount: 321 } });
     const st = computeStatus(s, { now, handOffFrom: pod("old") });
+    assert.equal(st.tokenCount, 321, "what was last known stands");
     assert.equal(st.phase, "HandingOff");
     assert.equal(st.pod, "old");
     assert.equal(st.epoch, 4);
