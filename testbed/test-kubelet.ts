@@ -99,6 +99,7 @@ export class TestKubelet {
   private syncing = false;
   private stopped = false;
   private readonly layout: VolumeLayout;
+  private readonly unready = new Set<string>();
 
   constructor(private readonly opts: TestKubeletOptions) {
     this.kc.loadFromFile(opts.kubeconfig);
@@ -124,6 +125,15 @@ export class TestKubelet {
       for (const c of p.containers) this.signal(c, "SIGKILL");
       this.pods.delete(uid);
     }
+  }
+
+  /**
+   * Fault injection: the pod's readiness probes fail (as under a probe timeout or a partition
+   * between kubelet and pod) while its processes keep running and serving; `false` heals it.
+   */
+  failReadiness(namespace: string, name: string, failing = true): void {
+    const key = `${namespace}/${name}`;
+    if (failing) this.unready.add(key); else this.unready.delete(key);
   }
 
   /** Processes of a pod (for fault-injection tests). */
@@ -366,7 +376,7 @@ export class TestKubelet {
       if (!p) { c.ready = true; return; }
       if (Date.now() < c.nextProbeAt) return;
       c.nextProbeAt = Date.now() + (p.periodSeconds ?? 10) * 1000;
-      const ok = await runProbe(p, c.spec, run.ip, this.opts.cwd).catch(() => false);
+      const ok = !this.unready.has(`${pod.metadata?.namespace}/${pod.metadata?.name}`) && await runProbe(p, c.spec, run.ip, this.opts.cwd).catch(() => false);
       if (ok) { c.probeFailures = 0; c.ready = true; } else if (++c.probeFailures >= (p.failureThreshold ?? 3) || !c.ready) c.ready = false;
     }));
   }

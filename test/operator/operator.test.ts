@@ -286,6 +286,31 @@ describe("operator on the testbed", () => {
     assert.match(events, /RestoredFromCheckpoint/);
   });
 
+  it("a runtime that turns NotReady but keeps running hands its session off: one history survives, nothing forked or lost", async () => {
+    const placed = await inMemorySession("split", "My locker code is 2931.");
+    const rt = runtimeFor(placed);
+    await rt.submit("default", "split", "And my bike is green.", { max_tokens: 4 });
+    tb.kubelet.failReadiness("default", placed.status!.pod!);
+    const moved = await eventually("the move off the NotReady pod", async () => {
+      const s = await get("split");
+      return s.status?.pod && s.status.pod !== placed.status!.pod && s.status.conditions?.some((c) => c.type === "Ready" && c.status === "True") ? s : undefined;
+    }, 60_000);
+    // The old pod is alive and reachable: it must refuse the session now, not serve a fork.
+    await assert.rejects(rt.submit("default", "split", "Fork?", { max_tokens: 2 }), (e: Error & { code?: string }) => e.code === "stale_epoch" || e.code === "session_not_found");
+    const r = await runtimeFor(moved).submit("default", "split", "What were they?", { max_tokens: 4 });
+    assert.equal(r.torpor.rehydrated, true);
+    const h = await runtimeFor(moved).request<{ history: Array<{ type: string; text?: string }> }>("GET", "/v1/sessions/default/split?history=true");
+    assert.deepEqual(h.history.filter((m) => m.type === "user").map((m) => m.text), ["My locker code is 2931.", "And my bike is green.", "What were they?"]);
+    // Healed: the old pod is Ready again and holds no copy that could be served or saved.
+    tb.kubelet.failReadiness("default", placed.status!.pod!, false);
+    await eventually("the old pod forgets its copy", async () => {
+      const { sessions } = await rt.list();
+      const copy = sessions.find((x) => x.name === "split");
+      return !copy || copy.residency !== "InMemory" ? true : undefined;
+    }, 20_000);
+    assert.equal((await get("split")).status!.liveStateLostAt, undefined);
+  });
+
   it("SIGKILL of the runtime during a hibernate ends as Hibernated with the whole history or as LiveStateLost, never half", async () => {
     const outcomes = { hibernated: 0, lost: 0 };
     // The operator calls the runtime some ms after the patch and the write takes some ms more:
