@@ -73,12 +73,15 @@ export function liveStateLost(plan: { register: boolean; heldInMemory: boolean }
 }
 
 /**
- * The pod that held the session in memory and has stopped being Ready (terminating, NotReady,
- * partitioned): the session is not served elsewhere until that pod has committed it, or is gone,
- * or its hand-off deadline has passed (then fencing keeps a late write from ever counting).
+ * The pod the session was placed on, once it has stopped being Ready (terminating, NotReady,
+ * partitioned): the session is not served elsewhere until that pod has committed it (or said it
+ * holds nothing), or is gone, or its hand-off deadline has passed (then fencing keeps a late write
+ * from ever counting).
  */
 export function handOffSource(s: InferenceSession, pods: RuntimePod[], now: number): RuntimePod | undefined {
-  if (isDeleting(s) || s.status?.residency !== "InMemory") return undefined;
+  // Whatever status says: it lags the runtime by up to a poll, and a request may have just
+  // rehydrated (consuming the files) or created the session there. Only that pod knows.
+  if (isDeleting(s)) return undefined;
   const old = pods.find((p) => p.name === s.status?.pod && p.model === s.spec.model);
   if (!old || old.ready) return undefined;
   return old.handOffDeadline === undefined || now < old.handOffDeadline ? old : undefined;
