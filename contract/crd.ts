@@ -80,9 +80,9 @@ export const statusSchema = {
     tokenCount: int(),
     lastHibernation: {
       type: "object",
-      properties: { file: str(), bytes: int(), tokenCount: int(), sha256: str(), time: time(), durationMs: { type: "number" } },
+      properties: { file: str(), bytes: int(), size: str(), tokenCount: int(), sha256: str(), time: time(), durationMs: { type: "number" } },
     },
-    lastRehydrate: { type: "object", properties: { time: time(), durationMs: { type: "number" }, replayed: str() } },
+    lastRehydrate: { type: "object", properties: { time: time(), durationMs: { type: "number" }, replayed: str(), reusedTokens: int(), restoreVerified: { type: "boolean" } } },
     lastLoss: { type: "object", properties: { time: time(), tokensLost: int(), checkpointTime: time() } },
     lastActivityTime: time(),
     liveStateLostAt: time(),
@@ -112,7 +112,7 @@ export function inferenceSessionCrd() {
           { name: "Node", type: "string", jsonPath: ".status.node" },
           { name: "Age", type: "date", jsonPath: ".metadata.creationTimestamp" },
           { name: "Tokens", type: "integer", jsonPath: ".status.tokenCount", priority: 1 },
-          { name: "Size", type: "integer", jsonPath: ".status.lastHibernation.bytes", priority: 1, description: "Bytes of the last hibernation" },
+          { name: "Size", type: "string", jsonPath: ".status.lastHibernation.size", priority: 1, description: "Size of the last hibernation" },
           { name: "Pod", type: "string", jsonPath: ".status.pod", priority: 1 },
         ],
         schema: {

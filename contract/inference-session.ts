@@ -55,6 +55,8 @@ export interface Condition {
 export interface LastHibernation {
   file: string;
   bytes: number;
+  /** bytes as a person reads it (67.5Mi), for `kubectl get`. */
+  size?: string;
   tokenCount: number;
   sha256: string;
   time: string;
@@ -78,7 +80,7 @@ export interface InferenceSessionStatus {
   tokenCount?: number;
   lastHibernation?: LastHibernation;
   /** `replayed`: the state could not be loaded (another llama.cpp version, say); the history was replayed instead. */
-  lastRehydrate?: { time: string; durationMs: number; replayed?: string };
+  lastRehydrate?: { time: string; durationMs: number; replayed?: string; reusedTokens?: number; restoreVerified?: boolean };
   lastActivityTime?: string;
   /** Set when the pod holding the session in memory disappeared: the live state since the last hibernation is gone. */
   liveStateLostAt?: string;
@@ -123,7 +125,7 @@ export const STATUS_FIELDS = {
   observedGeneration: true, appliedGeneration: true, residency: true, phase: true, conditions: true, pod: true, podIP: true, node: true, tokenCount: true,
   lastHibernation: true, lastRehydrate: true, lastActivityTime: true, liveStateLostAt: true, epoch: true, handOffFrom: true, lastLoss: true,
 } satisfies Record<keyof InferenceSessionStatus, true>;
-export const LAST_HIBERNATION_FIELDS = { file: true, bytes: true, tokenCount: true, sha256: true, time: true, durationMs: true } satisfies Record<keyof LastHibernation, true>;
+export const LAST_HIBERNATION_FIELDS = { file: true, bytes: true, size: true, tokenCount: true, sha256: true, time: true, durationMs: true } satisfies Record<keyof LastHibernation, true>;
 
 export const DEFAULT_CONTEXT_SIZE = 4096;
 export const MIN_CONTEXT_SIZE = 256;
@@ -141,3 +143,11 @@ export function parseDuration(s: string): number | undefined {
 
 /** Set by the gateway, in the same patch that flips spec.residency to InMemory for a request. */
 export const WAKE_ANNOTATION = "torpor.dev/woken-by-request-at";
+
+/** Bytes in Kubernetes' binary quantity style, one decimal: 70828780 -> "67.5Mi". */
+export function formatBytes(n: number): string {
+  const units = ["", "Ki", "Mi", "Gi", "Ti"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return i === 0 ? `${n}` : `${n.toFixed(1)}${units[i]}`;
+}

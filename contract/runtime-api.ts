@@ -92,7 +92,11 @@ export interface SessionStatus {
   lastActivity: string;
   lastHibernation?: HibernationSummary;
   /** `replayed`: why the state was not loaded and the history was evaluated again instead. */
-  lastRehydrate?: { at: string; durationMs: number; bytes: number; tokenCount: number; replayed?: string };
+  lastRehydrate?: {
+    at: string; durationMs: number; bytes: number; tokenCount: number; replayed?: string;
+    /** Filled by the first evaluation after the rehydrate: tokens it reused, and whether that covered what the prompt shared with the restore. */
+    reusedTokens?: number; restoreVerified?: boolean;
+  };
   lastCheckpoint?: HibernationRecord & { durationMs: number };
   /** The commit found on the volume when the session was registered here (what a crash left). */
   foundOnVolume?: { tokenCount: number; hibernatedAt: string };

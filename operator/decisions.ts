@@ -1,7 +1,7 @@
 // The controller's decisions as pure functions: (session, observed world) -> what to do, and
 // (session, results) -> the status to write. No I/O here, so every branch is unit-tested.
 import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
-import { FINALIZER, WAKE_ANNOTATION, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "../contract/inference-session.js";
+import { FINALIZER, WAKE_ANNOTATION, formatBytes, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "../contract/inference-session.js";
 
 export interface RuntimePod {
   name: string;
@@ -156,8 +156,16 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
   const err = o.error ?? (rt?.lastError ? { reason: reasonOf(rt.lastError.reason ?? rt.lastError.code), message: rt.lastError.message } : undefined);
   // Reported until the conversation is back in memory somewhere.
   const lost = !!liveStateLostAt && residency !== "InMemory";
+  const r = rt?.lastRehydrate;
+  const lastRehydrate = r ? {
+    time: r.at, durationMs: Math.round(r.durationMs * 10) / 10, ...(r.replayed ? { replayed: r.replayed } : {}),
+    ...(r.reusedTokens !== undefined ? { reusedTokens: r.reusedTokens } : {}), ...(r.restoreVerified !== undefined ? { restoreVerified: r.restoreVerified } : {}),
+  } : prev.lastRehydrate;
+  const unreused = lastRehydrate?.restoreVerified === false;
   const degraded = err
     ? { status: "True" as const, reason: err.reason, message: err.message }
+    : unreused
+      ? { status: "True" as const, reason: "RestoreNotReused", message: `the last rehydrate had only ${lastRehydrate?.reusedTokens} tokens reused: the next evaluation started below the restored position (a restore that did not take), so it re-evaluated the conversation` }
     : lost || o.liveStateLost
       ? { status: "True" as const, reason: "LiveStateLost", message: `the runtime holding the session in memory went away at ${liveStateLostAt} without saving it; the conversation starts again from scratch` }
       : { status: "False" as const, reason: "AsExpected", message: "" };
@@ -175,10 +183,8 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
     : { status: "False" as const, reason: residency, message: "" };
   const h = rt?.lastHibernation;
   const lastHibernation = h
-    ? { file: h.manifestFile, bytes: h.bytes, tokenCount: h.tokenCount, sha256: h.sha256, time: h.hibernatedAt, durationMs: Math.round(h.durationMs * 10) / 10 }
+    ? { file: h.manifestFile, bytes: h.bytes, size: formatBytes(h.bytes), tokenCount: h.tokenCount, sha256: h.sha256, time: h.hibernatedAt, durationMs: Math.round(h.durationMs * 10) / 10 }
     : prev.lastHibernation;
-  const r = rt?.lastRehydrate;
-  const lastRehydrate = r ? { time: r.at, durationMs: Math.round(r.durationMs * 10) / 10, ...(r.replayed ? { replayed: r.replayed } : {}) } : prev.lastRehydrate;
   const desired = s.spec.residency ?? "InMemory";
   const matches = desired === "Hibernated" ? residency !== "InMemory" : residency !== "Hibernated";
   const applied = rt && matches && gen !== undefined ? gen : prev.appliedGeneration;

@@ -14,7 +14,7 @@ export async function pollRuntimes(view: ClusterView, enqueue: (key: string) => 
       for (const st of sessions) {
         const k = `${st.namespace}/${st.name}`;
         // A checkpoint is a durable event (and bounds what a crash can cost): status follows it.
-        const fp = [st.residency, st.phase, st.lastHibernation?.hibernatedAt, st.lastRehydrate?.at, st.lastError?.at, st.lastCheckpoint?.hibernatedAt,
+        const fp = [st.residency, st.phase, st.lastHibernation?.hibernatedAt, st.lastRehydrate?.at, st.lastRehydrate?.restoreVerified, st.lastError?.at, st.lastCheckpoint?.hibernatedAt,
           // With checkpoints, status tracks the token count per turn so a crash can say what it cost.
           st.lastCheckpoint ? st.tokenCount : "", Math.floor(Date.parse(st.lastActivity) / 60_000)].join("|");
         next.set(k, fp);

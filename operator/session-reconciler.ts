@@ -118,6 +118,9 @@ export class SessionReconciler {
       throw new ReportedError(err);
     }
     const r = runtime?.lastRehydrate;
+    if (r?.restoreVerified === false && s.status?.lastRehydrate?.restoreVerified !== false) {
+      this.events.record(s, "Warning", "RestoreNotReused", `the rehydrate of ${r.at} restored ${r.tokenCount} tokens but the next evaluation reused only ${r.reusedTokens}: the conversation was evaluated again`);
+    }
     if (r?.replayed && r.at !== s.status?.lastRehydrate?.time) {
       this.events.record(s, "Warning", "StateReplayed", `the saved state could not be loaded (${r.replayed}); the session was rebuilt from its saved history, which the next turn evaluates again`);
     }

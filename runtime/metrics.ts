@@ -46,6 +46,10 @@ export class RuntimeMetrics {
     name: "torpor_runtime_state_replays_total", help: "Rehydrates that could not load the saved state and evaluated the saved history instead, by reason (runtime_version, load_failed).",
     labelNames: ["reason"], registers: [this.registry],
   });
+  readonly restoresNotReused = new Counter({
+    name: "torpor_runtime_restores_not_reused_total", help: "Rehydrates whose next evaluation did not reuse the restored tokens the prompt shared (a restore that did nothing).",
+    registers: [this.registry],
+  });
   readonly generatedTokens = new Counter({
     name: "torpor_runtime_generated_tokens_total", help: "Tokens generated.", registers: [this.registry],
   });

