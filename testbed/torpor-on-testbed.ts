@@ -81,10 +81,10 @@ spec:
 
 
 
-export async function installTorpor(tb: Testbed, replicas = 2, extraEnv: Record<string, string> = {}): Promise<void> {
+export async function installTorpor(tb: Testbed, replicas = 2, extraEnv: Record<string, string> = {}, model?: string): Promise<void> {
   await tb.kubectl(["apply", "-f", path.join(REPO_ROOT, "crds", "inferencesessions.torpor.dev.yaml")]);
   await tb.kubectl(["wait", "--for=condition=Established", "crd/inferencesessions.torpor.dev", "--timeout=30s"]);
-  await tb.kubectl(["apply", "-f", "-"], runtimeManifest(await smallModel(), extraEnv).replace("replicas: 2", `replicas: ${replicas}`));
+  await tb.kubectl(["apply", "-f", "-"], runtimeManifest(model ?? await smallModel(), extraEnv).replace("replicas: 2", `replicas: ${replicas}`));
   await tb.kubectl(["rollout", "status", "deployment/runtime-tiny", "--timeout=120s"]);
 }
 

@@ -6,7 +6,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import YAML from "yaml";
 import { RuntimeClient } from "../../contract/runtime-client.js";
-import { installChart, RELEASE_NAMESPACE } from "../../testbed/chart-install.js";
+import { installChart, RELEASE_NAMESPACE, testbedValues } from "../../testbed/chart-install.js";
 import { runQuickstart } from "../../testbed/quickstart.js";
 import { MALLOC_TUNING_ENV } from "../../runtime/model/malloc-tuning.js";
 import { REPO_ROOT } from "../../testbed/paths.js";
@@ -76,7 +76,7 @@ describe("helm chart", () => {
     const gateway = `http://${(await tb.kubectl(["get", "pods", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=gateway", "-o", "jsonpath={.items[0].status.podIP}"])).trim()}:8000`;
     const token = (await tb.kubectl(["create", "token", "default"])).trim(); // the quickstart's grant
     const names = Array.from({ length: 20 }, (_, i) => `roll-${i}`);
-    await tb.kubectl(["apply", "-f", "-"], names.map((n) => `apiVersion: torpor.dev/v1alpha1\nkind: InferenceSession\nmetadata: {name: ${n}, namespace: default}\nspec: {model: tiny, contextSize: 2048}\n`).join("---\n"));
+    await tb.kubectl(["apply", "-f", "-"], names.map((n) => `apiVersion: torpor.dev/v1alpha1\nkind: InferenceSession\nmetadata: {name: ${n}, namespace: default}\nspec: {model: smollm2, contextSize: 2048}\n`).join("---\n"));
     for (const n of names) await tb.kubectl(["wait", "--for=condition=Ready", `isess/${n}`, "--timeout=120s"]);
     const sent = new Map(names.map((n) => [n, [] as string[]]));
     const failures: string[] = [];
@@ -96,12 +96,13 @@ describe("helm chart", () => {
     };
     const chatting = Promise.all(names.map(chatter));
     // A change to the runtime pods' template (threads) rolls the Deployment, as any upgrade does.
-    const kind = YAML.parse(await readFile(values("values-kind.yaml"), "utf8")) as { models: Array<Record<string, unknown>> };
+    const valueFiles = await testbedValues(tb);
+    const current = YAML.parse(await readFile(valueFiles.at(-1)!, "utf8")) as { models: Array<Record<string, unknown>> };
     const upgraded = path.join(tb.dir, "values-upgrade.yaml");
-    await writeFile(upgraded, YAML.stringify({ models: kind.models.map((m) => ({ ...m, threads: 2 })) }));
+    await writeFile(upgraded, YAML.stringify({ models: current.models.map((m) => ({ ...m, threads: 2 })) }));
     const before = (await tb.kubectl(["get", "pods", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=runtime", "-o", "jsonpath={.items[*].metadata.name}"])).trim().split(" ");
-    await tb.helm(["upgrade", "torpor", CHART, "-n", RELEASE_NAMESPACE, "-f", values("values-kind.yaml"), "-f", upgraded, "--wait", "--timeout", "300s"]);
-    await tb.kubectl(["rollout", "status", "-n", RELEASE_NAMESPACE, "deployment/torpor-runtime-tiny", "--timeout=300s"]);
+    await tb.helm(["upgrade", "torpor", CHART, "-n", RELEASE_NAMESPACE, ...valueFiles, "-f", upgraded, "--wait", "--timeout", "300s"]);
+    await tb.kubectl(["rollout", "status", "-n", RELEASE_NAMESPACE, "deployment/torpor-runtime-smollm2", "--timeout=300s"]);
     rolling = false;
     await chatting;
     const afterPods = (await tb.kubectl(["get", "pods", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=runtime", "-o", "jsonpath={.items[*].metadata.name}"])).trim().split(" ");

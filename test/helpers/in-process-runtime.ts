@@ -8,12 +8,17 @@ import { ModelHost } from "../../runtime/model/model-host.js";
 import { SessionManager, type ManagerOptions } from "../../runtime/sessions/session-manager.js";
 import { smallModel } from "../../testbed/models.js";
 
-let hostPromise: Promise<ModelHost> | undefined;
+const hosts = new Map<string, Promise<ModelHost>>();
 
-/** One model per test process: loading it is the slow part and it is read-only. */
-export function sharedHost(): Promise<ModelHost> {
-  hostPromise ??= smallModel().then((model) => ModelHost.load({ model, modelCacheDir: "", gpu: false, gpuLayers: 0, threads: 1 }));
-  return hostPromise;
+/** One host per model and test process: loading it is the slow part and it is read-only. */
+export function sharedHost(model?: () => Promise<string>): Promise<ModelHost> {
+  const key = model?.name ?? "small";
+  let host = hosts.get(key);
+  if (!host) {
+    host = (model ?? smallModel)().then((m) => ModelHost.load({ model: m, modelCacheDir: "", gpu: false, gpuLayers: 0, threads: 1 }));
+    hosts.set(key, host);
+  }
+  return host;
 }
 
 export interface Harness {
@@ -25,8 +30,8 @@ export interface Harness {
   host: ModelHost;
 }
 
-export async function harness(opts: Partial<ManagerOptions> = {}, dir?: string): Promise<Harness> {
-  const host = await sharedHost();
+export async function harness(opts: Partial<ManagerOptions> = {}, dir?: string, model?: () => Promise<string>): Promise<Harness> {
+  const host = await sharedHost(model);
   const root = dir ?? await tempDir("torpor-hib-");
   const store = new HibernationStore(root);
   const clock = new ManualClock(1_000_000);
