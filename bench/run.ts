@@ -12,11 +12,12 @@ import { eventually, installTorpor, session as sessionManifest, startEntryPoint,
 import { freePort } from "../testbed/local-runtime.js";
 import type { InferenceSession } from "../contract/inference-session.js";
 import { bulkheadSwap } from "./bulkhead-swap.js";
+import { sealingCost } from "./sealing.js";
 import { harness } from "./harness.js";
 import { operatorScale } from "./operator-scale.js";
 
 const { values: args } = parseArgs({ options: { out: { type: "string", default: "bench-results.json" }, quick: { type: "boolean", default: false }, runs: { type: "string" }, only: { type: "string" }, sessions: { type: "string" } } });
-/** --only rebuild,io,testbed,gateway,density,swap runs a subset (operator only when named). */
+/** --only rebuild,io,testbed,gateway,density,swap,sealing runs a subset (operator only when named). */
 const want = (name: string) => !args.only || args.only.split(",").includes(name);
 const RUNS = Number(args.runs ?? (args.quick ? 2 : 3));
 
@@ -322,6 +323,16 @@ if (want("swap")) {
       ["free + allocate", fmt(F), fmt(FR), "1.00x"],
     ]);
   results.bulkheadSwap = { ...r, handoverTurn: H, freshTurn: F, handoverRehydrate: HR, freshRehydrate: FR, speedup: F.median / H.median };
+}
+if (want("sealing")) {
+  const r = await sealingCost({ layers: 8, embedding: 512, feedForward: 512, heads: 8, contextLength: 16384, seed: 3 }, args.quick ? 1500 : 3500, Math.max(5, RUNS));
+  const SH = stat(r.sealed.hibernateMs), PH = stat(r.plain.hibernateMs), SR = stat(r.sealed.rehydrateMs), PR = stat(r.plain.rehydrateMs);
+  table(`Figure 9: sealing (AES-256-GCM in 1 MiB chunks, plaintext staged node-locally) vs unsealed (SHA-256), ${r.stateMiB.toFixed(0)} MiB state, interleaved (goal: <= 1.3x)`,
+    ["operation", "sealed", "unsealed", "sealed / unsealed"], [
+      ["hibernate", fmt(SH), fmt(PH), `${(SH.median / PH.median).toFixed(2)}x`],
+      ["rehydrate", fmt(SR), fmt(PR), `${(SR.median / PR.median).toFixed(2)}x`],
+    ]);
+  results.sealing = { ...r, hibernate: { sealed: SH, plain: PH, ratio: SH.median / PH.median }, rehydrate: { sealed: SR, plain: PR, ratio: SR.median / PR.median } };
 }
 if (args.only?.split(",").includes("operator")) { // minutes and GiB of contexts: only when asked
   const r = await operatorScale(Number(args.sessions ?? (args.quick ? 100 : 1000)));

@@ -50,11 +50,13 @@ export class TorporError extends Error {
 }
 
 /** Why a hibernation file was refused; kept stable because status conditions and alerts key on it. */
-export type StateRejectReason = "manifest_invalid" | "format_unsupported" | "model_mismatch" | "truncated" | "checksum_mismatch" | "load_failed";
+export type StateRejectReason = "manifest_invalid" | "format_unsupported" | "model_mismatch" | "truncated" | "checksum_mismatch" | "load_failed"
+  /** Sealed files: does not authenticate (tampered, edited, transplanted, unknown key); plaintext where sealing is required; written by a placement older than the reader accepts. */
+  | "seal_invalid" | "unsealed" | "epoch_too_old";
 
 export class StateRejectedError extends TorporError {
   constructor(readonly reason: StateRejectReason, message: string, readonly file: string) {
-    super("state_rejected", `hibernation state refused (${reason}): ${message}; the file is kept for inspection at ${file}`, { reason, file });
+    super("state_rejected", `hibernation state refused (${reason}): ${message}; the file is kept for inspection at <volume>/${file}`, { reason, file });
   }
 }
 

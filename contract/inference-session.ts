@@ -58,7 +58,8 @@ export interface LastHibernation {
   /** bytes as a person reads it (67.5Mi), for `kubectl get`. */
   size?: string;
   tokenCount: number;
-  sha256: string;
+  /** SHA-256 of an unsealed state; sealed files carry AEAD tags instead. */
+  sha256?: string;
   time: string;
   durationMs: number;
 }

@@ -5,7 +5,8 @@ export interface HibernationRecord {
   manifestFile: string;
   stateFile: string;
   bytes: number;
-  sha256: string;
+  /** SHA-256 of an unsealed state; sealed files carry AEAD tags instead. */
+  sha256?: string;
   tokenCount: number;
   hibernatedAt: string;
 }

@@ -183,7 +183,7 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
     : { status: "False" as const, reason: residency, message: "" };
   const h = rt?.lastHibernation;
   const lastHibernation = h
-    ? { file: h.manifestFile, bytes: h.bytes, size: formatBytes(h.bytes), tokenCount: h.tokenCount, sha256: h.sha256, time: h.hibernatedAt, durationMs: Math.round(h.durationMs * 10) / 10 }
+    ? { file: h.manifestFile, bytes: h.bytes, size: formatBytes(h.bytes), tokenCount: h.tokenCount, ...(h.sha256 ? { sha256: h.sha256 } : {}), time: h.hibernatedAt, durationMs: Math.round(h.durationMs * 10) / 10 }
     : prev.lastHibernation;
   const desired = s.spec.residency ?? "InMemory";
   const matches = desired === "Hibernated" ? residency !== "InMemory" : residency !== "Hibernated";

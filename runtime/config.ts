@@ -1,3 +1,4 @@
+import os from "node:os";
 // Runtime configuration, read once from the environment (the chart and the test kubelet set it).
 import { TorporError } from "../contract/errors.js";
 
@@ -7,6 +8,10 @@ export interface RuntimeConfig {
   modelCacheDir: string;
   hibernationDir: string;
   token: string;
+  /** "id:base64,..." master keys; the first seals. Absent: files are not sealed (local use only; logged). */
+  sealingKeys?: string;
+  /** Node-local folder for the plaintext llama.cpp writes and reads when sealing (never the shared volume). */
+  stagingDir: string;
   host: string;
   port: number;
   maxResident: number;
@@ -61,6 +66,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     modelCacheDir: env.TORPOR_MODEL_CACHE_DIR ?? "/tmp/torpor-models",
     hibernationDir,
     token,
+    ...(env.TORPOR_SEALING_KEYS ? { sealingKeys: env.TORPOR_SEALING_KEYS } : {}),
+    stagingDir: env.TORPOR_STAGING_DIR ?? os.tmpdir(),
     host: env.TORPOR_HOST ?? "0.0.0.0",
     port: int(env, "TORPOR_PORT", 8080),
     maxResident: int(env, "TORPOR_MAX_RESIDENT", 8, 1),

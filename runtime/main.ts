@@ -6,6 +6,7 @@ import { systemClock } from "../common/clock.js";
 import { loadConfig } from "./config.js";
 import { MALLOC_TUNING_ENV, missingMallocTuning } from "./model/malloc-tuning.js";
 import { HibernationStore } from "./storage/hibernation-store.js";
+import { SealingKeys } from "./storage/sealing.js";
 import { createRuntimeApp } from "./http/app.js";
 import { createLogger } from "../common/logger.js";
 import { RuntimeMetrics } from "./metrics.js";
@@ -26,7 +27,10 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   const host = await ModelHost.load(cfg);
   log.info({ model: host.name, fingerprint: host.fingerprint.slice(0, 16), ms: Math.round(performance.now() - t0) }, "model loaded");
-  const store = new HibernationStore(cfg.hibernationDir, (err, message) => log.warn({ err }, message));
+  const sealing = cfg.sealingKeys ? { keys: SealingKeys.parse(cfg.sealingKeys), stagingDir: cfg.stagingDir } : undefined;
+  if (sealing) await mkdir(sealing.stagingDir, { recursive: true, mode: 0o700 });
+  else log.warn("TORPOR_SEALING_KEYS is not set: hibernation files are written unsealed (readable and forgeable by anyone with access to the volume). The chart always sets it.");
+  const store = new HibernationStore(cfg.hibernationDir, { onWarning: (err, message) => log.warn({ err }, message), ...(sealing ? { sealing } : {}) });
   const metrics = new RuntimeMetrics();
   const manager = new SessionManager(host, store, systemClock, metrics, log, {
     maxResident: cfg.maxResident, memoryBudgetBytes: cfg.memoryBudgetBytes, idleAfterMs: cfg.idleAfterMs,

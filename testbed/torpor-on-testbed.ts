@@ -1,5 +1,6 @@
 // Torpor's pieces installed on a testbed the way the tests need them: the CRD, a runtime pool
-// (Deployment "runtime-tiny" with an RWX hibernation claim) and the runtime token Secret.
+// (Deployment "runtime-tiny" with an RWX hibernation claim), the runtime token and sealing keys.
+import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { smallModel } from "./models.js";
 export { eventually } from "./eventually.js";
@@ -11,6 +12,11 @@ export const TOKEN = "operator-test-runtime-token-0123";
 export const HIB_HOST_PATH = `${SHARED_HOST_PATH}/hibernation`;
 
 export const runtimeManifest = (model: string, extraEnv: Record<string, string> = {}) => `
+apiVersion: v1
+kind: Secret
+metadata: {name: torpor-sealing-keys, namespace: default}
+stringData: {keys: "k1:${randomBytes(32).toString("base64")}"}
+---
 apiVersion: v1
 kind: Secret
 metadata: {name: torpor-runtime-token, namespace: default}
@@ -61,12 +67,14 @@ spec:
         - {name: TORPOR_POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
         - {name: TORPOR_NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
         - {name: TORPOR_RUNTIME_TOKEN, valueFrom: {secretKeyRef: {name: torpor-runtime-token, key: token}}}
+        - {name: TORPOR_SEALING_KEYS, valueFrom: {secretKeyRef: {name: torpor-sealing-keys, key: keys}}}
+        - {name: TORPOR_STAGING_DIR, value: /var/lib/torpor/staging}
         - {name: TORPOR_THREADS, value: "1"}
         - {name: TORPOR_GPU, value: "false"}
 ${Object.entries({ ...MALLOC_TUNING_ENV, ...extraEnv }).map(([k, v]) => `        - {name: ${k}, value: ${JSON.stringify(v)}}`).join("\n")}
         readinessProbe: {httpGet: {path: /readyz, port: http}, periodSeconds: 1}
-        volumeMounts: [{name: hibernation, mountPath: /var/lib/torpor/hibernation}]
-      volumes: [{name: hibernation, persistentVolumeClaim: {claimName: torpor-hibernation}}]
+        volumeMounts: [{name: hibernation, mountPath: /var/lib/torpor/hibernation}, {name: staging, mountPath: /var/lib/torpor/staging}]
+      volumes: [{name: hibernation, persistentVolumeClaim: {claimName: torpor-hibernation}}, {name: staging, emptyDir: {}}]
 `;
 
 export const session = (name: string, extra = "") => `

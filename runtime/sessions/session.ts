@@ -4,7 +4,7 @@
 import { LlamaChat, type ChatHistoryItem } from "node-llama-cpp";
 import type { Clock } from "../../common/clock.js";
 import { StaleEpochError, StateRejectedError, TorporError } from "../../contract/errors.js";
-import type { EpochWindow, HibernationRecord, HibernationStore, SessionRef } from "../storage/hibernation-store.js";
+import type { EpochWindow, HibernationRecord, HibernationStore, SessionRef, VerifiedState } from "../storage/hibernation-store.js";
 import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
 import { NODE_LLAMA_CPP_VERSION, type ModelHost } from "../model/model-host.js";
@@ -311,11 +311,20 @@ export class Session {
 
   /** Loads the state on the volume into `resident`; undefined when there is none. */
   private async rehydrate(resident: ResidentContext): Promise<Wake | undefined> {
-    const { host, store, metrics } = this.deps;
+    const { host, store } = this.deps;
     this.phase = "Rehydrating";
     const t0 = performance.now();
     const verified = await store.verify(this.ref, host.fingerprint, this.window, (m) => resident.allocate(Math.max(m.contextSize, m.tokenCount)).then(() => undefined));
     if (!verified) return undefined;
+    try {
+      return await this.restore(resident, verified, t0);
+    } finally {
+      await verified.release();
+    }
+  }
+
+  private async restore(resident: ResidentContext, verified: VerifiedState, t0: number): Promise<Wake> {
+    const { metrics, store } = this.deps;
     const { manifest, manifestFile, statePath } = verified;
     // A state from another llama.cpp is not loaded (its layout may differ silently); one that
     // fails to load is not retried forever: either way the saved history is evaluated again.

@@ -21,6 +21,7 @@ import path from "node:path";
 import type { ChatHistoryItem } from "node-llama-cpp";
 import { StaleEpochError, StateRejectedError, TorporError } from "../../contract/errors.js";
 import { resolveSessionDir, validateName } from "./hibernation-path.js";
+import { openJson, openSealedFile, SealError, sealFile, sealJson, type SealedEnvelope, type SealingKeys, type SealIdentity } from "./sealing.js";
 import type { HibernationFileEntry, HibernationRecord } from "../../contract/runtime-api.js";
 
 export type { HibernationFileEntry, HibernationRecord };
@@ -36,6 +37,16 @@ const CLAIM_SUFFIX = ".claim";
  */
 export interface EpochWindow { epoch: number; min: number }
 export const UNFENCED: EpochWindow = { epoch: 0, min: 0 };
+
+export interface StoreOptions {
+  /** Hears failures that lose nothing (cleanup after a commit); the runtime logs them. */
+  onWarning?: (err: unknown, message: string) => void;
+  /**
+   * Seal state and manifest (sealing.ts). llama.cpp writes and reads plaintext itself, so the
+   * plaintext lives only in `stagingDir`: node-local, never the shared volume.
+   */
+  sealing?: { keys: SealingKeys; stagingDir: string };
+}
 
 interface SessionFiles {
   /** Committed manifests by epoch (0: the unfenced name). */
@@ -74,7 +85,10 @@ export interface HibernationManifest {
 export interface VerifiedState {
   manifest: HibernationManifest;
   manifestFile: string;
+  /** The plaintext state to load: on the volume when unsealed, a node-local staging file when sealed. */
   statePath: string;
+  /** Removes the staging plaintext, if any; call it once the state is loaded (or not). */
+  release(): Promise<void>;
 }
 
 async function fsyncPath(p: string): Promise<void> {
@@ -113,8 +127,15 @@ export async function sha256File(p: string): Promise<string> {
 }
 
 export class HibernationStore {
-  /** onWarning hears failures that lose nothing (cleanup after a commit); the runtime logs them. */
-  constructor(readonly root: string, private readonly onWarning: (err: unknown, message: string) => void = () => undefined) {}
+  private readonly onWarning: (err: unknown, message: string) => void;
+  private readonly sealing?: StoreOptions["sealing"];
+
+  constructor(readonly root: string, opts: StoreOptions = {}) {
+    this.onWarning = opts.onWarning ?? (() => undefined);
+    this.sealing = opts.sealing;
+  }
+
+  get sealed(): boolean { return !!this.sealing; }
 
   dirFor(ref: SessionRef): Promise<string> {
     validateName("name", ref.name);
@@ -200,32 +221,42 @@ export class HibernationStore {
     const supersededStates = (await Promise.all(superseded.map((f) => this.readManifestLoose(f))))
       .map((m) => m && path.join(dir, path.basename(m.stateFile))).filter((f): f is string => !!f && f !== finalState);
     let manifest: HibernationManifest;
+    const identity: SealIdentity = { namespace: ref.namespace, name: ref.name, path: ref.path ?? "", modelFingerprint: fields.modelFingerprint };
+    const staging = this.sealing && path.join(this.sealing.stagingDir, `${ref.namespace}.${ref.name}.${id}.plain`);
     try {
-      await writeState(tmpState);
-      const fh = await open(tmpState, "r+");
-      let bytes: number, sha256: string;
-      try {
-        await fh.chmod(0o600);
-        // fsync waits on the disk, hashing on the CPU (the file is still in the page cache): overlap them.
-        [, sha256] = await Promise.all([fh.sync(), sha256File(tmpState)]);
-        bytes = (await fh.stat()).size;
-      } finally { await fh.close(); }
+      let bytes: number, sha256: string | undefined;
+      if (this.sealing && staging) {
+        // llama.cpp writes plaintext node-locally; only the sealed stream reaches the volume.
+        await writeState(staging);
+        bytes = await sealFile(this.sealing.keys, identity, stateName, staging, tmpState);
+        await rm(staging, { force: true });
+      } else {
+        await writeState(tmpState);
+        const fh = await open(tmpState, "r+");
+        try {
+          await fh.chmod(0o600);
+          // fsync waits on the disk, hashing on the CPU (the file is still in the page cache): overlap them.
+          [, sha256] = await Promise.all([fh.sync(), sha256File(tmpState)]);
+          bytes = (await fh.stat()).size;
+        } finally { await fh.close(); }
+      }
       await rename(tmpState, finalState);
       manifest = {
         format: MANIFEST_FORMAT, version: MANIFEST_VERSION,
         namespace: ref.namespace, name: ref.name, path: ref.path ?? "",
-        stateFile: stateName, stateBytes: bytes, stateSha256: sha256,
+        stateFile: stateName, stateBytes: bytes, stateSha256: sha256 ?? "",
         hibernatedAt: new Date().toISOString(), epoch,
         ...fields,
       };
+      const body = this.sealing ? { ...sealJson(this.sealing.keys, identity, MANIFEST_FORMAT, manifest), ...outerFields(manifest) } : manifest;
       const mh = await open(tmpManifest, "wx", 0o600);
       try {
-        await mh.writeFile(JSON.stringify(manifest));
+        await mh.writeFile(JSON.stringify(body));
         await mh.sync();
       } finally { await mh.close(); }
       await rename(tmpManifest, manifestFile);
     } catch (err) {
-      await Promise.all([tmpState, tmpManifest, finalState].map((p) => rm(p, { force: true })));
+      await Promise.all([tmpState, tmpManifest, finalState, ...(staging ? [staging] : [])].map((p) => rm(p, { force: true })));
       // A state file named by a manifest we did not commit must not survive; the previous one stays.
       const code = (err as NodeJS.ErrnoException).code;
       const message = err instanceof Error ? err.message : String(err);
@@ -236,7 +267,7 @@ export class HibernationStore {
     for (const f of [...superseded.filter((x) => x !== manifestFile), ...supersededStates]) {
       await unlink(f).catch((err) => { if ((err as NodeJS.ErrnoException).code !== "ENOENT") this.onWarning(err, `could not remove superseded file ${path.basename(f)}; the sweeper will`); });
     }
-    return { manifestFile, stateFile: finalState, bytes: manifest.stateBytes, sha256: manifest.stateSha256, tokenCount: manifest.tokenCount, hibernatedAt: manifest.hibernatedAt };
+    return { manifestFile, stateFile: finalState, bytes: manifest.stateBytes, ...(manifest.stateSha256 ? { sha256: manifest.stateSha256 } : {}), tokenCount: manifest.tokenCount, hibernatedAt: manifest.hibernatedAt };
   }
 
   /** Whether a commit this window may load exists (no verification: cheap, used to find hibernated sessions). */
@@ -284,13 +315,29 @@ export class HibernationStore {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
       throw err;
     }
+    // Relative to the volume: error bodies and status must not reveal the node's mount layout.
     const reject = (reason: ConstructorParameters<typeof StateRejectedError>[0], msg: string): never => {
-      throw new StateRejectedError(reason, msg, manifestFile);
+      throw new StateRejectedError(reason, msg, path.relative(this.root, manifestFile));
     };
+    let parsed: HibernationManifest & Partial<SealedEnvelope>;
+    try { parsed = JSON.parse(raw) as typeof parsed; } catch { return reject("manifest_invalid", "manifest is not valid JSON"); }
+    if (parsed?.format !== MANIFEST_FORMAT) reject("manifest_invalid", "not a torpor hibernation manifest");
+    const identity: SealIdentity = { namespace: ref.namespace, name: ref.name, path: ref.path ?? "", modelFingerprint };
     let m: HibernationManifest;
-    try { m = JSON.parse(raw) as HibernationManifest; } catch { return reject("manifest_invalid", "manifest is not valid JSON"); }
-    if (m?.format !== MANIFEST_FORMAT) reject("manifest_invalid", "not a torpor hibernation manifest");
-    if (m.version !== MANIFEST_VERSION) reject("format_unsupported", `manifest version ${m.version} is not supported (want ${MANIFEST_VERSION})`);
+    if (parsed.sealed) {
+      if (!this.sealing) return reject("seal_invalid", "the file is sealed and this runtime has no sealing keys (TORPOR_SEALING_KEYS)");
+      if (parsed.modelFingerprint !== modelFingerprint) {
+        reject("model_mismatch", `state was written by model ${String(parsed.modelFingerprint).slice(0, 16)}, this runtime serves ${modelFingerprint.slice(0, 16)}`);
+      }
+      try { m = openJson<HibernationManifest>(this.sealing.keys, identity, parsed as SealedEnvelope); } catch (err) {
+        return reject("seal_invalid", (err as Error).message);
+      }
+    } else {
+      // Plaintext where sealing is on is exactly what someone with write access to the volume could forge.
+      if (this.sealing) reject("unsealed", "the file is not sealed and this runtime requires sealed files");
+      m = parsed;
+      if (m.version !== MANIFEST_VERSION) reject("format_unsupported", `manifest version ${m.version} is not supported (want ${MANIFEST_VERSION})`);
+    }
     if (typeof m.stateFile !== "string" || path.basename(m.stateFile) !== m.stateFile || !Array.isArray(m.history) ||
         typeof m.stateSha256 !== "string" || typeof m.stateBytes !== "number" || typeof m.contextSize !== "number") {
       reject("manifest_invalid", "manifest is missing required fields");
@@ -298,15 +345,37 @@ export class HibernationStore {
     if (m.modelFingerprint !== modelFingerprint) {
       reject("model_mismatch", `state was written by model ${m.modelFingerprint.slice(0, 16)}, this runtime serves ${modelFingerprint.slice(0, 16)}`);
     }
-    const statePath = path.join(dir, m.stateFile);
-    const size = await stat(statePath).then((s) => s.size, () => -1);
+    if (m.namespace !== ref.namespace || m.name !== ref.name || (m.path ?? "") !== (ref.path ?? "")) {
+      reject("manifest_invalid", `manifest belongs to ${m.namespace}/${m.name}, not to ${ref.namespace}/${ref.name}`);
+    }
+    if (window.epoch > 0 && (m.epoch ?? 0) < window.min) {
+      reject("epoch_too_old", `written by placement epoch ${m.epoch ?? 0}; this placement accepts ${window.min} and newer`);
+    }
+    const volumeState = path.join(dir, m.stateFile);
+    const size = await stat(volumeState).then((s) => s.size, () => -1);
     if (size !== m.stateBytes) reject("truncated", `state file is ${size < 0 ? "missing" : `${size} bytes`}, manifest says ${m.stateBytes}`);
-    const hashing = sha256File(statePath);
+    if (this.sealing) {
+      const staging = path.join(this.sealing.stagingDir, `${ref.namespace}.${ref.name}.${randomBytes(6).toString("hex")}.plain`);
+      const release = () => rm(staging, { force: true }).then(() => undefined);
+      const opening = openSealedFile(this.sealing.keys, identity, m.stateFile, volumeState, staging);
+      opening.catch(() => undefined); // observed below
+      try {
+        if (whileHashing) await whileHashing(m);
+        await opening;
+      } catch (err) {
+        await opening.catch(() => undefined);
+        await release();
+        if (err instanceof SealError) reject("seal_invalid", err.message);
+        throw err;
+      }
+      return { manifest: m, manifestFile, statePath: staging, release };
+    }
+    const hashing = sha256File(volumeState);
     hashing.catch(() => undefined); // observed below; never an unhandled rejection if whileHashing fails first
     if (whileHashing) await whileHashing(m);
     const sha = await hashing;
     if (sha !== m.stateSha256) reject("checksum_mismatch", "state file SHA-256 does not match the manifest");
-    return { manifest: m, manifestFile, statePath };
+    return { manifest: m, manifestFile, statePath: volumeState, release: async () => undefined };
   }
 
   /**
@@ -381,4 +450,9 @@ export class HibernationStore {
       return m?.format === MANIFEST_FORMAT && typeof m.stateFile === "string" ? m : undefined;
     } catch { return undefined; }
   }
+}
+
+/** What the sweeper and `kubectl`-side listings may read of a sealed manifest without keys (no history). */
+function outerFields(m: HibernationManifest) {
+  return { namespace: m.namespace, name: m.name, path: m.path, stateFile: m.stateFile, stateBytes: m.stateBytes, tokenCount: m.tokenCount, hibernatedAt: m.hibernatedAt, epoch: m.epoch };
 }

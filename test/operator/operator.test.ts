@@ -160,12 +160,12 @@ describe("operator on the testbed", () => {
     await tb.kubectl(["wait", "--for=condition=Degraded", "isess/damaged", "--timeout=60s"]);
     const s = await get("damaged");
     const degraded = s.status!.conditions!.find((c) => c.type === "Degraded")!;
-    assert.equal(degraded.reason, "ChecksumMismatch");
+    assert.equal(degraded.reason, "SealInvalid", "the runtimes seal their files: a flipped byte fails its AEAD tag");
     assert.match(degraded.message, /kept for inspection/);
     assert.equal(s.status!.residency, "Hibernated");
     assert.ok((await readdir(hibDir())).includes(stateFile), "the refused file is kept");
     const events = await tb.kubectl(["get", "events", "--field-selector", "involvedObject.name=damaged,type=Warning", "-o", "jsonpath={.items[*].reason}"]);
-    assert.match(events, /ChecksumMismatch/);
+    assert.match(events, /SealInvalid/);
     await tb.kubectl(["apply", "-f", "-"], session("neighbour"));
     const n = await waitPlaced("neighbour");
     assert.equal((await runtimeFor(n).submit("default", "neighbour", "hello", { max_tokens: 2 })).usage.completion_tokens, 2);

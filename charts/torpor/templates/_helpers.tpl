@@ -15,6 +15,7 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end -}}
 
 {{- define "torpor.tokenSecret" -}}{{ include "torpor.fullname" . }}-runtime-token{{- end -}}
+{{- define "torpor.sealingSecret" -}}{{ .Values.sealing.existingSecret | default (printf "%s-sealing-keys" (include "torpor.fullname" .)) }}{{- end -}}
 {{- define "torpor.hibernationClaim" -}}{{ .Values.hibernation.existingClaim | default (printf "%s-hibernation" (include "torpor.fullname" .)) }}{{- end -}}
 
 {{/* Env every component needs to talk to runtime pods. */}}
