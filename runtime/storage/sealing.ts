@@ -98,19 +98,23 @@ export async function sealFile(keys: SealingKeys, identity: SealIdentity, stateN
     written += header.length;
     const chunks = Math.max(1, Math.ceil(size / CHUNK));
     const bufs = [Buffer.allocUnsafeSlow(CHUNK), Buffer.allocUnsafeSlow(CHUNK)] as const;
+    // Three things overlap: the next chunk's read, this chunk's encryption, the previous write.
     let next = input.read(bufs[0], 0, CHUNK, 0);
+    let writing: Promise<unknown> = Promise.resolve();
     for (let i = 0; i < chunks; i++) {
       const { bytesRead } = await next;
       const plain = bufs[i % 2]!.subarray(0, bytesRead);
-      if (i + 1 < chunks) next = input.read(bufs[(i + 1) % 2]!, 0, CHUNK, (i + 1) * CHUNK);
       const cipher = createCipheriv("aes-256-gcm", key, chunkNonce(prefix, i));
       cipher.setAAD(chunkAad(fileAad, i, i === chunks - 1));
-      const body = Buffer.concat([cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
       const len = Buffer.alloc(4);
-      len.writeUInt32BE(body.length - TAG);
-      await output.write(Buffer.concat([len, body]));
-      written += 4 + body.length;
+      len.writeUInt32BE(bytesRead);
+      const body = Buffer.concat([len, cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
+      await writing; // the buffer read next is the one the previous write no longer needs
+      if (i + 1 < chunks) next = input.read(bufs[(i + 1) % 2]!, 0, CHUNK, (i + 1) * CHUNK);
+      writing = output.write(body);
+      written += body.length;
     }
+    await writing;
     await output.sync();
   } finally {
     await input.close();
@@ -138,6 +142,7 @@ export async function openSealedFile(keys: SealingKeys, identity: SealIdentity, 
     const size = (await input.stat()).size;
     const lenBuf = Buffer.alloc(4);
     const body = Buffer.allocUnsafeSlow(CHUNK + TAG);
+    let writing: Promise<unknown> = Promise.resolve();
     for (let i = 0; ; i++) {
       if ((await input.read(lenBuf, 0, 4, pos)).bytesRead !== 4) throw new SealError("truncated: the last chunk is missing");
       const len = lenBuf.readUInt32BE();
@@ -152,9 +157,12 @@ export async function openSealedFile(keys: SealingKeys, identity: SealIdentity, 
       try { plain = Buffer.concat([decipher.update(body.subarray(0, len)), decipher.final()]); } catch {
         throw new SealError(`chunk ${i} does not authenticate (tampered, truncated, or sealed for another session, namespace or model)`);
       }
-      await output.write(plain);
+      // The plaintext write overlaps the next chunk's read and decryption.
+      await writing;
+      writing = output.write(plain);
       if (last) break;
     }
+    await writing;
   } finally {
     await input.close();
     await output.close();
