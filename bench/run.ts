@@ -12,12 +12,13 @@ import { eventually, installTorpor, session as sessionManifest, startEntryPoint,
 import { freePort } from "../testbed/local-runtime.js";
 import type { InferenceSession } from "../contract/inference-session.js";
 import { bulkheadSwap } from "./bulkhead-swap.js";
+import { checkpointCost } from "./checkpoints.js";
 import { sealingCost } from "./sealing.js";
 import { harness } from "./harness.js";
 import { operatorScale } from "./operator-scale.js";
 
 const { values: args } = parseArgs({ options: { out: { type: "string", default: "bench-results.json" }, quick: { type: "boolean", default: false }, runs: { type: "string" }, only: { type: "string" }, sessions: { type: "string" } } });
-/** --only rebuild,io,testbed,gateway,density,swap,sealing runs a subset (operator only when named). */
+/** --only rebuild,io,testbed,gateway,density,swap,sealing,checkpoints runs a subset (operator only when named). */
 const want = (name: string) => !args.only || args.only.split(",").includes(name);
 const RUNS = Number(args.runs ?? (args.quick ? 2 : 3));
 
@@ -333,6 +334,16 @@ if (want("sealing")) {
       ["rehydrate", fmt(SR), fmt(PR), `${(SR.median / PR.median).toFixed(2)}x`],
     ]);
   results.sealing = { ...r, hibernate: { sealed: SH, plain: PH, ratio: SH.median / PH.median }, rehydrate: { sealed: SR, plain: PR, ratio: SR.median / PR.median } };
+}
+if (want("checkpoints")) {
+  const r = await checkpointCost({ layers: 8, embedding: 512, feedForward: 512, heads: 8, contextLength: 16384, seed: 3 }, args.quick ? 1000 : 2500, args.quick ? 20 : 60);
+  const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))]!;
+  table(`Figure 10: time to first token with a checkpoint after every turn vs none, ${r.stateMiB.toFixed(0)} MiB state, turns back to back (worst case)`,
+    ["mode", "TTFT p50", "TTFT p99"], [
+      ["checkpoint every turn", `${pct(r.withMs, 0.5).toFixed(1)} ms`, `${pct(r.withMs, 0.99).toFixed(1)} ms`],
+      ["no checkpoints", `${pct(r.withoutMs, 0.5).toFixed(1)} ms`, `${pct(r.withoutMs, 0.99).toFixed(1)} ms`],
+    ]);
+  results.checkpoints = { ...r, withP50: pct(r.withMs, 0.5), withP99: pct(r.withMs, 0.99), withoutP50: pct(r.withoutMs, 0.5), withoutP99: pct(r.withoutMs, 0.99) };
 }
 if (args.only?.split(",").includes("operator")) { // minutes and GiB of contexts: only when asked
   const r = await operatorScale(Number(args.sessions ?? (args.quick ? 100 : 1000)));

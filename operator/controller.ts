@@ -6,6 +6,7 @@ import { RestartingInformer } from "../common/informer.js";
 import { keyOf } from "../common/kube.js";
 import type { Logger } from "../common/logger.js";
 import { GROUP, PLURAL, VERSION, type InferenceSession } from "../contract/inference-session.js";
+import { CleanupPods, type CleanupPodConfig } from "./cleanup-pod.js";
 import { ClusterView } from "./cluster-view.js";
 import type { OperatorMetrics } from "./metrics.js";
 import { sweepOrphans } from "./orphan-sweeper.js";
@@ -26,6 +27,8 @@ export interface ControllerOptions {
   sweepMs?: number;
   /** Files younger than this are left alone: their session may not have reached our cache yet. */
   sweepMinAgeMs?: number;
+  /** Where a cleanup pod may run when no runtime pod is left to delete a deleted session's files. */
+  cleanup?: CleanupPodConfig;
 }
 
 export class SessionController {
@@ -37,7 +40,8 @@ export class SessionController {
 
   constructor(private readonly o: ControllerOptions) {
     this.view = new ClusterView(o.runtimeToken);
-    this.reconciler = new SessionReconciler(o.kc, this.view, new EventRecorder(o.kc, "torpor-operator", o.log), o.metrics, o.log);
+    this.reconciler = new SessionReconciler(o.kc, this.view, new EventRecorder(o.kc, "torpor-operator", o.log), o.metrics, o.log,
+      o.cleanup ? new CleanupPods(o.kc, o.cleanup) : undefined);
   }
 
   async start(): Promise<void> {

@@ -29,6 +29,9 @@ async function main(): Promise<void> {
     resyncMs: Number(process.env.TORPOR_RESYNC_SECONDS ?? 60) * 1000,
     sweepMs: Number(process.env.TORPOR_SWEEP_SECONDS ?? 600) * 1000,
     sweepMinAgeMs: Number(process.env.TORPOR_SWEEP_MIN_AGE_SECONDS ?? 300) * 1000,
+    ...(process.env.TORPOR_HIBERNATION_CLAIM && process.env.TORPOR_CLEANUP_IMAGE ? {
+      cleanup: { namespace: process.env.POD_NAMESPACE ?? "default", claim: process.env.TORPOR_HIBERNATION_CLAIM, image: process.env.TORPOR_CLEANUP_IMAGE },
+    } : {}),
   });
   const stop = async (code: number) => { await controller.stop(); server.close(); process.exit(code); };
   process.on("SIGTERM", () => void stop(0));

@@ -8,6 +8,7 @@ import type { Logger } from "../common/logger.js";
 import { GROUP, PLURAL, VERSION, parseDuration, type InferenceSession } from "../contract/inference-session.js";
 import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
 import { RuntimeApiError } from "../contract/runtime-client.js";
+import type { CleanupPods } from "./cleanup-pod.js";
 import type { ClusterView } from "./cluster-view.js";
 import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, reasonOf, sameStatus, type Placement, type RuntimePod } from "./decisions.js";
 import { Finalizer, type Requeue } from "./finalizer.js";
@@ -25,7 +26,7 @@ export class SessionReconciler {
   private readonly finalizer: Finalizer;
 
   constructor(kc: KubeConfig, private readonly view: ClusterView, private readonly events: EventRecorder,
-    private readonly metrics: OperatorMetrics, private readonly log: Logger) {
+    private readonly metrics: OperatorMetrics, private readonly log: Logger, private readonly cleanupPods?: CleanupPods) {
     this.custom = kc.makeApiClient(CustomObjectsApi);
     this.finalizer = new Finalizer(kc);
   }
@@ -48,11 +49,17 @@ export class SessionReconciler {
       () => this.cleanup(s, plan, log));
   }
 
-  /** Deletes the session's files through any Ready runtime of its pool (they share the volume). */
+  /** Deletes the session's files through any Ready runtime (they share the volume), else a cleanup pod. */
   private async cleanup(s: InferenceSession, plan: Placement, log: Logger): Promise<{ done: boolean; requeue?: Requeue }> {
     if (plan.kind !== "finalize" || !plan.pod) {
-      log.info("waiting for a Ready runtime pod to delete the session's hibernation files");
-      return { done: false, requeue: 5000 };
+      if (!this.cleanupPods) {
+        log.info("waiting for a Ready runtime pod to delete the session's hibernation files (no cleanup pod configured)");
+        return { done: false, requeue: 5000 };
+      }
+      const state = await this.cleanupPods.ensure(s);
+      if (state === "done") { log.info("hibernation files removed by a cleanup pod; finalizer released"); return { done: true }; }
+      if (state === "failed") this.events.record(s, "Warning", "CleanupFailed", "the cleanup pod could not delete the session's hibernation files; retrying");
+      return { done: false, requeue: 2000 };
     }
     await this.view.client(plan.pod).delete(s.metadata.namespace, s.metadata.name, s.spec.hibernation?.path ?? "");
     log.info("hibernation files removed; finalizer released");

@@ -321,6 +321,7 @@ export class TestKubelet {
         if (m.subPath) await mkdir(src, { recursive: true });
         binds.push([src, m.mountPath, m.readOnly ?? false]);
       }
+      orderBinds(binds);
       // The image's working directory is this checkout.
       const cwd = c.spec.workingDir ? c.spec.workingDir : this.opts.cwd;
       if (c.spec.workingDir) binds.unshift([this.opts.cwd, c.spec.workingDir, false]);
@@ -436,5 +437,27 @@ export class TestKubelet {
       await this.core.patchNamespacedPodStatus({ name: run.name, namespace: run.namespace, body: { status } }, merge);
       run.lastStatus = key;
     } catch { /* retried next round */ }
+  }
+}
+
+/**
+ * Bind mounts happen in order inside the pod's mount namespace, so a mount over a folder that holds
+ * another volume's source (an emptyDir at /tmp over the testbed's pod folders under /tmp) must come
+ * after it, or that source vanishes. Mounts nested in another's target keep their order after it.
+ */
+export function orderBinds(binds: Array<[string, string, boolean]>): void {
+  const under = (p: string, dir: string) => p === dir || p.startsWith(dir.endsWith("/") ? dir : `${dir}/`);
+  for (let changed = true, rounds = 0; changed && rounds < binds.length * binds.length; rounds++) {
+    changed = false;
+    for (let i = 0; i < binds.length; i++) {
+      for (let j = i + 1; j < binds.length; j++) {
+        const [, dstI] = binds[i]!, [srcJ, dstJ] = binds[j]!;
+        if (under(srcJ, dstI) && !under(dstJ, dstI)) {
+          binds.splice(j + 1, 0, binds[i]!);
+          binds.splice(i, 1);
+          changed = true;
+        }
+      }
+    }
   }
 }

@@ -43,7 +43,7 @@ describe("operator on the testbed", () => {
     const port = await freePort();
     const p = spawn(process.execPath, [path.join(DIST, "operator", "main.js")], {
       cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, KUBECONFIG: tb.kubeconfig, TORPOR_RUNTIME_TOKEN: TOKEN, TORPOR_OPERATOR_PORT: String(port), TORPOR_HOST: "127.0.0.1", POD_NAMESPACE: "default", POD_NAME: `op-${port}`, TORPOR_RESYNC_SECONDS: "5", TORPOR_SWEEP_SECONDS: "2", TORPOR_SWEEP_MIN_AGE_SECONDS: "1" },
+      env: { ...process.env, KUBECONFIG: tb.kubeconfig, TORPOR_RUNTIME_TOKEN: TOKEN, TORPOR_OPERATOR_PORT: String(port), TORPOR_HOST: "127.0.0.1", POD_NAMESPACE: "default", POD_NAME: `op-${port}`, TORPOR_RESYNC_SECONDS: "5", TORPOR_SWEEP_SECONDS: "2", TORPOR_SWEEP_MIN_AGE_SECONDS: "1", TORPOR_HIBERNATION_CLAIM: "torpor-hibernation", TORPOR_CLEANUP_IMAGE: "torpor:dev" },
     });
     p.stdout!.on("data", (d: Buffer) => { operatorLog += d.toString(); });
     p.stderr!.on("data", (d: Buffer) => { operatorLog += d.toString(); });
@@ -358,5 +358,19 @@ describe("operator on the testbed", () => {
     assert.equal(r.torpor.rehydrated, true);
     const st = await runtimeFor(moved).request<{ history: unknown[] }>("GET", "/v1/sessions/default/survivor?history=true");
     assert.equal(st.history.length, 5);
+  });
+
+  it("a session deleted while no runtime pod runs: a cleanup pod deletes its files and the finalizer goes", async () => {
+    const placed = await inMemorySession("orphaned", "Delete me later.");
+    await hibernateAndWait("orphaned");
+    assert.ok((await readdir(hibDir())).some((f) => f.startsWith("orphaned")));
+    await tb.kubectl(["scale", "deployment/runtime-tiny", "--replicas=0"]);
+    await eventually("no runtime pod", async () => ((await tb.kubectl(["get", "pods", "-l", "app.kubernetes.io/component=runtime", "-o", "name"])).trim() === "" ? true : undefined), 90_000);
+    await tb.kubectl(["delete", "isess", "orphaned", "--wait=true", "--timeout=90s"]);
+    assert.deepEqual((await readdir(hibDir())).filter((f) => f.startsWith("orphaned")), [], "files removed, the claim included");
+    assert.equal((await tb.kubectl(["get", "pods", "-l", "app.kubernetes.io/component=cleanup", "-o", "name"])).trim(), "", "the cleanup pod is gone");
+    void placed;
+    await tb.kubectl(["scale", "deployment/runtime-tiny", "--replicas=2"]);
+    await tb.kubectl(["rollout", "status", "deployment/runtime-tiny", "--timeout=120s"]);
   });
 });
