@@ -218,7 +218,7 @@ async function gatewayOverhead(): Promise<void> {
       return x.status?.podIP && x.status.conditions?.some((c) => c.type === "Ready" && c.status === "True") ? x : undefined;
     }, 60_000);
     await eventually("gateway", async () => ((await fetch(`${gw}/healthz`)).ok ? true : undefined), 20_000);
-    const token = (await tb.kubectl(["create", "token", "default"])).trim();
+    const token = (await tb.kubectl(["create", "token", "default", "--audience", "torpor"])).trim();
     const direct = `http://${s.status!.podIP}:8080/v1/sessions/default/bench/chat/completions`;
     const via = `${gw}/v1/sessions/default/bench/chat/completions`;
     const call = async (url: string, auth: string, body: unknown) => {

@@ -15,7 +15,9 @@ export type ErrorCode =
   | "session_deleted"
   | "stale_epoch"
   | "wake_timeout"
+  | "rate_limited"
   | "runtime_unavailable"
+  | "upstream_unavailable"
   | "internal";
 
 const STATUS: Record<ErrorCode, number> = {
@@ -33,7 +35,9 @@ const STATUS: Record<ErrorCode, number> = {
   session_deleted: 409,
   stale_epoch: 409,
   wake_timeout: 503,
+  rate_limited: 429,
   runtime_unavailable: 502,
+  upstream_unavailable: 503,
   internal: 500,
 };
 

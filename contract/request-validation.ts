@@ -109,9 +109,11 @@ export function requiredPrompt(o: Json, maxLength: number): string {
 
 /** express.json()'s failures (too large, not JSON, bad charset) as the 4xx they are; undefined for anything else. */
 export function bodyParserError(err: unknown): TorporError | undefined {
-  const type = (err as { type?: string })?.type;
-  if (type === "entity.too.large") return new TorporError("payload_too_large", `request body exceeds the limit of ${(err as { limit?: number }).limit} bytes`);
-  if (type === "entity.parse.failed") return new TorporError("bad_request", `body: not valid JSON (${(err as Error).message})`, { field: "body" });
-  if (type) return new TorporError("bad_request", (err as Error).message);
+  const e = err as { type?: string; expose?: boolean; statusCode?: number; limit?: number; message?: string };
+  if (e?.type === "entity.too.large") return new TorporError("payload_too_large", `request body exceeds the limit of ${e.limit} bytes`);
+  if (e?.type === "entity.parse.failed") return new TorporError("bad_request", `body: not valid JSON (${e.message})`, { field: "body" });
+  // Only body-parser's own client errors: other libraries' errors carry a `type` too (a failed
+  // call to the API server is a FetchError of type "system"), and those are not the caller's fault.
+  if (typeof e?.type === "string" && e.expose === true && (e.statusCode ?? 0) >= 400 && (e.statusCode ?? 0) < 500) return new TorporError("bad_request", e.message ?? "bad request body");
   return undefined;
 }

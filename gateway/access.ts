@@ -1,10 +1,14 @@
 // Who may talk to a session: the bearer token is checked with a TokenReview and the caller is
 // authorised with a SubjectAccessReview, e.g. `create` on `inferencesessions/chat` in the
-// session's namespace. Decisions are cached briefly so a chat does not cost two API calls a turn.
+// session's namespace. Tokens must carry the gateway's audience (a token for the Kubernetes API
+// itself is refused). Decisions are cached briefly so a chat does not cost two API calls a turn;
+// unknown tokens are rate limited per source address, requests per identity.
 import { createHash } from "node:crypto";
 import { AuthenticationV1Api, AuthorizationV1Api, type KubeConfig } from "@kubernetes/client-node";
 import { TorporError } from "../contract/errors.js";
 import { GROUP, PLURAL } from "../contract/inference-session.js";
+import { DecisionCache } from "./decision-cache.js";
+import { RateLimiter } from "./rate-limit.js";
 
 export interface AccessRequest {
   namespace: string;
@@ -15,45 +19,72 @@ export interface AccessRequest {
 }
 
 export interface AccessControl {
-  check(authorization: string | undefined, req: AccessRequest): Promise<{ user: string }>;
+  /** `source`: the caller's address, for rate limiting unauthenticated attempts. */
+  check(authorization: string | undefined, req: AccessRequest, source?: string): Promise<{ user: string }>;
+}
+
+export interface AccessOptions {
+  /** Tokens must be issued for one of these (kubectl create token ... --audience torpor). */
+  audiences: string[];
+  ttlMs?: number;
+  /** TokenReviews a source address may cause per second (unknown tokens), and their burst. */
+  reviewsPerSecond?: number;
+  reviewBurst?: number;
+  /** Requests an authenticated identity may make per second, and their burst (0: unlimited). */
+  requestsPerSecond?: number;
+  requestBurst?: number;
 }
 
 export class KubernetesAccessControl implements AccessControl {
   private readonly authn: AuthenticationV1Api;
   private readonly authz: AuthorizationV1Api;
-  private readonly cache = new Map<string, { until: number; user?: string; error?: TorporError }>();
+  private readonly cache: DecisionCache<string>;
+  private readonly reviews: RateLimiter;
+  private readonly perUser: RateLimiter;
 
-  constructor(kc: KubeConfig, private readonly ttlMs = 30_000) {
+  constructor(kc: KubeConfig, private readonly o: AccessOptions) {
     this.authn = kc.makeApiClient(AuthenticationV1Api);
     this.authz = kc.makeApiClient(AuthorizationV1Api);
+    this.cache = new DecisionCache(o.ttlMs ?? 30_000);
+    this.reviews = new RateLimiter(o.reviewsPerSecond ?? 5, o.reviewBurst ?? 20);
+    this.perUser = new RateLimiter(o.requestsPerSecond ?? 0, o.requestBurst ?? 100);
   }
 
-  async check(authorization: string | undefined, req: AccessRequest): Promise<{ user: string }> {
+  async check(authorization: string | undefined, req: AccessRequest, source = "unknown"): Promise<{ user: string }> {
     const m = /^Bearer\s+(\S+)$/i.exec(authorization ?? "");
-    if (!m) throw new TorporError("unauthorized", "a bearer token is required (Authorization: Bearer <token>, e.g. from `kubectl create token`)");
+    if (!m) throw new TorporError("unauthorized", `a bearer token is required (Authorization: Bearer <token>, e.g. from \`kubectl create token <serviceaccount> --audience ${this.o.audiences[0]}\`)`);
     const token = m[1]!;
     const key = createHash("sha256").update(`${token}\n${req.verb}\n${req.subresource ?? ""}\n${req.namespace}\n${req.name}`).digest("hex");
     const hit = this.cache.get(key);
-    if (hit && hit.until > Date.now()) {
-      if (hit.error) throw hit.error;
-      return { user: hit.user! };
+    if (hit && "error" in hit) throw hit.error;
+    if (hit) {
+      this.perUser.take(hit.value, "requests from this identity");
+      return { user: hit.value };
     }
+    // Only a decision not in the cache costs the API server anything: that is what a source pays for.
+    this.reviews.take(source, "unauthenticated attempts from this address");
     try {
-      const user = await this.decide(token, req);
-      this.cache.set(key, { until: Date.now() + this.ttlMs, user });
+      const user = await this.decide(token, req).catch((err: unknown) => {
+        if (err instanceof TorporError) throw err;
+        throw new TorporError("upstream_unavailable", `the API server could not check the token: ${(err as Error).message}; retry shortly`);
+      });
+      this.cache.allow(key, user);
+      this.perUser.take(user, "requests from this identity");
       return { user };
     } catch (err) {
-      if (err instanceof TorporError && (err.status === 401 || err.status === 403)) this.cache.set(key, { until: Date.now() + this.ttlMs, error: err });
+      if (err instanceof TorporError && (err.status === 401 || err.status === 403)) this.cache.deny(key, err);
       throw err;
-    } finally {
-      if (this.cache.size > 10_000) this.cache.clear();
     }
   }
 
   private async decide(token: string, req: AccessRequest): Promise<string> {
-    const review = await this.authn.createTokenReview({ body: { spec: { token } } });
+    const review = await this.authn.createTokenReview({ body: { spec: { token, audiences: this.o.audiences } } });
     if (!review.status?.authenticated || !review.status.user) {
-      throw new TorporError("unauthorized", `the bearer token was not accepted by the API server${review.status?.error ? `: ${review.status.error}` : ""}`);
+      throw new TorporError("unauthorized", `the bearer token was not accepted by the API server${review.status?.error ? `: ${review.status.error}` : ""} (tokens must be issued for audience ${this.o.audiences.join(" or ")}: kubectl create token <serviceaccount> --audience ${this.o.audiences[0]})`);
+    }
+    // An audience-bound review answers with the audiences the token is valid for; none of ours: refuse.
+    if (review.status.audiences && !review.status.audiences.some((a) => this.o.audiences.includes(a))) {
+      throw new TorporError("unauthorized", `the token is not issued for audience ${this.o.audiences.join(" or ")}`);
     }
     const u = review.status.user;
     const extra = Object.fromEntries(Object.entries(u.extra ?? {}).map(([k, v]) => [k, v]));

@@ -21,6 +21,8 @@ export interface GatewayDeps {
   log: Logger;
   maxBodyBytes: number;
   wakeTimeoutMs: number;
+  /** Peers whose X-Forwarded-For is believed (ingress controllers, load balancers). */
+  trustedProxies?: string[];
 }
 
 export class GatewayMetrics {
@@ -40,13 +42,23 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
   const app = express();
   app.disable("x-powered-by");
   mountHealthRoutes(app, { registry: metrics.registry });
-  app.use(express.json({ limit: d.maxBodyBytes, type: () => true }));
+  // Parsed only after the caller is authenticated and authorised: an anonymous megabyte costs
+  // nothing but the socket.
+  const json = express.json({ limit: d.maxBodyBytes, type: () => true });
+  const parseBody = (req: Request, res: Response) => new Promise<void>((resolve, reject) => json(req, res, (err?: unknown) => (err ? reject(err) : resolve())));
+  const trusted = new Set(d.trustedProxies ?? []);
+  /** The caller's address: a forwarded one only when the connection comes from a trusted proxy. */
+  const source = (req: Request) => {
+    const peer = req.socket.remoteAddress ?? "unknown";
+    const fwd = trusted.has(peer) ? String(req.headers["x-forwarded-for"] ?? "").split(",")[0]?.trim() : "";
+    return fwd || peer;
+  };
 
   const ref = (req: Request) => ({ namespace: String(req.params.namespace), name: String(req.params.name) });
 
   app.get("/v1/sessions/:namespace/:name", async (req, res) => {
     const { namespace, name } = ref(req);
-    await d.access.check(req.headers.authorization, { namespace, name, verb: "get" });
+    await d.access.check(req.headers.authorization, { namespace, name, verb: "get" }, source(req));
     const s = await d.source.get(namespace, name);
     if (!s) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} does not exist`);
     res.json({ namespace, name, model: s.spec.model, desired: s.spec.residency ?? "InMemory", ...s.status });
@@ -57,7 +69,8 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
       const end = metrics.duration.startTimer({ route });
       const { namespace, name } = ref(req);
       try {
-        await d.access.check(req.headers.authorization, { namespace, name, verb: "create", subresource: "chat" });
+        await d.access.check(req.headers.authorization, { namespace, name, verb: "create", subresource: "chat" }, source(req));
+        await parseBody(req, res);
         const body = asObject(req.body);
         validate(body); // before any wake: a bad request must not cost a rehydrate
         await proxy(req, res, namespace, name, suffix, body);
@@ -138,6 +151,7 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
     if (e.status >= 500) d.log.error({ err, path: req.path, code: e.code }, "gateway request failed");
     if (res.headersSent) { res.end(); return; }
     if (e.code === "wake_timeout" || e.code === "runtime_unavailable") res.setHeader("retry-after", "2");
+    if (e.code === "rate_limited") res.setHeader("retry-after", String(e.details?.retryAfterSeconds ?? 1));
     res.status(e.status).json(e.toJSON());
   });
   return app;

@@ -5,6 +5,8 @@ import { createLogger } from "../common/logger.js";
 import { EventRecorder } from "../common/events.js";
 import { KubernetesAccessControl, allowEveryone } from "./access.js";
 import { createGatewayApp } from "./app.js";
+import { runtimePodScope } from "../common/runtime-pods.js";
+import { RuntimePodCache } from "./runtime-pod-cache.js";
 import { InformerSessionSource, SessionRouter } from "./session-router.js";
 
 const log = createLogger("gateway");
@@ -21,11 +23,19 @@ async function main(): Promise<void> {
   const wakeTimeoutMs = Number(process.env.TORPOR_GATEWAY_WAKE_TIMEOUT_SECONDS ?? 60) * 1000;
   const source = new InformerSessionSource(kc, log);
   await source.start();
+  const pods = new RuntimePodCache(kc, runtimePodScope(), log);
+  await pods.start();
   const router = new SessionRouter(kc, source, new EventRecorder(kc, "torpor-gateway", log), log, {
     wakeTimeoutMs, runtimePort: Number(process.env.TORPOR_RUNTIME_PORT ?? 8080),
-  });
+  }, pods);
   const app = createGatewayApp({
-    router, source, access: authDisabled ? allowEveryone : new KubernetesAccessControl(kc), runtimeToken, log,
+    router, source, access: authDisabled ? allowEveryone : new KubernetesAccessControl(kc, {
+      audiences: (process.env.TORPOR_GATEWAY_AUDIENCES ?? "torpor").split(",").map((a) => a.trim()).filter(Boolean),
+      reviewsPerSecond: Number(process.env.TORPOR_GATEWAY_REVIEWS_PER_SECOND ?? 5),
+      requestsPerSecond: Number(process.env.TORPOR_GATEWAY_REQUESTS_PER_SECOND ?? 0),
+    }),
+    runtimeToken, log,
+    trustedProxies: (process.env.TORPOR_GATEWAY_TRUSTED_PROXIES ?? "").split(",").map((a) => a.trim()).filter(Boolean),
     maxBodyBytes: Number(process.env.TORPOR_MAX_BODY_BYTES ?? 1 << 20), wakeTimeoutMs,
   });
   const port = Number(process.env.TORPOR_GATEWAY_PORT ?? 8000);

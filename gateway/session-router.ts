@@ -9,6 +9,7 @@ import { TorporError } from "../contract/errors.js";
 import type { Logger } from "../common/logger.js";
 import { GROUP, PLURAL, VERSION, WAKE_ANNOTATION, type InferenceSession } from "../contract/inference-session.js";
 import type { EventRecorder } from "../common/events.js";
+import type { RuntimePodLookup } from "./runtime-pod-cache.js";
 
 export const GATEWAY_FIELD_MANAGER = "torpor-gateway";
 
@@ -69,6 +70,7 @@ export class SessionRouter {
     private readonly events: EventRecorder,
     private readonly log: Logger,
     private readonly opts: { wakeTimeoutMs: number; runtimePort: number },
+    private readonly pods: RuntimePodLookup,
   ) {
     this.api = kc.makeApiClient(CustomObjectsApi);
   }
@@ -101,9 +103,8 @@ export class SessionRouter {
     const deadline = Date.now() + this.opts.wakeTimeoutMs;
     for (;;) {
       const ready = s.status?.conditions?.find((c) => c.type === "Ready")?.status === "True";
-      if (s.status?.podIP && s.status.pod && ready) {
-        return { session: s, url: `http://${s.status.podIP}:${this.opts.runtimePort}`, pod: s.status.pod, woken };
-      }
+      const pod = ready && s.status?.pod ? this.pods.ready(s.status.pod) : undefined;
+      if (pod) return { session: s, url: `http://${pod.ip}:${this.opts.runtimePort}`, pod: s.status!.pod!, woken };
       if (Date.now() > deadline) {
         throw new TorporError("wake_timeout", `session ${namespace}/${name} has no Ready runtime pod yet (${s.status?.conditions?.find((c) => c.type === "Ready")?.message ?? "not placed"}); retry shortly`);
       }

@@ -3,6 +3,7 @@
 // after a restart; nothing in it is the truth on its own.
 import type { V1Pod } from "@kubernetes/client-node";
 import { keyOf } from "../common/kube.js";
+import { isReadyPod } from "../common/runtime-pods.js";
 import type { InferenceSession } from "../contract/inference-session.js";
 import { RuntimeClient } from "../contract/runtime-client.js";
 import type { RuntimePod } from "./decisions.js";
@@ -26,8 +27,7 @@ export class ClusterView {
 
   runtimePods(): RuntimePod[] {
     return [...this.pods.values()].map((p): RuntimePod => {
-      const ready = !p.metadata?.deletionTimestamp && !!p.status?.podIP &&
-        (p.status?.conditions ?? []).some((c) => c.type === "Ready" && c.status === "True");
+      const ready = isReadyPod(p);
       const port = p.spec?.containers.flatMap((c) => c.ports ?? []).find((x) => x.name === "http")?.containerPort ?? 8080;
       const report = this.reports.get(keyOf(p));
       const out: RuntimePod = {

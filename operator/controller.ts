@@ -5,6 +5,7 @@ import { EventRecorder } from "../common/events.js";
 import { RestartingInformer } from "../common/informer.js";
 import { keyOf } from "../common/kube.js";
 import type { Logger } from "../common/logger.js";
+import { isTrustedRuntimePod, type RuntimePodScope } from "../common/runtime-pods.js";
 import { GROUP, PLURAL, VERSION, type InferenceSession } from "../contract/inference-session.js";
 import { CleanupPods, type CleanupPodConfig } from "./cleanup-pod.js";
 import { ClusterView } from "./cluster-view.js";
@@ -17,8 +18,8 @@ import { WorkQueue } from "./work-queue.js";
 export interface ControllerOptions {
   kc: KubeConfig;
   runtimeToken: string;
-  /** Label selector of runtime pods; each carries torpor.dev/model. */
-  runtimeSelector: string;
+  /** Where runtime pods live and how they are labelled (only trusted ones count: common/runtime-pods.ts). */
+  runtimePods: RuntimePodScope;
   log: Logger;
   metrics: OperatorMetrics;
   workers?: number;
@@ -45,15 +46,19 @@ export class SessionController {
   }
 
   async start(): Promise<void> {
-    const { kc, log, runtimeSelector } = this.o;
+    const { kc, log } = this.o;
+    const scope = this.o.runtimePods;
     const custom = kc.makeApiClient(CustomObjectsApi), core = kc.makeApiClient(CoreV1Api);
     const { sessions, pods } = this.view;
     const podChanged = (p: V1Pod) => { for (const k of this.view.sessionsOn(p.metadata?.name)) this.queue.add(k); };
-    const podInformer = new RestartingInformer<V1Pod>(kc, "/api/v1/pods",
-      () => core.listPodForAllNamespaces({ labelSelector: runtimeSelector }), {
-        upsert: (p) => { pods.set(keyOf(p), p); podChanged(p); },
+    const podInformer = new RestartingInformer<V1Pod>(kc, `/api/v1/namespaces/${scope.namespace}/pods`,
+      () => core.listNamespacedPod({ namespace: scope.namespace, labelSelector: scope.selector }), {
+        upsert: (p) => {
+          if (!isTrustedRuntimePod(p, scope)) { log.warn({ pod: keyOf(p) }, "ignoring a pod labelled like a runtime that no workload of ours runs"); return; }
+          pods.set(keyOf(p), p); podChanged(p);
+        },
         remove: (p) => { pods.delete(keyOf(p)); podChanged(p); },
-      }, log, runtimeSelector);
+      }, log, scope.selector);
     const sessionInformer = new RestartingInformer<InferenceSession>(kc, `/apis/${GROUP}/${VERSION}/${PLURAL}`,
       () => custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL }), {
         upsert: (s) => { sessions.set(keyOf(s), s); this.queue.add(keyOf(s)); },

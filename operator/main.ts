@@ -3,6 +3,7 @@
 import { KubeConfig } from "@kubernetes/client-node";
 import express from "express";
 import { mountHealthRoutes } from "../common/health-server.js";
+import { runtimePodScope } from "../common/runtime-pods.js";
 import { createLogger } from "../common/logger.js";
 import { SessionController } from "./controller.js";
 import { LeaderElector } from "./leader-election.js";
@@ -25,7 +26,7 @@ async function main(): Promise<void> {
 
   const controller = new SessionController({
     kc, runtimeToken: token, log, metrics,
-    runtimeSelector: process.env.TORPOR_RUNTIME_SELECTOR ?? "app.kubernetes.io/component=runtime,app.kubernetes.io/part-of=torpor",
+    runtimePods: runtimePodScope(),
     resyncMs: Number(process.env.TORPOR_RESYNC_SECONDS ?? 60) * 1000,
     sweepMs: Number(process.env.TORPOR_SWEEP_SECONDS ?? 600) * 1000,
     sweepMinAgeMs: Number(process.env.TORPOR_SWEEP_MIN_AGE_SECONDS ?? 300) * 1000,

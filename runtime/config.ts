@@ -12,6 +12,8 @@ export interface RuntimeConfig {
   sealingKeys?: string;
   /** Node-local folder for the plaintext llama.cpp writes and reads when sealing (never the shared volume). */
   stagingDir: string;
+  /** A second listener with /metrics only, so a NetworkPolicy can open it to scrapers and keep the API closed (0: none). */
+  metricsPort: number;
   host: string;
   port: number;
   maxResident: number;
@@ -68,10 +70,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     token,
     ...(env.TORPOR_SEALING_KEYS ? { sealingKeys: env.TORPOR_SEALING_KEYS } : {}),
     stagingDir: env.TORPOR_STAGING_DIR ?? os.tmpdir(),
+    metricsPort: int(env, "TORPOR_METRICS_PORT", 0),
     host: env.TORPOR_HOST ?? "0.0.0.0",
     port: int(env, "TORPOR_PORT", 8080),
     maxResident: int(env, "TORPOR_MAX_RESIDENT", 8, 1),
-    memoryBudgetBytes: int(env, "TORPOR_MEMORY_BUDGET_MIB", 0) * 2 ** 20,
+    // -1 (unset): derived from the container's memory limit at start-up (model/memory-budget.ts); 0: off.
+    memoryBudgetBytes: env.TORPOR_MEMORY_BUDGET_MIB === undefined ? -1 : int(env, "TORPOR_MEMORY_BUDGET_MIB", 0) * 2 ** 20,
     idleAfterMs: int(env, "TORPOR_IDLE_AFTER_SECONDS", 0) * 1000,
     defaultContextSize: Math.min(int(env, "TORPOR_DEFAULT_CONTEXT_SIZE", 4096, 256), maxContextSize),
     maxContextSize,

@@ -7,6 +7,9 @@ import { loadConfig } from "./config.js";
 import { MALLOC_TUNING_ENV, missingMallocTuning } from "./model/malloc-tuning.js";
 import { HibernationStore } from "./storage/hibernation-store.js";
 import { SealingKeys } from "./storage/sealing.js";
+import express from "express";
+import { mountHealthRoutes } from "../common/health-server.js";
+import { cgroupMemoryLimit, defaultMemoryBudget } from "./model/memory-budget.js";
 import { createRuntimeApp } from "./http/app.js";
 import { createLogger } from "../common/logger.js";
 import { RuntimeMetrics } from "./metrics.js";
@@ -31,9 +34,11 @@ async function main(): Promise<void> {
   if (sealing) await mkdir(sealing.stagingDir, { recursive: true, mode: 0o700 });
   else log.warn("TORPOR_SEALING_KEYS is not set: hibernation files are written unsealed (readable and forgeable by anyone with access to the volume). The chart always sets it.");
   const store = new HibernationStore(cfg.hibernationDir, { onWarning: (err, message) => log.warn({ err }, message), ...(sealing ? { sealing } : {}) });
+  const memoryBudgetBytes = cfg.memoryBudgetBytes >= 0 ? cfg.memoryBudgetBytes : await defaultMemoryBudget(host.modelPath, await cgroupMemoryLimit());
+  log.info({ memoryBudgetMiB: Math.round(memoryBudgetBytes / 2 ** 20), derived: cfg.memoryBudgetBytes < 0 }, memoryBudgetBytes ? "memory budget for resident contexts" : "no memory budget (no container memory limit and TORPOR_MEMORY_BUDGET_MIB unset)");
   const metrics = new RuntimeMetrics();
   const manager = new SessionManager(host, store, systemClock, metrics, log, {
-    maxResident: cfg.maxResident, memoryBudgetBytes: cfg.memoryBudgetBytes, idleAfterMs: cfg.idleAfterMs,
+    maxResident: cfg.maxResident, memoryBudgetBytes, idleAfterMs: cfg.idleAfterMs,
     defaultContextSize: cfg.defaultContextSize, maxContextSize: cfg.maxContextSize, podName: cfg.podName,
     contextHandover: cfg.contextHandover, preemptAfterMs: cfg.preemptAfterMs,
   });
@@ -44,6 +49,12 @@ async function main(): Promise<void> {
   const server = app.listen(cfg.port, cfg.host);
   await new Promise<void>((resolve, reject) => { server.once("listening", resolve); server.once("error", reject); });
   const addr = server.address() as AddressInfo;
+  const metricsServer = cfg.metricsPort > 0 ? (() => {
+    const m = express();
+    m.disable("x-powered-by");
+    mountHealthRoutes(m, { registry: metrics.registry });
+    return m.listen(cfg.metricsPort, cfg.host);
+  })() : undefined;
   log.info({ host: addr.address, port: addr.port, maxResident: cfg.maxResident, idleAfterMs: cfg.idleAfterMs }, "runtime listening");
 
   const idleTimer = setInterval(() => {
@@ -67,6 +78,7 @@ async function main(): Promise<void> {
     log.info(result, "sessions hibernated");
     server.close();
     server.closeAllConnections();
+    metricsServer?.close();
     await host.dispose();
     process.exit(result.failed > 0 ? 1 : 0);
   };

@@ -30,7 +30,7 @@ try {
   const get = async (name: string) => JSON.parse(await tb.kubectl(["get", "isess", name, "-o", "json"])) as InferenceSession;
   await tb.kubectl(["apply", "-f", "-"], "apiVersion: torpor.dev/v1alpha1\nkind: InferenceSession\nmetadata: {name: trip, namespace: default}\nspec: {model: smollm2, contextSize: 4096, systemPrompt: 'You are a helpful travel assistant. Answer in one or two sentences.'}\n");
   await tb.kubectl(["wait", "--for=condition=Ready", "isess/trip", "--timeout=120s"]);
-  const token = (await tb.kubectl(["create", "token", "default"])).trim(); // granted by the quickstart's rolebinding
+  const token = (await tb.kubectl(["create", "token", "default", "--audience", "torpor"])).trim(); // granted by the quickstart's rolebinding
   const messages: Array<{ role: string; content: string }> = [];
   const ask = async (q: string) => {
     messages.push({ role: "user", content: q });

@@ -95,6 +95,11 @@ export class TestKubelet {
   private readonly pods = new Map<string, PodRun>();
   private readonly deadNodes = new Set<string>();
   private nextIp = 1;
+  /**
+   * Each testbed takes its pod IPs from its own 127.x/16, so processes a killed run left behind
+   * (or a second testbed on the machine) never answer on this one's pod addresses.
+   */
+  private readonly ipBlock = 2 + Math.floor(Math.random() * 250);
   private timers: NodeJS.Timeout[] = [];
   private syncing = false;
   private stopped = false;
@@ -242,7 +247,7 @@ export class TestKubelet {
     const n = this.nextIp++;
     const run: PodRun = {
       uid: pod.metadata!.uid!, namespace: pod.metadata!.namespace!, name: pod.metadata!.name!, node,
-      ip: `127.1.${(n >> 8) & 255}.${n & 255}`, startTime: new Date().toISOString(), graceMs: 30_000,
+      ip: `127.${this.ipBlock}.${(n >> 8) & 255}.${n & 255}`, startTime: new Date().toISOString(), graceMs: 30_000,
       containers: (pod.spec?.containers ?? []).map((spec) => ({
         spec, restartCount: 0, ready: false, probeFailures: 0, nextProbeAt: 0, nextStartAt: 0, starting: false, started: false, livenessFailures: 0, nextLivenessAt: 0,
       })),

@@ -109,7 +109,7 @@ export class SessionManager implements Admission {
     const window = { epoch, min: previous };
     const found = await this.store.peek(ref, window);
     const session = new Session(ref, spec, window, found, {
-      host: this.host, store: this.store, clock: this.clock, metrics: this.metrics, log: this.log, admission: this, podName: this.opts.podName,
+      host: this.host, store: this.store, clock: this.clock, metrics: this.metrics, log: this.log, admission: this, podName: this.opts.podName, maxContextSize: this.opts.maxContextSize,
     });
     this.sessions.set(key, session);
     return session;

@@ -34,6 +34,8 @@ export interface SessionDeps {
   log: Logger;
   admission: Admission;
   podName: string;
+  /** The pool's largest context: no file can make a rehydrate allocate more. */
+  maxContextSize: number;
 }
 
 
@@ -314,7 +316,14 @@ export class Session {
     const { host, store } = this.deps;
     this.phase = "Rehydrating";
     const t0 = performance.now();
-    const verified = await store.verify(this.ref, host.fingerprint, this.window, (m) => resident.allocate(Math.max(m.contextSize, m.tokenCount)).then(() => undefined));
+    const verified = await store.verify(this.ref, host.fingerprint, this.window, async (m) => {
+      // A manifest names the context it needs; the pool's maximum caps it, whatever the file says.
+      const need = Math.max(m.contextSize, m.tokenCount);
+      if (need > this.deps.maxContextSize) {
+        throw new TorporError("capacity_exhausted", `the hibernated session needs a context of ${need} tokens, more than this pool's maximum of ${this.deps.maxContextSize}; raise maxContextSize for the pool`);
+      }
+      await resident.allocate(need);
+    });
     if (!verified) return undefined;
     try {
       return await this.restore(resident, verified, t0);

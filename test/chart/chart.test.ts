@@ -74,7 +74,7 @@ describe("helm chart", () => {
 
   it("helm upgrade rolls the runtime pods while 20 sessions chat: every turn answered, kept once and in order", async () => {
     const gateway = `http://${(await tb.kubectl(["get", "pods", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=gateway", "-o", "jsonpath={.items[0].status.podIP}"])).trim()}:8000`;
-    const token = (await tb.kubectl(["create", "token", "default"])).trim(); // the quickstart's grant
+    const token = (await tb.kubectl(["create", "token", "default", "--audience", "torpor"])).trim(); // the quickstart's grant
     const names = Array.from({ length: 20 }, (_, i) => `roll-${i}`);
     await tb.kubectl(["apply", "-f", "-"], names.map((n) => `apiVersion: torpor.dev/v1alpha1\nkind: InferenceSession\nmetadata: {name: ${n}, namespace: default}\nspec: {model: smollm2, contextSize: 2048}\n`).join("---\n"));
     for (const n of names) await tb.kubectl(["wait", "--for=condition=Ready", `isess/${n}`, "--timeout=120s"]);

@@ -56,8 +56,8 @@ describe("gateway on the testbed", () => {
     gateway = await startEntryPoint("gateway/main.js", tb, { TORPOR_GATEWAY_PORT: String(port), TORPOR_GATEWAY_WAKE_TIMEOUT_SECONDS: "60" });
     gw = `http://127.0.0.1:${port}`;
     await eventually("gateway", async () => ((await fetch(`${gw}/healthz`)).ok ? true : undefined), 20_000);
-    alice = (await tb.kubectl(["create", "token", "alice"])).trim();
-    bob = (await tb.kubectl(["create", "token", "bob"])).trim();
+    alice = (await tb.kubectl(["create", "token", "alice", "--audience", "torpor"])).trim();
+    bob = (await tb.kubectl(["create", "token", "bob", "--audience", "torpor"])).trim();
   });
   after(async () => {
     await gateway?.stop();
@@ -129,6 +129,27 @@ describe("gateway on the testbed", () => {
     assert.equal(st.status, 200);
     const body = (await st.json()) as { residency: string; model: string };
     assert.equal(body.model, "tiny");
+    // A token for the Kubernetes API itself (no audience of ours) is refused.
+    const apiToken = (await tb.kubectl(["create", "token", "alice"])).trim();
+    await expect(await post("guarded/submit", apiToken, { prompt: "hello", max_tokens: 2 }), 401, "unauthorized", /audience torpor/);
+  });
+
+  it("a flood of junk tokens gets 429 and leaves other users' cached decisions alone; nothing is parsed before authentication", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("flooded"));
+    const post = (token: string, body = JSON.stringify({ prompt: "hi", max_tokens: 1 })) => fetch(`${gw}/v1/sessions/default/flooded/submit`, {
+      method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${token}` }, body,
+    });
+    assert.equal((await post(alice)).status, 200, "alice's decision is cached");
+    const codes = new Map<number, number>();
+    for (let i = 0; i < 60; i++) {
+      const r = await post(`junk-${i}-${Math.random()}`, "{not even json");
+      codes.set(r.status, (codes.get(r.status) ?? 0) + 1);
+      if (r.status === 429) assert.ok(Number(r.headers.get("retry-after")) >= 1);
+      await r.text();
+    }
+    assert.ok((codes.get(429) ?? 0) > 0, `rate limited: ${JSON.stringify([...codes])}`);
+    assert.equal(codes.get(400), undefined, "junk bodies are never parsed for unauthenticated callers");
+    assert.equal((await post(alice)).status, 200, "alice still served from her cached decision");
   });
 
   it("a graceful delete of the session's runtime pod keeps the conversation, on both routes, whenever the next turn comes", async () => {
@@ -151,7 +172,7 @@ describe("gateway on the testbed", () => {
     };
     const moves: string[] = [];
     for (const [route, turn] of [["submit", submit], ["chat", chat]] as const) {
-      for (const delayMs of [0, 1000]) {
+      for (const delayMs of [0, 1000, 20_000]) {
         const name = `handoff-${route}-${delayMs}`;
         await tb.kubectl(["apply", "-f", "-"], session(name));
         let last = await turn(name, "Remember the number 4711.");
@@ -167,8 +188,13 @@ describe("gateway on the testbed", () => {
         assert.notEqual(after.status!.pod, before.status!.pod, "served by another pod");
         assert.ok((after.status!.epoch ?? 0) > (before.status!.epoch ?? 0), "a new placement epoch");
         assert.ok(next.usage.prompt_tokens > last.usage.prompt_tokens, `history kept: ${next.usage.prompt_tokens} prompt tokens after ${last.usage.prompt_tokens}`);
-        assert.ok(next.rehydrated, "the next turn continued from the state the old pod saved");
         assert.ok((next.usage.prompt_tokens_details?.cached_tokens ?? 0) >= last.usage.prompt_tokens, `restored tokens reused: ${JSON.stringify(next.usage)}`);
+        // A turn sent the instant the pod is deleted may still be answered by it (before its
+        // SIGTERM); then the following one is the first on the new pod. Either way one continues
+        // from the committed state, reusing it.
+        const then = await turn(name, "Thanks.");
+        assert.ok(next.rehydrated || then.rehydrated, "a turn continued from the state the old pod saved");
+        assert.ok(then.usage.prompt_tokens > next.usage.prompt_tokens && (then.usage.prompt_tokens_details?.cached_tokens ?? 0) >= next.usage.prompt_tokens, `history kept: ${JSON.stringify(then.usage)}`);
         assert.ok(ms < 30_000, `answered in ${ms} ms`);
         assert.equal(after.status!.liveStateLostAt, undefined, operator.output().split("\n").filter((l) => l.includes(name)).join("\n") + "\n" + (await import("node:fs")).readdirSync(`${tb.dir}/shared/var/lib/torpor-shared/hibernation/default`).join(" "));
         await tb.kubectl(["rollout", "status", "deployment/runtime-tiny", "--timeout=120s"]);

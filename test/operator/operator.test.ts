@@ -365,7 +365,10 @@ describe("operator on the testbed", () => {
     await hibernateAndWait("orphaned");
     assert.ok((await readdir(hibDir())).some((f) => f.startsWith("orphaned")));
     await tb.kubectl(["scale", "deployment/runtime-tiny", "--replicas=0"]);
-    await eventually("no runtime pod", async () => ((await tb.kubectl(["get", "pods", "-l", "app.kubernetes.io/component=runtime", "-o", "name"])).trim() === "" ? true : undefined), 90_000);
+    // (A pod on the node an earlier test failed never goes away, as on a real cluster: it is not Ready.)
+    const readyRuntimes = async () => (JSON.parse(await tb.kubectl(["get", "pods", "-l", "app.kubernetes.io/component=runtime", "-o", "json"])) as { items: Array<{ status?: { conditions?: Array<{ type: string; status: string }> } }> })
+      .items.filter((p) => p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True")).length;
+    await eventually("no Ready runtime pod", async () => ((await readyRuntimes()) === 0 ? true : undefined), 90_000);
     await tb.kubectl(["delete", "isess", "orphaned", "--wait=true", "--timeout=90s"]);
     assert.deepEqual((await readdir(hibDir())).filter((f) => f.startsWith("orphaned")), [], "files removed, the claim included");
     assert.equal((await tb.kubectl(["get", "pods", "-l", "app.kubernetes.io/component=cleanup", "-o", "name"])).trim(), "", "the cleanup pod is gone");
