@@ -4,8 +4,11 @@
 #   docker build -t torpor:dev-cuda --build-arg VARIANT=cuda .    NVIDIA GPUs (node-llama-cpp's CUDA prebuilt)
 ARG NODE_VERSION=20
 ARG VARIANT=cpu
+# Declared here: an ARG a FROM line uses must come before the first FROM.
+ARG CUDA_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04
 
 FROM node:${NODE_VERSION}-bookworm-slim AS build
+ARG VARIANT
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm install --no-audit --no-fund
@@ -21,9 +24,18 @@ COPY scripts scripts
 COPY test test
 COPY bench bench
 RUN npx tsc -p . && npm prune --omit=dev --no-audit --no-fund
+# Keep only this image's llama.cpp binaries: every platform's prebuilt packages together are about
+# 670 MB. CPU: linux-x64. CUDA: the CUDA 12 and CUDA 13 ("-ext") builds as well.
+RUN cd node_modules/@node-llama-cpp && for d in *; do \
+      case "$d" in linux-x64) ;; linux-x64-cuda|linux-x64-cuda-ext) [ "$VARIANT" = cuda ] || rm -rf "$d" ;; *) rm -rf "$d" ;; esac; \
+    done
 
 FROM node:${NODE_VERSION}-bookworm-slim AS runtime-cpu
-FROM nvidia/cuda:12.4.1-runtime-ubuntu22.04 AS runtime-cuda
+# CUDA 12 runtime: runs on drivers >= 525. node-llama-cpp's primary CUDA build needs CUDA 13
+# (drivers >= 580: pass --build-arg CUDA_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu24.04 where the
+# nodes have them); its CUDA 12 fallback carries machine code for some GPUs only and JIT-compiles
+# for the others once, into CUDA_CACHE_PATH (the chart points it at a writable volume).
+FROM ${CUDA_IMAGE} AS runtime-cuda
 ARG NODE_VERSION
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl gnupg \
  && curl -fsSL https://deb.nodesource.com/setup_${NODE_VERSION}.x | bash - \

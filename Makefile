@@ -50,11 +50,11 @@ demo-cluster: ## run the README quickstart against KUBECONFIG / TORPOR_GATEWAY (
 image: ## build the CPU image
 	docker build -t $(IMAGE) .
 
-image-cuda: ## build the CUDA image
+image-cuda: ## build the CUDA image (push it and set image.repository/tag in your values: see README, GPU clusters)
 	docker build -t $(IMAGE)-cuda --build-arg VARIANT=cuda .
 
 kind-up: ## kind cluster from kind-config.yaml (needs Docker)
-	mkdir -p /tmp/torpor-kind-shared
+	install -d -m 1777 /tmp/torpor-kind-shared /tmp/torpor-kind-shared/hibernation
 	kind create cluster --config kind-config.yaml --name $(KIND_CLUSTER)
 
 kind-down:

@@ -29,7 +29,12 @@ async function main(): Promise<void> {
   await mkdir(cfg.hibernationDir, { recursive: true, mode: 0o700 });
   const t0 = performance.now();
   const host = await ModelHost.load(cfg);
-  log.info({ model: host.name, fingerprint: host.fingerprint.slice(0, 16), ms: Math.round(performance.now() - t0) }, "model loaded");
+  // Which backend loaded and how many layers went to the GPU: a CUDA image on a node without the
+  // nvidia runtime silently falls back to the CPU, and gpuLayers: max then means 0.
+  log.info({ model: host.name, fingerprint: host.fingerprint.slice(0, 16), ms: Math.round(performance.now() - t0), gpu: host.llama.gpu, gpuLayers: host.model.gpuLayers }, "model loaded");
+  if (cfg.gpuLayers !== 0 && host.llama.gpu === false) {
+    log.warn({ requested: cfg.gpuLayers }, "GPU layers were requested but no GPU backend loaded (no GPU, missing CUDA libraries, or no nvidia runtimeClassName): running on the CPU");
+  }
   const sealing = cfg.sealingKeys ? { keys: SealingKeys.parse(cfg.sealingKeys), stagingDir: cfg.stagingDir } : undefined;
   if (sealing) await mkdir(sealing.stagingDir, { recursive: true, mode: 0o700 });
   else log.warn("TORPOR_SEALING_KEYS is not set: hibernation files are written unsealed (readable and forgeable by anyone with access to the volume). The chart always sets it.");

@@ -201,6 +201,15 @@ export class SessionManager implements Admission {
     this.resident.delete(session);
   }
 
+  async evictOne(session: Session): Promise<boolean> {
+    const victim = [...this.resident.keys()].filter((s) => s !== session && s.residency === "InMemory" && !s.busy)
+      .sort((a, b) => a.lastActivity - b.lastActivity)[0];
+    if (!victim) return false;
+    await victim.hibernate("memory");
+    this.metrics.evictions.inc({ reason: "memory" });
+    return true;
+  }
+
   /** Hibernates every resident session idle for longer than its policy allows; starts due checkpoints. */
   async sweepIdle(): Promise<number> {
     const now = this.clock.now();

@@ -19,6 +19,8 @@ import type { GenerateOptions, GenerateResult, HibernateOutcome, Phase, Residenc
 export interface Admission {
   acquire(session: Session): Promise<SpareContext | undefined>;
   release(session: Session): void;
+  /** Hibernates one idle resident session other than `session`; false when there is none. */
+  evictOne(session: Session): Promise<boolean>;
 }
 
 interface HibernateResult {
@@ -296,7 +298,7 @@ export class Session {
         this.residency = "NotCreated";
       }
       this.phase = "Creating";
-      await resident.allocate(this.spec.contextSize);
+      await this.allocateEvicting(resident, this.spec.contextSize);
       this.history = this.spec.systemPrompt ? [{ type: "system", text: this.spec.systemPrompt }] : [];
       this.residency = "InMemory";
       this.window = { epoch: this.window.epoch, min: this.window.epoch };
@@ -322,7 +324,7 @@ export class Session {
       if (need > this.deps.maxContextSize) {
         throw new TorporError("capacity_exhausted", `the hibernated session needs a context of ${need} tokens, more than this pool's maximum of ${this.deps.maxContextSize}; raise maxContextSize for the pool`);
       }
-      await resident.allocate(need);
+      await this.allocateEvicting(resident, need);
     });
     if (!verified) return undefined;
     try {
@@ -373,6 +375,23 @@ export class Session {
     metrics.bytesRead.inc(manifest.stateBytes);
     this.log.info({ bytes: manifest.stateBytes, tokens: manifest.tokenCount, ms: Math.round(ms * 10) / 10, ...(replayed ? { replayed } : {}) }, "rehydrated");
     return { rehydrated: true, rehydrateMs: ms, created: false };
+  }
+
+  /**
+   * The estimate the admission used can be wrong (VRAM is fragmented, another process holds
+   * some): when the allocation itself fails, idle sessions make room one at a time before the
+   * request is refused.
+   */
+  private async allocateEvicting(resident: ResidentContext, contextSize: number): Promise<void> {
+    for (;;) {
+      try {
+        await resident.allocate(contextSize);
+        return;
+      } catch (err) {
+        if (!(err instanceof TorporError && err.code === "capacity_exhausted") || !await this.deps.admission.evictOne(this)) throw err;
+        this.log.warn({ contextSize }, "context allocation failed; hibernated an idle session to make room and trying again");
+      }
+    }
   }
 
   /** Frees the session's native memory (idempotent). */

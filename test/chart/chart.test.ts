@@ -50,8 +50,15 @@ describe("helm chart", () => {
         assert.equal(runtimeEnv.find((e) => e.name === name)?.value, value, `runtime pods lack ${name}=${value}`);
       }
       if (v.length) {
-        const runtime = deployments.find((d) => JSON.stringify(d).includes("nvidia.com/gpu.present"))!;
-        assert.equal(runtime.spec!.template!.spec.containers[0]!.resources!.limits!["nvidia.com/gpu"], 1);
+        const runtime = deployments.find((d) => JSON.stringify(d).includes("TORPOR_MODEL"))! as unknown as { spec: { strategy: { rollingUpdate: { maxSurge: number } }; template: { spec: { nodeSelector?: Record<string, string>; containers: Array<{ image: string; resources: { limits: Record<string, unknown>; requests: Record<string, string> } }> } } } };
+        const c = runtime.spec.template.spec.containers[0]!;
+        assert.equal(c.resources.limits["nvidia.com/gpu"], 1);
+        assert.equal(runtime.spec.strategy.rollingUpdate.maxSurge, 0, "a GPU pool never surges: the extra pod would wait for a spare GPU");
+        assert.ok(!JSON.stringify(runtime.spec.template.spec.nodeSelector ?? {}).includes("gpu.present"), "no GPU Operator-only label");
+        assert.match(c.image, /-cuda$/, "the runtime runs the CUDA image");
+        const others = deployments.filter((d) => d !== (runtime as unknown)).map((d) => (d.spec!.template!.spec.containers[0] as unknown as { image: string }).image);
+        assert.ok(others.every((i) => !i.endsWith("-cuda")), `operator and gateway keep the CPU image: ${others}`);
+        assert.ok(parseInt(c.resources.requests.memory!) <= 12, "fits a 16 GiB GPU node");
       }
       for (const kind of ["NetworkPolicy", "PodDisruptionBudget", "Secret", "PersistentVolumeClaim", "Service"]) {
         assert.ok(docs.some((d) => d.kind === kind), `no ${kind} rendered`);

@@ -13,6 +13,9 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- define "torpor.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
+{{- define "torpor.runtimeImage" -}}
+{{ .Values.runtimeImage.repository | default .Values.image.repository }}:{{ .Values.runtimeImage.tag | default .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
 
 {{- define "torpor.tokenSecret" -}}{{ include "torpor.fullname" . }}-runtime-token{{- end -}}
 {{- define "torpor.sealingSecret" -}}{{ .Values.sealing.existingSecret | default (printf "%s-sealing-keys" (include "torpor.fullname" .)) }}{{- end -}}
