@@ -61,17 +61,20 @@ export class KubernetesAccessControl implements AccessControl {
       this.perUser.take(hit.value, "requests from this identity");
       return { user: hit.value };
     }
-    // Only a decision not in the cache costs the API server anything: that is what a source pays for.
+    // Only a decision not in the cache costs the API server anything: that is what a source pays
+    // for, and it gets it back when the token turns out valid (new users behind one NAT are fine).
     this.reviews.take(source, "unauthenticated attempts from this address");
     try {
       const user = await this.decide(token, req).catch((err: unknown) => {
         if (err instanceof TorporError) throw err;
         throw new TorporError("upstream_unavailable", `the API server could not check the token: ${(err as Error).message}; retry shortly`);
       });
+      this.reviews.refund(source);
       this.cache.allow(key, user);
       this.perUser.take(user, "requests from this identity");
       return { user };
     } catch (err) {
+      if (err instanceof TorporError && err.status === 403) this.reviews.refund(source); // authenticated, just not allowed
       if (err instanceof TorporError && (err.status === 401 || err.status === 403)) this.cache.deny(key, err);
       throw err;
     }

@@ -23,4 +23,10 @@ export class RateLimiter {
     }
     b.tokens -= 1;
   }
+
+  /** Gives back what `take` took (the attempt turned out legitimate). */
+  refund(key: string): void {
+    const b = this.buckets.get(key);
+    if (b) b.tokens = Math.min(this.burst, b.tokens + 1);
+  }
 }

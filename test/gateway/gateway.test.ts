@@ -150,6 +150,8 @@ describe("gateway on the testbed", () => {
     assert.ok((codes.get(429) ?? 0) > 0, `rate limited: ${JSON.stringify([...codes])}`);
     assert.equal(codes.get(400), undefined, "junk bodies are never parsed for unauthenticated callers");
     assert.equal((await post(alice)).status, 200, "alice still served from her cached decision");
+    // The address's bucket refills (5/s); valid tokens give back what they took, so it stays full.
+    await new Promise((r) => setTimeout(r, 1500));
   });
 
   it("a graceful delete of the session's runtime pod keeps the conversation, on both routes, whenever the next turn comes", async () => {
