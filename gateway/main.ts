@@ -1,6 +1,6 @@
 // The gateway's entry point (its own Deployment). TORPOR_GATEWAY_AUTH=disabled turns off
 // authentication for the local demo only, and says so loudly.
-import { KubeConfig } from "@kubernetes/client-node";
+import { loadKubeConfig, requireRuntimeToken } from "../common/kube-client.js";
 import { createLogger } from "../common/logger.js";
 import { EventRecorder } from "../common/events.js";
 import { KubernetesAccessControl, allowEveryone } from "./access.js";
@@ -12,10 +12,8 @@ import { InformerSessionSource, SessionRouter } from "./session-router.js";
 const log = createLogger("gateway");
 
 async function main(): Promise<void> {
-  const runtimeToken = process.env.TORPOR_RUNTIME_TOKEN ?? "";
-  if (runtimeToken.length < 16) throw new Error("TORPOR_RUNTIME_TOKEN is required (the runtime pods' bearer token)");
-  const kc = new KubeConfig();
-  kc.loadFromDefault();
+  const runtimeToken = requireRuntimeToken();
+  const kc = loadKubeConfig();
   const authDisabled = process.env.TORPOR_GATEWAY_AUTH === "disabled";
   if (authDisabled) {
     for (let i = 0; i < 3; i++) log.warn("AUTHENTICATION IS DISABLED (TORPOR_GATEWAY_AUTH=disabled): anyone who reaches this gateway can use every session. Local demos only.");

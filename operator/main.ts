@@ -1,6 +1,6 @@
 // The operator's entry point: leader election, then the InferenceSession controller. Serves
 // /healthz, /readyz and /metrics. Exits when it loses leadership, so a restart re-joins cleanly.
-import { KubeConfig } from "@kubernetes/client-node";
+import { loadKubeConfig, requireRuntimeToken } from "../common/kube-client.js";
 import express from "express";
 import { mountHealthRoutes } from "../common/health-server.js";
 import { runtimePodScope } from "../common/runtime-pods.js";
@@ -12,10 +12,8 @@ import { OperatorMetrics } from "./metrics.js";
 const log = createLogger("operator");
 
 async function main(): Promise<void> {
-  const token = process.env.TORPOR_RUNTIME_TOKEN ?? "";
-  if (token.length < 16) throw new Error("TORPOR_RUNTIME_TOKEN is required (the runtime pods' bearer token)");
-  const kc = new KubeConfig();
-  kc.loadFromDefault();
+  const token = requireRuntimeToken();
+  const kc = loadKubeConfig();
   const metrics = new OperatorMetrics();
   let leading = false;
   const app = express();
