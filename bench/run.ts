@@ -13,12 +13,13 @@ import { freePort } from "../testbed/local-runtime.js";
 import type { InferenceSession } from "../contract/inference-session.js";
 import { bulkheadSwap } from "./bulkhead-swap.js";
 import { checkpointCost } from "./checkpoints.js";
+import { llamaServerBinary, versusLlamaServer } from "./llama-server.js";
 import { sealingCost } from "./sealing.js";
 import { harness } from "./harness.js";
 import { operatorScale } from "./operator-scale.js";
 
 const { values: args } = parseArgs({ options: { out: { type: "string", default: "bench-results.json" }, quick: { type: "boolean", default: false }, runs: { type: "string" }, only: { type: "string" }, sessions: { type: "string" } } });
-/** --only rebuild,io,testbed,gateway,density,swap,sealing,checkpoints runs a subset (operator only when named). */
+/** --only rebuild,io,testbed,gateway,density,swap,sealing,checkpoints,peer runs a subset (operator only when named). */
 const want = (name: string) => !args.only || args.only.split(",").includes(name);
 const RUNS = Number(args.runs ?? (args.quick ? 2 : 3));
 
@@ -344,6 +345,23 @@ if (want("checkpoints")) {
       ["no checkpoints", `${pct(r.withoutMs, 0.5).toFixed(1)} ms`, `${pct(r.withoutMs, 0.99).toFixed(1)} ms`],
     ]);
   results.checkpoints = { ...r, withP50: pct(r.withMs, 0.5), withP99: pct(r.withMs, 0.99), withoutP50: pct(r.withoutMs, 0.5), withoutP99: pct(r.withoutMs, 0.99) };
+}
+if (want("peer")) {
+  const binary = await llamaServerBinary();
+  if (binary) {
+    const r = await versusLlamaServer(binary, args.quick ? 1500 : 3000, Math.max(5, RUNS));
+    const L = r.llamaServer, T = r.torpor;
+    const row = (name: string, l: number[], t: number[], unit = "ms") => { const a = stat(l), b = stat(t); return [name, fmt(a, unit), fmt(b, unit), `${(b.median / a.median).toFixed(2)}x`]; };
+    table(`Figure 11: vs llama-server (same llama.cpp, SmolLM2-135M-Instruct, ${r.tokens}-token conversation, 2 threads, interleaved)`,
+      ["measure", "llama-server", "torpor", "torpor / llama-server"], [
+        row("save (slot save, no fsync) vs hibernate (fsync)", L.saveMs, T.hibernateMs),
+        row("restore (slot restore) vs rehydrate", L.restoreMs, T.rehydrateMs),
+        row("next turn after the restore (32 tokens)", L.nextTurnMs, T.nextTurnMs),
+        row("decode, 1 stream", L.decodeTokPerSec, T.decodeTokPerSec, "tok/s"),
+      ]);
+    console.log(`torpor reused ${stat(T.reused).median} of ${r.tokens} tokens after each rehydrate`);
+    results.peer = r;
+  }
 }
 if (args.only?.split(",").includes("operator")) { // minutes and GiB of contexts: only when asked
   const r = await operatorScale(Number(args.sessions ?? (args.quick ? 100 : 1000)));

@@ -1,0 +1,87 @@
+// Figure 11: torpor against llama.cpp's own server, same machine, same llama.cpp (built from the
+// source node-llama-cpp ships), same model (SmolLM2-135M-Instruct), same conversation, 2 threads.
+// llama-server: slot save/restore to files (--slot-save-path) and the next turn on the restored slot.
+// torpor: hibernate/rehydrate of a runtime process and the next turn. Interleaved runs.
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { freePort, startRuntime } from "../testbed/local-runtime.js";
+import { realModel } from "../testbed/models.js";
+import { REPO_ROOT } from "../testbed/paths.js";
+
+const run = promisify(execFile);
+
+export interface PeerResult {
+  tokens: number;
+  llamaServer: { saveMs: number[]; restoreMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[] };
+  torpor: { hibernateMs: number[]; rehydrateMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[]; reused: number[] };
+}
+
+/** The llama-server binary, built once and cached; undefined (with the reason printed) when it cannot be built. */
+export async function llamaServerBinary(): Promise<string | undefined> {
+  try {
+    const { stdout } = await run(path.join(REPO_ROOT, "scripts", "build-llama-server.sh"), { maxBuffer: 64 << 20, timeout: 3600_000 });
+    return stdout.trim().split("\n").at(-1);
+  } catch (err) {
+    console.log(`figure 11 skipped: llama-server could not be built (${String((err as { stderr?: string }).stderr ?? err).trim().split("\n").at(-1)})`);
+    return undefined;
+  }
+}
+
+async function post(url: string, body: unknown): Promise<{ json: Record<string, unknown>; ms: number }> {
+  const t0 = performance.now();
+  const res = await fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const json = await res.json() as Record<string, unknown>;
+  if (!res.ok) throw new Error(`${url}: ${res.status} ${JSON.stringify(json).slice(0, 300)}`);
+  return { json, ms: performance.now() - t0 };
+}
+
+export async function versusLlamaServer(binary: string, tokens: number, runs: number): Promise<PeerResult> {
+  const model = await realModel();
+  const dir = await mkdtemp(path.join(os.tmpdir(), "torpor-peer-"));
+  const port = await freePort();
+  const ctx = tokens + 1024;
+  const server: ChildProcess = spawn(binary, ["-m", model, "--port", String(port), "--host", "127.0.0.1", "-c", String(ctx), "-np", "1", "-t", "2", "--slot-save-path", dir + "/", "--no-webui"], { stdio: "ignore" });
+  const base = `http://127.0.0.1:${port}`;
+  const rt = await startRuntime({ TORPOR_MODEL: model, TORPOR_HIBERNATION_DIR: dir, TORPOR_THREADS: "2", TORPOR_MAX_CONTEXT_SIZE: String(ctx + 1024), TORPOR_LOG_LEVEL: "warn" });
+  const out: PeerResult = { tokens, llamaServer: { saveMs: [], restoreMs: [], nextTurnMs: [], decodeTokPerSec: [] }, torpor: { hibernateMs: [], rehydrateMs: [], nextTurnMs: [], decodeTokPerSec: [], reused: [] } };
+  try {
+    for (let i = 0; i < 600; i++) { try { if ((await fetch(`${base}/health`)).ok) break; } catch { /* starting */ } await new Promise((r) => setTimeout(r, 100)); }
+    // A conversation of about `tokens` tokens: the same text for both.
+    const history = Array.from({ length: Math.ceil(tokens / 8) }, (_, i) => `Note ${i}: the meeting moved to room ${i % 17}.`).join(" ");
+    await rt.client.register("bench", "peer", { contextSize: ctx });
+    const first = await rt.client.submit("bench", "peer", history, { max_tokens: 16, temperature: 0 });
+    out.tokens = first.usage.prompt_tokens;
+    const prompt = history;
+    await post(`${base}/completion`, { prompt, n_predict: 16, cache_prompt: true, id_slot: 0, temperature: 0 });
+    for (let r = 0; r < runs; r++) {
+      // llama-server: save, erase, restore, next turn.
+      const save = await post(`${base}/slots/0?action=save`, { filename: "peer.bin" });
+      out.llamaServer.saveMs.push(save.ms);
+      await post(`${base}/slots/0?action=erase`, {});
+      const restore = await post(`${base}/slots/0?action=restore`, { filename: "peer.bin" });
+      out.llamaServer.restoreMs.push(restore.ms);
+      const turn = await post(`${base}/completion`, { prompt: `${prompt} Question ${r}: which room?`, n_predict: 32, cache_prompt: true, id_slot: 0, temperature: 0 });
+      out.llamaServer.nextTurnMs.push(turn.ms);
+      const t = turn.json.timings as { predicted_per_second?: number } | undefined;
+      if (t?.predicted_per_second) out.llamaServer.decodeTokPerSec.push(t.predicted_per_second);
+      // torpor: hibernate, rehydrate (inside the next turn), next turn.
+      const h = await rt.client.hibernate("bench", "peer");
+      out.torpor.hibernateMs.push(h.record!.durationMs);
+      const t0 = performance.now();
+      const next = await rt.client.submit("bench", "peer", `Question ${r}: which room?`, { max_tokens: 32, temperature: 0 });
+      const ms = performance.now() - t0;
+      out.torpor.nextTurnMs.push(ms);
+      out.torpor.rehydrateMs.push(next.torpor.rehydrate_ms ?? NaN);
+      out.torpor.reused.push(next.usage.prompt_tokens_details.cached_tokens);
+      out.torpor.decodeTokPerSec.push(next.usage.completion_tokens / ((ms - (next.torpor.rehydrate_ms ?? 0)) / 1000));
+    }
+  } finally {
+    server.kill("SIGTERM");
+    await rt.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+  return out;
+}
