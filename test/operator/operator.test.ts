@@ -311,6 +311,24 @@ describe("operator on the testbed", () => {
     assert.equal((await get("split")).status!.liveStateLostAt, undefined);
   });
 
+  it("a look-alike runtime pod (bare, or in another namespace) is never used", async () => {
+    const lookAlike = (ns: string) => `apiVersion: v1
+kind: Pod
+metadata: {name: runtime-tiny-lookalike, namespace: ${ns}, labels: {app.kubernetes.io/component: runtime, app.kubernetes.io/part-of: torpor, torpor.dev/model: tiny}}
+spec:
+  containers: [{name: x, image: evil, command: [node, -e, "require('http').createServer((q, r) => r.end('{\\"sessions\\":[]}')).listen(8080, process.env.POD_IP)"], env: [{name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}], ports: [{name: http, containerPort: 8080}], readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}}]
+`;
+    await tb.kubectl(["create", "namespace", "evil"]);
+    for (const ns of ["default", "evil"]) await tb.kubectl(["apply", "-f", "-"], lookAlike(ns));
+    for (const ns of ["default", "evil"]) await tb.kubectl(["wait", "--for=condition=Ready", "-n", ns, "pod/runtime-tiny-lookalike", "--timeout=60s"]);
+    for (let i = 0; i < 4; i++) await tb.kubectl(["apply", "-f", "-"], session(`target-${i}`));
+    for (let i = 0; i < 4; i++) {
+      const s = await waitPlaced(`target-${i}`);
+      assert.notEqual(s.status!.pod, "runtime-tiny-lookalike", "placed on a look-alike: it would get the runtime token and the session");
+    }
+    for (const ns of ["default", "evil"]) await tb.kubectl(["delete", "pod", "-n", ns, "runtime-tiny-lookalike", "--wait=false"]);
+  });
+
   it("SIGKILL of the runtime during a hibernate ends as Hibernated with the whole history or as LiveStateLost, never half", async () => {
     const outcomes = { hibernated: 0, lost: 0 };
     // The operator calls the runtime some ms after the patch and the write takes some ms more:
