@@ -12,6 +12,8 @@ export interface RuntimeConfig {
   sealingKeys?: string;
   /** Node-local folder for the plaintext llama.cpp writes and reads when sealing (never the shared volume). */
   stagingDir: string;
+  /** Per-namespace caps, JSON (sessions/namespace-limits.ts). */
+  namespaceLimits?: string;
   /** A second listener with /metrics only, so a NetworkPolicy can open it to scrapers and keep the API closed (0: none). */
   metricsPort: number;
   host: string;
@@ -71,6 +73,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     ...(env.TORPOR_SEALING_KEYS ? { sealingKeys: env.TORPOR_SEALING_KEYS } : {}),
     stagingDir: env.TORPOR_STAGING_DIR ?? os.tmpdir(),
     metricsPort: int(env, "TORPOR_METRICS_PORT", 0),
+    ...(env.TORPOR_NAMESPACE_LIMITS ? { namespaceLimits: env.TORPOR_NAMESPACE_LIMITS } : {}),
     host: env.TORPOR_HOST ?? "0.0.0.0",
     port: int(env, "TORPOR_PORT", 8080),
     maxResident: int(env, "TORPOR_MAX_RESIDENT", 8, 1),

@@ -10,6 +10,7 @@ import { SealingKeys } from "./storage/sealing.js";
 import express from "express";
 import { mountHealthRoutes } from "../common/health-server.js";
 import { cgroupMemoryLimit, defaultMemoryBudget } from "./model/memory-budget.js";
+import { NamespaceLimits } from "./sessions/namespace-limits.js";
 import { createRuntimeApp } from "./http/app.js";
 import { createLogger } from "../common/logger.js";
 import { RuntimeMetrics } from "./metrics.js";
@@ -46,6 +47,7 @@ async function main(): Promise<void> {
     maxResident: cfg.maxResident, memoryBudgetBytes, idleAfterMs: cfg.idleAfterMs,
     defaultContextSize: cfg.defaultContextSize, maxContextSize: cfg.maxContextSize, podName: cfg.podName,
     contextHandover: cfg.contextHandover, preemptAfterMs: cfg.preemptAfterMs,
+    namespaceLimits: NamespaceLimits.parse(cfg.namespaceLimits),
   });
   const app = createRuntimeApp({
     manager, store, host, metrics, log, token: cfg.token, maxBodyBytes: cfg.maxBodyBytes,

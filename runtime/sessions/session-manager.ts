@@ -11,6 +11,7 @@ import type { ModelHost } from "../model/model-host.js";
 import { SerialQueue } from "./serial-queue.js";
 import { Session, type Admission, type SpareContext } from "./session.js";
 import type { HibernateOutcome, SessionSpec } from "../../contract/runtime-api.js";
+import type { NamespaceLimits } from "./namespace-limits.js";
 
 export interface ManagerOptions {
   maxResident: number;
@@ -30,6 +31,8 @@ export interface ManagerOptions {
    */
   preemptAfterMs?: number;
   podName: string;
+  /** Per-namespace caps (largest context, resident sessions). */
+  namespaceLimits?: NamespaceLimits;
 }
 
 export interface RegisterRequest {
@@ -79,6 +82,7 @@ export class SessionManager implements Admission {
     if (!Number.isInteger(contextSize) || contextSize < 256 || contextSize > this.opts.maxContextSize) {
       throw new TorporError("bad_request", `contextSize must be an integer between 256 and ${this.opts.maxContextSize}, got ${req.contextSize}`);
     }
+    this.opts.namespaceLimits?.checkContextSize(req.namespace, contextSize);
     const spec: SessionSpec = {
       contextSize,
       ...(req.systemPrompt ? { systemPrompt: req.systemPrompt } : {}),
@@ -161,11 +165,16 @@ export class SessionManager implements Admission {
     return this.admissions.run(async () => {
       const started = Date.now();
       const deadline = started + (this.opts.admissionTimeoutMs ?? 30_000);
-      const full = () => this.resident.size >= this.opts.maxResident || (budget > 0 && this.residentBytes() + need > budget);
+      const ns = session.ref.namespace;
+      const nsMax = this.opts.namespaceLimits?.of(ns).maxResidentSessions;
+      const nsResident = () => [...this.resident.keys()].filter((s) => s.ref.namespace === ns).length;
+      // A namespace at its own cap makes room among its own sessions, never its neighbours'.
+      const nsFull = () => nsMax !== undefined && nsResident() >= nsMax;
+      const full = () => nsFull() || this.resident.size >= this.opts.maxResident || (budget > 0 && this.residentBytes() + need > budget);
       let spare: SpareContext | undefined;
       try {
         while (full()) {
-          const candidates = [...this.resident.keys()].filter((s) => s !== session && s.residency === "InMemory");
+          const candidates = [...this.resident.keys()].filter((s) => s !== session && s.residency === "InMemory" && (!nsFull() || s.ref.namespace === ns));
           const idle = candidates.filter((s) => !s.busy).sort((a, b) => a.lastActivity - b.lastActivity)[0];
           // Time-slicing under sustained load: the session resident longest gives up its slot
           // after the requests already queued on it (its queue is FIFO: no generation is cut).
