@@ -19,6 +19,9 @@ export interface PeerResult {
   torpor: { hibernateMs: number[]; rehydrateMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[]; reused: number[] };
 }
 
+/** The peer could not be run here: the figure is skipped with this reason, not failed. */
+export class PeerUnavailable extends Error {}
+
 /** The llama-server binary, built once and cached; undefined (with the reason printed) when it cannot be built. */
 export async function llamaServerBinary(): Promise<string | undefined> {
   try {
@@ -41,16 +44,26 @@ async function post(url: string, body: unknown): Promise<{ json: Record<string, 
 export async function versusLlamaServer(binary: string, tokens: number, runs: number): Promise<PeerResult> {
   const model = await realModel();
   const dir = await mkdtemp(path.join(os.tmpdir(), "torpor-peer-"));
-  const port = await freePort();
-  const ctx = tokens + 1024;
-  const server: ChildProcess = spawn(binary, ["-m", model, "--port", String(port), "--host", "127.0.0.1", "-c", String(ctx), "-np", "1", "-t", "2", "--slot-save-path", dir + "/", "--no-webui"], { stdio: "ignore" });
-  const base = `http://127.0.0.1:${port}`;
+  const ctx = Math.ceil(tokens * 1.5) + 1024;
   const rt = await startRuntime({ TORPOR_MODEL: model, TORPOR_HIBERNATION_DIR: dir, TORPOR_THREADS: "2", TORPOR_MAX_CONTEXT_SIZE: String(ctx + 1024), TORPOR_LOG_LEVEL: "warn" });
+  // The server picks its port after the runtime has bound its own (both ask for a free one).
+  const port = await freePort();
+  const server: ChildProcess = spawn(binary, ["-m", model, "--port", String(port), "--host", "127.0.0.1", "-c", String(ctx), "-np", "1", "-t", "2", "--slot-save-path", dir + "/", "--no-webui"], { stdio: ["ignore", "ignore", "pipe"] });
+  let serverLog = "";
+  server.stderr!.on("data", (d: Buffer) => { serverLog = (serverLog + d.toString()).slice(-4000); });
+  server.once("exit", (code) => { if (code) console.log(`llama-server exited with ${code}: ${serverLog.slice(-1500)}`); });
+  const base = `http://127.0.0.1:${port}`;
   const out: PeerResult = { tokens, llamaServer: { saveMs: [], restoreMs: [], nextTurnMs: [], decodeTokPerSec: [] }, torpor: { hibernateMs: [], rehydrateMs: [], nextTurnMs: [], decodeTokPerSec: [], reused: [] } };
   try {
-    for (let i = 0; i < 600; i++) { try { if ((await fetch(`${base}/health`)).ok) break; } catch { /* starting */ } await new Promise((r) => setTimeout(r, 100)); }
+    let up = false, exited: number | string | null = null;
+    server.once("exit", (code, signal) => { exited = code ?? signal; });
+    for (let i = 0; i < 600 && !up && exited === null; i++) {
+      up = await fetch(`${base}/health`).then((r) => r.ok, () => false);
+      if (!up) await new Promise((r) => setTimeout(r, 100));
+    }
+    if (!up) throw new PeerUnavailable(`llama-server did not come up${exited !== null ? ` (it exited: ${exited})` : ""}; its last words: ${serverLog.trim().split("\n").at(-1)}`);
     // A conversation of about `tokens` tokens: the same text for both.
-    const history = Array.from({ length: Math.ceil(tokens / 8) }, (_, i) => `Note ${i}: the meeting moved to room ${i % 17}.`).join(" ");
+    const history = Array.from({ length: Math.ceil(tokens / 14) }, (_, i) => `Note ${i}: the meeting moved to room ${i % 17}.`).join(" ");
     await rt.client.register("bench", "peer", { contextSize: ctx });
     const first = await rt.client.submit("bench", "peer", history, { max_tokens: 16, temperature: 0 });
     out.tokens = first.usage.prompt_tokens;

@@ -13,7 +13,7 @@ import { freePort } from "../testbed/local-runtime.js";
 import type { InferenceSession } from "../contract/inference-session.js";
 import { bulkheadSwap } from "./bulkhead-swap.js";
 import { checkpointCost } from "./checkpoints.js";
-import { llamaServerBinary, versusLlamaServer } from "./llama-server.js";
+import { llamaServerBinary, PeerUnavailable, versusLlamaServer } from "./llama-server.js";
 import { sealingCost } from "./sealing.js";
 import { harness } from "./harness.js";
 import { operatorScale } from "./operator-scale.js";
@@ -349,7 +349,13 @@ if (want("checkpoints")) {
 if (want("peer")) {
   const binary = await llamaServerBinary();
   if (binary) {
-    const r = await versusLlamaServer(binary, args.quick ? 1500 : 3000, Math.max(5, RUNS));
+    const r = await versusLlamaServer(binary, args.quick ? 1500 : 3000, Math.max(5, RUNS)).catch((err: unknown) => {
+      if (!(err instanceof PeerUnavailable)) throw err;
+      console.log(`figure 11 skipped: ${err.message}`);
+      results.peer = { skipped: err.message };
+      return undefined;
+    });
+    if (r) {
     const L = r.llamaServer, T = r.torpor;
     const row = (name: string, l: number[], t: number[], unit = "ms") => { const a = stat(l), b = stat(t); return [name, fmt(a, unit), fmt(b, unit), `${(b.median / a.median).toFixed(2)}x`]; };
     table(`Figure 11: vs llama-server (same llama.cpp, SmolLM2-135M-Instruct, ${r.tokens}-token conversation, 2 threads, interleaved)`,
@@ -361,6 +367,7 @@ if (want("peer")) {
       ]);
     console.log(`torpor reused ${stat(T.reused).median} of ${r.tokens} tokens after each rehydrate`);
     results.peer = r;
+    }
   }
 }
 if (args.only?.split(",").includes("operator")) { // minutes and GiB of contexts: only when asked
