@@ -363,7 +363,7 @@ if (want("peer")) {
         row("save (slot save, no fsync) vs hibernate (fsync)", L.saveMs, T.hibernateMs),
         row("restore (slot restore) vs rehydrate", L.restoreMs, T.rehydrateMs),
         row("next turn after the restore (32 tokens)", L.nextTurnMs, T.nextTurnMs),
-        row("decode, 1 stream", L.decodeTokPerSec, T.decodeTokPerSec, "tok/s"),
+        row("tokens/s of that turn (llama-server: its decode timing; torpor: completion tokens over the turn, prompt eval included)", L.decodeTokPerSec, T.decodeTokPerSec, "tok/s"),
       ]);
     console.log(`torpor reused ${stat(T.reused).median} of ${r.tokens} tokens after each rehydrate`);
     results.peer = r;
