@@ -135,7 +135,6 @@ export class HibernationStore {
     this.sealing = opts.sealing;
   }
 
-  get sealed(): boolean { return !!this.sealing; }
 
   dirFor(ref: SessionRef): Promise<string> {
     validateName("name", ref.name);

@@ -6,7 +6,7 @@ import path from "node:path";
 import { describe, it } from "node:test";
 import { specSchema, statusSchema } from "../../contract/crd.js";
 import { CRD_FILE, renderCrdYaml } from "../../contract/crd-yaml.js";
-import { HIBERNATION_FIELDS, LAST_HIBERNATION_FIELDS, SPEC_FIELDS, STATUS_FIELDS, parseDuration } from "../../contract/inference-session.js";
+import { CHECKPOINT_FIELDS, HIBERNATION_FIELDS, LAST_HIBERNATION_FIELDS, SPEC_FIELDS, STATUS_FIELDS, parseDuration } from "../../contract/inference-session.js";
 import { REPO_ROOT } from "../../testbed/paths.js";
 
 const keys = (o: object) => Object.keys(o).sort();
@@ -15,6 +15,7 @@ describe("InferenceSession API", () => {
   it("schema and types list the same fields", () => {
     assert.deepEqual(keys(specSchema.properties), keys(SPEC_FIELDS));
     assert.deepEqual(keys(specSchema.properties.hibernation.properties), keys(HIBERNATION_FIELDS));
+    assert.deepEqual(keys(specSchema.properties.hibernation.properties.checkpoint.properties), keys(CHECKPOINT_FIELDS));
     assert.deepEqual(keys(statusSchema.properties), keys(STATUS_FIELDS));
     assert.deepEqual(keys(statusSchema.properties.lastHibernation.properties), keys(LAST_HIBERNATION_FIELDS));
   });
