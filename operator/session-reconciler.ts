@@ -148,6 +148,13 @@ export class SessionReconciler {
       return true;
     } catch (err) {
       if (err instanceof RuntimeApiError && (err.code === "session_not_found" || err.code === "stale_epoch")) return true;
+      // Nothing listens on the pod's address: its runtime is gone (a runtime draining on SIGTERM
+      // keeps listening until it exits), so there is nothing left to wait for. A partition, by
+      // contrast, times out or is unreachable, and waits for the deadline.
+      if ((err as { code?: string }).code === "ECONNREFUSED") {
+        log.info({ from: from.name }, "hand-off: the previous pod's runtime is gone; nothing to wait for");
+        return true;
+      }
       log.info({ from: from.name, err: String(err) }, "hand-off pending: the previous pod has not committed the session yet");
       return false;
     }

@@ -357,7 +357,7 @@ spec:
       const back = await eventually(`${name} back in memory on a live pod`, async () => {
         const s = await get(name);
         return s.status?.residency === "InMemory" && s.status.pod !== placed.status!.pod ? s : undefined;
-      }, 90_000);
+      }, 90_000).catch(async (err) => { throw new Error(`${err}: ${JSON.stringify((await get(name)).status)}\n${operatorLog.split("\n").filter((l) => l.includes(name)).slice(-12).join("\n")}`); });
       const h = await runtimeFor(back).request<{ history: Array<{ type: string }> }>("GET", `/v1/sessions/default/${name}?history=true`);
       assert.deepEqual(h.history.map((m) => m.type), ["system", "user", "model"]);
     }
