@@ -1,6 +1,7 @@
 // One conversation: its history, its own llama context while resident, and a FIFO of work.
 // Every operation (generate, hibernate, rehydrate, delete) runs on the session's queue, which is
 // what makes hibernate wait for in-flight generation and requests wait for a hibernate.
+import path from "node:path";
 import { LlamaChat, type ChatHistoryItem } from "node-llama-cpp";
 import type { Clock } from "../../common/clock.js";
 import { StaleEpochError, StateRejectedError, TorporError } from "../../contract/errors.js";
@@ -363,7 +364,8 @@ export class Session {
       // With checkpoints the file stays until the next checkpoint replaces it: a crash right after
       // this restore loses nothing.
       this.volumeCurrent = true;
-      this.lastCheckpoint ??= { manifestFile, stateFile: statePath, bytes: manifest.stateBytes, sha256: manifest.stateSha256, tokenCount: manifest.tokenCount, hibernatedAt: manifest.hibernatedAt, durationMs: 0 };
+      // The record names the file on the volume (statePath is a staging copy when sealed).
+      this.lastCheckpoint = { manifestFile, stateFile: path.join(path.dirname(manifestFile), manifest.stateFile), bytes: manifest.stateBytes, sha256: manifest.stateSha256, tokenCount: manifest.tokenCount, hibernatedAt: manifest.hibernatedAt, durationMs: 0 };
     } else {
       // The conversation is in memory now: a failed delete costs disk space, never the session.
       await store.remove(this.ref, { keepClaims: true }).catch((err) => this.log.warn({ err }, "could not delete the restored hibernation files; the sweeper or the next hibernate will"));
