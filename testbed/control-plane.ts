@@ -32,13 +32,16 @@ function start(dir: string, name: string, bin: string, args: string[]): Componen
   const out = createWriteStream(log, { flags: "a" });
   // Own process group, so stop() can take down anything the component spawned.
   const proc = spawn(bin, args, { stdio: ["ignore", "pipe", "pipe"], detached: true });
+  // A failed spawn (ENOMEM, EAGAIN) must surface as this component's failure, not crash the suite.
+  proc.on("error", (err) => out.write(`spawn failed: ${err.message}\n`));
+  out.on("error", () => undefined);
   proc.stdout!.pipe(out);
   proc.stderr!.pipe(out);
   return { name, proc, log };
 }
 
 async function stopComponent(c: Component, graceMs = 5000): Promise<void> {
-  if (c.proc.exitCode !== null || c.proc.signalCode !== null) return;
+  if (c.proc.pid === undefined || c.proc.exitCode !== null || c.proc.signalCode !== null) return;
   const exited = new Promise<void>((r) => c.proc.once("exit", () => r()));
   try { process.kill(-c.proc.pid!, "SIGTERM"); } catch { /* gone */ }
   const timer = setTimeout(() => { try { process.kill(-c.proc.pid!, "SIGKILL"); } catch { /* gone */ } }, graceMs);
@@ -89,7 +92,23 @@ current-context: testbed
 `;
 }
 
-export async function startControlPlane(dir: string): Promise<ControlPlane> {
+/**
+ * Ports come from the kernel and are released before the components bind them, so another
+ * process can take one in between (an outbound connection's ephemeral port, say): a start whose
+ * component exits is retried on fresh ports and a fresh etcd.
+ */
+export async function startControlPlane(dir: string, attempts = 3): Promise<ControlPlane> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startControlPlaneOnce(dir, attempt);
+    } catch (err) {
+      if (attempt >= attempts) throw err;
+      process.stderr.write(`testbed: control plane start ${attempt} of ${attempts} failed, retrying: ${(err as Error).message}\n`);
+    }
+  }
+}
+
+async function startControlPlaneOnce(dir: string, attempt: number): Promise<ControlPlane> {
   const bins = await ensureKubeBinaries();
   const pki = await createPki(dir);
   const [etcdPort, peerPort, apiPort] = [await freePort(), await freePort(), await freePort()];
@@ -102,7 +121,7 @@ export async function startControlPlane(dir: string): Promise<ControlPlane> {
 
   try {
     const etcd = start(dir, "etcd", bins.etcd, [
-      "--name=testbed", `--data-dir=${path.join(dir, "etcd-data")}`,
+      "--name=testbed", `--data-dir=${path.join(dir, `etcd-data-${attempt}`)}`,
       `--listen-client-urls=http://127.0.0.1:${etcdPort}`, `--advertise-client-urls=http://127.0.0.1:${etcdPort}`,
       `--listen-peer-urls=http://127.0.0.1:${peerPort}`, `--initial-advertise-peer-urls=http://127.0.0.1:${peerPort}`,
       `--initial-cluster=testbed=http://127.0.0.1:${peerPort}`,

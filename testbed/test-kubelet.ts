@@ -116,7 +116,7 @@ export class TestKubelet {
   get nodeNames(): string[] { return this.opts.nodes.map((n) => n.name); }
 
   async start(): Promise<void> {
-    for (const n of this.opts.nodes) await this.registerNode(n);
+    for (const n of this.opts.nodes) await this.withRetry(`register node ${n.name}`, () => this.registerNode(n));
     await this.heartbeat();
     this.timers.push(setInterval(() => void this.heartbeat(), 2000));
     this.timers.push(setInterval(() => void this.sync(), this.opts.syncMs ?? 250));
@@ -168,12 +168,25 @@ export class TestKubelet {
     this.pods.clear();
   }
 
+  /** A fresh API server can still answer 5xx/429 for a moment after /readyz; a 4xx is final. */
+  private async withRetry(what: string, fn: () => Promise<void>, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try { return await fn(); } catch (err) {
+        const code = (err as { code?: number }).code ?? 0;
+        const transient = code === 0 || code === 429 || code >= 500;
+        if (!transient || Date.now() > deadline) throw new Error(`${what}: ${(err as Error).message}`);
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+  }
+
   private async registerNode(n: TestNodeSpec): Promise<void> {
     const capacity: Record<string, string> = { cpu: n.cpu ?? "8", memory: n.memory ?? "32Gi", pods: "110", "ephemeral-storage": "100Gi" };
     if (n.gpus) capacity["nvidia.com/gpu"] = String(n.gpus);
     await this.core.createNode({ body: {
       metadata: { name: n.name, labels: { "kubernetes.io/hostname": n.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", ...n.labels } },
-    } });
+    } }).catch((err: { code?: number }) => { if (err.code !== 409) throw err; }); // a retry after a lost reply
     await this.writeNodeStatus(n.name, capacity);
   }
 
