@@ -3,7 +3,7 @@
 // llama-server: slot save/restore to files (--slot-save-path) and the next turn on the restored slot.
 // torpor: hibernate/rehydrate of a runtime process and the next turn. Interleaved runs.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, open, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -17,6 +17,10 @@ export interface PeerResult {
   tokens: number;
   llamaServer: { saveMs: number[]; restoreMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[] };
   torpor: { hibernateMs: number[]; rehydrateMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[]; reused: number[] };
+  /** Writing the hibernated state's bytes to a new file on the same volume, with fsync: the durable floor. */
+  fsyncFloorMs: number[];
+  /** Aggregate decode of 4 concurrent streams: llama-server -np 4, torpor with a context per session, torpor with 4 sequences per context. */
+  streams4?: { llamaServer: number[]; torporContextEach: number[]; torporShared: number[] };
 }
 
 /** The peer could not be run here: the figure is skipped with this reason, not failed. */
@@ -53,7 +57,7 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
   server.stderr!.on("data", (d: Buffer) => { serverLog = (serverLog + d.toString()).slice(-4000); });
   server.once("exit", (code) => { if (code) console.log(`llama-server exited with ${code}: ${serverLog.slice(-1500)}`); });
   const base = `http://127.0.0.1:${port}`;
-  const out: PeerResult = { tokens, llamaServer: { saveMs: [], restoreMs: [], nextTurnMs: [], decodeTokPerSec: [] }, torpor: { hibernateMs: [], rehydrateMs: [], nextTurnMs: [], decodeTokPerSec: [], reused: [] } };
+  const out: PeerResult = { tokens, fsyncFloorMs: [], llamaServer: { saveMs: [], restoreMs: [], nextTurnMs: [], decodeTokPerSec: [] }, torpor: { hibernateMs: [], rehydrateMs: [], nextTurnMs: [], decodeTokPerSec: [], reused: [] } };
   try {
     let up = false, exited: number | string | null = null;
     server.once("exit", (code, signal) => { exited = code ?? signal; });
@@ -83,6 +87,7 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
       // torpor: hibernate, rehydrate (inside the next turn), next turn.
       const h = await rt.client.hibernate("bench", "peer");
       out.torpor.hibernateMs.push(h.record!.durationMs);
+      out.fsyncFloorMs.push(await writeWithFsync(path.join(dir, `floor-${r}.bin`), h.record!.bytes));
       const t0 = performance.now();
       const next = await rt.client.submit("bench", "peer", `Question ${r}: which room?`, { max_tokens: 32, temperature: 0 });
       const ms = performance.now() - t0;
@@ -95,6 +100,67 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
     server.kill("SIGTERM");
     await rt.stop();
     await rm(dir, { recursive: true, force: true });
+  }
+  out.streams4 = await fourStreams(binary, model, runs);
+  return out;
+}
+
+/** The time to write `bytes` to a new file and fsync it (what any durable save must at least pay). */
+async function writeWithFsync(file: string, bytes: number): Promise<number> {
+  const chunk = Buffer.alloc(1 << 20, 7);
+  const t0 = performance.now();
+  const fh = await open(file, "w", 0o600);
+  try {
+    for (let left = bytes; left > 0; left -= chunk.length) await fh.write(chunk, 0, Math.min(left, chunk.length));
+    await fh.sync();
+  } finally { await fh.close(); }
+  const ms = performance.now() - t0;
+  await rm(file, { force: true });
+  return ms;
+}
+
+async function startServer(binary: string, args: string[]): Promise<{ base: string; stop: () => void }> {
+  const port = await freePort();
+  const server = spawn(binary, ["--port", String(port), "--host", "127.0.0.1", "--no-webui", ...args], { stdio: ["ignore", "ignore", "pipe"] });
+  let log = "";
+  server.stderr!.on("data", (d: Buffer) => { log = (log + d.toString()).slice(-4000); });
+  const base = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 600; i++) {
+    if (server.exitCode !== null) break;
+    if (await fetch(`${base}/health`).then((r) => r.ok, () => false)) return { base, stop: () => server.kill("SIGTERM") };
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  server.kill("SIGKILL");
+  throw new PeerUnavailable(`llama-server -np 4 did not come up: ${log.trim().split("\n").at(-1)}`);
+}
+
+const STREAM_TOKENS = 48;
+const streamPrompt = (i: number) => `Write a short story about a lighthouse keeper number ${i}.`;
+
+/** Tokens per second over 4 generations running at once (completion tokens / wall time). */
+async function fourStreams(binary: string, model: string, runs: number): Promise<PeerResult["streams4"]> {
+  const out = { llamaServer: [] as number[], torporContextEach: [] as number[], torporShared: [] as number[] };
+  const server = await startServer(binary, ["-m", model, "-c", String(4 * 1024), "-np", "4", "-t", "2"]);
+  const runtimes = await Promise.all(["1", "4"].map(async (seqs) => startRuntime({
+    TORPOR_MODEL: model, TORPOR_HIBERNATION_DIR: await mkdtemp(path.join(os.tmpdir(), "torpor-streams-")), TORPOR_THREADS: "2",
+    TORPOR_SEQUENCES_PER_CONTEXT: seqs, TORPOR_LOG_LEVEL: "warn",
+  })));
+  try {
+    for (const [i, rt] of runtimes.entries()) for (let s = 0; s < 4; s++) await rt.client.register("bench", `s${i}-${s}`, { contextSize: 1024 });
+    for (let r = 0; r < runs; r++) {
+      let t0 = performance.now();
+      const peer = await Promise.all([0, 1, 2, 3].map((s) => post(`${server.base}/completion`, { prompt: streamPrompt(s + r), n_predict: STREAM_TOKENS, id_slot: s, temperature: 0, cache_prompt: false })));
+      out.llamaServer.push(peer.reduce((n, p) => n + Number((p.json.timings as { predicted_n?: number }).predicted_n ?? 0), 0) / ((performance.now() - t0) / 1000));
+      for (const [i, rt] of runtimes.entries()) {
+        t0 = performance.now();
+        const done = await Promise.all([0, 1, 2, 3].map((s) => rt.client.submit("bench", `s${i}-${s}`, streamPrompt(s + r), { max_tokens: STREAM_TOKENS, temperature: 0 })));
+        const tps = done.reduce((n, d) => n + d.usage.completion_tokens, 0) / ((performance.now() - t0) / 1000);
+        (i === 0 ? out.torporContextEach : out.torporShared).push(tps);
+      }
+    }
+  } finally {
+    server.stop();
+    await Promise.all(runtimes.map((rt) => rt.stop()));
   }
   return out;
 }

@@ -364,6 +364,11 @@ if (want("peer")) {
         row("restore (slot restore) vs rehydrate", L.restoreMs, T.rehydrateMs),
         row("next turn after the restore (32 tokens)", L.nextTurnMs, T.nextTurnMs),
         row("tokens/s of that turn (llama-server: its decode timing; torpor: completion tokens over the turn, prompt eval included)", L.decodeTokPerSec, T.decodeTokPerSec, "tok/s"),
+        row("durable floor (write the same bytes + fsync) vs hibernate (goal <= 1.2x)", r.fsyncFloorMs, T.hibernateMs),
+        ...(r.streams4 ? [
+          row("4 streams at once, tokens/s: -np 4 vs a context per session", r.streams4.llamaServer, r.streams4.torporContextEach, "tok/s"),
+          row("4 streams at once, tokens/s: -np 4 vs 4 sequences per context", r.streams4.llamaServer, r.streams4.torporShared, "tok/s"),
+        ] : []),
       ]);
     console.log(`torpor reused ${stat(T.reused).median} of ${r.tokens} tokens after each rehydrate`);
     results.peer = r;

@@ -1,5 +1,6 @@
-import os from "node:os";
 // Runtime configuration, read once from the environment (the chart and the test kubelet set it).
+import os from "node:os";
+import { MAX_CONTEXT_SEQUENCES } from "./storage/hibernation-store.js";
 import { TorporError } from "../contract/errors.js";
 
 export interface RuntimeConfig {
@@ -34,6 +35,10 @@ export interface RuntimeConfig {
   maxBodyBytes: number;
   /** Reuse an evicted session's context for the session that needed the room. */
   contextHandover: boolean;
+  /** Sequences per llama context: resident sessions sharing a context decode in one batch. */
+  sequencesPerContext: number;
+  /** How long a context no session uses stays allocated, so the next rehydrate skips the allocation. */
+  contextGraceMs: number;
   /** Wait for an idle resident session this long before taking a busy one's slot between its turns. */
   preemptAfterMs: number;
   podName: string;
@@ -45,6 +50,12 @@ function int(env: NodeJS.ProcessEnv, key: string, fallback: number, min = 0): nu
   if (raw === undefined || raw === "") return fallback;
   const n = Number(raw);
   if (!Number.isInteger(n) || n < min) throw new TorporError("bad_request", `${key}=${raw} must be an integer >= ${min}`);
+  return n;
+}
+
+function intAtMost(env: NodeJS.ProcessEnv, key: string, fallback: number, min: number, max: number): number {
+  const n = int(env, key, fallback, min);
+  if (n > max) throw new TorporError("bad_request", `${key}=${n} must be at most ${max}`);
   return n;
 }
 
@@ -89,6 +100,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     maxBodyBytes: int(env, "TORPOR_MAX_BODY_BYTES", 1 << 20, 1024),
     contextHandover: bool(env, "TORPOR_CONTEXT_HANDOVER", true),
     preemptAfterMs: int(env, "TORPOR_PREEMPT_AFTER_MS", 2000),
+    sequencesPerContext: intAtMost(env, "TORPOR_SEQUENCES_PER_CONTEXT", 1, 1, MAX_CONTEXT_SEQUENCES),
+    contextGraceMs: int(env, "TORPOR_CONTEXT_GRACE_MS", 5000),
     podName: env.TORPOR_POD_NAME ?? env.HOSTNAME ?? "local",
     nodeName: env.TORPOR_NODE_NAME ?? "local",
   };

@@ -47,6 +47,7 @@ async function main(): Promise<void> {
     maxResident: cfg.maxResident, memoryBudgetBytes, idleAfterMs: cfg.idleAfterMs,
     defaultContextSize: cfg.defaultContextSize, maxContextSize: cfg.maxContextSize, podName: cfg.podName,
     contextHandover: cfg.contextHandover, preemptAfterMs: cfg.preemptAfterMs,
+    sequencesPerContext: cfg.sequencesPerContext, contextGraceMs: cfg.contextGraceMs,
     namespaceLimits: NamespaceLimits.parse(cfg.namespaceLimits),
   });
   const app = createRuntimeApp({
@@ -86,6 +87,7 @@ async function main(): Promise<void> {
     server.close();
     server.closeAllConnections();
     metricsServer?.close();
+    await manager.close();
     await host.dispose();
     process.exit(result.failed > 0 ? 1 : 0);
   };

@@ -35,6 +35,19 @@ export class RuntimeMetrics {
     name: "torpor_runtime_context_handovers_total", help: "Contexts reused from an evicted session instead of being freed and allocated again.",
     registers: [this.registry],
   });
+  readonly contextReuses = new Counter({
+    name: "torpor_runtime_context_reuses_total", help: "Sessions given an emptied sequence the context pool kept, instead of a newly allocated context.",
+    registers: [this.registry],
+  });
+  /** Set by the context pool, read at scrape time. */
+  pooledContexts?: () => { leased: number; idle: number };
+  readonly contexts: Gauge<"state"> = new Gauge({
+    name: "torpor_runtime_contexts", help: "llama contexts allocated, by state (leased: a session uses one of its sequences; idle: kept for the grace period).",
+    labelNames: ["state"], registers: [this.registry],
+    collect: () => {
+      for (const [state, n] of Object.entries(this.pooledContexts?.() ?? {})) this.contexts.set({ state }, n);
+    },
+  });
   readonly errors = new Counter({
     name: "torpor_runtime_errors_total", help: "Errors returned, by stable error code.", labelNames: ["code"], registers: [this.registry],
   });

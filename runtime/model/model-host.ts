@@ -1,5 +1,5 @@
-// Owns the llama.cpp backend and the one loaded model; hands out contexts, one per session, so
-// disposing a session's context really returns its KV cache to the OS (or the GPU).
+// Owns the llama.cpp backend and the one loaded model; creates the contexts the context pool owns,
+// so disposing one really returns its KV cache to the OS (or the GPU).
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -39,11 +39,12 @@ export class ModelHost {
     return this.model.trainContextSize;
   }
 
-  async createContext(contextSize: number): Promise<LlamaContext> {
+  /** A context of `sequences` sequences of `contextSize` tokens each. */
+  async createContext(contextSize: number, sequences = 1): Promise<LlamaContext> {
     try {
       return await this.model.createContext({
         contextSize,
-        sequences: 1,
+        sequences,
         ...(this.threads > 0 ? { threads: this.threads } : {}),
       });
     } catch (err) {
@@ -51,15 +52,16 @@ export class ModelHost {
     }
   }
 
-  private readonly estimates = new Map<number, number>();
+  private readonly estimates = new Map<string, number>();
 
-  /** node-llama-cpp's estimate of what one context of this size costs (RAM + VRAM), for the memory budget. */
-  async estimateContextBytes(contextSize: number): Promise<number> {
-    let bytes = this.estimates.get(contextSize);
+  /** node-llama-cpp's estimate of what one context of this shape costs (RAM + VRAM), for the memory budget. */
+  async estimateContextBytes(contextSize: number, sequences = 1): Promise<number> {
+    const key = `${contextSize}x${sequences}`;
+    let bytes = this.estimates.get(key);
     if (bytes === undefined) {
-      const r = await this.model.fileInsights.estimateContextResourceRequirementsV2({ contextSize, modelGpuLayers: this.model.gpuLayers, sequences: 1 });
+      const r = await this.model.fileInsights.estimateContextResourceRequirementsV2({ contextSize, modelGpuLayers: this.model.gpuLayers, sequences });
       bytes = r.cpuRam + r.gpuVram;
-      this.estimates.set(contextSize, bytes);
+      this.estimates.set(key, bytes);
     }
     return bytes;
   }

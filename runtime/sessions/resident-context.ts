@@ -1,94 +1,85 @@
-// The one owner of a resident session's native memory: its llama context (or, later, its sequence
-// of a shared context) and its admission slot. Every way out (dispose, detach for a handover)
-// goes through here, is idempotent, and releases the slot exactly once, the way node-llama-cpp's
-// own LlamaContext registers its resources with one dispose aggregator.
-import type { LlamaContext, LlamaContextSequence } from "node-llama-cpp";
+// The one owner of a resident session's native memory: its leased sequence (in a context the
+// pool owns) and its admission slot. Every way out (dispose, detach for a handover) goes through
+// here, is idempotent, and releases the slot exactly once, the way node-llama-cpp's own
+// LlamaContext registers its resources with one dispose aggregator.
+import type { LlamaContextSequence } from "node-llama-cpp";
 import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
-import type { ModelHost } from "../model/model-host.js";
+import type { ContextPool, SequenceLease } from "./context-pool.js";
 
 /**
- * A clean context taken from a session that was evicted to make room: reusing it spares the next
- * session llama.cpp's allocation and clearing of a whole KV buffer (the bulk of a rehydrate's
- * latency when contexts are large). Whoever holds one owns it: give it to a ResidentContext, or
- * dispose it.
+ * An emptied sequence taken from a session that was evicted to make room, for the session that
+ * needed it. Whoever holds one owns it: give it to a ResidentContext, or back to the pool.
  */
-export interface SpareContext {
-  context: LlamaContext;
-  /** Its one sequence, emptied. */
-  sequence: LlamaContextSequence;
-  /** The size it was requested with (the key for reuse). */
-  contextSize: number;
-}
+export type SpareContext = SequenceLease;
 
 export class ResidentContext {
-  private context?: LlamaContext;
-  private seq?: LlamaContextSequence;
-  private size = 0;
+  private lease?: SequenceLease;
   private released = false;
 
   /** Takes ownership of the admission grant (release) and of the spare, if any. */
   constructor(
-    private readonly host: ModelHost,
+    private readonly pool: ContextPool,
     private readonly metrics: RuntimeMetrics,
     private readonly log: Logger,
     private readonly release: () => void,
     private spare?: SpareContext,
   ) {}
 
-  get allocated(): boolean { return !!this.seq; }
+  get allocated(): boolean { return !!this.lease; }
 
   get sequence(): LlamaContextSequence {
-    if (!this.seq) throw new Error("resident context used before allocation or after disposal");
-    return this.seq;
+    if (!this.lease) throw new Error("resident context used before allocation or after disposal");
+    return this.lease.sequence;
   }
 
   /** The size the context was requested with. */
-  get contextSize(): number { return this.size; }
+  get contextSize(): number { return this.lease?.contextSize ?? 0; }
 
-  /** Allocates once: the spare if it has this very size, else a new context (the spare is freed). */
-  async allocate(contextSize: number): Promise<LlamaContextSequence> {
-    if (this.seq) return this.seq;
+  /** The shape of the context the sequence lives in (sequences per context). */
+  get sequences(): number { return this.lease?.sequences ?? this.pool.opts.sequencesPerContext; }
+
+  /**
+   * Allocates once: the spare if it has this very size and shape, else a sequence from the pool
+   * (the spare goes back to it). `sequences` names the shape a saved state needs.
+   */
+  async allocate(contextSize: number, sequences = this.pool.opts.sequencesPerContext): Promise<LlamaContextSequence> {
+    if (this.lease) return this.lease.sequence;
     const spare = this.spare;
     this.spare = undefined;
-    if (spare && spare.contextSize === contextSize && !spare.context.disposed) {
-      this.context = spare.context;
-      this.seq = spare.sequence;
+    if (spare && spare.contextSize === contextSize && spare.sequences === sequences) {
+      this.lease = spare;
       this.metrics.contextHandovers.inc();
     } else {
-      if (spare && !spare.context.disposed) await spare.context.dispose();
-      this.context = await this.host.createContext(contextSize);
-      this.seq = this.context.getSequence();
+      if (spare) await this.pool.give(spare);
+      this.lease = await this.pool.take(contextSize, sequences);
     }
-    this.size = contextSize;
-    return this.seq;
+    return this.lease.sequence;
   }
 
-  /** Empties the sequence and gives the context away instead of freeing it; falls back to dispose. */
+  /** Empties the sequence and gives it away instead of returning it to the pool; falls back to dispose. */
   async detach(): Promise<SpareContext | undefined> {
-    const context = this.context, sequence = this.seq;
-    if (!context || !sequence) { await this.dispose(); return undefined; }
+    const lease = this.lease;
+    if (!lease) { await this.dispose(); return undefined; }
     try {
-      await sequence.clearHistory();
+      await lease.sequence.clearHistory();
     } catch (err) {
-      this.log.warn({ err }, "could not empty the sequence for handover; freeing the context instead");
+      this.log.warn({ err }, "could not empty the sequence for handover; returning it to the pool instead");
       await this.dispose();
       return undefined;
     }
-    this.context = undefined;
-    this.seq = undefined;
+    this.lease = undefined;
     this.releaseOnce();
-    return { context, sequence, contextSize: this.size };
+    return lease;
   }
 
   async dispose(): Promise<void> {
-    const context = this.context, spare = this.spare;
-    this.context = undefined;
-    this.seq = undefined;
+    const lease = this.lease, spare = this.spare;
+    this.lease = undefined;
     this.spare = undefined;
     try {
-      if (spare && !spare.context.disposed) await spare.context.dispose();
-      if (context && !context.disposed) await context.dispose();
+      if (spare) await this.pool.give(spare);
+      if (lease) await this.pool.give(lease);
     } finally {
       this.releaseOnce();
     }

@@ -9,6 +9,7 @@ import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
 import type { ModelHost } from "../model/model-host.js";
 import { SerialQueue } from "./serial-queue.js";
+import { ContextPool } from "./context-pool.js";
 import { Session, type Admission, type SpareContext } from "./session.js";
 import type { HibernateOutcome, SessionSpec } from "../../contract/runtime-api.js";
 import type { NamespaceLimits } from "./namespace-limits.js";
@@ -24,6 +25,10 @@ export interface ManagerOptions {
   admissionTimeoutMs?: number;
   /** Reuse an evicted session's context for the session that needed the room (default true). */
   contextHandover?: boolean;
+  /** Sequences per llama context: sessions sharing one decode in one batch (default 1). */
+  sequencesPerContext?: number;
+  /** How long a context no session uses stays allocated for the next rehydrate (default 0: freed at once). */
+  contextGraceMs?: number;
   /**
    * How long a request waits for an idle resident session before it takes the slot of a busy one
    * between two of its turns (default 2000 ms). Without it, sessions that always have a request
@@ -51,10 +56,14 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class SessionManager implements Admission {
   private readonly sessions = new Map<string, Session>();
-  /** Resident (or being made resident) sessions: the estimated bytes of their contexts, and since when. */
-  private readonly resident = new Map<Session, { bytes: number; since: number }>();
+  /**
+   * Resident (or being made resident) sessions, since when, and the bytes admitted for them that
+   * the pool has not allocated yet (so two admissions in a row cannot both take the same room).
+   */
+  private readonly resident = new Map<Session, { since: number; pendingBytes: number }>();
   private readonly admissions = new SerialQueue();
   private draining = false;
+  readonly pool: ContextPool;
 
   constructor(
     private readonly host: ModelHost,
@@ -65,6 +74,7 @@ export class SessionManager implements Admission {
     readonly opts: ManagerOptions,
   ) {
     metrics.sessionCounts = () => this.countByResidency();
+    this.pool = new ContextPool(host, metrics, log, { sequencesPerContext: opts.sequencesPerContext ?? 1, graceMs: opts.contextGraceMs ?? 0 });
   }
 
   get shuttingDown(): boolean { return this.draining; }
@@ -113,7 +123,7 @@ export class SessionManager implements Admission {
     const window = { epoch, min: previous };
     const found = await this.store.peek(ref, window);
     const session = new Session(ref, spec, window, found, {
-      host: this.host, store: this.store, clock: this.clock, metrics: this.metrics, log: this.log, admission: this, podName: this.opts.podName, maxContextSize: this.opts.maxContextSize,
+      host: this.host, pool: this.pool, store: this.store, clock: this.clock, metrics: this.metrics, log: this.log, admission: this, podName: this.opts.podName, maxContextSize: this.opts.maxContextSize,
     });
     this.sessions.set(key, session);
     return session;
@@ -150,17 +160,13 @@ export class SessionManager implements Admission {
     this.sessions.delete(`${namespace}/${name}`);
   }
 
-  private residentBytes(): number {
-    let sum = 0;
-    for (const r of this.resident.values()) sum += r.bytes;
-    return sum;
-  }
-
   async acquire(session: Session): Promise<SpareContext | undefined> {
     const budget = this.opts.memoryBudgetBytes ?? 0;
-    const need = budget > 0 ? await this.host.estimateContextBytes(session.spec.contextSize) : 0;
-    if (budget > 0 && need > budget) {
-      throw new TorporError("capacity_exhausted", `a context of ${session.spec.contextSize} tokens needs about ${Math.round(need / 2 ** 20)} MiB, more than the runtime's whole memory budget of ${Math.round(budget / 2 ** 20)} MiB`);
+    const size = session.spec.contextSize;
+    const S = this.pool.opts.sequencesPerContext;
+    const whole = budget > 0 ? await this.host.estimateContextBytes(size, S) : 0;
+    if (budget > 0 && whole > budget) {
+      throw new TorporError("capacity_exhausted", `a context of ${size} tokens${S > 1 ? ` x ${S} sequences` : ""} needs about ${Math.round(whole / 2 ** 20)} MiB, more than the runtime's whole memory budget of ${Math.round(budget / 2 ** 20)} MiB`);
     }
     return this.admissions.run(async () => {
       const started = Date.now();
@@ -170,10 +176,19 @@ export class SessionManager implements Admission {
       const nsResident = () => [...this.resident.keys()].filter((s) => s.ref.namespace === ns).length;
       // A namespace at its own cap makes room among its own sessions, never its neighbours'.
       const nsFull = () => nsMax !== undefined && nsResident() >= nsMax;
-      const full = () => nsFull() || this.resident.size >= this.opts.maxResident || (budget > 0 && this.residentBytes() + need > budget);
+      // The budget counts what the pool has allocated (leased or kept for its grace) plus what
+      // this session adds: nothing when it fits a free sequence of a context in use.
+      const pending = () => [...this.resident.values()].reduce((sum, r) => sum + r.pendingBytes, 0);
+      const overBudget = async () => budget > 0 && this.pool.allocatedBytes() + pending() + await this.pool.bytesToAdmit(size) > budget;
+      const full = async () => nsFull() || this.resident.size >= this.opts.maxResident || await overBudget();
       let spare: SpareContext | undefined;
       try {
-        while (full()) {
+        while (await full()) {
+          // Contexts kept only for their grace go first: no session loses its place for them.
+          if (!nsFull() && this.resident.size < this.opts.maxResident && this.pool.idleBytes() > 0) {
+            await this.pool.trim();
+            continue;
+          }
           const candidates = [...this.resident.keys()].filter((s) => s !== session && s.residency === "InMemory" && (!nsFull() || s.ref.namespace === ns));
           const idle = candidates.filter((s) => !s.busy).sort((a, b) => a.lastActivity - b.lastActivity)[0];
           // Time-slicing under sustained load: the session resident longest gives up its slot
@@ -184,12 +199,14 @@ export class SessionManager implements Admission {
           const victim = idle ?? preempted;
           if (victim) {
             const reason = idle ? "lru" : "preempt";
-            // Only a context of the very size this session asks for is worth keeping.
-            const handOver = this.opts.contextHandover !== false && !spare && victim.spec.contextSize === session.spec.contextSize;
+            // Only a sequence of the very size this session asks for is worth keeping.
+            const handOver = this.opts.contextHandover !== false && !spare && victim.spec.contextSize === size;
             this.log.info({ namespace: victim.ref.namespace, name: victim.ref.name, for: `${session.ref.namespace}/${session.ref.name}`, handOver, reason }, "evicting a resident session");
             if (handOver) spare = (await victim.evict(reason)).spare;
             else await victim.hibernate(reason);
             this.metrics.evictions.inc({ reason });
+            // A spare is this session's: the budget no longer needs room for it.
+            if (spare && !nsFull() && this.resident.size < this.opts.maxResident) break;
             continue;
           }
           if (Date.now() > deadline) {
@@ -198,12 +215,18 @@ export class SessionManager implements Admission {
           await sleep(25);
         }
       } catch (err) {
-        await spare?.context.dispose();
+        if (spare) await this.pool.give(spare);
         throw err;
       }
-      this.resident.set(session, { bytes: need, since: Date.now() });
+      this.resident.set(session, { since: Date.now(), pendingBytes: spare || budget === 0 ? 0 : await this.pool.bytesToAdmit(size) });
       return spare;
     });
+  }
+
+  /** The session's sequence is allocated: the pool accounts for it from now on. */
+  allocated(session: Session): void {
+    const r = this.resident.get(session);
+    if (r) r.pendingBytes = 0;
   }
 
   release(session: Session): void {
@@ -211,6 +234,7 @@ export class SessionManager implements Admission {
   }
 
   async evictOne(session: Session): Promise<boolean> {
+    if (this.pool.idleBytes() > 0) return (await this.pool.trim()) > 0;
     const victim = [...this.resident.keys()].filter((s) => s !== session && s.residency === "InMemory" && !s.busy)
       .sort((a, b) => a.lastActivity - b.lastActivity)[0];
     if (!victim) return false;
@@ -232,6 +256,11 @@ export class SessionManager implements Admission {
       this.metrics.evictions.inc({ reason: "idle" });
     }));
     return due.length;
+  }
+
+  /** Frees every context, kept or not; after shutdown() (nothing is resident any more). */
+  async close(): Promise<void> {
+    await this.pool.close();
   }
 
   /** Stop taking work, let in-flight generations finish, hibernate everything resident. */

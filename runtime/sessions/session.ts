@@ -10,6 +10,7 @@ import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
 import { NODE_LLAMA_CPP_VERSION, type ModelHost } from "../model/model-host.js";
 import { ResidentContext, type SpareContext } from "./resident-context.js";
+import type { ContextPool } from "./context-pool.js";
 import { checkRestore, type RestoreCheck } from "./restore-check.js";
 import { SerialQueue } from "./serial-queue.js";
 
@@ -19,6 +20,8 @@ import type { GenerateOptions, GenerateResult, HibernateOutcome, Phase, Residenc
 /** Grants a context slot (evicting others if needed, possibly handing over one's context) and takes it back. */
 export interface Admission {
   acquire(session: Session): Promise<SpareContext | undefined>;
+  /** The session's context is allocated (the admitted room is in use). */
+  allocated(session: Session): void;
   release(session: Session): void;
   /** Hibernates one idle resident session other than `session`; false when there is none. */
   evictOne(session: Session): Promise<boolean>;
@@ -31,6 +34,8 @@ interface HibernateResult {
 
 export interface SessionDeps {
   host: ModelHost;
+  /** Owns the contexts; the session leases one sequence while resident. */
+  pool: ContextPool;
   store: HibernationStore;
   clock: Clock;
   metrics: RuntimeMetrics;
@@ -235,6 +240,7 @@ export class Session {
       return await store.save(this.ref, this.window, async (tmp) => { await seq.saveStateToFile(tmp); }, {
         modelFingerprint: host.fingerprint,
         contextSize: this.spec.contextSize,
+        contextSequences: this.resident!.sequences,
         tokenCount: seq.contextTokens.length,
         ...(this.spec.systemPrompt ? { systemPrompt: this.spec.systemPrompt } : {}),
         history: this.history,
@@ -284,11 +290,11 @@ export class Session {
     if (this.deleted) throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`);
     if (this.residency === "InMemory") return { rehydrated: false, created: false };
     if (this.dropped) throw new StaleEpochError(this.window.epoch, this.dropped, `session ${this.ref.namespace}/${this.ref.name} moved`);
-    const { host, store, admission, metrics } = this.deps;
+    const { pool, store, admission, metrics } = this.deps;
     // A hand-off may have committed after this session was registered: always look on the volume.
     if (this.residency === "NotCreated" && await store.exists(this.ref, this.window)) this.residency = "Hibernated";
     const spare = await admission.acquire(this);
-    const resident = new ResidentContext(host, metrics, this.log, () => admission.release(this), spare);
+    const resident = new ResidentContext(pool, metrics, this.log, () => admission.release(this), spare);
     this.resident = resident;
     try {
       if (this.residency === "Hibernated") {
@@ -325,7 +331,7 @@ export class Session {
       if (need > this.deps.maxContextSize) {
         throw new TorporError("capacity_exhausted", `the hibernated session needs a context of ${need} tokens, more than this pool's maximum of ${this.deps.maxContextSize}; raise maxContextSize for the pool`);
       }
-      await this.allocateEvicting(resident, need);
+      await this.allocateEvicting(resident, need, m.contextSequences ?? 1);
     });
     if (!verified) return undefined;
     try {
@@ -384,10 +390,11 @@ export class Session {
    * some): when the allocation itself fails, idle sessions make room one at a time before the
    * request is refused.
    */
-  private async allocateEvicting(resident: ResidentContext, contextSize: number): Promise<void> {
+  private async allocateEvicting(resident: ResidentContext, contextSize: number, sequences?: number): Promise<void> {
     for (;;) {
       try {
-        await resident.allocate(contextSize);
+        await resident.allocate(contextSize, sequences);
+        this.deps.admission.allocated(this);
         return;
       } catch (err) {
         if (!(err instanceof TorporError && err.code === "capacity_exhausted") || !await this.deps.admission.evictOne(this)) throw err;

@@ -61,6 +61,9 @@ export interface SessionRef {
   path?: string;
 }
 
+/** More sequences than any pool is configured with: a manifest naming more is refused, not allocated. */
+export const MAX_CONTEXT_SEQUENCES = 64;
+
 export interface HibernationManifest {
   format: typeof MANIFEST_FORMAT;
   version: number;
@@ -69,6 +72,8 @@ export interface HibernationManifest {
   path: string;
   modelFingerprint: string;
   contextSize: number;
+  /** Sequences of the context it was saved from (absent: 1): a state loads only into the same shape. */
+  contextSequences?: number;
   tokenCount: number;
   stateFile: string;
   stateBytes: number;
@@ -338,7 +343,8 @@ export class HibernationStore {
       if (m.version !== MANIFEST_VERSION) reject("format_unsupported", `manifest version ${m.version} is not supported (want ${MANIFEST_VERSION})`);
     }
     if (typeof m.stateFile !== "string" || path.basename(m.stateFile) !== m.stateFile || !Array.isArray(m.history) ||
-        typeof m.stateSha256 !== "string" || typeof m.stateBytes !== "number" || typeof m.contextSize !== "number") {
+        typeof m.stateSha256 !== "string" || typeof m.stateBytes !== "number" || typeof m.contextSize !== "number" ||
+        (m.contextSequences !== undefined && !(Number.isInteger(m.contextSequences) && m.contextSequences >= 1 && m.contextSequences <= MAX_CONTEXT_SEQUENCES))) {
       reject("manifest_invalid", "manifest is missing required fields");
     }
     if (m.modelFingerprint !== modelFingerprint) {

@@ -83,8 +83,12 @@ describe("operator on the testbed", () => {
     await assert.rejects(tb.kubectl(["patch", "isess", "immutable", "--type=merge", "-p", '{"spec":{"hibernation":{"path":"tenant-a"}}}']), /hibernation.path is immutable/);
     await tb.kubectl(["apply", "-f", "-"], session("immutable-path", "\n  hibernation: {path: tenant-a}"));
     await assert.rejects(tb.kubectl(["patch", "isess", "immutable-path", "--type=json", "-p", '[{"op":"remove","path":"/spec/hibernation"}]']), /hibernation.path is immutable/);
-    await tb.kubectl(["delete", "isess", "immutable-path", "--wait=true", "--timeout=60s"]);
-    await tb.kubectl(["delete", "isess", "immutable", "--wait=true", "--timeout=60s"]);
+    for (const name of ["immutable-path", "immutable"]) {
+      await tb.kubectl(["delete", "isess", name, "--wait=true", "--timeout=60s"]).catch(async (err) => {
+        const left = await tb.kubectl(["get", "isess", name, "-o", "json"]).catch(() => "gone");
+        throw new Error(`${err}\n${left}\n${operatorLog.split("\n").filter((l) => l.includes(name)).slice(-20).join("\n")}`);
+      });
+    }
   });
 
   it("apply -> NotCreated; first request -> InMemory; patch -> Hibernated; back; delete", async () => {

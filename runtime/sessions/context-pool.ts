@@ -1,0 +1,149 @@
+// The owner of every llama context the runtime allocates. Sessions lease one sequence each; a
+// context holds `sequencesPerContext` of them, so sessions that share a context decode in one
+// batch (node-llama-cpp batches the sequences of a context together), as llama-server's slots do.
+// A returned sequence is emptied and kept for the next session: a rehydrate then costs the state
+// load alone, not llama.cpp's allocation and clearing of a whole KV buffer. A context nobody uses
+// is freed after `graceMs`, so hibernation still gives the memory back.
+import type { LlamaContext, LlamaContextSequence } from "node-llama-cpp";
+import type { Logger } from "../../common/logger.js";
+import type { RuntimeMetrics } from "../metrics.js";
+import type { ModelHost } from "../model/model-host.js";
+
+export interface ContextPoolOptions {
+  /** Sequences per context (llama-server's `-np`); 1 gives each session a context of its own. */
+  sequencesPerContext: number;
+  /** How long an unused context stays allocated for the next session; 0 frees it at once. */
+  graceMs: number;
+}
+
+interface PooledContext {
+  context: LlamaContext;
+  contextSize: number;
+  sequences: number;
+  /** Emptied sequences ready for the next lease. */
+  free: LlamaContextSequence[];
+  leased: number;
+  bytes: number;
+  timer?: NodeJS.Timeout;
+}
+
+/** One session's sequence. Whoever holds a lease gives it back to the pool exactly once. */
+export interface SequenceLease {
+  readonly sequence: LlamaContextSequence;
+  /** The size per sequence the context was requested with. */
+  readonly contextSize: number;
+  /** The shape of the context it lives in: a saved state loads only into the same shape. */
+  readonly sequences: number;
+}
+
+export class ContextPool {
+  private readonly contexts: PooledContext[] = [];
+  private readonly owners = new WeakMap<SequenceLease, PooledContext>();
+  private closed = false;
+
+  constructor(
+    private readonly host: ModelHost,
+    private readonly metrics: RuntimeMetrics,
+    private readonly log: Logger,
+    readonly opts: ContextPoolOptions,
+  ) {
+    metrics.pooledContexts = () => this.counts();
+  }
+
+  /** A sequence of `contextSize` tokens in a context of `sequences` sequences: an emptied one if any is kept, else a new context. */
+  async take(contextSize: number, sequences = this.opts.sequencesPerContext): Promise<SequenceLease> {
+    if (this.closed) throw new Error("context pool used after shutdown");
+    const c = this.contexts.find((x) => !x.context.disposed && x.contextSize === contextSize && x.sequences === sequences
+      && (x.free.length > 0 || x.context.sequencesLeft > 0));
+    if (c) {
+      this.stopTimer(c);
+      const kept = c.free.pop();
+      if (kept) this.metrics.contextReuses.inc();
+      return this.lease(c, kept ?? c.context.getSequence());
+    }
+    const context = await this.host.createContext(contextSize, sequences);
+    const pooled: PooledContext = { context, contextSize, sequences, free: [], leased: 0, bytes: await this.host.estimateContextBytes(contextSize, sequences) };
+    this.contexts.push(pooled);
+    return this.lease(pooled, context.getSequence());
+  }
+
+  /** Empties the sequence and keeps it for the next session (or frees it: grace 0, or it will not empty). */
+  async give(lease: SequenceLease): Promise<void> {
+    const c = this.owners.get(lease);
+    if (!c) return;
+    this.owners.delete(lease);
+    c.leased--;
+    if (c.context.disposed) { this.forget(c); return; }
+    try {
+      await lease.sequence.clearHistory();
+      c.free.push(lease.sequence);
+    } catch (err) {
+      this.log.warn({ err }, "could not empty a returned sequence; freeing it");
+      await lease.sequence.dispose();
+    }
+    if (c.leased > 0) return;
+    if (this.opts.graceMs <= 0) { await this.free(c); return; }
+    this.stopTimer(c);
+    c.timer = setTimeout(() => void this.free(c), this.opts.graceMs);
+    c.timer.unref();
+  }
+
+  /** Estimated bytes of every context allocated, leased or kept. */
+  allocatedBytes(): number {
+    return this.contexts.reduce((sum, c) => sum + c.bytes, 0);
+  }
+
+  /** Estimated bytes of contexts no session uses (what trim() would give back now). */
+  idleBytes(): number {
+    return this.contexts.filter((c) => c.leased === 0).reduce((sum, c) => sum + c.bytes, 0);
+  }
+
+  /** Estimated bytes one new session of this size adds: nothing when a kept sequence fits. */
+  async bytesToAdmit(contextSize: number): Promise<number> {
+    const S = this.opts.sequencesPerContext;
+    const shared = this.contexts.some((c) => !c.context.disposed && c.contextSize === contextSize && c.sequences === S && c.leased > 0
+      && (c.free.length > 0 || c.context.sequencesLeft > 0));
+    return shared ? 0 : this.host.estimateContextBytes(contextSize, S);
+  }
+
+  /** Frees every context no session uses, now (memory pressure, admission). */
+  async trim(): Promise<number> {
+    const idle = this.contexts.filter((c) => c.leased === 0);
+    for (const c of idle) await this.free(c);
+    return idle.length;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const c of [...this.contexts]) await this.free(c, true);
+  }
+
+  counts(): { leased: number; idle: number } {
+    const idle = this.contexts.filter((c) => c.leased === 0).length;
+    return { leased: this.contexts.length - idle, idle };
+  }
+
+  private lease(c: PooledContext, sequence: LlamaContextSequence): SequenceLease {
+    const lease: SequenceLease = { sequence, contextSize: c.contextSize, sequences: c.sequences };
+    c.leased++;
+    this.owners.set(lease, c);
+    return lease;
+  }
+
+  private async free(c: PooledContext, evenIfLeased = false): Promise<void> {
+    if (c.leased > 0 && !evenIfLeased) return;
+    this.stopTimer(c);
+    this.forget(c);
+    if (!c.context.disposed) await c.context.dispose();
+  }
+
+  private forget(c: PooledContext): void {
+    const i = this.contexts.indexOf(c);
+    if (i >= 0) this.contexts.splice(i, 1);
+  }
+
+  private stopTimer(c: PooledContext): void {
+    if (c.timer) clearTimeout(c.timer);
+    c.timer = undefined;
+  }
+}
