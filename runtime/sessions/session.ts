@@ -347,13 +347,14 @@ export class Session {
     // A state from another llama.cpp is not loaded (its layout may differ silently); one that
     // fails to load is not retried forever: either way the saved history is evaluated again.
     let replayed: string | undefined = manifest.runtime?.nodeLlamaCpp !== NODE_LLAMA_CPP_VERSION ? "runtime_version" : undefined;
-    if (!replayed) {
-      try {
-        await resident.sequence.loadStateFromFile(statePath, { acceptRisk: true });
-      } catch (err) {
-        replayed = "load_failed";
-        this.log.warn({ err, file: statePath }, "the saved state could not be loaded; replaying the saved history instead");
-      }
+    const loading = replayed ? Promise.resolve(undefined) : resident.sequence.loadStateFromFile(statePath, { acceptRisk: true }).then(() => undefined, (err: unknown) => err);
+    // A state that fails its integrity check is refused (and kept), whether or not it loaded: the
+    // caller frees the sequence it went into.
+    const [loadError, integrityError] = await Promise.all([loading, verified.integrity.then(() => undefined, (err: unknown) => err)]);
+    if (integrityError) throw integrityError;
+    if (loadError) {
+      replayed = "load_failed";
+      this.log.warn({ err: loadError, file: statePath }, "the saved state could not be loaded; replaying the saved history instead");
     }
     if (!replayed) this.restoredTokens = resident.sequence.contextTokens.slice() as number[];
     if (replayed) {

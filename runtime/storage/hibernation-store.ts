@@ -94,6 +94,13 @@ export interface VerifiedState {
   statePath: string;
   /** Removes the staging plaintext, if any; call it once the state is loaded (or not). */
   release(): Promise<void>;
+  /**
+   * Settles once the state's integrity is known: sealed states are authenticated before verify()
+   * returns; an unsealed state's SHA-256 is checked while llama.cpp loads it (the hash and the
+   * load each cost about as much as the other), and a mismatch rejects here with the reason.
+   * Whoever loads the state awaits it before the loaded state is used.
+   */
+  integrity: Promise<void>;
 }
 
 async function fsyncPath(p: string): Promise<void> {
@@ -373,14 +380,16 @@ export class HibernationStore {
         if (err instanceof SealError) reject("seal_invalid", err.message);
         throw err;
       }
-      return { manifest: m, manifestFile, statePath: staging, release };
+      return { manifest: m, manifestFile, statePath: staging, release, integrity: Promise.resolve() };
     }
-    const hashing = sha256File(volumeState);
-    hashing.catch(() => undefined); // observed below; never an unhandled rejection if whileHashing fails first
-    if (whileHashing) await whileHashing(m);
-    const sha = await hashing;
-    if (sha !== m.stateSha256) reject("checksum_mismatch", "state file SHA-256 does not match the manifest");
-    return { manifest: m, manifestFile, statePath: volumeState, release: async () => undefined };
+    const integrity = sha256File(volumeState).then((sha) => {
+      if (sha !== m.stateSha256) reject("checksum_mismatch", "state file SHA-256 does not match the manifest");
+    });
+    integrity.catch(() => undefined); // observed by the caller; never an unhandled rejection if whileHashing fails first
+    if (whileHashing) {
+      try { await whileHashing(m); } catch (err) { await integrity.catch(() => undefined); throw err; }
+    }
+    return { manifest: m, manifestFile, statePath: volumeState, release: async () => undefined, integrity };
   }
 
   /**

@@ -19,6 +19,7 @@ function save(store: HibernationStore, window: EpochWindow, content: string, gat
 
 async function load(store: HibernationStore, window: EpochWindow): Promise<string | undefined> {
   const v = await store.verify(ref, FP, window);
+  await v?.integrity;
   return v && readFile(v.statePath, "utf8");
 }
 
