@@ -147,15 +147,19 @@ async function fourStreams(binary: string, model: string, runs: number): Promise
   })));
   try {
     for (const [i, rt] of runtimes.entries()) for (let s = 0; s < 4; s++) await rt.client.register("bench", `s${i}-${s}`, { contextSize: 1024 });
-    for (let r = 0; r < runs; r++) {
+    // Round 0 warms up (torpor allocates its contexts on the first turn); it is not counted.
+    for (let r = 0; r <= runs; r++) {
       let t0 = performance.now();
-      const peer = await Promise.all([0, 1, 2, 3].map((s) => post(`${server.base}/completion`, { prompt: streamPrompt(s + r), n_predict: STREAM_TOKENS, id_slot: s, temperature: 0, cache_prompt: false })));
-      out.llamaServer.push(peer.reduce((n, p) => n + Number((p.json.timings as { predicted_n?: number }).predicted_n ?? 0), 0) / ((performance.now() - t0) / 1000));
+      // Without a chat template the raw prompt often ends at once: ignore_eos makes the server
+      // decode all the tokens, as torpor's chat turns do (they end at max_tokens).
+      const peer = await Promise.all([0, 1, 2, 3].map((s) => post(`${server.base}/completion`, { prompt: streamPrompt(s + r), n_predict: STREAM_TOKENS, id_slot: s, temperature: 0, cache_prompt: false, ignore_eos: true })));
+      const peerTps = peer.reduce((n, p) => n + Number((p.json.timings as { predicted_n?: number }).predicted_n ?? 0), 0) / ((performance.now() - t0) / 1000);
+      if (r > 0) out.llamaServer.push(peerTps);
       for (const [i, rt] of runtimes.entries()) {
         t0 = performance.now();
         const done = await Promise.all([0, 1, 2, 3].map((s) => rt.client.submit("bench", `s${i}-${s}`, streamPrompt(s + r), { max_tokens: STREAM_TOKENS, temperature: 0 })));
         const tps = done.reduce((n, d) => n + d.usage.completion_tokens, 0) / ((performance.now() - t0) / 1000);
-        (i === 0 ? out.torporContextEach : out.torporShared).push(tps);
+        if (r > 0) (i === 0 ? out.torporContextEach : out.torporShared).push(tps);
       }
     }
   } finally {
