@@ -8,6 +8,7 @@ import type { LlamaContext, LlamaContextSequence } from "node-llama-cpp";
 import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
 import type { ModelHost } from "../model/model-host.js";
+import { SerialQueue } from "./serial-queue.js";
 
 export interface ContextPoolOptions {
   /** Sequences per context (llama-server's `-np`); 1 gives each session a context of its own. */
@@ -40,6 +41,8 @@ export class ContextPool {
   private readonly contexts: PooledContext[] = [];
   private readonly owners = new WeakMap<SequenceLease, PooledContext>();
   private closed = false;
+  /** Takes one at a time: sessions arriving together fill one new context instead of each making one. */
+  private readonly takes = new SerialQueue();
 
   constructor(
     private readonly host: ModelHost,
@@ -51,7 +54,11 @@ export class ContextPool {
   }
 
   /** A sequence of `contextSize` tokens in a context of `sequences` sequences: an emptied one if any is kept, else a new context. */
-  async take(contextSize: number, sequences = this.opts.sequencesPerContext): Promise<SequenceLease> {
+  take(contextSize: number, sequences = this.opts.sequencesPerContext): Promise<SequenceLease> {
+    return this.takes.run(() => this.takeNow(contextSize, sequences));
+  }
+
+  private async takeNow(contextSize: number, sequences: number): Promise<SequenceLease> {
     if (this.closed) throw new Error("context pool used after shutdown");
     const c = this.contexts.find((x) => !x.context.disposed && x.contextSize === contextSize && x.sequences === sequences
       && (x.free.length > 0 || x.context.sequencesLeft > 0));

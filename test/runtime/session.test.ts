@@ -259,3 +259,52 @@ describe("bulkhead and idle policy", () => {
     assert.equal((await stat(path.join(h.dir, "default"))).mode & 0o777, 0o700);
   });
 });
+
+describe("context pool", () => {
+  it("shares one context among sessions (one decode batch), and a state saved there rehydrates on a runtime of another shape", async () => {
+    const shared = await harness({ sequencesPerContext: 4, contextGraceMs: 60_000 });
+    const twin = await harness({ sequencesPerContext: 1 });
+    const prompt = "Tell me about the weather.";
+    const sessions = await Promise.all(["a", "b", "c"].map((n) => shared.manager.register({ namespace: "default", name: n })));
+    const ref = await twin.manager.register({ namespace: "default", name: "ref" });
+    const outs = await Promise.all(sessions.map((s) => s.submit(prompt, greedy(12))));
+    const expected = await ref.submit(prompt, greedy(12));
+    for (const o of outs) assert.equal(o.text, expected.text, "a sequence of a shared context answers like a context of its own");
+    assert.deepEqual(shared.manager.pool.counts(), { leased: 1, idle: 0 }, "three sessions, one context");
+
+    // Saved from a 4-sequence context; the manifest says so, and a 1-sequence runtime allocates that shape.
+    await sessions[0]!.hibernate("test");
+    const copy = await harness({ sequencesPerContext: 1 }, shared.dir);
+    const again = await copy.manager.register({ namespace: "default", name: "a" });
+    const next = await again.submit("And tomorrow?", greedy(12));
+    const refNext = await ref.submit("And tomorrow?", greedy(12));
+    assert.equal(next.rehydrated, true);
+    assert.equal(next.text, refNext.text, "greedy output after the move equals the twin's");
+    assert.ok(next.cachedTokens > 0, "the restored tokens were reused, not replayed");
+    assert.equal(await counterValue(copy.metrics, "torpor_runtime_state_replays_total"), 0);
+  });
+
+  it("keeps an emptied context for the grace and gives it to the next rehydrate; a tight budget frees kept contexts before evicting anyone", async () => {
+    const h = await harness({ contextGraceMs: 60_000 });
+    const s = await h.manager.register({ namespace: "default", name: "kept" });
+    await s.submit("hello", greedy(4));
+    await s.hibernate("test");
+    assert.deepEqual(h.manager.pool.counts(), { leased: 0, idle: 1 });
+    const r = await s.submit("again", greedy(4));
+    assert.equal(r.rehydrated, true);
+    assert.equal(await counterValue(h.metrics, "torpor_runtime_context_reuses_total"), 1);
+    assert.deepEqual(h.manager.pool.counts(), { leased: 1, idle: 0 });
+
+    // Room for a 2048 context, not for it and a kept 1024 one: the kept one goes, nobody is evicted.
+    const small = await h.host.estimateContextBytes(1024), large = await h.host.estimateContextBytes(2048);
+    const tight = await harness({ contextGraceMs: 60_000, memoryBudgetBytes: Math.ceil(large + small / 2) });
+    const big = await tight.manager.register({ namespace: "default", name: "big", contextSize: 1024 });
+    await big.submit("hello", greedy(4));
+    await big.hibernate("test");
+    assert.deepEqual(tight.manager.pool.counts(), { leased: 0, idle: 1 });
+    const other = await tight.manager.register({ namespace: "default", name: "other", contextSize: 2048 });
+    assert.equal((await other.submit("hello", greedy(4))).created, true);
+    assert.equal(tight.manager.pool.counts().idle, 0, "the kept context was freed for the new one");
+    assert.equal(await counterValue(tight.metrics, "torpor_runtime_evictions_total"), 0);
+  });
+});
