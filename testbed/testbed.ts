@@ -68,7 +68,8 @@ export async function startTestbed(opts: { nodes?: TestNodeSpec[]; keepDir?: boo
     async stop() {
       await kubelet.stop();
       await controlPlane.stop();
-      if (!opts.keepDir) await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+      // TORPOR_TESTBED_KEEP=1 keeps every pod's log (under pods/) and the component logs for a post-mortem.
+      if (!opts.keepDir && !process.env.TORPOR_TESTBED_KEEP) await rm(dir, { recursive: true, force: true }).catch(() => undefined);
     },
   };
 }

@@ -267,16 +267,24 @@ export class SessionManager implements Admission {
   async shutdown(): Promise<{ hibernated: number; failed: number }> {
     this.draining = true;
     let hibernated = 0, failed = 0;
-    await Promise.all([...this.sessions.values()].map(async (s) => {
-      if (s.residency === "NotCreated" && !s.busy) return;
-      try {
-        const r = await s.hibernate("shutdown");
-        if (r.outcome === "hibernated") { hibernated++; this.metrics.evictions.inc({ reason: "shutdown" }); }
-      } catch (err) {
-        failed++;
-        this.log.error({ err, namespace: s.ref.namespace, name: s.ref.name }, "could not hibernate at shutdown; live state is lost");
-      }
-    }));
+    const failedSessions = new Set<Session>();
+    // Requests accepted before SIGTERM may still be queued (waiting for admission, say) and make a
+    // session resident again after its shutdown save: go round until nothing is resident or busy.
+    for (let round = 0; ; round++) {
+      const pending = [...this.sessions.values()].filter((s) => !failedSessions.has(s) && (s.busy || s.residency === "InMemory"));
+      if (pending.length === 0) break;
+      if (round > 0) this.log.info({ sessions: pending.length, round }, "sessions became resident again during shutdown; hibernating them too");
+      await Promise.all(pending.map(async (s) => {
+        try {
+          const r = await s.hibernate("shutdown");
+          if (r.outcome === "hibernated") { hibernated++; this.metrics.evictions.inc({ reason: "shutdown" }); }
+        } catch (err) {
+          failed++;
+          failedSessions.add(s);
+          this.log.error({ err, namespace: s.ref.namespace, name: s.ref.name }, "could not hibernate at shutdown; live state is lost");
+        }
+      }));
+    }
     return { hibernated, failed };
   }
 

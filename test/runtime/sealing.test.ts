@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { cp, open, readdir, readFile, stat, truncate, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { describe, it } from "node:test";
+import { after, describe, it } from "node:test";
 import fc from "fast-check";
 import { createLogger } from "../../common/logger.js";
 import { ManualClock } from "../../common/clock.js";
@@ -41,6 +41,20 @@ async function hibernated(keys: string, namespace = "t1", name = "chat", dir?: s
   return { ...rt, s, manifest: out.record!.manifestFile, state: out.record!.stateFile };
 }
 
+/** Every forgery below, counted for the reliability summary: tried, refused, and loaded (must stay 0). */
+const attacks = { tried: 0, refused: 0, harmless: 0, loaded: 0 };
+after(() => {
+  console.log(`\nattacks on the volume: ${attacks.tried} tried, ${attacks.refused} refused, ${attacks.harmless} changed only unauthenticated listing fields (the authentic conversation loaded), ${attacks.loaded} loaded forged state`);
+});
+
+async function refuses(attempt: Promise<unknown>, ok: (err: unknown) => boolean): Promise<void> {
+  attacks.tried++;
+  const outcome = await attempt.then(() => "loaded", (err: unknown) => (ok(err) ? "refused" : err));
+  if (outcome === "loaded") attacks.loaded++;
+  else if (outcome === "refused") attacks.refused++;
+  assert.equal(outcome, "refused");
+}
+
 const rejected = (reason: string) => (err: unknown) => err instanceof StateRejectedError && err.reason === reason;
 
 describe("sealed hibernation files", () => {
@@ -65,7 +79,7 @@ describe("sealed hibernation files", () => {
     b[0] = b[0]! ^ 0x01;
     await fh.write(b, 0, 1, Math.floor(size / 2));
     await fh.close();
-    await assert.rejects(flipped.s.submit("hi", greedy(2)), rejected("seal_invalid"));
+    await refuses(flipped.s.submit("hi", greedy(2)), rejected("seal_invalid"));
     assert.equal((await stat(flipped.state)).size, size, "kept for inspection");
 
     const edited = await hibernated(NEW, "t1", "edit");
@@ -74,11 +88,11 @@ describe("sealed hibernation files", () => {
     data[5] = data[5]! ^ 0x20;
     env.sealed.data = data.toString("base64");
     await writeFile(edited.manifest, JSON.stringify(env));
-    await assert.rejects(edited.s.submit("hi", greedy(2)), rejected("seal_invalid"));
+    await refuses(edited.s.submit("hi", greedy(2)), rejected("seal_invalid"));
 
     const planted = await hibernated(NEW, "t1", "plant");
     await writeFile(planted.manifest, JSON.stringify({ format: "torpor.dev/hibernation", version: 1, namespace: "t1", name: "plant", path: "", stateFile: path.basename(planted.state), stateBytes: 1, stateSha256: "", history: [], contextSize: 256, tokenCount: 1, modelFingerprint: (await sharedHost()).fingerprint }));
-    await assert.rejects(planted.s.submit("hi", greedy(2)), rejected("unsealed"));
+    await refuses(planted.s.submit("hi", greedy(2)), rejected("unsealed"));
 
     const bystander = await planted.manager.register({ namespace: "t1", name: "bystander" });
     assert.equal((await bystander.submit("still serving?", greedy(2))).completionTokens, 2);
@@ -92,7 +106,7 @@ describe("sealed hibernation files", () => {
         if (f.startsWith("victim")) await cp(path.join(srcDir, f), path.join(dstDir, f.replace("victim", name)), { force: true });
       }
       const thief = await src.manager.register({ namespace: ns, name });
-      await assert.rejects(thief.submit("what was the passport number?", greedy(4)), (e: unknown) => e instanceof StateRejectedError && (e.reason === "seal_invalid" || e.reason === "manifest_invalid"));
+      await refuses(thief.submit("what was the passport number?", greedy(4)), (e: unknown) => e instanceof StateRejectedError && (e.reason === "seal_invalid" || e.reason === "manifest_invalid"));
     }
   });
 
@@ -105,7 +119,7 @@ describe("sealed hibernation files", () => {
     const env = JSON.parse(await readFile(path.join(old.root, "t1", "rotated.torpor.json"), "utf8")) as { sealed: { keyId: string } };
     assert.equal(env.sealed.keyId, "k1", "re-sealed with the new key");
     const stranger = await sealedRuntime(key("k9"), old.root);
-    await assert.rejects((await stranger.manager.register({ namespace: "t1", name: "rotated" })).submit("hi", greedy(2)), rejected("seal_invalid"));
+    await refuses((await stranger.manager.register({ namespace: "t1", name: "rotated" })).submit("hi", greedy(2)), rejected("seal_invalid"));
   });
 
   it("fuzzed sealed files (mutations, truncations, swaps) are always refused, never loaded", async () => {
@@ -131,9 +145,12 @@ describe("sealed hibernation files", () => {
           await writeFile(m.file === "state" ? base.state : base.manifest, out);
         }
         const probe = await sealedRuntime(NEW, base.root);
+        attacks.tried++;
         const s = await probe.manager.register({ namespace: "t1", name: "fuzz" }).catch(() => undefined);
-        if (!s) return; // refused at registration: fine
+        if (!s) { attacks.refused++; return; } // refused at registration: fine
         const r = await s.submit("hi", greedy(1)).then(() => "loaded", (e: unknown) => e instanceof StateRejectedError ? "refused" : `other: ${String(e)}`);
+        const authentic = r === "loaded" && s.messages()[0]?.type === "user" && (s.messages()[0] as { text: string }).text === SECRET;
+        if (r === "refused") attacks.refused++; else if (authentic) attacks.harmless++; else attacks.loaded++;
         // Only the authentic conversation may ever load (a flip in an unauthenticated listing field
         // of the manifest, such as its advisory byte count, changes nothing that is loaded).
         assert.ok(r === "refused" || (r === "loaded" && s.messages()[0]?.type === "user" && (s.messages()[0] as { text: string }).text === SECRET), `${JSON.stringify(m)} -> ${r}`);

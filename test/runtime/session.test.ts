@@ -308,3 +308,27 @@ describe("context pool", () => {
     assert.equal(await counterValue(tight.metrics, "torpor_runtime_evictions_total"), 0);
   });
 });
+
+describe("shutdown", () => {
+  it("saves a session that a request queued behind an eviction made resident again (found in a helm upgrade)", async () => {
+    const h = await harness({ maxResident: 1, contextHandover: true });
+    const a = await h.manager.register({ namespace: "default", name: "a" });
+    const b = await h.manager.register({ namespace: "default", name: "b" });
+    await a.submit("first turn of a", greedy(4));
+    // b needs a's slot: a is evicted; while that save runs, a request for a queues behind it.
+    const bTurn = b.submit("first turn of b", greedy(4));
+    for (let i = 0; i < 5000 && a.phase !== "Hibernating"; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(a.phase, "Hibernating");
+    const aTurn = a.submit("second turn of a", greedy(4));
+    const down = await h.manager.shutdown();
+    await Promise.all([bTurn, aTurn]);
+    assert.equal(down.failed, 0);
+    assert.equal(a.residency, "Hibernated", "a was resident again after its eviction: shutdown must save it again");
+    assert.equal(b.residency, "Hibernated");
+    const again = await harness({}, h.dir);
+    const moved = await again.manager.register({ namespace: "default", name: "a" });
+    assert.equal(moved.residency, "Hibernated");
+    await moved.submit("third", greedy(2));
+    assert.ok(moved.messages().some((m) => m.type === "user" && m.text === "second turn of a"), "the turn answered during shutdown is in the saved conversation");
+  });
+});
