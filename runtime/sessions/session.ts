@@ -55,9 +55,7 @@ export class Session {
   /** Present while the session holds native memory (resident, or being made resident). */
   private resident?: ResidentContext;
   private readonly queue = new SerialQueue();
-  private pendingHibernate?: { result: Promise<HibernateResult>; queuedAt: number };
-  /** Tasks ever queued: a hibernate may join a pending one only if nothing was queued after it. */
-  private queued = 0;
+  private pendingHibernate?: Promise<HibernateResult>;
   private deleted = false;
   /** The newer epoch that took the session over, once dropped. */
   private dropped = 0;
@@ -104,7 +102,7 @@ export class Session {
    */
   handOff(newer: number): Promise<HibernateOutcome> {
     if (!this.dropped || newer > this.dropped) this.dropped = newer;
-    return this.enqueue(async () => (await this.doHibernate("handoff", false)).outcome);
+    return this.queue.run(async () => (await this.doHibernate("handoff", false)).outcome);
   }
 
   /**
@@ -113,7 +111,7 @@ export class Session {
    */
   drop(newer: number): Promise<void> {
     this.dropped = newer;
-    return this.enqueue(async () => {
+    return this.queue.run(async () => {
       await this.releaseResident();
       this.residency = "NotCreated";
       this.log.warn({ epoch: this.window.epoch, newer }, "dropped: a newer placement owns the session");
@@ -180,26 +178,22 @@ export class Session {
    * A save already under way is joined instead (its context is disposed as usual: no spare).
    */
   async evict(reason: string): Promise<HibernateResult> {
-    const joined = this.pendingHibernate?.queuedAt === this.queued;
+    const joined = this.pendingHibernate;
     const r = await this.hibernateOnce(reason, true);
     return joined ? { outcome: r.outcome } : r;
   }
 
   private hibernateOnce(reason: string, handOver: boolean): Promise<HibernateResult> {
-    // Coalesce only with a hibernate that is still the last thing queued: a request queued after
-    // it would make the session resident again, and this caller (a SIGTERM shutdown, say) must
-    // not take that earlier save for its own.
-    if (this.pendingHibernate && this.pendingHibernate.queuedAt === this.queued) return this.pendingHibernate.result;
-    const result = this.enqueue(() => this.doHibernate(reason, handOver)).finally(() => {
-      if (this.pendingHibernate?.result === result) this.pendingHibernate = undefined;
+    // Joins a save under way even when requests were queued after it: the bulkhead holds the
+    // admission queue while it waits here, and one of those requests may be waiting for
+    // admission (waiting for a hibernate queued behind it would deadlock). A request that makes
+    // the session resident again is seen by whoever checks afterwards (shutdown goes round).
+    if (this.pendingHibernate) return this.pendingHibernate;
+    const result = this.queue.run(() => this.doHibernate(reason, handOver)).finally(() => {
+      if (this.pendingHibernate === result) this.pendingHibernate = undefined;
     });
-    this.pendingHibernate = { result, queuedAt: this.queued };
+    this.pendingHibernate = result;
     return result;
-  }
-
-  private enqueue<T>(task: () => Promise<T>): Promise<T> {
-    this.queued++;
-    return this.queue.run(task);
   }
 
   /** Starts a checkpoint if the session's interval policy says one is due (the runtime's timer calls it). */
@@ -219,7 +213,7 @@ export class Session {
   /** Queued behind the turn that made it due (and anything already waiting): it never cuts a generation. */
   private scheduleCheckpoint(): void {
     if (this.pendingCheckpoint || this.deleted || this.dropped) return;
-    const p = this.enqueue(() => this.doCheckpoint()).catch((err) => {
+    const p = this.queue.run(() => this.doCheckpoint()).catch((err) => {
       this.log.warn({ err }, "checkpoint failed; the session stays in memory and tries again after its next turn");
     }).finally(() => { if (this.pendingCheckpoint === p) this.pendingCheckpoint = undefined; });
     this.pendingCheckpoint = p;
@@ -272,7 +266,7 @@ export class Session {
   /** Frees the context and removes the session's files, after in-flight work finishes. */
   delete(): Promise<void> {
     this.deleted = true;
-    return this.enqueue(async () => {
+    return this.queue.run(async () => {
       await this.releaseResident();
       await this.deps.store.remove(this.ref);
       this.residency = "NotCreated";
@@ -287,7 +281,7 @@ export class Session {
     if (this.deleted) return Promise.reject(new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`));
     if (this.dropped) return Promise.reject(new StaleEpochError(this.window.epoch, this.dropped, `session ${this.ref.namespace}/${this.ref.name} moved`));
     this.lastActivity = this.deps.clock.now();
-    return this.enqueue(async () => {
+    return this.queue.run(async () => {
       try {
         return await task();
       } finally {
