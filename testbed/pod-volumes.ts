@@ -4,7 +4,7 @@
 //               extraMounts: that is how a ReadWriteMany volume spans nodes here)
 //   emptyDir -> a folder per pod; secret / configMap / projected -> files written per pod
 // The pod's process then sees them at their mountPaths through bind mounts in its own mount namespace.
-import { chmod, mkdir, writeFile } from "node:fs/promises";
+import { chmod, mkdir, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { CoreV1Api, V1KeyToPath, V1Pod, V1Volume } from "@kubernetes/client-node";
 
@@ -21,6 +21,22 @@ export function hostPathFolder(layout: VolumeLayout, nodeName: string, hostPath:
   return shared
     ? path.join(layout.root, "shared", hostPath)
     : path.join(layout.root, "nodes", nodeName, "rootfs", hostPath);
+}
+
+/**
+ * A hostPath as the kubelet checks it: `Directory` must exist; `DirectoryOrCreate` (and no type)
+ * creates it root-owned 0755, which a non-root container cannot write (fsGroup does not apply to
+ * hostPath): the very failure a kind install meets unless the folder is prepared.
+ */
+async function hostPathDir(layout: VolumeLayout, nodeName: string, hostPath: string, type: string | undefined): Promise<string> {
+  const dir = hostPathFolder(layout, nodeName, hostPath);
+  if (type === "Directory") {
+    const st = await stat(dir).catch(() => undefined);
+    if (!st?.isDirectory()) throw new Error(`hostPath type check failed: ${hostPath} is not a directory`);
+    return dir;
+  }
+  await mkdir(dir, { recursive: true, mode: 0o755 });
+  return dir;
 }
 
 async function writeItems(dir: string, data: Record<string, string | Buffer>, items: V1KeyToPath[] | undefined, mode: number): Promise<void> {
@@ -46,17 +62,13 @@ export async function resolveVolume(core: CoreV1Api, layout: VolumeLayout, pod: 
     const pv = await core.readPersistentVolume({ name: pvc.spec.volumeName });
     const p = pv.spec?.hostPath?.path ?? pv.spec?.local?.path;
     if (!p) throw new Error(`persistentvolume ${pv.metadata!.name}: the test kubelet supports hostPath and local volumes`);
-    const dir = hostPathFolder(layout, nodeName, p);
-    await mkdir(dir, { recursive: true });
-    return dir;
+    return hostPathDir(layout, nodeName, p, pv.spec?.hostPath?.type);
   }
-  if (v.hostPath) {
-    const dir = hostPathFolder(layout, nodeName, v.hostPath.path);
-    await mkdir(dir, { recursive: true });
-    return dir;
-  }
+  if (v.hostPath) return hostPathDir(layout, nodeName, v.hostPath.path, v.hostPath.type);
   if (v.emptyDir) {
+    // The kubelet makes emptyDirs world-writable: any runAsUser can use them.
     await mkdir(podDir, { recursive: true });
+    await chmod(podDir, 0o777);
     return podDir;
   }
   if (v.secret) {

@@ -319,6 +319,8 @@ export class TestKubelet {
     try {
       const info: PodRuntimeInfo = { podIP: run.ip, hostIP: "127.0.0.1", nodeName: run.node, apiserverHost: "127.0.0.1", apiserverPort: this.opts.apiserverPort };
       const env = await resolveEnv(this.core, pod, c.spec, info);
+      // What a container runtime sets for a user the image's /etc/passwd does not name.
+      env.HOME ??= "/";
       const argv = [...(c.spec.command ?? []), ...(c.spec.args ?? [])].map((a) => expand(a, env));
       if (argv.length === 0) throw new Error(`container ${c.spec.name} has no command: the test kubelet ignores images, so it needs command/args`);
       if (argv[0] === "node") argv[0] = process.execPath;
@@ -340,14 +342,18 @@ export class TestKubelet {
         binds.push([src, m.mountPath, m.readOnly ?? false]);
       }
       orderBinds(binds);
-      // The image's working directory is this checkout.
+      const user = containerUser(pod, c.spec);
+      // The image's working directory is this checkout; part of the image, so read-only with the root filesystem.
       const cwd = c.spec.workingDir ? c.spec.workingDir : this.opts.cwd;
-      if (c.spec.workingDir) binds.unshift([this.opts.cwd, c.spec.workingDir, false]);
+      if (c.spec.workingDir) binds.unshift([this.opts.cwd, c.spec.workingDir, user.readOnlyRoot]);
       const q = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
       const script = [
         ...binds.map(([src, dst, ro]) => `mkdir -p ${q(dst)} && mount --bind ${q(src)} ${q(dst)}${ro ? ` && mount -o remount,bind,ro ${q(dst)}` : ""}`),
         ...tmpfs.map(([dst, bytes]) => `mkdir -p ${q(dst)} && mount -t tmpfs -o size=${bytes},mode=0777 tmpfs ${q(dst)}`),
-        `cd ${q(cwd)}`, 'exec "$@"',
+        // After the volumes: they keep their own flags, everything else of the "image" is read-only.
+        ...(user.readOnlyRoot ? ["mount -o remount,bind,ro /"] : []),
+        `cd ${q(cwd)}`,
+        user.setpriv ? `exec setpriv ${user.setpriv} -- "$@"` : 'exec "$@"',
       ].join(" && ");
       const logDir = path.join(this.opts.root, "pods", `${run.namespace}_${run.name}_${run.uid}`);
       await mkdir(logDir, { recursive: true });
@@ -478,4 +484,25 @@ export function orderBinds(binds: Array<[string, string, boolean]>): void {
       }
     }
   }
+}
+
+/**
+ * The user a container runs as, from its and its pod's securityContext, as a container runtime
+ * applies it: runAsUser/runAsGroup, fsGroup and supplementalGroups as groups, no new privileges,
+ * no capabilities for a non-root user, a read-only root filesystem. The test kubelet has no
+ * images, so it has no image USER to fall back on: runAsNonRoot needs an explicit runAsUser.
+ */
+export function containerUser(pod: V1Pod, c: V1Container): { setpriv?: string; readOnlyRoot: boolean } {
+  const psc = pod.spec?.securityContext ?? {}, csc = c.securityContext ?? {};
+  const uid = csc.runAsUser ?? psc.runAsUser;
+  const nonRoot = csc.runAsNonRoot ?? psc.runAsNonRoot;
+  if (nonRoot && !uid) {
+    throw new Error(`container ${c.name} has runAsNonRoot but ${uid === 0 ? "runAsUser 0" : "no runAsUser"}: it would run as root (the test kubelet has no image USER to check)`);
+  }
+  const readOnlyRoot = csc.readOnlyRootFilesystem === true;
+  if (uid === undefined || uid === 0) return { readOnlyRoot };
+  const gid = csc.runAsGroup ?? psc.runAsGroup ?? 0;
+  const groups = [...new Set([gid, ...(psc.fsGroup !== undefined ? [psc.fsGroup] : []), ...(psc.supplementalGroups ?? [])])];
+  const noNewPrivs = csc.allowPrivilegeEscalation === false ? " --no-new-privs" : "";
+  return { setpriv: `--reuid ${uid} --regid ${gid} --groups ${groups.join(",")}${noNewPrivs} --inh-caps=-all --bounding-set=-all`, readOnlyRoot };
 }

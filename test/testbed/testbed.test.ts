@@ -164,6 +164,43 @@ describe("testbed", () => {
     });
   });
 
+  it("applies the security context like a container runtime: the user, a read-only root, hostPath left root-owned, runAsNonRoot refused", async () => {
+    // Exits 0 only if every expectation holds inside the container; the pod's phase says which.
+    const probe = `
+const fs = require("fs");
+const tryWrite = (f) => { try { fs.writeFileSync(f, "x"); return "ok"; } catch (e) { return e.code; } };
+const got = { uid: process.getuid(), groups: process.getgroups().sort(), root: tryWrite("/probe-root"), host: tryWrite("/host/f"), scratch: tryWrite("/scratch/f"), home: require("os").homedir() };
+const want = { uid: 10001, groups: [10001, 20002], root: "EROFS", host: "EACCES", scratch: "ok", home: "/" };
+console.log(JSON.stringify(got));
+process.exit(JSON.stringify(got) === JSON.stringify(want) ? 0 : 1);
+`;
+    const pod = (name: string, sc: string) => `apiVersion: v1
+kind: Pod
+metadata: {name: ${name}, namespace: default}
+spec:
+  restartPolicy: Never
+  securityContext: ${sc}
+  containers:
+  - name: probe
+    image: example.invalid/ignored:latest
+    command: [node, -e, ${JSON.stringify(probe)}]
+    securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+    volumeMounts: [{name: host, mountPath: /host}, {name: scratch, mountPath: /scratch}]
+  volumes:
+  - {name: host, hostPath: {path: /var/lib/torpor-probe, type: DirectoryOrCreate}}
+  - {name: scratch, emptyDir: {}}
+`;
+    await tb.kubectl(["apply", "-f", "-"], pod("as-user", "{runAsNonRoot: true, runAsUser: 10001, runAsGroup: 10001, fsGroup: 20002}"));
+    await tb.kubectl(["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/as-user", "--timeout=60s"]);
+    // runAsNonRoot with no user to run as: a real kubelet checks the image's USER; this one has no images, so it refuses.
+    await tb.kubectl(["apply", "-f", "-"], pod("no-user", "{runAsNonRoot: true}"));
+    await new Promise((r) => setTimeout(r, 3000));
+    const phase = (await tb.kubectl(["get", "pod", "no-user", "-o", "jsonpath={.status.phase}"])).trim();
+    assert.notEqual(phase, "Succeeded");
+    assert.notEqual(phase, "Running");
+    await tb.kubectl(["delete", "pod", "as-user", "no-user", "--wait=false"]);
+  });
+
   it("kills and restarts a container whose liveness probe fails; a passing startup probe gates readiness", async () => {
     // /healthz fails once /sicken was called; a restarted process is healthy again.
     const server = `
