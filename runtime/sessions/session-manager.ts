@@ -121,6 +121,7 @@ export class SessionManager implements Admission {
     const ref = { namespace: req.namespace, name: req.name, path };
     const previous = await this.store.claim(ref, epoch);
     const window = { epoch, min: previous };
+    await this.store.adopt(ref, window);
     const found = await this.store.peek(ref, window);
     const session = new Session(ref, spec, window, found, {
       host: this.host, pool: this.pool, store: this.store, clock: this.clock, metrics: this.metrics, log: this.log, admission: this, podName: this.opts.podName, maxContextSize: this.opts.maxContextSize,

@@ -287,6 +287,56 @@ export class HibernationStore {
     return !!HibernationStore.pick(await this.scan(dir, ref.name), window);
   }
 
+  /**
+   * Adopts the previous placement's commit: renamed (atomically) to this epoch's name, so its
+   * writer can no longer replace it, then rewritten (atomically) to say this epoch inside too, so
+   * the placement after this one accepts it even if this one never loads it (a second reconcile,
+   * a quick move, a crash after a restore kept for checkpoints). Runs at registration and before
+   * a load. A manifest that cannot be opened is only renamed: loading it refuses it, and keeps it.
+   * Idempotent; false when there was nothing to adopt.
+   */
+  async adopt(ref: SessionRef, window: EpochWindow): Promise<boolean> {
+    if (window.epoch <= 0) return false;
+    const dir = await this.dirFor(ref);
+    const picked = HibernationStore.pick(await this.scan(dir, ref.name), window);
+    if (!picked || picked[0] >= window.epoch) return false;
+    const adopted = this.manifestPath(dir, ref.name, window.epoch);
+    try {
+      await rename(path.join(dir, picked[1]), adopted);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return this.adopt(ref, window);
+      throw err;
+    }
+    await this.restamp(ref, adopted, window.epoch).catch((err) => this.onWarning(err, "could not restamp an adopted manifest with its new epoch; it loads, but only by this placement"));
+    await fsyncPath(dir).catch((err) => this.onWarning(err, "folder fsync after adopting a hand-off failed"));
+    return true;
+  }
+
+  /** Rewrites the manifest's own epoch (sealed: opened and sealed again); leaves anything it cannot open as it is. */
+  private async restamp(ref: SessionRef, file: string, epoch: number): Promise<void> {
+    let parsed: HibernationManifest & Partial<SealedEnvelope>;
+    try { parsed = JSON.parse(await readFile(file, "utf8")) as typeof parsed; } catch { return; }
+    if (parsed?.format !== MANIFEST_FORMAT) return;
+    let body: unknown;
+    if (parsed.sealed) {
+      if (!this.sealing) return;
+      const identity: SealIdentity = { namespace: ref.namespace, name: ref.name, path: ref.path ?? "", modelFingerprint: String(parsed.modelFingerprint) };
+      let m: HibernationManifest;
+      try { m = openJson<HibernationManifest>(this.sealing.keys, identity, parsed as SealedEnvelope); } catch { return; }
+      m = { ...m, epoch };
+      body = { ...sealJson(this.sealing.keys, identity, MANIFEST_FORMAT, m), ...outerFields(m) };
+    } else {
+      body = { ...parsed, epoch };
+    }
+    const tmp = path.join(path.dirname(file), `.${ref.name}.${randomBytes(6).toString("hex")}.json.tmp`);
+    const fh = await open(tmp, "wx", 0o600);
+    try {
+      await fh.writeFile(JSON.stringify(body));
+      await fh.sync();
+    } finally { await fh.close(); }
+    await rename(tmp, file).catch(async (err) => { await rm(tmp, { force: true }); throw err; });
+  }
+
   /** The commit this window may load, read without verification (what a crash left behind). */
   async peek(ref: SessionRef, window: EpochWindow = UNFENCED): Promise<{ tokenCount: number; hibernatedAt: string } | undefined> {
     const dir = await this.dirFor(ref);
@@ -307,18 +357,12 @@ export class HibernationStore {
     const files = await this.scan(dir, ref.name);
     const newest = HibernationStore.newest(files);
     if (window.epoch > 0 && newest > window.epoch) throw new StaleEpochError(window.epoch, newest, `cannot load ${ref.namespace}/${ref.name}`);
+    if (HibernationStore.pick(files, window)?.[0] !== window.epoch && await this.adopt(ref, window)) {
+      return this.verify(ref, modelFingerprint, window, whileHashing);
+    }
     const picked = HibernationStore.pick(files, window);
     if (!picked) return undefined;
-    let manifestFile = path.join(dir, picked[1]);
-    if (picked[0] < window.epoch) {
-      const adopted = this.manifestPath(dir, ref.name, window.epoch);
-      try { await rename(manifestFile, adopted); } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "ENOENT") return this.verify(ref, modelFingerprint, window, whileHashing);
-        throw err;
-      }
-      await fsyncPath(dir).catch((err) => this.onWarning(err, "folder fsync after adopting a hand-off failed"));
-      manifestFile = adopted;
-    }
+    const manifestFile = path.join(dir, picked[1]);
     let raw: string;
     try {
       raw = await readFile(manifestFile, "utf8");

@@ -29,6 +29,22 @@ describe("hand-off between placements", () => {
     // The stale holder is refused: re-registering under its old epoch, and saving.
     await assert.rejects(old.manager.register({ namespace: "default", name: "moving", epoch: 1 }).then((s) => s.submit("fork?", greedy(2))), /stale_epoch|epoch 2 now owns/);
   });
+
+  it("a placement replaced before its first request still hands the state on (found in the demo: a second reconcile re-placed a just-moved session)", async () => {
+    const first = await harness();
+    const a = await first.manager.register({ namespace: "default", name: "quick", epoch: 1 });
+    await a.submit("The code word is heron.", greedy(8));
+    await a.hibernate("request");
+    const pod = await harness({}, first.dir);
+    const two = await pod.manager.register({ namespace: "default", name: "quick", epoch: 2 });
+    assert.equal(two.residency, "Hibernated");
+    // Re-placed under epoch 3 on the same pod before any request reached epoch 2.
+    const three = await pod.manager.register({ namespace: "default", name: "quick", epoch: 3 });
+    assert.equal(three.residency, "Hibernated", "epoch 2 adopted the commit at registration: epoch 3 accepts it");
+    const r = await three.submit("Repeat it.", greedy(8));
+    assert.equal(r.rehydrated, true);
+    assert.ok(three.messages().some((m) => m.type === "user" && m.text === "The code word is heron."));
+  });
 });
 
 describe("checkpoints", () => {
