@@ -91,13 +91,6 @@ export function handOffSource(s: InferenceSession, pods: RuntimePod[], now: numb
 export const nextEpoch = (s: InferenceSession) => (s.status?.epoch ?? 0) + 1;
 
 /**
- * The epoch a registration on `pod` uses: the one status already records for that very pod (a
- * retry, or a runtime container that restarted, registers again idempotently), else the next.
- */
-export const placementEpoch = (s: InferenceSession, pod: string): number =>
-  s.status?.pod === pod && s.status.epoch ? s.status.epoch : nextEpoch(s);
-
-/**
  * After registering a session a runtime held in memory: a checkpoint turned up, but older than
  * what status last saw (a crash between checkpoints). Undefined when nothing was lost.
  */

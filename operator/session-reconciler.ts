@@ -10,7 +10,7 @@ import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-
 import { RuntimeApiError } from "../contract/runtime-client.js";
 import type { CleanupPods } from "./cleanup-pod.js";
 import type { ClusterView } from "./cluster-view.js";
-import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, placementEpoch, reasonOf, sameStatus, type Placement, type RuntimePod } from "./decisions.js";
+import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, reasonOf, sameStatus, type Placement, type RuntimePod } from "./decisions.js";
 import { Finalizer, type Requeue } from "./finalizer.js";
 import type { OperatorMetrics } from "./metrics.js";
 
@@ -85,28 +85,24 @@ export class SessionReconciler {
     const c = this.view.client(plan.pod);
     try {
       if (plan.register) {
-        // The epoch is durable before any runtime hears of it, together with the pod it is for: a
-        // reconcile that retries (its later status write conflicted with the gateway's wake, say)
-        // registers there again under the same epoch instead of re-placing the session, which
-        // would drop the copy that pod may already hold in memory. A conflict on this write means
-        // another reconcile (or operator) got there first, and this one starts over.
-        const epoch = placementEpoch(s, plan.pod.name);
-        const previousPod = s.status?.pod;
-        s = await this.writeStatus(s, { ...s.status, epoch, pod: plan.pod.name, ...(plan.pod.ip ? { podIP: plan.pod.ip } : {}), node: plan.pod.node });
+        // The epoch is durable before any runtime hears of it; a conflict here means another
+        // reconcile (or operator) got there first, and this one starts over.
+        const epoch = nextEpoch(s);
+        s = await this.writeStatus(s, { ...s.status, epoch });
         runtime = await c.register(namespace, name, { ...registerBody(s), epoch });
-        const previous = pods.find((p) => p.name === previousPod && p.name !== plan.pod.name);
+        const previous = pods.find((p) => p.name === s.status?.pod && p.name !== plan.pod.name);
         // Best effort: a previous holder that cannot hear it now is told by the runtime monitor later.
         if (previous?.ip) void this.view.client(previous, 5000).drop(namespace, name, epoch).catch(() => undefined);
         lost = liveStateLost(plan, runtime.residency);
         loss = checkpointLoss(s, plan, runtime);
         if (loss) {
-          this.events.record(s, "Warning", "RestoredFromCheckpoint", `the runtime on pod ${previousPod} went away without saving; the session continues from its checkpoint of ${loss.checkpointTime}, about ${loss.tokensLost} tokens behind`);
+          this.events.record(s, "Warning", "RestoredFromCheckpoint", `the runtime on pod ${s.status?.pod} went away without saving; the session continues from its checkpoint of ${loss.checkpointTime}, about ${loss.tokensLost} tokens behind`);
         }
         if (lost) {
-          this.events.record(s, "Warning", "LiveStateLost", `the runtime on pod ${previousPod} held the session in memory and lost it without saving; starting from scratch on pod ${plan.pod.name}`);
+          this.events.record(s, "Warning", "LiveStateLost", `the runtime on pod ${s.status?.pod} held the session in memory and lost it without saving; starting from scratch on pod ${plan.pod.name}`);
         }
         this.events.record(s, "Normal", "Placed", `placed on runtime pod ${plan.pod.name} (node ${plan.pod.node}); residency ${runtime.residency}`);
-        log.info({ pod: plan.pod.name, previousPod, residency: runtime.residency, liveStateLost: lost, resourceVersion: s.metadata.resourceVersion }, "session registered on runtime pod");
+        log.info({ pod: plan.pod.name, previousPod: s.status?.pod, residency: runtime.residency, liveStateLost: lost, resourceVersion: s.metadata.resourceVersion }, "session registered on runtime pod");
       }
       const transition = decideTransition(s, runtime!.residency);
       if (transition) {

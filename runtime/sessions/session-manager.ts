@@ -102,6 +102,12 @@ export class SessionManager implements Admission {
     const key = `${req.namespace}/${req.name}`;
     const epoch = req.epoch ?? 0;
     let existing = this.sessions.get(key);
+    if (existing && epoch > existing.epoch && existing.epoch > 0 && !await this.store.placedBetween(existing.ref, existing.epoch, epoch)) {
+      // Placed here again and nowhere else meanwhile (every placement claims on the volume first):
+      // a retried reconcile, not a move. Dropping this copy would lose what it holds in memory.
+      await this.store.claim(existing.ref, epoch);
+      existing.advanceEpoch(epoch);
+    }
     if (existing && epoch > existing.epoch) {
       // Placed here again under a newer epoch (it was elsewhere meanwhile): this copy may be older
       // than what the other placement committed, so it goes and the volume decides.

@@ -88,6 +88,18 @@ export class Session {
 
   get epoch(): number { return this.window.epoch; }
 
+  /**
+   * Placed here again under a newer epoch with no other placement in between (the caller checked
+   * the volume): this copy is still the newest, so it serves the new epoch instead of being
+   * dropped. It keeps accepting what it accepted (its own commits under the old epoch included:
+   * a save may be under way).
+   */
+  advanceEpoch(epoch: number): void {
+    if (this.dropped || epoch <= this.window.epoch) return;
+    this.window = { epoch, min: this.window.min };
+    this.log.info({ epoch, min: this.window.min }, "placed here again under a newer epoch with no placement in between; this copy keeps serving");
+  }
+
   /** Refuses a request routed by a placement newer than this copy: the caller must follow it. */
   checkEpoch(requested: number | undefined): void {
     if (requested !== undefined && this.window.epoch > 0 && requested > this.window.epoch) {

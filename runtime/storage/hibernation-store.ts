@@ -197,6 +197,12 @@ export class HibernationStore {
     return previous;
   }
 
+  /** Whether a placement strictly between these epochs claimed the session or committed it (it was elsewhere meanwhile). */
+  async placedBetween(ref: SessionRef, older: number, newer: number): Promise<boolean> {
+    const files = await this.scan(await this.dirFor(ref), ref.name);
+    return files.claims.some((c) => c > older && c < newer) || [...files.manifests.keys()].some((e) => e > older && e < newer);
+  }
+
   /** The committed manifest this window may load: the newest inside it. */
   private static pick(files: SessionFiles, w: EpochWindow): [number, string] | undefined {
     const eligible = [...files.manifests].filter(([e]) => (w.epoch === 0 ? e === 0 : e >= w.min && e <= w.epoch)).sort(([a], [b]) => b - a);

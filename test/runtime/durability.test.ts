@@ -116,3 +116,21 @@ describe("states written by another llama.cpp", () => {
     assert.equal(await counterValue(h.metrics, "torpor_runtime_state_replays_total"), 1);
   });
 });
+
+describe("placed again on the same runtime", () => {
+  it("keeps the copy in memory when no placement came between (a retried reconcile), drops it when one did", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "again", epoch: 2 });
+    await s.submit("The code word is heron.", greedy(8));
+    const same = await h.manager.register({ namespace: "default", name: "again", epoch: 3 });
+    assert.equal(same, s, "the same copy serves the new epoch");
+    assert.equal(same.residency, "InMemory");
+    assert.equal(same.epoch, 3);
+    assert.equal((await same.submit("Repeat it.", greedy(4))).created, false);
+    // Elsewhere meanwhile (epoch 4 claimed by another runtime on the volume): this copy is stale.
+    const other = await harness({}, h.dir);
+    await other.manager.register({ namespace: "default", name: "again", epoch: 4 });
+    const back = await h.manager.register({ namespace: "default", name: "again", epoch: 5 });
+    assert.notEqual(back, s, "a placement came between: the old copy is dropped and the volume decides");
+  });
+});
