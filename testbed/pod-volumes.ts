@@ -13,10 +13,16 @@ export interface VolumeLayout {
   root: string;
   /** Host paths that are the same folder on every node (a shared filesystem). */
   sharedHostPaths: string[];
+  /**
+   * Folders every node's image has at the same place (the testbed's model cache): a hostPath
+   * there is the host's own folder, the way a node image with models baked in would serve it.
+   */
+  imagePaths?: string[];
   caCertPem: string;
 }
 
 export function hostPathFolder(layout: VolumeLayout, nodeName: string, hostPath: string): string {
+  if (layout.imagePaths?.some((p) => hostPath === p || hostPath.startsWith(p + "/"))) return hostPath;
   const shared = layout.sharedHostPaths.find((p) => hostPath === p || hostPath.startsWith(p + "/"));
   return shared
     ? path.join(layout.root, "shared", hostPath)

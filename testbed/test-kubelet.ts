@@ -30,6 +30,8 @@ export interface TestKubeletOptions {
   root: string;
   nodes: TestNodeSpec[];
   sharedHostPaths: string[];
+  /** Host folders pods may mount as they are (see VolumeLayout.imagePaths). */
+  imagePaths?: string[];
   apiserverPort: number;
   caCertPem: string;
   /** Where relative commands run: the checkout. */
@@ -110,7 +112,7 @@ export class TestKubelet {
     this.kc.loadFromFile(opts.kubeconfig);
     this.core = this.kc.makeApiClient(CoreV1Api);
     this.coord = this.kc.makeApiClient(CoordinationV1Api);
-    this.layout = { root: opts.root, sharedHostPaths: opts.sharedHostPaths, caCertPem: opts.caCertPem };
+    this.layout = { root: opts.root, sharedHostPaths: opts.sharedHostPaths, ...(opts.imagePaths ? { imagePaths: opts.imagePaths } : {}), caCertPem: opts.caCertPem };
   }
 
   get nodeNames(): string[] { return this.opts.nodes.map((n) => n.name); }

@@ -5,7 +5,7 @@ import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { KubeConfig } from "@kubernetes/client-node";
-import { REPO_ROOT } from "./paths.js";
+import { CACHE_DIR, REPO_ROOT } from "./paths.js";
 import { startControlPlane, type ControlPlane } from "./control-plane.js";
 import { ensureKubeTools, type KubeTools } from "./kube-tools.js";
 import { TestKubelet, type TestNodeSpec } from "./test-kubelet.js";
@@ -39,7 +39,7 @@ export async function startTestbed(opts: { nodes?: TestNodeSpec[]; keepDir?: boo
   const tools = await ensureKubeTools();
   const controlPlane = await startControlPlane(dir);
   const kubelet = new TestKubelet({
-    kubeconfig: controlPlane.kubeconfig, root: dir, nodes: opts.nodes ?? DEFAULT_NODES, sharedHostPaths: [SHARED_HOST_PATH],
+    kubeconfig: controlPlane.kubeconfig, root: dir, nodes: opts.nodes ?? DEFAULT_NODES, sharedHostPaths: [SHARED_HOST_PATH], imagePaths: [CACHE_DIR],
     apiserverPort: controlPlane.apiserverPort, caCertPem: await readFile(controlPlane.pki.caCert, "utf8"), cwd: REPO_ROOT,
   });
   try {

@@ -1,6 +1,7 @@
 // Torpor's pieces installed on a testbed the way the tests need them: the CRD, a runtime pool
 // (Deployment "runtime-tiny" with an RWX hibernation claim), the runtime token and sealing keys.
 import { randomBytes } from "node:crypto";
+import { chmod, mkdir } from "node:fs/promises";
 import path from "node:path";
 import { smallModel } from "./models.js";
 export { eventually } from "./eventually.js";
@@ -55,13 +56,15 @@ spec:
           - labelSelector: {matchLabels: {torpor.dev/model: tiny}}
             topologyKey: kubernetes.io/hostname
       terminationGracePeriodSeconds: 20
+      # The chart's user: files on the volume belong to it, and the operator's cleanup pod runs as it.
+      securityContext: {runAsNonRoot: true, runAsUser: 10001, runAsGroup: 10001, fsGroup: 10001}
       containers:
       - name: runtime
         image: torpor:dev
         command: [node, dist/runtime/main.js]
         ports: [{name: http, containerPort: 8080}]
         env:
-        - {name: TORPOR_MODEL, value: ${JSON.stringify(model)}}
+        - {name: TORPOR_MODEL, value: ${JSON.stringify(`/models/${path.basename(model)}`)}}
         - {name: TORPOR_HIBERNATION_DIR, value: /var/lib/torpor/hibernation}
         - {name: TORPOR_HOST, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
         - {name: TORPOR_POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
@@ -73,8 +76,8 @@ spec:
         - {name: TORPOR_GPU, value: "false"}
 ${Object.entries({ ...MALLOC_TUNING_ENV, ...extraEnv }).map(([k, v]) => `        - {name: ${k}, value: ${JSON.stringify(v)}}`).join("\n")}
         readinessProbe: {httpGet: {path: /readyz, port: http}, periodSeconds: 1}
-        volumeMounts: [{name: hibernation, mountPath: /var/lib/torpor/hibernation}, {name: staging, mountPath: /var/lib/torpor/staging}]
-      volumes: [{name: hibernation, persistentVolumeClaim: {claimName: torpor-hibernation}}, {name: staging, emptyDir: {}}]
+        volumeMounts: [{name: hibernation, mountPath: /var/lib/torpor/hibernation}, {name: staging, mountPath: /var/lib/torpor/staging}, {name: models, mountPath: /models, readOnly: true}]
+      volumes: [{name: hibernation, persistentVolumeClaim: {claimName: torpor-hibernation}}, {name: staging, emptyDir: {}}, {name: models, hostPath: {path: ${JSON.stringify(path.dirname(model))}, type: Directory}}]
 `;
 
 export const session = (name: string, extra = "") => `
@@ -90,6 +93,10 @@ spec:
 
 
 export async function installTorpor(tb: Testbed, replicas = 2, extraEnv: Record<string, string> = {}, model?: string): Promise<void> {
+  // The shared folder behind the hibernation volume, writable by the runtime's user (as make kind-up prepares it).
+  const hib = path.join(tb.dir, "shared", HIB_HOST_PATH);
+  await mkdir(hib, { recursive: true });
+  await chmod(hib, 0o1777);
   await tb.kubectl(["apply", "-f", path.join(REPO_ROOT, "crds", "inferencesessions.torpor.dev.yaml")]);
   await tb.kubectl(["wait", "--for=condition=Established", "crd/inferencesessions.torpor.dev", "--timeout=30s"]);
   await tb.kubectl(["apply", "-f", "-"], runtimeManifest(model ?? await smallModel(), extraEnv).replace("replicas: 2", `replicas: ${replicas}`));

@@ -158,7 +158,7 @@ export class HibernationStore {
   }
 
   private async scan(dir: string, name: string): Promise<SessionFiles> {
-    const entries = await readdir(dir).catch(() => [] as string[]);
+    const entries = await readdirOrNone(dir);
     const esc = name.replace(/\./g, "\\.");
     const manifest = new RegExp(`^${esc}(?:@e(\\d+))?\\.torpor\\.json$`);
     const claim = new RegExp(`^${esc}@e(\\d+)\\.claim$`);
@@ -449,7 +449,7 @@ export class HibernationStore {
    */
   async remove(ref: SessionRef, opts: { keepClaims?: boolean } = {}): Promise<boolean> {
     const dir = await this.dirFor(ref);
-    const entries = await readdir(dir).catch(() => [] as string[]);
+    const entries = await readdirOrNone(dir);
     const esc = ref.name.replace(/\./g, "\\.");
     const claims = opts.keepClaims ? "" : `|${esc}@e\\d+\\.claim`;
     const own = new RegExp(`^(${esc}(@e\\d+)?\\.torpor\\.json|${esc}\\.[0-9a-f]{12}\\.state|\\.${esc}\\.[0-9a-f]{12}\\.(state|json)\\.tmp${claims})$`);
@@ -513,6 +513,18 @@ export class HibernationStore {
       const m = JSON.parse(await readFile(file, "utf8")) as HibernationManifest;
       return m?.format === MANIFEST_FORMAT && typeof m.stateFile === "string" ? m : undefined;
     } catch { return undefined; }
+  }
+}
+
+/**
+ * A folder's entries; none when it does not exist. Any other error (EACCES: the volume belongs to
+ * another user) is thrown: taking it for "no files" would start sessions afresh over their saved
+ * state, and let a cleanup report success while the files stay.
+ */
+async function readdirOrNone(dir: string): Promise<string[]> {
+  try { return await readdir(dir); } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw new TorporError("storage_failed", `cannot list the session folder on the volume (${(err as NodeJS.ErrnoException).code ?? "error"}): check the volume's owner and mode against the runtime's user`);
   }
 }
 

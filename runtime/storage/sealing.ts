@@ -83,6 +83,16 @@ function chunkNonce(prefix: Buffer, index: number): Buffer {
  * Encrypts `src` (plaintext, node-local) into `dst` (on the volume), chunk by chunk, reading the
  * next chunk while the current one is sealed and written. Returns the sealed size.
  */
+/**
+ * An overlapped read or write can fail (ENOSPC) while the loop awaits something else: it is
+ * awaited later, where its error is thrown, but it must have a handler from the start, or Node
+ * kills the process for an unhandled rejection (a full disk crashed the runtime this way).
+ */
+function observed<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => undefined);
+  return p;
+}
+
 export async function sealFile(keys: SealingKeys, identity: SealIdentity, stateName: string, src: string, dst: string): Promise<number> {
   const key = keys.namespaceKey(keys.currentId, identity.namespace);
   const idBuf = Buffer.from(keys.currentId);
@@ -99,7 +109,7 @@ export async function sealFile(keys: SealingKeys, identity: SealIdentity, stateN
     const chunks = Math.max(1, Math.ceil(size / CHUNK));
     const bufs = [Buffer.allocUnsafeSlow(CHUNK), Buffer.allocUnsafeSlow(CHUNK)] as const;
     // Three things overlap: the next chunk's read, this chunk's encryption, the previous write.
-    let next = input.read(bufs[0], 0, CHUNK, 0);
+    let next = observed(input.read(bufs[0], 0, CHUNK, 0));
     let writing: Promise<unknown> = Promise.resolve();
     for (let i = 0; i < chunks; i++) {
       const { bytesRead } = await next;
@@ -110,8 +120,8 @@ export async function sealFile(keys: SealingKeys, identity: SealIdentity, stateN
       len.writeUInt32BE(bytesRead);
       const body = Buffer.concat([len, cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
       await writing; // the buffer read next is the one the previous write no longer needs
-      if (i + 1 < chunks) next = input.read(bufs[(i + 1) % 2]!, 0, CHUNK, (i + 1) * CHUNK);
-      writing = output.write(body);
+      if (i + 1 < chunks) next = observed(input.read(bufs[(i + 1) % 2]!, 0, CHUNK, (i + 1) * CHUNK));
+      writing = observed(output.write(body));
       written += body.length;
     }
     await writing;
@@ -159,7 +169,7 @@ export async function openSealedFile(keys: SealingKeys, identity: SealIdentity, 
       }
       // The plaintext write overlaps the next chunk's read and decryption.
       await writing;
-      writing = output.write(plain);
+      writing = observed(output.write(plain));
       if (last) break;
     }
     await writing;
