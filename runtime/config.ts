@@ -29,6 +29,8 @@ export interface RuntimeConfig {
   defaultMaxTokens: number;
   /** "auto" offloads what fits on a GPU; 0 keeps everything on the CPU. */
   gpuLayers: number | "auto" | "max";
+  /** Run on the CPU when GPU layers were asked for ("max" or a count) but no GPU backend loaded; otherwise refuse to start. */
+  allowCpuFallback: boolean;
   gpu: "auto" | false;
   /** 0 lets llama.cpp choose. */
   threads: number;
@@ -95,6 +97,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     maxContextSize,
     defaultMaxTokens: int(env, "TORPOR_DEFAULT_MAX_TOKENS", 256, 1),
     gpuLayers,
+    allowCpuFallback: bool(env, "TORPOR_ALLOW_CPU_FALLBACK", false),
     gpu: gpuLayers === 0 || env.TORPOR_GPU === "false" ? false : "auto",
     threads: int(env, "TORPOR_THREADS", 0),
     maxBodyBytes: int(env, "TORPOR_MAX_BODY_BYTES", 1 << 20, 1024),

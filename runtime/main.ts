@@ -34,7 +34,16 @@ async function main(): Promise<void> {
   // nvidia runtime silently falls back to the CPU, and gpuLayers: max then means 0.
   log.info({ model: host.name, fingerprint: host.fingerprint.slice(0, 16), ms: Math.round(performance.now() - t0), gpu: host.llama.gpu, gpuLayers: host.model.gpuLayers }, "model loaded");
   if (cfg.gpuLayers !== 0 && host.llama.gpu === false) {
-    log.warn({ requested: cfg.gpuLayers }, "GPU layers were requested but no GPU backend loaded (no GPU, missing CUDA libraries, or no nvidia runtimeClassName): running on the CPU");
+    // "max" or a layer count is a request for a GPU: a pool sized for VRAM would run out of host
+    // memory and time on the CPU, so it stops unless told that the CPU will do.
+    const explicit = cfg.gpuLayers === "max" || (typeof cfg.gpuLayers === "number" && cfg.gpuLayers > 0);
+    const message = "GPU layers were requested but no GPU backend loaded (no GPU, missing CUDA libraries, or no nvidia runtimeClassName)";
+    if (explicit && !cfg.allowCpuFallback) {
+      log.fatal({ requested: cfg.gpuLayers }, `${message}: refusing to start on the CPU (set TORPOR_ALLOW_CPU_FALLBACK=true, or gpuLayers "0" or "auto", to run on the CPU)`);
+      await host.dispose();
+      process.exit(1);
+    }
+    log.warn({ requested: cfg.gpuLayers }, `${message}: running on the CPU`);
   }
   const sealing = cfg.sealingKeys ? { keys: SealingKeys.parse(cfg.sealingKeys), stagingDir: cfg.stagingDir } : undefined;
   if (sealing) await mkdir(sealing.stagingDir, { recursive: true, mode: 0o700 });

@@ -203,6 +203,16 @@ describe("across processes", () => {
     assert.deepEqual((await readdir(path.join(dir, "default"))).filter((f) => f.endsWith(".torpor.json")).sort(), ["a.torpor.json", "b.torpor.json"]);
   });
 
+  it("refuses to start on the CPU when GPU layers were asked for and no GPU loaded, unless told the CPU will do", async () => {
+    const dir = await tmp("torpor-nogpu-");
+    const env = { TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: dir, TORPOR_GPU_LAYERS: "max", TORPOR_GPU: "auto" };
+    await assert.rejects(startRuntime(env), /runtime exited with 1:[\s\S]*no GPU backend loaded[\s\S]*TORPOR_ALLOW_CPU_FALLBACK/);
+    const rt = await startRuntime({ ...env, TORPOR_ALLOW_CPU_FALLBACK: "true" });
+    try {
+      assert.match(rt.output(), /running on the CPU/);
+    } finally { await rt.stop(); }
+  });
+
   it("frees at least 90% of the state size from RSS on every hibernate once the pool's grace passes, without creeping across cycles", async () => {
     // Measurement: VmRSS of the runtime process from /proc, polled after the hibernate call returns
     // until the emptied context's grace (1 s here) has passed, compared with the size of the state
