@@ -65,6 +65,9 @@ export async function installChart(tb: Testbed): Promise<string> {
   // What `make kind-up` does on the host: the shared hibernation folder, writable by the runtime's UID.
   await mkdir(sharedFolder(tb, "hibernation"), { recursive: true });
   await chmod(sharedFolder(tb, "hibernation"), 0o1777);
+  // make kind-load: the image built here is on the nodes; the chart must use exactly it.
+  const kind = YAML.parse(await readFile(path.join(chart, "values-kind.yaml"), "utf8")) as { image: { repository: string; tag: string } };
+  tb.kubelet.loadImages(`${kind.image.repository}:${kind.image.tag}`);
   await tb.kubectl(["create", "namespace", RELEASE_NAMESPACE]);
   await tb.kubectl(["apply", "-f", path.join(chart, "hibernation-pv-kind.yaml")]);
   await tb.helm(["install", "torpor", chart, "-n", RELEASE_NAMESPACE, ...await testbedValues(tb), "--wait", "--timeout", "180s"]);

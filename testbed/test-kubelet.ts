@@ -107,6 +107,7 @@ export class TestKubelet {
   private stopped = false;
   private readonly layout: VolumeLayout;
   private readonly unready = new Set<string>();
+  private readonly images = new Set<string>();
 
   constructor(private readonly opts: TestKubeletOptions) {
     this.kc.loadFromFile(opts.kubeconfig);
@@ -122,6 +123,24 @@ export class TestKubelet {
     await this.heartbeat();
     this.timers.push(setInterval(() => void this.heartbeat(), 2000));
     this.timers.push(setInterval(() => void this.sync(), this.opts.syncMs ?? 250));
+  }
+
+  /**
+   * Images "on the nodes", as `kind load docker-image` puts them there. A container whose
+   * imagePullPolicy is Never must name one of them (ErrImageNeverPull otherwise): that is how a
+   * chart that renders another image than the one the user built and loaded fails on kind. The
+   * test kubelet runs every container from this checkout, so other policies are not checked.
+   */
+  loadImages(...refs: string[]): void {
+    for (const r of refs) this.images.add(r);
+  }
+
+  private checkImage(c: V1Container): void {
+    if (c.imagePullPolicy !== "Never" || this.images.size === 0) return;
+    const image = c.image ?? "";
+    if (!this.images.has(image)) {
+      throw new Error(`ErrImageNeverPull: container ${c.name} wants image "${image}" with imagePullPolicy Never, but the nodes have only ${[...this.images].join(", ")} (what kind load docker-image put there)`);
+    }
   }
 
   /** Simulates a node failure: heartbeats stop and every process on the node dies at once. */
@@ -323,6 +342,7 @@ export class TestKubelet {
       const env = await resolveEnv(this.core, pod, c.spec, info);
       // What a container runtime sets for a user the image's /etc/passwd does not name.
       env.HOME ??= "/";
+      this.checkImage(c.spec);
       const argv = [...(c.spec.command ?? []), ...(c.spec.args ?? [])].map((a) => expand(a, env));
       if (argv.length === 0) throw new Error(`container ${c.spec.name} has no command: the test kubelet ignores images, so it needs command/args`);
       if (argv[0] === "node") argv[0] = process.execPath;
@@ -449,7 +469,7 @@ export class TestKubelet {
         ? { running: { startedAt: c.startedAt } }
         : c.exitCode !== undefined
           ? { terminated: { exitCode: c.exitCode, reason: c.reason, startedAt: c.startedAt, finishedAt: c.finishedAt } }
-          : { waiting: { reason: run.failed ? "CreateContainerConfigError" : "ContainerCreating", ...(run.failed ? { message: run.failed } : {}) } },
+          : { waiting: { reason: run.failed ? (/^ErrImageNeverPull\b/.test(run.failed) ? "ErrImageNeverPull" : "CreateContainerConfigError") : "ContainerCreating", ...(run.failed ? { message: run.failed } : {}) } },
       ...(this.running(c) && c.lastTerminated ? { lastState: { terminated: c.lastTerminated } } : {}),
     }));
     const status = {

@@ -201,6 +201,25 @@ spec:
     await tb.kubectl(["delete", "pod", "as-user", "no-user", "--wait=false"]);
   });
 
+  it("runs a container with imagePullPolicy Never only from an image loaded on the nodes (ErrImageNeverPull otherwise)", async () => {
+    const pod = (name: string, image: string) => `apiVersion: v1
+kind: Pod
+metadata: {name: ${name}, namespace: default}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: c, image: "${image}", imagePullPolicy: Never, command: [node, -e, "process.exit(0)"]}
+`;
+    tb.kubelet.loadImages("torpor:dev");
+    await tb.kubectl(["apply", "-f", "-"], pod("loaded", "torpor:dev"));
+    await tb.kubectl(["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/loaded", "--timeout=60s"]);
+    await tb.kubectl(["apply", "-f", "-"], pod("not-loaded", "ghcr.io/torpor-dev/torpor:0.1.0"));
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.equal((await tb.kubectl(["get", "pod", "not-loaded", "-o", "jsonpath={.status.phase}"])).trim(), "Pending");
+    assert.equal((await tb.kubectl(["get", "pod", "not-loaded", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}"])).trim(), "ErrImageNeverPull");
+    await tb.kubectl(["delete", "pod", "loaded", "not-loaded", "--wait=false"]);
+  });
+
   it("kills and restarts a container whose liveness probe fails; a passing startup probe gates readiness", async () => {
     // /healthz fails once /sicken was called; a restarted process is healthy again.
     const server = `
