@@ -1,4 +1,4 @@
-// One conversation: its history, its own llama context while resident, and a FIFO of work.
+// One conversation: its history, its leased sequence (of a context the pool owns) while resident, and a FIFO of work.
 // Every operation (generate, hibernate, rehydrate, delete) runs on the session's queue, which is
 // what makes hibernate wait for in-flight generation and requests wait for a hibernate.
 import path from "node:path";
