@@ -105,12 +105,12 @@ export class ContextPool {
     return this.contexts.filter((c) => c.leased === 0).reduce((sum, c) => sum + c.bytes, 0);
   }
 
-  /** Estimated bytes one new session of this size adds: nothing when a kept sequence fits. */
+  /** Estimated bytes one new session of this size adds: nothing when an allocated sequence fits (a kept context, a shared one's free slot). */
   async bytesToAdmit(contextSize: number): Promise<number> {
     const S = this.opts.sequencesPerContext;
-    const shared = this.contexts.some((c) => !c.context.disposed && c.contextSize === contextSize && c.sequences === S && c.leased > 0
+    const fits = this.contexts.some((c) => !c.context.disposed && c.contextSize === contextSize && c.sequences === S
       && (c.free.length > 0 || c.context.sequencesLeft > 0));
-    return shared ? 0 : this.host.estimateContextBytes(contextSize, S);
+    return fits ? 0 : this.host.estimateContextBytes(contextSize, S);
   }
 
   /** Frees every context no session uses, now (memory pressure, admission). */

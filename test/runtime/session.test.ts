@@ -332,3 +332,16 @@ describe("shutdown", () => {
     assert.ok(moved.messages().some((m) => m.type === "user" && m.text === "second turn of a"), "the turn answered during shutdown is in the saved conversation");
   });
 });
+
+describe("context pool under a budget", () => {
+  it("a rehydrate within the grace reuses the kept context even when the budget has room for only one", async () => {
+    const host = (await harness()).host;
+    const one = await host.estimateContextBytes(1024);
+    const h = await harness({ contextGraceMs: 60_000, memoryBudgetBytes: Math.ceil(one * 1.2) });
+    const s = await h.manager.register({ namespace: "default", name: "tight" });
+    await s.submit("hello", greedy(4));
+    await s.hibernate("test");
+    assert.equal((await s.submit("again", greedy(4))).rehydrated, true);
+    assert.equal(await counterValue(h.metrics, "torpor_runtime_context_reuses_total"), 1, "the kept context was reused, not freed for a new one");
+  });
+});
