@@ -46,6 +46,9 @@ describe("helm chart", () => {
         }
       }
       const runtimeEnv = (deployments.find((d) => JSON.stringify(d).includes("TORPOR_MODEL"))!.spec!.template!.spec.containers[0] as unknown as { env: Array<{ name: string; value?: string }> }).env;
+      // The grace covers a shutdown's hibernates: sessions x state / bandwidth + 1 + 30 s.
+      const grace = (deployments.find((d) => JSON.stringify(d).includes("TORPOR_MODEL"))!.spec!.template!.spec as unknown as { terminationGracePeriodSeconds: number }).terminationGracePeriodSeconds;
+      assert.equal(grace, v.length ? Math.floor(6 * 1024 / 100) + 31 : Math.floor(8 * 1024 / 100) + 31);
       for (const [name, value] of Object.entries(MALLOC_TUNING_ENV)) {
         assert.equal(runtimeEnv.find((e) => e.name === name)?.value, value, `runtime pods lack ${name}=${value}`);
       }
