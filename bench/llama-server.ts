@@ -141,8 +141,9 @@ const streamPrompt = (i: number) => `Write a short story about a lighthouse keep
 async function fourStreams(binary: string, model: string, runs: number): Promise<PeerResult["streams4"]> {
   const out = { llamaServer: [] as number[], torporContextEach: [] as number[], torporShared: [] as number[] };
   const server = await startServer(binary, ["-m", model, "-c", String(4 * 1024), "-np", "4", "-t", "2"]);
-  const runtimes = await Promise.all(["1", "4"].map(async (seqs) => startRuntime({
-    TORPOR_MODEL: model, TORPOR_HIBERNATION_DIR: await mkdtemp(path.join(os.tmpdir(), "torpor-streams-")), TORPOR_THREADS: "2",
+  const dirs = await Promise.all([0, 1].map(() => mkdtemp(path.join(os.tmpdir(), "torpor-streams-"))));
+  const runtimes = await Promise.all(["1", "4"].map((seqs, i) => startRuntime({
+    TORPOR_MODEL: model, TORPOR_HIBERNATION_DIR: dirs[i]!, TORPOR_THREADS: "2",
     TORPOR_SEQUENCES_PER_CONTEXT: seqs, TORPOR_LOG_LEVEL: "warn",
   })));
   try {
@@ -165,6 +166,7 @@ async function fourStreams(binary: string, model: string, runs: number): Promise
   } finally {
     server.stop();
     await Promise.all(runtimes.map((rt) => rt.stop()));
+    await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
   }
   return out;
 }
