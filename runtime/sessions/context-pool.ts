@@ -86,12 +86,14 @@ export class ContextPool {
       c.free.push(lease.sequence);
     } catch (err) {
       this.log.warn({ err }, "could not empty a returned sequence; freeing it");
-      await lease.sequence.dispose();
+      // Whoever gives a sequence back has already saved or given up the session: never fail them.
+      await Promise.resolve(lease.sequence.dispose()).catch((e: unknown) => this.log.warn({ err: e }, "could not free a returned sequence"));
     }
     if (c.leased > 0) return;
     if (this.opts.graceMs <= 0) { await this.free(c); return; }
     this.stopTimer(c);
-    c.timer = setTimeout(() => void this.free(c), this.opts.graceMs);
+    // A timer's rejection would be unhandled, and Node ends the process for those.
+    c.timer = setTimeout(() => void this.free(c).catch((err: unknown) => this.log.warn({ err }, "could not free a context after its grace")), this.opts.graceMs);
     c.timer.unref();
   }
 
