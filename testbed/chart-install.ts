@@ -1,19 +1,20 @@
 // Installs the Helm chart on the testbed the way a kind user would (values-kind.yaml, the steps
 // of `make kind-up` and `make helm-install`), with the chart's own security context enforced by
 // the test kubelet (UID 10001, read-only root filesystem).
-import { chmod, copyFile, link, mkdir, stat } from "node:fs/promises";
-import { readFile, writeFile } from "node:fs/promises";
+import { chmod, copyFile, link, mkdir, readFile, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import YAML from "yaml";
 import { realModel } from "./models.js";
 import { REPO_ROOT as ROOT } from "./paths.js";
-import { SHARED_HOST_PATH, type Testbed } from "./testbed.js";
+import { prepareSharedFolder, sharedFolder, SHARED_HOST_PATH, type Testbed } from "./testbed.js";
 
 export const RELEASE_NAMESPACE = "torpor";
 const MODELS_CLAIM = "torpor-models";
 
-/** The node folder behind a shared host path (what kind's extraMounts map to the host). */
-const sharedFolder = (tb: Testbed, ...sub: string[]) => path.join(tb.dir, "shared", SHARED_HOST_PATH, ...sub);
+const CHART = path.join(ROOT, "charts", "torpor");
+
+interface KindValues { image: { repository: string; tag: string }; models: Array<Record<string, unknown>> }
+const kindValues = async (): Promise<KindValues> => YAML.parse(await readFile(path.join(CHART, "values-kind.yaml"), "utf8")) as KindValues;
 
 /**
  * The testbed's runtime pods cannot reach the hub kind pods download from: the model, taken from
@@ -22,7 +23,7 @@ const sharedFolder = (tb: Testbed, ...sub: string[]) => path.join(tb.dir, "share
  */
 async function modelsVolume(tb: Testbed): Promise<string> {
   const source = await realModel();
-  const dir = sharedFolder(tb, "models");
+  const dir = sharedFolder(tb, `${SHARED_HOST_PATH}/models`);
   await mkdir(dir, { recursive: true, mode: 0o755 });
   const file = path.join(dir, path.basename(source));
   if (!await stat(file).catch(() => undefined)) await link(source, file).catch(() => copyFile(source, file));
@@ -50,27 +51,23 @@ spec:
 }
 
 /** The values files of an install: values-kind.yaml, with the model on the testbed's models volume. */
-export async function testbedValues(tb: Testbed): Promise<string[]> {
-  const chart = path.join(ROOT, "charts", "torpor");
-  const kind = YAML.parse(await readFile(path.join(chart, "values-kind.yaml"), "utf8")) as { models: Array<Record<string, unknown>> };
+export async function testbedValues(tb: Testbed, kind?: KindValues): Promise<string[]> {
+  const { models } = kind ?? await kindValues();
   const source = await modelsVolume(tb);
   const override = path.join(tb.dir, "values-testbed.yaml");
-  await writeFile(override, YAML.stringify({ models: kind.models.map((m) => ({ ...m, source })), modelsVolume: { existingClaim: MODELS_CLAIM } }));
-  return ["-f", path.join(chart, "values-kind.yaml"), "-f", override];
+  await writeFile(override, YAML.stringify({ models: models.map((m) => ({ ...m, source })), modelsVolume: { existingClaim: MODELS_CLAIM } }));
+  return ["-f", path.join(CHART, "values-kind.yaml"), "-f", override];
 }
 
 /** Installs the chart the way a kind user would (values-kind.yaml) and returns the gateway's URL. */
 export async function installChart(tb: Testbed): Promise<string> {
-  const chart = path.join(ROOT, "charts", "torpor");
-  // What `make kind-up` does on the host: the shared hibernation folder, writable by the runtime's UID.
-  await mkdir(sharedFolder(tb, "hibernation"), { recursive: true });
-  await chmod(sharedFolder(tb, "hibernation"), 0o1777);
+  await prepareSharedFolder(tb, `${SHARED_HOST_PATH}/hibernation`);
   // make kind-load: the image built here is on the nodes; the chart must use exactly it.
-  const kind = YAML.parse(await readFile(path.join(chart, "values-kind.yaml"), "utf8")) as { image: { repository: string; tag: string } };
+  const kind = await kindValues();
   tb.kubelet.loadImages(`${kind.image.repository}:${kind.image.tag}`);
   await tb.kubectl(["create", "namespace", RELEASE_NAMESPACE]);
-  await tb.kubectl(["apply", "-f", path.join(chart, "hibernation-pv-kind.yaml")]);
-  await tb.helm(["install", "torpor", chart, "-n", RELEASE_NAMESPACE, ...await testbedValues(tb), "--wait", "--timeout", "180s"]);
+  await tb.kubectl(["apply", "-f", path.join(CHART, "hibernation-pv-kind.yaml")]);
+  await tb.helm(["install", "torpor", CHART, "-n", RELEASE_NAMESPACE, ...await testbedValues(tb, kind), "--wait", "--timeout", "180s"]);
   const ip = (await tb.kubectl(["get", "pods", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=gateway", "-o", "jsonpath={.items[0].status.podIP}"])).trim();
   return `http://${ip}:8000`;
 }

@@ -1,6 +1,6 @@
 // The whole testbed: real control plane + test kubelet, driven with real kubectl and helm.
 import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -14,6 +14,20 @@ const run = promisify(execFile);
 
 /** Host path every node shares, like the extraMount in kind-config.yaml. */
 export const SHARED_HOST_PATH = "/var/lib/torpor-shared";
+
+/** Where a shared host path lives on this machine (what kind's extraMounts map it to). */
+export const sharedFolder = (tb: Pick<Testbed, "dir">, hostPath: string): string => path.join(tb.dir, "shared", hostPath);
+
+/**
+ * What `make kind-up` does on the host before the chart goes in: the shared folder behind a
+ * hostPath volume, writable by the runtime's non-root user (fsGroup does not apply to hostPath).
+ */
+export async function prepareSharedFolder(tb: Pick<Testbed, "dir">, hostPath: string): Promise<string> {
+  const dir = sharedFolder(tb, hostPath);
+  await mkdir(dir, { recursive: true });
+  await chmod(dir, 0o1777);
+  return dir;
+}
 
 export const DEFAULT_NODES: TestNodeSpec[] = [
   { name: "node-a", labels: { "topology.kubernetes.io/zone": "zone-a" } },

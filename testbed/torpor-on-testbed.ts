@@ -1,12 +1,11 @@
 // Torpor's pieces installed on a testbed the way the tests need them: the CRD, a runtime pool
 // (Deployment "runtime-tiny" with an RWX hibernation claim), the runtime token and sealing keys.
 import { randomBytes } from "node:crypto";
-import { chmod, mkdir } from "node:fs/promises";
 import path from "node:path";
 import { smallModel } from "./models.js";
 export { eventually } from "./eventually.js";
 import { REPO_ROOT } from "./paths.js";
-import { SHARED_HOST_PATH, type Testbed } from "./testbed.js";
+import { prepareSharedFolder, SHARED_HOST_PATH, type Testbed } from "./testbed.js";
 import { MALLOC_TUNING_ENV } from "../runtime/model/malloc-tuning.js";
 
 export const TOKEN = "operator-test-runtime-token-0123";
@@ -93,10 +92,7 @@ spec:
 
 
 export async function installTorpor(tb: Testbed, replicas = 2, extraEnv: Record<string, string> = {}, model?: string): Promise<void> {
-  // The shared folder behind the hibernation volume, writable by the runtime's user (as make kind-up prepares it).
-  const hib = path.join(tb.dir, "shared", HIB_HOST_PATH);
-  await mkdir(hib, { recursive: true });
-  await chmod(hib, 0o1777);
+  await prepareSharedFolder(tb, HIB_HOST_PATH);
   await tb.kubectl(["apply", "-f", path.join(REPO_ROOT, "crds", "inferencesessions.torpor.dev.yaml")]);
   await tb.kubectl(["wait", "--for=condition=Established", "crd/inferencesessions.torpor.dev", "--timeout=30s"]);
   await tb.kubectl(["apply", "-f", "-"], runtimeManifest(model ?? await smallModel(), extraEnv).replace("replicas: 2", `replicas: ${replicas}`));

@@ -28,6 +28,11 @@ interface PooledContext {
   timer?: NodeJS.Timeout;
 }
 
+/** Whether take() can lease a sequence of this size and shape from the context without allocating. */
+function hasRoomFor(c: PooledContext, contextSize: number, sequences: number): boolean {
+  return !c.context.disposed && c.contextSize === contextSize && c.sequences === sequences && (c.free.length > 0 || c.context.sequencesLeft > 0);
+}
+
 /** One session's sequence. Whoever holds a lease gives it back to the pool exactly once. */
 export interface SequenceLease {
   readonly sequence: LlamaContextSequence;
@@ -60,8 +65,7 @@ export class ContextPool {
 
   private async takeNow(contextSize: number, sequences: number): Promise<SequenceLease> {
     if (this.closed) throw new Error("context pool used after shutdown");
-    const c = this.contexts.find((x) => !x.context.disposed && x.contextSize === contextSize && x.sequences === sequences
-      && (x.free.length > 0 || x.context.sequencesLeft > 0));
+    const c = this.contexts.find((x) => hasRoomFor(x, contextSize, sequences));
     if (c) {
       this.stopTimer(c);
       const kept = c.free.pop();
@@ -110,9 +114,7 @@ export class ContextPool {
   /** Estimated bytes one new session of this size adds: nothing when an allocated sequence fits (a kept context, a shared one's free slot). */
   async bytesToAdmit(contextSize: number): Promise<number> {
     const S = this.opts.sequencesPerContext;
-    const fits = this.contexts.some((c) => !c.context.disposed && c.contextSize === contextSize && c.sequences === S
-      && (c.free.length > 0 || c.context.sequencesLeft > 0));
-    return fits ? 0 : this.host.estimateContextBytes(contextSize, S);
+    return this.contexts.some((c) => hasRoomFor(c, contextSize, S)) ? 0 : this.host.estimateContextBytes(contextSize, S);
   }
 
   /** Frees every context no session uses, now (memory pressure, admission). */

@@ -103,6 +103,15 @@ export interface VerifiedState {
   integrity: Promise<void>;
 }
 
+/** A new file (never an existing one) with this JSON, on disk before it returns. */
+async function writeDurably(file: string, body: unknown): Promise<void> {
+  const fh = await open(file, "wx", 0o600);
+  try {
+    await fh.writeFile(JSON.stringify(body));
+    await fh.sync();
+  } finally { await fh.close(); }
+}
+
 async function fsyncPath(p: string): Promise<void> {
   const fh = await open(p, "r");
   try { await fh.sync(); } finally { await fh.close(); }
@@ -265,12 +274,7 @@ export class HibernationStore {
         hibernatedAt: new Date().toISOString(), epoch,
         ...fields,
       };
-      const body = this.sealing ? { ...sealJson(this.sealing.keys, identity, MANIFEST_FORMAT, manifest), ...outerFields(manifest) } : manifest;
-      const mh = await open(tmpManifest, "wx", 0o600);
-      try {
-        await mh.writeFile(JSON.stringify(body));
-        await mh.sync();
-      } finally { await mh.close(); }
+      await writeDurably(tmpManifest, this.manifestBody(identity, manifest));
       await rename(tmpManifest, manifestFile);
     } catch (err) {
       await Promise.all([tmpState, tmpManifest, finalState, ...(staging ? [staging] : [])].map((p) => rm(p, { force: true })));
@@ -318,6 +322,11 @@ export class HibernationStore {
     return true;
   }
 
+  /** What a manifest file holds: the manifest, or when sealing, its sealed envelope plus the fields listings may read. */
+  private manifestBody(identity: SealIdentity, m: HibernationManifest): unknown {
+    return this.sealing ? { ...sealJson(this.sealing.keys, identity, MANIFEST_FORMAT, m), ...outerFields(m) } : m;
+  }
+
   /** Rewrites the manifest's own epoch (sealed: opened and sealed again); leaves anything it cannot open as it is. */
   private async restamp(ref: SessionRef, file: string, epoch: number): Promise<void> {
     let parsed: HibernationManifest & Partial<SealedEnvelope>;
@@ -329,18 +338,18 @@ export class HibernationStore {
       const identity: SealIdentity = { namespace: ref.namespace, name: ref.name, path: ref.path ?? "", modelFingerprint: String(parsed.modelFingerprint) };
       let m: HibernationManifest;
       try { m = openJson<HibernationManifest>(this.sealing.keys, identity, parsed as SealedEnvelope); } catch { return; }
-      m = { ...m, epoch };
-      body = { ...sealJson(this.sealing.keys, identity, MANIFEST_FORMAT, m), ...outerFields(m) };
+      body = this.manifestBody(identity, { ...m, epoch });
     } else {
       body = { ...parsed, epoch };
     }
     const tmp = path.join(path.dirname(file), `.${ref.name}.${randomBytes(6).toString("hex")}.json.tmp`);
-    const fh = await open(tmp, "wx", 0o600);
     try {
-      await fh.writeFile(JSON.stringify(body));
-      await fh.sync();
-    } finally { await fh.close(); }
-    await rename(tmp, file).catch(async (err) => { await rm(tmp, { force: true }); throw err; });
+      await writeDurably(tmp, body);
+      await rename(tmp, file);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw err;
+    }
   }
 
   /** The commit this window may load, read without verification (what a crash left behind). */
@@ -363,11 +372,9 @@ export class HibernationStore {
     const files = await this.scan(dir, ref.name);
     const newest = HibernationStore.newest(files);
     if (window.epoch > 0 && newest > window.epoch) throw new StaleEpochError(window.epoch, newest, `cannot load ${ref.namespace}/${ref.name}`);
-    if (HibernationStore.pick(files, window)?.[0] !== window.epoch && await this.adopt(ref, window)) {
-      return this.verify(ref, modelFingerprint, window, whileHashing);
-    }
     const picked = HibernationStore.pick(files, window);
     if (!picked) return undefined;
+    if (picked[0] < window.epoch && await this.adopt(ref, window)) return this.verify(ref, modelFingerprint, window, whileHashing);
     const manifestFile = path.join(dir, picked[1]);
     let raw: string;
     try {

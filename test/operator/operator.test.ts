@@ -11,13 +11,13 @@ import { freePort } from "../../testbed/local-runtime.js";
 import { eventually, HIB_HOST_PATH, installTorpor, runtimeManifest, session, TOKEN } from "../../testbed/torpor-on-testbed.js";
 import { smallModel } from "../../testbed/models.js";
 import { DIST, REPO_ROOT } from "../../testbed/paths.js";
-import { startTestbed, type Testbed } from "../../testbed/testbed.js";
+import { sharedFolder, startTestbed, type Testbed } from "../../testbed/testbed.js";
 
 describe("operator on the testbed", () => {
   let tb: Testbed;
   let operator: ChildProcess;
   let operatorLog = "";
-  const hibDir = () => path.join(tb.dir, "shared", HIB_HOST_PATH, "default");
+  const hibDir = () => path.join(sharedFolder(tb, HIB_HOST_PATH), "default");
   const get = async (name: string) => JSON.parse(await tb.kubectl(["get", "isess", name, "-o", "json"])) as InferenceSession;
   const waitPlaced = (name: string) => eventually(`placement of ${name}`, async () => { const s = await get(name); return s.status?.pod ? s : undefined; });
   const runtimeFor = (s: InferenceSession) => new RuntimeClient(`http://${s.status!.podIP}:8080`, TOKEN);
