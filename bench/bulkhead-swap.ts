@@ -23,7 +23,7 @@ export interface SwapResult {
 
 export async function bulkheadSwap(rounds: number): Promise<SwapResult> {
   const host = await loadHost(SWAP_MODEL);
-  const contextMiB = (await host.estimateContextBytes(CONTEXT)) / 2 ** 20;
+  const contextMiB = (await host.estimateContextCost(CONTEXT)).ram / 2 ** 20;
   const dirs: string[] = [];
   const modes = await Promise.all([true, false].map(async (contextHandover) => {
     const dir = await mkdtemp(path.join(os.tmpdir(), "torpor-bench-swap-"));

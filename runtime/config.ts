@@ -20,8 +20,10 @@ export interface RuntimeConfig {
   host: string;
   port: number;
   maxResident: number;
-  /** 0: no memory budget, only the resident-session cap. */
+  /** Host RAM for resident contexts; 0: no RAM budget, only the resident-session cap; -1: derived. */
   memoryBudgetBytes: number;
+  /** GPU memory for resident contexts; 0: none; -1: derived from the VRAM free once the model is loaded. */
+  vramBudgetBytes: number;
   /** 0 disables the idle policy. */
   idleAfterMs: number;
   defaultContextSize: number;
@@ -92,6 +94,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     maxResident: int(env, "TORPOR_MAX_RESIDENT", 8, 1),
     // -1 (unset): derived from the container's memory limit at start-up (model/memory-budget.ts); 0: off.
     memoryBudgetBytes: env.TORPOR_MEMORY_BUDGET_MIB === undefined ? -1 : int(env, "TORPOR_MEMORY_BUDGET_MIB", 0) * 2 ** 20,
+    vramBudgetBytes: env.TORPOR_VRAM_BUDGET_MIB === undefined ? -1 : int(env, "TORPOR_VRAM_BUDGET_MIB", 0) * 2 ** 20,
     idleAfterMs: int(env, "TORPOR_IDLE_AFTER_SECONDS", 0) * 1000,
     defaultContextSize: Math.min(int(env, "TORPOR_DEFAULT_CONTEXT_SIZE", 4096, 256), maxContextSize),
     maxContextSize,

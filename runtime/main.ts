@@ -9,7 +9,7 @@ import { HibernationStore } from "./storage/hibernation-store.js";
 import { SealingKeys } from "./storage/sealing.js";
 import express from "express";
 import { mountHealthRoutes } from "../common/health-server.js";
-import { cgroupMemoryLimit, defaultMemoryBudget } from "./model/memory-budget.js";
+import { cgroupMemoryLimit, defaultMemoryBudget, defaultVramBudget } from "./model/memory-budget.js";
 import { NamespaceLimits } from "./sessions/namespace-limits.js";
 import { createRuntimeApp } from "./http/app.js";
 import { createLogger } from "../common/logger.js";
@@ -50,10 +50,13 @@ async function main(): Promise<void> {
   else log.warn("TORPOR_SEALING_KEYS is not set: hibernation files are written unsealed (readable and forgeable by anyone with access to the volume). The chart always sets it.");
   const store = new HibernationStore(cfg.hibernationDir, { onWarning: (err, message) => log.warn({ err }, message), ...(sealing ? { sealing } : {}) });
   const memoryBudgetBytes = cfg.memoryBudgetBytes >= 0 ? cfg.memoryBudgetBytes : await defaultMemoryBudget(host.modelPath, await cgroupMemoryLimit());
-  log.info({ memoryBudgetMiB: Math.round(memoryBudgetBytes / 2 ** 20), derived: cfg.memoryBudgetBytes < 0 }, memoryBudgetBytes ? "memory budget for resident contexts" : "no memory budget (no container memory limit and TORPOR_MEMORY_BUDGET_MIB unset)");
+  const vram = await host.vramState();
+  const vramBudgetBytes = cfg.vramBudgetBytes >= 0 ? cfg.vramBudgetBytes : defaultVramBudget(vram.free, host.onGpu);
+  log.info({ memoryBudgetMiB: Math.round(memoryBudgetBytes / 2 ** 20), derived: cfg.memoryBudgetBytes < 0 }, memoryBudgetBytes ? "RAM budget for resident contexts" : "no RAM budget (no container memory limit and TORPOR_MEMORY_BUDGET_MIB unset)");
+  if (host.onGpu) log.info({ vramBudgetMiB: Math.round(vramBudgetBytes / 2 ** 20), vramFreeMiB: Math.round(vram.free / 2 ** 20), vramTotalMiB: Math.round(vram.total / 2 ** 20), derived: cfg.vramBudgetBytes < 0 }, "VRAM budget for resident contexts");
   const metrics = new RuntimeMetrics();
   const manager = new SessionManager(host, store, systemClock, metrics, log, {
-    maxResident: cfg.maxResident, memoryBudgetBytes, idleAfterMs: cfg.idleAfterMs,
+    maxResident: cfg.maxResident, memoryBudget: { ram: memoryBudgetBytes, vram: vramBudgetBytes }, idleAfterMs: cfg.idleAfterMs,
     defaultContextSize: cfg.defaultContextSize, maxContextSize: cfg.maxContextSize, podName: cfg.podName,
     contextHandover: cfg.contextHandover, preemptAfterMs: cfg.preemptAfterMs,
     sequencesPerContext: cfg.sequencesPerContext, contextGraceMs: cfg.contextGraceMs,

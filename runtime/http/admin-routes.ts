@@ -16,7 +16,7 @@ export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
       pod: d.podName, node: d.nodeName,
       model: { name: d.host.name, fingerprint: d.host.fingerprint, trainContextSize: d.host.trainContextSize },
       capacity: { maxResident: manager.opts.maxResident, resident: manager.residentCount, sessions: manager.sessionCount },
-      memory: { rssBytes: process.memoryUsage.rss(), vramUsedBytes: await d.host.vramUsed() },
+      memory: { rssBytes: process.memoryUsage.rss(), vramUsedBytes: (await d.host.vramState()).used },
       ready: !manager.shuttingDown,
     };
     res.json(info);

@@ -6,6 +6,7 @@ import { fileURLToPath } from "node:url";
 import { getLlama, resolveChatWrapper, type ChatWrapper, type Llama, type LlamaContext, type LlamaModel } from "node-llama-cpp";
 import type { RuntimeConfig } from "../config.js";
 import { TorporError } from "../../contract/errors.js";
+import type { MemoryCost } from "./memory-cost.js";
 import { modelFingerprint } from "./model-fingerprint.js";
 import { resolveModelSource } from "./model-source.js";
 
@@ -52,23 +53,29 @@ export class ModelHost {
     }
   }
 
-  private readonly estimates = new Map<string, number>();
+  private readonly estimates = new Map<string, MemoryCost>();
 
-  /** node-llama-cpp's estimate of what one context of this shape costs (RAM + VRAM), for the memory budget. */
-  async estimateContextBytes(contextSize: number, sequences = 1): Promise<number> {
+  /** node-llama-cpp's estimate of what one context of this shape costs, RAM and VRAM apart, for the memory budget. */
+  async estimateContextCost(contextSize: number, sequences = 1): Promise<MemoryCost> {
     const key = `${contextSize}x${sequences}`;
-    let bytes = this.estimates.get(key);
-    if (bytes === undefined) {
+    let cost = this.estimates.get(key);
+    if (cost === undefined) {
       const r = await this.model.fileInsights.estimateContextResourceRequirementsV2({ contextSize, modelGpuLayers: this.model.gpuLayers, sequences });
-      bytes = r.cpuRam + r.gpuVram;
-      this.estimates.set(key, bytes);
+      cost = { ram: r.cpuRam, vram: this.onGpu ? r.gpuVram : 0 };
+      this.estimates.set(key, cost);
     }
-    return bytes;
+    return cost;
   }
 
-  /** VRAM in use on the backend, for the memory-freed figures on GPU builds. */
-  async vramUsed(): Promise<number> {
-    return (await this.llama.getVramState()).used;
+  /** Whether the model runs (at least in part) on a GPU, so contexts cost VRAM. */
+  get onGpu(): boolean {
+    return this.llama.gpu !== false && this.model.gpuLayers > 0;
+  }
+
+  /** VRAM in use and free on the backend: the memory-freed figures, and the VRAM budget at start. */
+  async vramState(): Promise<{ used: number; free: number; total: number }> {
+    const s = await this.llama.getVramState();
+    return { used: s.used, free: s.free, total: s.total };
   }
 
   async dispose(): Promise<void> {

@@ -7,6 +7,7 @@
 import type { LlamaContext, LlamaContextSequence } from "node-llama-cpp";
 import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
+import { addCosts, NO_COST, type MemoryCost } from "../model/memory-cost.js";
 import type { ModelHost } from "../model/model-host.js";
 import { SerialQueue } from "./serial-queue.js";
 
@@ -24,7 +25,7 @@ interface PooledContext {
   /** Emptied sequences ready for the next lease. */
   free: LlamaContextSequence[];
   leased: number;
-  bytes: number;
+  cost: MemoryCost;
   timer?: NodeJS.Timeout;
 }
 
@@ -73,7 +74,7 @@ export class ContextPool {
       return this.lease(c, kept ?? c.context.getSequence());
     }
     const context = await this.host.createContext(contextSize, sequences);
-    const pooled: PooledContext = { context, contextSize, sequences, free: [], leased: 0, bytes: await this.host.estimateContextBytes(contextSize, sequences) };
+    const pooled: PooledContext = { context, contextSize, sequences, free: [], leased: 0, cost: await this.host.estimateContextCost(contextSize, sequences) };
     this.contexts.push(pooled);
     return this.lease(pooled, context.getSequence());
   }
@@ -101,20 +102,20 @@ export class ContextPool {
     c.timer.unref();
   }
 
-  /** Estimated bytes of every context allocated, leased or kept. */
-  allocatedBytes(): number {
-    return this.contexts.reduce((sum, c) => sum + c.bytes, 0);
+  /** Estimated cost of every context allocated, leased or kept. */
+  allocatedCost(): MemoryCost {
+    return addCosts(...this.contexts.map((c) => c.cost));
   }
 
-  /** Estimated bytes of contexts no session uses (what trim() would give back now). */
-  idleBytes(): number {
-    return this.contexts.filter((c) => c.leased === 0).reduce((sum, c) => sum + c.bytes, 0);
+  /** Estimated cost of contexts no session uses (what trim() would give back now). */
+  idleCost(): MemoryCost {
+    return addCosts(...this.contexts.filter((c) => c.leased === 0).map((c) => c.cost));
   }
 
-  /** Estimated bytes one new session of this size adds: nothing when an allocated sequence fits (a kept context, a shared one's free slot). */
-  async bytesToAdmit(contextSize: number): Promise<number> {
+  /** Estimated cost one new session of this size adds: nothing when an allocated sequence fits (a kept context, a shared one's free slot). */
+  async costToAdmit(contextSize: number): Promise<MemoryCost> {
     const S = this.opts.sequencesPerContext;
-    return this.contexts.some((c) => hasRoomFor(c, contextSize, S)) ? 0 : this.host.estimateContextBytes(contextSize, S);
+    return this.contexts.some((c) => hasRoomFor(c, contextSize, S)) ? NO_COST : this.host.estimateContextCost(contextSize, S);
   }
 
   /** Frees every context no session uses, now (memory pressure, admission). */

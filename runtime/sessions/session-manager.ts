@@ -7,6 +7,7 @@ import { validateName, validateSubPath } from "../storage/hibernation-path.js";
 import type { HibernationStore } from "../storage/hibernation-store.js";
 import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
+import { addCosts, describeBudget, describeCost, isFree, isLimited, NO_COST, overspent, type MemoryCost } from "../model/memory-cost.js";
 import type { ModelHost } from "../model/model-host.js";
 import { SerialQueue } from "./serial-queue.js";
 import { ContextPool } from "./context-pool.js";
@@ -19,8 +20,11 @@ export interface ManagerOptions {
   idleAfterMs: number;
   defaultContextSize: number;
   maxContextSize: number;
-  /** Optional cap on the estimated memory of resident contexts (0 or absent: only maxResident applies). */
-  memoryBudgetBytes?: number;
+  /**
+   * Optional caps on the estimated memory of resident contexts, RAM and VRAM each on its own
+   * (0 or absent: no cap on that one; only maxResident applies).
+   */
+  memoryBudget?: MemoryCost;
   /** How long a request waits for a resident slot when every resident session is busy. */
   admissionTimeoutMs?: number;
   /** Reuse an evicted session's context for the session that needed the room (default true). */
@@ -57,10 +61,10 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export class SessionManager implements Admission {
   private readonly sessions = new Map<string, Session>();
   /**
-   * Resident (or being made resident) sessions, since when, and the bytes admitted for them that
+   * Resident (or being made resident) sessions, since when, and the memory admitted for them that
    * the pool has not allocated yet (so two admissions in a row cannot both take the same room).
    */
-  private readonly resident = new Map<Session, { since: number; pendingBytes: number }>();
+  private readonly resident = new Map<Session, { since: number; pending: MemoryCost }>();
   private readonly admissions = new SerialQueue();
   private draining = false;
   readonly pool: ContextPool;
@@ -168,12 +172,14 @@ export class SessionManager implements Admission {
   }
 
   async acquire(session: Session): Promise<SpareContext | undefined> {
-    const budget = this.opts.memoryBudgetBytes ?? 0;
+    const budget = this.opts.memoryBudget ?? NO_COST;
+    const limited = isLimited(budget);
     const size = session.spec.contextSize;
     const S = this.pool.opts.sequencesPerContext;
-    const whole = budget > 0 ? await this.host.estimateContextBytes(size, S) : 0;
-    if (budget > 0 && whole > budget) {
-      throw new TorporError("capacity_exhausted", `a context of ${size} tokens${S > 1 ? ` x ${S} sequences` : ""} needs about ${Math.round(whole / 2 ** 20)} MiB, more than the runtime's whole memory budget of ${Math.round(budget / 2 ** 20)} MiB`);
+    const whole = limited ? await this.host.estimateContextCost(size, S) : NO_COST;
+    const never = overspent(whole, budget);
+    if (never) {
+      throw new TorporError("capacity_exhausted", `a context of ${size} tokens${S > 1 ? ` x ${S} sequences` : ""} needs about ${describeCost(whole)}, more than the runtime's whole ${never === "vram" ? "VRAM" : "RAM"} budget (${describeBudget(budget)}); ask for a smaller contextSize or a pool with more memory`);
     }
     return this.admissions.run(async () => {
       const started = Date.now();
@@ -185,14 +191,14 @@ export class SessionManager implements Admission {
       const nsFull = () => nsMax !== undefined && nsResident() >= nsMax;
       // The budget counts what the pool has allocated (leased or kept for its grace) plus what
       // this session adds: nothing when it fits a free sequence of a context in use.
-      const pending = () => [...this.resident.values()].reduce((sum, r) => sum + r.pendingBytes, 0);
-      const overBudget = async () => budget > 0 && this.pool.allocatedBytes() + pending() + await this.pool.bytesToAdmit(size) > budget;
+      const pending = () => addCosts(...[...this.resident.values()].map((r) => r.pending));
+      const overBudget = async () => limited && overspent(addCosts(this.pool.allocatedCost(), pending(), await this.pool.costToAdmit(size)), budget) !== undefined;
       const full = async () => nsFull() || this.resident.size >= this.opts.maxResident || await overBudget();
       let spare: SpareContext | undefined;
       try {
         while (await full()) {
           // Contexts kept only for their grace go first: no session loses its place for them.
-          if (!nsFull() && this.resident.size < this.opts.maxResident && this.pool.idleBytes() > 0) {
+          if (!nsFull() && this.resident.size < this.opts.maxResident && !isFree(this.pool.idleCost())) {
             await this.pool.trim();
             continue;
           }
@@ -217,7 +223,7 @@ export class SessionManager implements Admission {
             continue;
           }
           if (Date.now() > deadline) {
-            throw new TorporError("capacity_exhausted", `every resident session is busy generating (cap ${this.opts.maxResident}${budget ? `, budget ${Math.round(budget / 2 ** 20)} MiB` : ""}); retry shortly`);
+            throw new TorporError("capacity_exhausted", `every resident session is busy generating (cap ${this.opts.maxResident}${limited ? `, budget ${describeBudget(budget)}` : ""}); retry shortly`);
           }
           await sleep(25);
         }
@@ -225,7 +231,7 @@ export class SessionManager implements Admission {
         if (spare) await this.pool.give(spare);
         throw err;
       }
-      this.resident.set(session, { since: Date.now(), pendingBytes: spare || budget === 0 ? 0 : await this.pool.bytesToAdmit(size) });
+      this.resident.set(session, { since: Date.now(), pending: spare || !limited ? NO_COST : await this.pool.costToAdmit(size) });
       return spare;
     });
   }
@@ -233,7 +239,7 @@ export class SessionManager implements Admission {
   /** The session's sequence is allocated: the pool accounts for it from now on. */
   allocated(session: Session): void {
     const r = this.resident.get(session);
-    if (r) r.pendingBytes = 0;
+    if (r) r.pending = NO_COST;
   }
 
   release(session: Session): void {
@@ -241,7 +247,7 @@ export class SessionManager implements Admission {
   }
 
   async evictOne(session: Session): Promise<boolean> {
-    if (this.pool.idleBytes() > 0) return (await this.pool.trim()) > 0;
+    if (!isFree(this.pool.idleCost())) return (await this.pool.trim()) > 0;
     const victim = [...this.resident.keys()].filter((s) => s !== session && s.residency === "InMemory" && !s.busy)
       .sort((a, b) => a.lastActivity - b.lastActivity)[0];
     if (!victim) return false;

@@ -30,8 +30,13 @@ export interface Harness {
   host: ModelHost;
 }
 
-export async function harness(opts: Partial<ManagerOptions> = {}, dir?: string, model?: () => Promise<string>): Promise<Harness> {
-  const host = await sharedHost(model);
+/**
+ * `hostAs` stands in for what the test cannot have here (a GPU's VRAM estimates, say): it returns
+ * the host the manager gets, usually one that inherits the shared host and overrides one method.
+ */
+export async function harness(opts: Partial<ManagerOptions> = {}, dir?: string, model?: () => Promise<string>, hostAs?: (h: ModelHost) => ModelHost): Promise<Harness> {
+  const shared = await sharedHost(model);
+  const host = hostAs ? hostAs(shared) : shared;
   const root = dir ?? await tempDir("torpor-hib-");
   const store = new HibernationStore(root);
   const clock = new ManualClock(1_000_000);

@@ -4,6 +4,7 @@ import { readdir, stat } from "node:fs/promises";
 import path from "node:path";
 import { describe, it } from "node:test";
 import { TorporError } from "../../contract/errors.js";
+import type { ModelHost } from "../../runtime/model/model-host.js";
 import { counterValue, greedy, harness } from "../helpers/in-process-runtime.js";
 
 async function histogramCount(h: Awaited<ReturnType<typeof harness>>, name: string): Promise<number> {
@@ -177,9 +178,9 @@ describe("bulkhead and idle policy", () => {
 
   it("keeps the estimated memory of resident contexts within the budget", async () => {
     const probe = await harness();
-    const perContext = await probe.host.estimateContextBytes(1024);
+    const perContext = (await probe.host.estimateContextCost(1024)).ram;
     assert.ok(perContext > 0);
-    const h = await harness({ maxResident: 8, memoryBudgetBytes: Math.floor(perContext * 2.5) });
+    const h = await harness({ maxResident: 8, memoryBudget: { ram: Math.floor(perContext * 2.5), vram: 0 } });
     const [a, b, c] = await Promise.all(["ma", "mb", "mc"].map((n) => h.manager.register({ namespace: "default", name: n, contextSize: 1024 })));
     await a!.submit("one", greedy(2));
     h.clock.advance(1000);
@@ -189,7 +190,62 @@ describe("bulkhead and idle policy", () => {
     assert.equal(a!.residency, "Hibernated", "the least recently used session makes room under the budget");
     assert.equal(h.manager.residentCount, 2);
     const huge = await h.manager.register({ namespace: "default", name: "huge", contextSize: 8192 });
-    await assert.rejects(huge.submit("hi", greedy(1)), (e: TorporError) => e.code === "capacity_exhausted" && /memory budget/.test(e.message));
+    await assert.rejects(huge.submit("hi", greedy(1)), (e: TorporError) => e.code === "capacity_exhausted" && /whole RAM budget/.test(e.message));
+  });
+
+  it("when an allocation fails though the estimate fitted (a fragmented card), hibernates the LRU idle session and retries", async () => {
+    let pool: { counts(): { leased: number; idle: number } } | undefined;
+    let refused = 0;
+    // A card with room for one context, whatever the estimates say.
+    const oneFits = (host: ModelHost) => Object.create(host, {
+      createContext: {
+        value: async (size: number, sequences?: number) => {
+          const c = pool!.counts();
+          if (c.leased + c.idle >= 1) { refused++; throw new TorporError("capacity_exhausted", "cannot allocate a context: simulated cudaMalloc failure"); }
+          return host.createContext(size, sequences);
+        },
+      },
+    }) as ModelHost;
+    const h = await harness({ maxResident: 8 }, undefined, undefined, oneFits);
+    pool = h.manager.pool;
+    const a = await h.manager.register({ namespace: "default", name: "frag-a" });
+    const b = await h.manager.register({ namespace: "default", name: "frag-b" });
+    await a.submit("one", greedy(2));
+    const rb = await b.submit("two", greedy(2));
+    assert.equal(rb.created, true, "the second session is served, not refused");
+    assert.equal(refused, 1);
+    assert.equal(a.residency, "Hibernated");
+    assert.equal(await counterValue(h.metrics, "torpor_runtime_evictions_total"), 1);
+    assert.equal((await a.submit("back", greedy(2))).rehydrated, true, "and the evicted one comes back, evicting in turn");
+    assert.equal(b.residency, "Hibernated");
+  });
+
+  it("counts VRAM apart from RAM: a full card makes room though RAM has plenty left", async () => {
+    const GiB = 2 ** 30;
+    // What node-llama-cpp estimates on a GPU: the KV cache in VRAM, a little host RAM per context.
+    const onGpu = (cost: { ram: number; vram: number }) => (host: ModelHost) =>
+      Object.create(host, { estimateContextCost: { value: async () => cost } }) as ModelHost;
+    const h = await harness({ maxResident: 8, memoryBudget: { ram: 100 * GiB, vram: 5 * GiB } }, undefined, undefined, onGpu({ ram: 64 * 2 ** 20, vram: 2 * GiB }));
+    const [a, b, c] = await Promise.all(["va", "vb", "vc"].map((n) => h.manager.register({ namespace: "default", name: n, contextSize: 1024 })));
+    await a!.submit("one", greedy(2));
+    h.clock.advance(1000);
+    await b!.submit("two", greedy(2));
+    h.clock.advance(1000);
+    await c!.submit("three", greedy(2));
+    assert.equal(a!.residency, "Hibernated", "two contexts of 2 GiB fill a 5 GiB card: the least recently used makes room");
+    assert.equal(h.manager.residentCount, 2);
+    assert.equal(await a!.submit("back", greedy(2)).then((r) => r.rehydrated), true);
+    assert.equal(b!.residency, "Hibernated");
+
+    // The same contexts against a RAM budget alone: 64 MiB each, all three stay resident.
+    const ramOnly = await harness({ maxResident: 8, memoryBudget: { ram: 1 * GiB, vram: 0 } }, undefined, undefined, onGpu({ ram: 64 * 2 ** 20, vram: 2 * GiB }));
+    const rs = await Promise.all(["ra", "rb", "rc"].map((n) => ramOnly.manager.register({ namespace: "default", name: n, contextSize: 1024 })));
+    for (const s of rs) await s.submit("hi", greedy(2));
+    assert.equal(ramOnly.manager.residentCount, 3);
+
+    const small = await harness({ memoryBudget: { ram: 0, vram: 1 * GiB } }, undefined, undefined, onGpu({ ram: 64 * 2 ** 20, vram: 2 * GiB }));
+    const big = await small.manager.register({ namespace: "default", name: "big", contextSize: 1024 });
+    await assert.rejects(big.submit("hi", greedy(1)), (e: TorporError) => e.code === "capacity_exhausted" && /whole VRAM budget/.test(e.message) && /2048 MiB of VRAM/.test(e.message));
   });
 
   it("never evicts a session that is generating", async () => {
@@ -296,8 +352,8 @@ describe("context pool", () => {
     assert.deepEqual(h.manager.pool.counts(), { leased: 1, idle: 0 });
 
     // Room for a 2048 context, not for it and a kept 1024 one: the kept one goes, nobody is evicted.
-    const small = await h.host.estimateContextBytes(1024), large = await h.host.estimateContextBytes(2048);
-    const tight = await harness({ contextGraceMs: 60_000, memoryBudgetBytes: Math.ceil(large + small / 2) });
+    const small = (await h.host.estimateContextCost(1024)).ram, large = (await h.host.estimateContextCost(2048)).ram;
+    const tight = await harness({ contextGraceMs: 60_000, memoryBudget: { ram: Math.ceil(large + small / 2), vram: 0 } });
     const big = await tight.manager.register({ namespace: "default", name: "big", contextSize: 1024 });
     await big.submit("hello", greedy(4));
     await big.hibernate("test");
@@ -336,8 +392,8 @@ describe("shutdown", () => {
 describe("context pool under a budget", () => {
   it("a rehydrate within the grace reuses the kept context even when the budget has room for only one", async () => {
     const host = (await harness()).host;
-    const one = await host.estimateContextBytes(1024);
-    const h = await harness({ contextGraceMs: 60_000, memoryBudgetBytes: Math.ceil(one * 1.2) });
+    const one = (await host.estimateContextCost(1024)).ram;
+    const h = await harness({ contextGraceMs: 60_000, memoryBudget: { ram: Math.ceil(one * 1.2), vram: 0 } });
     const s = await h.manager.register({ namespace: "default", name: "tight" });
     await s.submit("hello", greedy(4));
     await s.hibernate("test");

@@ -1,0 +1,493 @@
+// torpor GPU probe: measures, through llama.h (the API node-llama-cpp drives), what the runtime
+// relies on, on a machine that has a GPU but no Node.js: the backend and offloaded layers, device
+// memory given back when a context is freed, per-sequence state save/load (host copy, file, cold
+// file), whether a restored sequence continues exactly like the original, and batched decode at
+// several sequence counts. It also writes the model it measures, with random weights of a real
+// model's shape, because nothing can be downloaded there and a real 8B model does not fit the 64 MiB
+// that can be carried. Output: a readable report on stdout and one JSON object (--json FILE).
+//
+//   torpor-probe make-model OUT.gguf [layers=32 embd=4096 ff=14336 heads=32 kv_heads=8 vocab=32000 type=q4_0]
+//   torpor-probe run MODEL.gguf [ngl=999 ctx=8192 state_tokens=4096 prompt=512 gen=128 seqs=1,4,16
+//                                threads=N dir=/tmp json=FILE]
+#include "ggml-backend.h"
+#include "ggml.h"
+#include "gguf.h"
+#include "llama.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using Args = std::map<std::string, std::string>;
+
+static double now_ms() {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+static long arg_int(const Args & a, const char * key, long fallback) {
+    auto it = a.find(key);
+    return it == a.end() ? fallback : std::strtol(it->second.c_str(), nullptr, 10);
+}
+
+static std::string arg_str(const Args & a, const char * key, const std::string & fallback) {
+    auto it = a.find(key);
+    return it == a.end() ? fallback : it->second;
+}
+
+[[noreturn]] static void die(const std::string & why) {
+    std::fprintf(stderr, "torpor-probe: %s\n", why.c_str());
+    std::exit(2);
+}
+
+// ---------------------------------------------------------------- model writer
+
+// SentencePiece-style vocabulary like the test fixtures' (specials, 256 byte tokens, ChatML markers,
+// printable ASCII), padded with unused pieces to the requested size so the output layer has a real
+// model's width.
+static void add_vocabulary(gguf_context * g, int n_vocab) {
+    std::vector<std::string> tokens = { "<unk>", "<s>", "</s>" };
+    std::vector<int32_t> types = { 2, 3, 3 };
+    char buf[32];
+    for (int b = 0; b < 256; b++) {
+        std::snprintf(buf, sizeof buf, "<0x%02X>", b);
+        tokens.push_back(buf);
+        types.push_back(6);
+    }
+    tokens.push_back("<|im_start|>"); types.push_back(3);
+    tokens.push_back("<|im_end|>");   types.push_back(3);
+    tokens.push_back("\xe2\x96\x81"); types.push_back(1);
+    for (int c = 0x21; c <= 0x7e; c++) { tokens.push_back(std::string(1, (char) c)); types.push_back(1); }
+    for (int i = (int) tokens.size(); i < n_vocab; i++) {
+        std::snprintf(buf, sizeof buf, "<unused%d>", i);
+        tokens.push_back(buf);
+        types.push_back(5);
+    }
+    std::vector<const char *> ptrs;
+    std::vector<float> scores;
+    for (size_t i = 0; i < tokens.size(); i++) { ptrs.push_back(tokens[i].c_str()); scores.push_back(-(float) i); }
+    gguf_set_val_str(g, "tokenizer.ggml.model", "llama");
+    gguf_set_arr_str(g, "tokenizer.ggml.tokens", ptrs.data(), ptrs.size());
+    gguf_set_arr_data(g, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, scores.data(), scores.size());
+    gguf_set_arr_data(g, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types.data(), types.size());
+    gguf_set_val_u32(g, "tokenizer.ggml.bos_token_id", 1);
+    gguf_set_val_u32(g, "tokenizer.ggml.eos_token_id", 260);
+    gguf_set_val_u32(g, "tokenizer.ggml.unknown_token_id", 0);
+    gguf_set_val_bool(g, "tokenizer.ggml.add_bos_token", true);
+    gguf_set_val_bool(g, "tokenizer.ggml.add_eos_token", false);
+}
+
+// Random blocks of the tensor type, built once and written over and over: the bytes are valid
+// (finite scales), their values do not matter for speed, and generating gigabytes would cost minutes.
+static std::vector<uint8_t> random_blocks(ggml_type type, size_t bytes) {
+    std::mt19937_64 rng(42);
+    std::vector<uint8_t> pool(bytes);
+    for (auto & b : pool) b = (uint8_t) rng();
+    const size_t block = ggml_type_size(type);
+    const ggml_fp16_t scale = ggml_fp32_to_fp16(0.002f);
+    if (type == GGML_TYPE_F16) {
+        std::uniform_real_distribution<float> u(-0.02f, 0.02f);
+        for (size_t i = 0; i + 1 < bytes; i += 2) { ggml_fp16_t h = ggml_fp32_to_fp16(u(rng)); std::memcpy(&pool[i], &h, 2); }
+    } else if (type == GGML_TYPE_Q4_0 || type == GGML_TYPE_Q8_0) {
+        for (size_t i = 0; i + block <= bytes; i += block) std::memcpy(&pool[i], &scale, 2); // d leads each block
+    } else {
+        die("make-model: type must be f16, q8_0 or q4_0");
+    }
+    return pool;
+}
+
+static int make_model(const std::string & out, const Args & a) {
+    const int layers = arg_int(a, "layers", 32), embd = arg_int(a, "embd", 4096), ff = arg_int(a, "ff", 14336);
+    const int heads = arg_int(a, "heads", 32), kv_heads = arg_int(a, "kv_heads", 8), n_vocab = arg_int(a, "vocab", 32000);
+    const std::string type_name = arg_str(a, "type", "q4_0");
+    const ggml_type type = type_name == "f16" ? GGML_TYPE_F16 : type_name == "q8_0" ? GGML_TYPE_Q8_0 : type_name == "q4_0" ? GGML_TYPE_Q4_0 : GGML_TYPE_COUNT;
+    if (type == GGML_TYPE_COUNT) die("make-model: type must be f16, q8_0 or q4_0, not " + type_name);
+    if (embd % heads || heads % kv_heads || n_vocab < 400) die("make-model: embd must divide by heads, heads by kv_heads, and vocab be at least 400");
+    const int head_dim = embd / heads;
+    const double t0 = now_ms();
+
+    gguf_context * g = gguf_init_empty();
+    gguf_set_val_str(g, "general.architecture", "llama");
+    gguf_set_val_str(g, "general.name", "torpor-probe random weights");
+    gguf_set_val_u32(g, "general.file_type", type == GGML_TYPE_F16 ? 1 : type == GGML_TYPE_Q8_0 ? 7 : 2);
+    gguf_set_val_u32(g, "llama.context_length", 131072);
+    gguf_set_val_u32(g, "llama.embedding_length", embd);
+    gguf_set_val_u32(g, "llama.block_count", layers);
+    gguf_set_val_u32(g, "llama.feed_forward_length", ff);
+    gguf_set_val_u32(g, "llama.attention.head_count", heads);
+    gguf_set_val_u32(g, "llama.attention.head_count_kv", kv_heads);
+    gguf_set_val_u32(g, "llama.rope.dimension_count", head_dim);
+    gguf_set_val_f32(g, "llama.rope.freq_base", 500000.0f);
+    gguf_set_val_f32(g, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    gguf_set_val_u32(g, "llama.vocab_size", n_vocab);
+    add_vocabulary(g, n_vocab);
+
+    ggml_init_params ip = { (size_t) (16 + 9 * layers) * ggml_tensor_overhead(), nullptr, true };
+    ggml_context * meta = ggml_init(ip);
+    std::vector<ggml_tensor *> tensors;
+    auto add = [&](const std::string & name, ggml_type t, int64_t ne0, int64_t ne1) {
+        ggml_tensor * x = ne1 ? ggml_new_tensor_2d(meta, t, ne0, ne1) : ggml_new_tensor_1d(meta, t, ne0);
+        ggml_set_name(x, name.c_str());
+        gguf_add_tensor(g, x);
+        tensors.push_back(x);
+    };
+    add("token_embd.weight", type, embd, n_vocab);
+    for (int i = 0; i < layers; i++) {
+        const std::string p = "blk." + std::to_string(i) + ".";
+        add(p + "attn_norm.weight", GGML_TYPE_F32, embd, 0);
+        add(p + "attn_q.weight", type, embd, embd);
+        add(p + "attn_k.weight", type, embd, (int64_t) head_dim * kv_heads);
+        add(p + "attn_v.weight", type, embd, (int64_t) head_dim * kv_heads);
+        add(p + "attn_output.weight", type, embd, embd);
+        add(p + "ffn_norm.weight", GGML_TYPE_F32, embd, 0);
+        add(p + "ffn_gate.weight", type, embd, ff);
+        add(p + "ffn_up.weight", type, embd, ff);
+        add(p + "ffn_down.weight", type, ff, embd);
+    }
+    add("output_norm.weight", GGML_TYPE_F32, embd, 0);
+    add("output.weight", type, embd, n_vocab);
+
+    const std::string tmp = out + ".tmp";
+    if (!gguf_write_to_file(g, tmp.c_str(), true)) die("make-model: cannot write " + tmp);
+    FILE * f = std::fopen(tmp.c_str(), "ab");
+    if (!f) die("make-model: cannot append to " + tmp);
+    const size_t align = gguf_get_alignment(g);
+    const std::vector<uint8_t> pool = random_blocks(type, (size_t) ggml_type_size(type) * (16u << 20) / ggml_type_size(type));
+    const std::vector<float> ones(embd, 1.0f);
+    const std::vector<uint8_t> zeros(align, 0);
+    size_t total = 0;
+    for (ggml_tensor * x : tensors) {
+        const size_t n = ggml_nbytes(x);
+        if (x->type == GGML_TYPE_F32) {
+            std::fwrite(ones.data(), 1, n, f);
+        } else {
+            for (size_t done = 0; done < n;) {
+                const size_t chunk = std::min(n - done, pool.size());
+                std::fwrite(pool.data(), 1, chunk, f);
+                done += chunk;
+            }
+        }
+        const size_t pad = (align - n % align) % align;
+        std::fwrite(zeros.data(), 1, pad, f);
+        total += n + pad;
+    }
+    if (std::fclose(f) != 0 || std::rename(tmp.c_str(), out.c_str()) != 0) die("make-model: cannot finish " + out);
+    std::printf("model: %s, llama %d layers, embd %d, ff %d, heads %d/%d, vocab %d, %s, %.2f GiB, written in %.1f s\n",
+                out.c_str(), layers, embd, ff, heads, kv_heads, n_vocab, type_name.c_str(), total / 1073741824.0, (now_ms() - t0) / 1000);
+    ggml_free(meta);
+    gguf_free(g);
+    return 0;
+}
+
+// ---------------------------------------------------------------- measurements
+
+static std::vector<std::string> g_log_lines;
+
+static void log_sink(ggml_log_level level, const char * text, void *) {
+    const std::string line(text);
+    // Only what says where the model went: the offload summary and the devices used.
+    if (line.find("offload") != std::string::npos || line.find("using device") != std::string::npos ||
+        line.find("CUDA") != std::string::npos || level == GGML_LOG_LEVEL_ERROR) {
+        g_log_lines.push_back(line);
+    }
+}
+
+struct DeviceMemory { size_t free = 0, total = 0; };
+
+static ggml_backend_dev_t measured_device() {
+    for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
+        ggml_backend_dev_t d = ggml_backend_dev_get(i);
+        if (ggml_backend_dev_type(d) == GGML_BACKEND_DEVICE_TYPE_GPU) return d;
+    }
+    return ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+}
+
+static DeviceMemory device_memory() {
+    DeviceMemory m;
+    ggml_backend_dev_memory(measured_device(), &m.free, &m.total);
+    return m;
+}
+
+static double rss_mib() {
+    long pages = 0, resident = 0;
+    FILE * f = std::fopen("/proc/self/statm", "r");
+    if (f) { if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0; std::fclose(f); }
+    return resident * (double) sysconf(_SC_PAGESIZE) / 1048576.0;
+}
+
+static std::ostringstream g_json;
+static bool g_json_first = true;
+
+static void record(const std::string & key, double value, const char * unit, const std::string & label) {
+    std::printf("  %-58s %12.2f %s\n", label.c_str(), value, unit);
+    g_json << (g_json_first ? "" : ",") << "\n  \"" << key << "\": " << value;
+    g_json_first = false;
+}
+
+struct Decoder {
+    llama_context * ctx;
+    llama_batch batch;
+    int n_vocab;
+
+    void add(llama_token t, llama_pos pos, llama_seq_id seq, bool logits) {
+        const int i = batch.n_tokens++;
+        batch.token[i] = t; batch.pos[i] = pos; batch.n_seq_id[i] = 1; batch.seq_id[i][0] = seq; batch.logits[i] = logits;
+    }
+    void decode() {
+        if (llama_decode(ctx, batch) != 0) die("llama_decode failed (out of memory for the batch or the KV cache?)");
+        batch.n_tokens = 0;
+    }
+    llama_token argmax(int i) const {
+        const float * l = llama_get_logits_ith(ctx, i);
+        return (llama_token) (std::max_element(l, l + n_vocab) - l);
+    }
+    // Fills `seq` with n tokens from position 0 in chunks of n_batch; returns the last position's argmax.
+    llama_token prefill(llama_seq_id seq, const std::vector<llama_token> & tokens, int n_batch) {
+        llama_token next = 0;
+        for (size_t i = 0; i < tokens.size(); i++) {
+            const bool last = i + 1 == tokens.size();
+            add(tokens[i], (llama_pos) i, seq, last);
+            if (batch.n_tokens == n_batch || last) {
+                const int idx = batch.n_tokens - 1;
+                decode();
+                if (last) next = argmax(idx);
+            }
+        }
+        return next;
+    }
+    // Greedy continuation of one sequence on its own, for comparing an original with its restored copy.
+    std::vector<llama_token> continue_greedy(llama_seq_id seq, llama_token first, llama_pos pos, int n) {
+        std::vector<llama_token> out;
+        llama_token t = first;
+        for (int i = 0; i < n; i++) {
+            add(t, pos + i, seq, true);
+            decode();
+            t = argmax(0);
+            out.push_back(t);
+        }
+        return out;
+    }
+};
+
+static std::vector<llama_token> random_tokens(int n, int n_vocab, unsigned seed) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<int> d(300, n_vocab - 1);
+    std::vector<llama_token> t(n);
+    for (auto & x : t) x = d(rng);
+    return t;
+}
+
+static void drop_cache(const std::string & path) {
+    int fd = open(path.c_str(), O_RDONLY);
+    if (fd < 0) return;
+    fdatasync(fd);
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+}
+
+static double fsync_file(const std::string & path) {
+    const double t0 = now_ms();
+    int fd = open(path.c_str(), O_RDONLY);
+    if (fd >= 0) { fsync(fd); close(fd); }
+    return now_ms() - t0;
+}
+
+// Plain read of a file with its pages dropped: the bandwidth a cold rehydrate is held against.
+static double cold_read_ms(const std::string & path, std::vector<uint8_t> & buf) {
+    drop_cache(path);
+    const double t0 = now_ms();
+    int fd = open(path.c_str(), O_RDONLY);
+    if (fd < 0) return -1;
+    size_t off = 0;
+    ssize_t n;
+    while ((n = read(fd, buf.data() + off, std::min<size_t>(buf.size() - off, 8u << 20))) > 0) off += n;
+    close(fd);
+    return now_ms() - t0;
+}
+
+static llama_context * new_context(llama_model * model, int n_ctx_per_seq, int n_seq, int threads) {
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t) n_ctx_per_seq * n_seq;
+    cp.n_seq_max = n_seq;
+    cp.n_batch = 2048;
+    cp.n_ubatch = 512;
+    cp.n_threads = cp.n_threads_batch = threads;
+    cp.kv_unified = false; // as node-llama-cpp creates them: one KV stream per sequence
+    cp.swa_full = false;
+    llama_context * ctx = llama_init_from_model(model, cp);
+    if (!ctx) die("llama_init_from_model failed for " + std::to_string(n_seq) + " x " + std::to_string(n_ctx_per_seq) + " tokens");
+    return ctx;
+}
+
+static int run(const std::string & model_path, const Args & a) {
+    const int ngl = arg_int(a, "ngl", 999), n_ctx = arg_int(a, "ctx", 8192), state_tokens = arg_int(a, "state_tokens", 4096);
+    const int prompt = arg_int(a, "prompt", 512), gen = arg_int(a, "gen", 128);
+    const int threads = arg_int(a, "threads", std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+    const std::string dir = arg_str(a, "dir", "/tmp"), json_path = arg_str(a, "json", "");
+    std::vector<int> seq_counts;
+    { std::stringstream ss(arg_str(a, "seqs", "1,4,16")); std::string x; while (std::getline(ss, x, ',')) seq_counts.push_back(std::stoi(x)); }
+    const int max_seqs = *std::max_element(seq_counts.begin(), seq_counts.end());
+    if (state_tokens + 64 > n_ctx || prompt + gen > n_ctx) die("ctx must exceed state_tokens + 64 and prompt + gen");
+
+    llama_log_set(log_sink, nullptr);
+    llama_backend_init();
+    std::printf("system: %s\n", llama_print_system_info());
+    for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
+        ggml_backend_dev_t d = ggml_backend_dev_get(i);
+        size_t f, t; ggml_backend_dev_memory(d, &f, &t);
+        std::printf("device %zu: %s (%s), %.1f of %.1f GiB free\n", i, ggml_backend_dev_name(d), ggml_backend_dev_description(d), f / 1073741824.0, t / 1073741824.0);
+    }
+    g_json << "{\n  \"device\": \"" << ggml_backend_dev_description(measured_device()) << "\"";
+    g_json_first = false;
+
+    const DeviceMemory m0 = device_memory();
+    llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = ngl;
+    double t0 = now_ms();
+    llama_model * model = llama_model_load_from_file(model_path.c_str(), mp);
+    if (!model) die("cannot load " + model_path);
+    const double load_ms = now_ms() - t0;
+    const DeviceMemory m1 = device_memory();
+    const llama_vocab * vocab = llama_model_get_vocab(model);
+    const int n_vocab = llama_vocab_n_tokens(vocab);
+    std::printf("backend (what llama.cpp logged about placement):\n");
+    for (const auto & l : g_log_lines) std::printf("  %s", l.c_str());
+    std::printf("model: %d layers, %d asked on the GPU\n", llama_model_n_layer(model), ngl);
+
+    std::printf("\nmodel and context memory (%s):\n", ggml_backend_dev_description(measured_device()));
+    record("model_load_ms", load_ms, "ms", "model load");
+    record("model_device_mib", (double) (m0.free - m1.free) / 1048576.0, "MiB", "device memory taken by the model");
+
+    // One session's context: what creating it costs, what it takes, and whether freeing gives it back.
+    t0 = now_ms();
+    llama_context * ctx = new_context(model, n_ctx, 1, threads);
+    record("context_create_ms", now_ms() - t0, "ms", "create a " + std::to_string(n_ctx) + "-token context");
+    const DeviceMemory m2 = device_memory();
+    record("context_device_mib", ((double) m1.free - (double) m2.free) / 1048576.0, "MiB", "device memory taken by the context");
+    Decoder d1 { ctx, llama_batch_init(2048, 0, 1), n_vocab };
+    const std::vector<llama_token> history = random_tokens(state_tokens, n_vocab, 7);
+    t0 = now_ms();
+    d1.prefill(0, history, 2048);
+    record("prefill_tok_per_s", state_tokens / ((now_ms() - t0) / 1000), "tok/s", "prefill of " + std::to_string(state_tokens) + " tokens, 1 sequence");
+    const double rss_before_free = rss_mib();
+    t0 = now_ms();
+    llama_batch_free(d1.batch);
+    llama_free(ctx);
+    record("context_free_ms", now_ms() - t0, "ms", "free the context");
+    const DeviceMemory m3 = device_memory();
+    record("context_device_returned_mib", ((double) m3.free - (double) m2.free) / 1048576.0, "MiB", "device memory given back by the free");
+    record("context_device_leftover_mib", ((double) m1.free - (double) m3.free) / 1048576.0, "MiB", "device memory still held after the free (0 = all back)");
+    record("host_rss_returned_mib", rss_before_free - rss_mib(), "MiB", "host RSS given back by the free");
+
+    // Per-sequence state in a shared context, as torpor's multi-sequence pool uses it.
+    std::printf("\nper-sequence state, %d tokens, in a %d-sequence context:\n", state_tokens, 2);
+    ctx = new_context(model, n_ctx, 2, threads);
+    Decoder d2 { ctx, llama_batch_init(2048, 0, 2), n_vocab };
+    const llama_token next = d2.prefill(0, history, 2048);
+    llama_memory_t mem = llama_get_memory(ctx);
+    const size_t state_size = llama_state_seq_get_size(ctx, 0);
+    record("state_mib", state_size / 1048576.0, "MiB", "state size (KV cache of the sequence)");
+    std::vector<uint8_t> host(state_size);
+    t0 = now_ms();
+    llama_state_seq_get_data(ctx, host.data(), host.size(), 0);
+    const double get_ms = now_ms() - t0;
+    record("state_get_ms", get_ms, "ms", "copy out to host memory (llama_state_seq_get_data)");
+    record("state_get_gib_per_s", state_size / 1073741824.0 / (get_ms / 1000), "GiB/s", "  bandwidth");
+    t0 = now_ms();
+    if (llama_state_seq_set_data(ctx, host.data(), host.size(), 1) == 0) die("llama_state_seq_set_data refused the state");
+    const double set_ms = now_ms() - t0;
+    record("state_set_ms", set_ms, "ms", "copy in from host memory (llama_state_seq_set_data)");
+    record("state_set_gib_per_s", state_size / 1073741824.0 / (set_ms / 1000), "GiB/s", "  bandwidth");
+    llama_memory_seq_rm(mem, 1, -1, -1);
+
+    const std::string file = dir + "/torpor-probe-state.bin";
+    t0 = now_ms();
+    if (llama_state_seq_save_file(ctx, file.c_str(), 0, history.data(), history.size()) == 0) die("save to " + file + " failed");
+    record("save_file_ms", now_ms() - t0, "ms", "save to a file, no fsync (llama_state_seq_save_file)");
+    record("save_fsync_ms", fsync_file(file), "ms", "  then fsync");
+    std::vector<llama_token> tokens_out(state_tokens + 64);
+    size_t n_out = 0;
+    t0 = now_ms();
+    if (llama_state_seq_load_file(ctx, file.c_str(), 1, tokens_out.data(), tokens_out.size(), &n_out) == 0) die("load from " + file + " failed");
+    record("load_file_warm_ms", now_ms() - t0, "ms", "load from the file, in the page cache");
+    llama_memory_seq_rm(mem, 1, -1, -1);
+    drop_cache(file);
+    t0 = now_ms();
+    if (llama_state_seq_load_file(ctx, file.c_str(), 1, tokens_out.data(), tokens_out.size(), &n_out) == 0) die("cold load from " + file + " failed");
+    const double cold_ms = now_ms() - t0;
+    record("load_file_cold_ms", cold_ms, "ms", "load from the file, pages dropped (cold)");
+    std::vector<uint8_t> readbuf(state_size + (1u << 20));
+    const double dd_ms = cold_read_ms(file, readbuf);
+    record("read_file_cold_ms", dd_ms, "ms", "  plain read() of the same file, cold (the floor)");
+    record("load_cold_vs_read", dd_ms / cold_ms, "x", "  cold load / read bandwidth");
+
+    // The restored copy must continue exactly like the original (greedy), each decoded on its own.
+    const std::vector<llama_token> a_out = d2.continue_greedy(0, next, state_tokens, 32);
+    const std::vector<llama_token> b_out = d2.continue_greedy(1, next, state_tokens, 32);
+    const bool same = a_out == b_out && n_out == (size_t) state_tokens;
+    std::printf("  %-58s %12s\n", "restored sequence continues like the original (32 greedy)", same ? "yes" : "NO");
+    g_json << ",\n  \"restored_continuation_equal\": " << (same ? "true" : "false");
+    std::remove(file.c_str());
+    llama_batch_free(d2.batch);
+    llama_free(ctx);
+
+    // Batched decode: one context with max_seqs sequences, every active sequence in one batch per step.
+    std::printf("\nbatched decode, prompt %d + %d generated tokens per sequence:\n", prompt, gen);
+    ctx = new_context(model, prompt + gen + 8, max_seqs, threads);
+    Decoder db { ctx, llama_batch_init(std::max(2048, max_seqs), 0, max_seqs), n_vocab };
+    for (int n : seq_counts) {
+        llama_memory_clear(llama_get_memory(ctx), true);
+        std::vector<llama_token> last(n);
+        for (int s = 0; s < n; s++) last[s] = db.prefill(s, random_tokens(prompt, n_vocab, 100 + s), 2048);
+        t0 = now_ms();
+        for (int step = 0; step < gen; step++) {
+            for (int s = 0; s < n; s++) db.add(last[s], prompt + step, s, true);
+            db.decode();
+            for (int s = 0; s < n; s++) last[s] = db.argmax(s);
+        }
+        const double secs = (now_ms() - t0) / 1000;
+        record("decode_tok_per_s_" + std::to_string(n), n * gen / secs, "tok/s", std::to_string(n) + " sequence(s): all together");
+        record("decode_tok_per_s_per_seq_" + std::to_string(n), gen / secs, "tok/s", "  each");
+    }
+    llama_batch_free(db.batch);
+    llama_free(ctx);
+    llama_model_free(model);
+    const DeviceMemory m4 = device_memory();
+    record("device_leftover_after_model_free_mib", ((double) m0.free - (double) m4.free) / 1048576.0, "MiB", "device memory still held after the model is freed");
+    llama_backend_free();
+
+    g_json << "\n}\n";
+    if (!json_path.empty()) {
+        FILE * f = std::fopen(json_path.c_str(), "w");
+        if (f) { std::fputs(g_json.str().c_str(), f); std::fclose(f); }
+    }
+    return same ? 0 : 1;
+}
+
+int main(int argc, char ** argv) {
+    if (argc < 3) {
+        std::fprintf(stderr, "usage: %s make-model OUT.gguf [key=value...] | run MODEL.gguf [key=value...]\n", argv[0]);
+        return 2;
+    }
+    Args a;
+    for (int i = 3; i < argc; i++) {
+        const char * eq = std::strchr(argv[i], '=');
+        if (!eq) die(std::string("arguments are key=value, not ") + argv[i]);
+        a[std::string(argv[i], (size_t) (eq - argv[i]))] = eq + 1;
+    }
+    const std::string cmd = argv[1];
+    if (cmd == "make-model") return make_model(argv[2], a);
+    if (cmd == "run") return run(argv[2], a);
+    die("unknown command " + cmd + " (make-model or run)");
+}
