@@ -8,7 +8,7 @@
 //
 //   torpor-probe make-model OUT.gguf [layers=32 embd=4096 ff=14336 heads=32 kv_heads=8 vocab=32000 type=q4_0]
 //   torpor-probe run MODEL.gguf [ngl=999 ctx=8192 state_tokens=4096 prompt=512 gen=128 seqs=1,4,16
-//                                threads=N dir=/tmp json=FILE]
+//                                fa=off,on threads=N dir=/tmp json=FILE]
 #include "ggml-backend.h"
 #include "ggml.h"
 #include "gguf.h"
@@ -316,7 +316,7 @@ static double cold_read_ms(const std::string & path, std::vector<uint8_t> & buf)
     return now_ms() - t0;
 }
 
-static llama_context * new_context(llama_model * model, int n_ctx_per_seq, int n_seq, int threads) {
+static llama_context * new_context(llama_model * model, int n_ctx_per_seq, int n_seq, int threads, bool flash_attn = false) {
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = (uint32_t) n_ctx_per_seq * n_seq;
     cp.n_seq_max = n_seq;
@@ -325,6 +325,9 @@ static llama_context * new_context(llama_model * model, int n_ctx_per_seq, int n
     cp.n_threads = cp.n_threads_batch = threads;
     cp.kv_unified = false; // as node-llama-cpp creates them: one KV stream per sequence
     cp.swa_full = false;
+    // node-llama-cpp leaves flash attention off unless asked (llama-server's default is auto: on
+    // where the backend has it), so the probe measures torpor's default unless told fa=on.
+    cp.flash_attn_type = flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     llama_context * ctx = llama_init_from_model(model, cp);
     if (!ctx) die("llama_init_from_model failed for " + std::to_string(n_seq) + " x " + std::to_string(n_ctx_per_seq) + " tokens");
     return ctx;
@@ -443,9 +446,13 @@ static int run(const std::string & model_path, const Args & a) {
     llama_free(ctx);
 
     // Batched decode: one context with max_seqs sequences, every active sequence in one batch per step.
-    std::printf("\nbatched decode, prompt %d + %d generated tokens per sequence:\n", prompt, gen);
-    ctx = new_context(model, prompt + gen + 8, max_seqs, threads);
+    std::vector<std::string> fa_modes;
+    { std::stringstream ss(arg_str(a, "fa", "off")); std::string x; while (std::getline(ss, x, ',')) fa_modes.push_back(x); }
+    for (const std::string & fa : fa_modes) {
+    std::printf("\nbatched decode, flash attention %s, prompt %d + %d generated tokens per sequence:\n", fa.c_str(), prompt, gen);
+    ctx = new_context(model, prompt + gen + 8, max_seqs, threads, fa == "on");
     Decoder db { ctx, llama_batch_init(std::max(2048, max_seqs), 0, max_seqs), n_vocab };
+    const std::string suffix = fa == "on" ? "_fa" : "";
     for (int n : seq_counts) {
         llama_memory_clear(llama_get_memory(ctx), true);
         std::vector<llama_token> last(n);
@@ -457,11 +464,12 @@ static int run(const std::string & model_path, const Args & a) {
             for (int s = 0; s < n; s++) last[s] = db.argmax(s);
         }
         const double secs = (now_ms() - t0) / 1000;
-        record("decode_tok_per_s_" + std::to_string(n), n * gen / secs, "tok/s", std::to_string(n) + " sequence(s): all together");
-        record("decode_tok_per_s_per_seq_" + std::to_string(n), gen / secs, "tok/s", "  each");
+        record("decode_tok_per_s_" + std::to_string(n) + suffix, n * gen / secs, "tok/s", std::to_string(n) + " sequence(s): all together");
+        record("decode_tok_per_s_per_seq_" + std::to_string(n) + suffix, gen / secs, "tok/s", "  each");
     }
     llama_batch_free(db.batch);
     llama_free(ctx);
+    }
     llama_model_free(model);
     const DeviceMemory m4 = device_memory();
     record("device_leftover_after_model_free_mib", ((double) m0.free - (double) m4.free) / 1048576.0, "MiB", "device memory still held after the model is freed");

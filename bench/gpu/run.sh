@@ -31,9 +31,10 @@ fi
 
 case "$mode" in
   gpu)
+    export PATH="$PATH:/usr/local/cuda/bin"
     flags="-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON"
     shape="layers=32 embd=4096 ff=14336 heads=32 kv_heads=8 vocab=32000 type=q4_0"
-    probe="ngl=999 ctx=8192 state_tokens=4096 prompt=512 gen=128 seqs=1,4,16"
+    probe="ngl=999 ctx=8192 state_tokens=4096 prompt=512 gen=128 seqs=1,4,16 fa=off,on"
     bb="-ngl 999 -npp 512 -ntg 128 -npl 1,4,16 -c 10240"
     server="-ngl 999 -c 8192"; state_tokens=4096
     nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv 2>&1 | sed 's/^/  /'
@@ -41,7 +42,7 @@ case "$mode" in
   cpu)
     flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
     shape="layers=8 embd=1024 ff=2816 heads=16 kv_heads=4 vocab=32000 type=q4_0"
-    probe="ngl=0 ctx=4096 state_tokens=2048 prompt=128 gen=32 seqs=1,4 threads=2"
+    probe="ngl=0 ctx=4096 state_tokens=2048 prompt=128 gen=32 seqs=1,4 fa=off,on threads=2"
     bb="-ngl 0 -npp 128 -ntg 32 -npl 1,4 -c 1024 -t 2"
     server="-ngl 0 -c 4096 -t 2"; state_tokens=2048 ;;
   *) echo "usage: $0 cpu|gpu [OUTDIR]"; exit 2 ;;
@@ -57,9 +58,10 @@ cmake -S "$root/bench/gpu" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLA
 cmake --build "$build" --target torpor-probe llama-server llama-batched-bench -j "$(nproc)" >"$out/build.log" 2>&1 \
   || { grep -m20 -B2 -A10 "error" "$out/build.log" | head -60; exit 4; }
 echo "build took $(( $(date +%s) - t0 )) s on $(nproc) cores"
-bin=$build/bin
-[ -x "$bin/torpor-probe" ] || bin=$build/llama.cpp/bin
-probe_bin=$(find "$build" -name torpor-probe -type f -perm -u+x | head -1)
+# Where each binary lands depends on the CMake version and layout: look them up.
+binary() { find "$build" -name "$1" -type f -perm -u+x | head -1; }
+probe_bin=$(binary torpor-probe); bb_bin=$(binary llama-batched-bench); server_bin=$(binary llama-server)
+[ -n "$probe_bin" ] && [ -n "$bb_bin" ] && [ -n "$server_bin" ] || { echo "a binary is missing after the build"; exit 4; }
 
 step "model"
 model=$work/model-$mode.gguf
@@ -70,16 +72,16 @@ step "probe"
 "$probe_bin" run "$model" $probe dir="$work" json="$out/probe.json" || status=6
 
 step "llama-batched-bench (llama.cpp's own batched decode, for comparison)"
-"$bin/llama-batched-bench" -m "$model" -b 2048 -ub 512 $bb 2>"$out/batched-bench.err" | grep -E "^\|" || { tail -5 "$out/batched-bench.err"; status=7; }
+"$bb_bin" -m "$model" -b 2048 -ub 512 $bb 2>"$out/batched-bench.err" | grep -E "^\|" || { tail -5 "$out/batched-bench.err"; status=7; }
 
 step "llama-server slot save/restore ($state_tokens tokens, 3 runs)"
 slots=$(mktemp -d)
 port=18080
-"$bin/llama-server" -m "$model" $server -np 1 --port $port --host 127.0.0.1 --slot-save-path "$slots/" --no-webui >"$out/server.log" 2>&1 &
+"$server_bin" -m "$model" $server -np 1 --port $port --host 127.0.0.1 --slot-save-path "$slots/" --no-webui >"$out/server.log" 2>&1 &
 server_pid=$!
-python3 - "$port" "$state_tokens" <<'EOF' || status=8
-import json, random, sys, time, urllib.request
-port, n = int(sys.argv[1]), int(sys.argv[2])
+python3 - "$port" "$state_tokens" "$server_pid" <<'EOF' || status=8
+import json, os, random, sys, time, urllib.request
+port, n, pid = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 base = f"http://127.0.0.1:{port}"
 def call(path, body=None):
     req = urllib.request.Request(base + path, data=None if body is None else json.dumps(body).encode(), headers={"content-type": "application/json"})
@@ -90,6 +92,7 @@ for _ in range(600):
     try:
         call("/health"); break
     except Exception:
+        os.kill(pid, 0)  # raises once the server has exited: its log says why
         time.sleep(0.2)
 random.seed(7)
 prompt = [random.randrange(300, 32000) for _ in range(n)]
