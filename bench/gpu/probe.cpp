@@ -8,7 +8,7 @@
 //
 //   torpor-probe make-model OUT.gguf [layers=32 embd=4096 ff=14336 heads=32 kv_heads=8 vocab=32000 type=q4_0]
 //   torpor-probe run MODEL.gguf [ngl=999 ctx=8192 state_tokens=4096 prompt=512 gen=128 seqs=1,4,16
-//                                fa=off,on threads=N dir=/tmp json=FILE]
+//                                fa=off,on repeats=3 threads=N dir=/tmp json=FILE]
 #include "ggml-backend.h"
 #include "ggml.h"
 #include "gguf.h"
@@ -288,6 +288,11 @@ static std::vector<llama_token> random_tokens(int n, int n_vocab, unsigned seed)
     return t;
 }
 
+static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
 static void drop_cache(const std::string & path) {
     int fd = open(path.c_str(), O_RDONLY);
     if (fd < 0) return;
@@ -341,6 +346,9 @@ static int run(const std::string & model_path, const Args & a) {
     std::vector<int> seq_counts;
     { std::stringstream ss(arg_str(a, "seqs", "1,4,16")); std::string x; while (std::getline(ss, x, ',')) seq_counts.push_back(std::stoi(x)); }
     const int max_seqs = *std::max_element(seq_counts.begin(), seq_counts.end());
+    std::vector<std::string> fa_modes;
+    { std::stringstream ss(arg_str(a, "fa", "off")); std::string x; while (std::getline(ss, x, ',')) fa_modes.push_back(x); }
+    const int repeats = std::max(1L, arg_int(a, "repeats", 3));
     if (state_tokens + 64 > n_ctx || prompt + gen > n_ctx) die("ctx must exceed state_tokens + 64 and prompt + gen");
 
     llama_log_set(log_sink, nullptr);
@@ -393,61 +401,71 @@ static int run(const std::string & model_path, const Args & a) {
     record("context_device_leftover_mib", ((double) m1.free - (double) m3.free) / 1048576.0, "MiB", "device memory still held after the free (0 = all back)");
     record("host_rss_returned_mib", rss_before_free - rss_mib(), "MiB", "host RSS given back by the free");
 
-    // Per-sequence state in a shared context, as torpor's multi-sequence pool uses it.
-    std::printf("\nper-sequence state, %d tokens, in a %d-sequence context:\n", state_tokens, 2);
-    ctx = new_context(model, n_ctx, 2, threads);
-    Decoder d2 { ctx, llama_batch_init(2048, 0, 2), n_vocab };
-    const llama_token next = d2.prefill(0, history, 2048);
-    llama_memory_t mem = llama_get_memory(ctx);
-    const size_t state_size = llama_state_seq_get_size(ctx, 0);
-    record("state_mib", state_size / 1048576.0, "MiB", "state size (KV cache of the sequence)");
-    std::vector<uint8_t> host(state_size);
-    t0 = now_ms();
-    llama_state_seq_get_data(ctx, host.data(), host.size(), 0);
-    const double get_ms = now_ms() - t0;
-    record("state_get_ms", get_ms, "ms", "copy out to host memory (llama_state_seq_get_data)");
-    record("state_get_gib_per_s", state_size / 1073741824.0 / (get_ms / 1000), "GiB/s", "  bandwidth");
-    t0 = now_ms();
-    if (llama_state_seq_set_data(ctx, host.data(), host.size(), 1) == 0) die("llama_state_seq_set_data refused the state");
-    const double set_ms = now_ms() - t0;
-    record("state_set_ms", set_ms, "ms", "copy in from host memory (llama_state_seq_set_data)");
-    record("state_set_gib_per_s", state_size / 1073741824.0 / (set_ms / 1000), "GiB/s", "  bandwidth");
-    llama_memory_seq_rm(mem, 1, -1, -1);
-
-    const std::string file = dir + "/torpor-probe-state.bin";
-    t0 = now_ms();
-    if (llama_state_seq_save_file(ctx, file.c_str(), 0, history.data(), history.size()) == 0) die("save to " + file + " failed");
-    record("save_file_ms", now_ms() - t0, "ms", "save to a file, no fsync (llama_state_seq_save_file)");
-    record("save_fsync_ms", fsync_file(file), "ms", "  then fsync");
-    std::vector<llama_token> tokens_out(state_tokens + 64);
-    size_t n_out = 0;
-    t0 = now_ms();
-    if (llama_state_seq_load_file(ctx, file.c_str(), 1, tokens_out.data(), tokens_out.size(), &n_out) == 0) die("load from " + file + " failed");
-    record("load_file_warm_ms", now_ms() - t0, "ms", "load from the file, in the page cache");
-    llama_memory_seq_rm(mem, 1, -1, -1);
-    drop_cache(file);
-    t0 = now_ms();
-    if (llama_state_seq_load_file(ctx, file.c_str(), 1, tokens_out.data(), tokens_out.size(), &n_out) == 0) die("cold load from " + file + " failed");
-    const double cold_ms = now_ms() - t0;
-    record("load_file_cold_ms", cold_ms, "ms", "load from the file, pages dropped (cold)");
-    std::vector<uint8_t> readbuf(state_size + (1u << 20));
-    const double dd_ms = cold_read_ms(file, readbuf);
-    record("read_file_cold_ms", dd_ms, "ms", "  plain read() of the same file, cold (the floor)");
-    record("load_cold_vs_read", dd_ms / cold_ms, "x", "  cold load / read bandwidth");
-
-    // The restored copy must continue exactly like the original (greedy), each decoded on its own.
-    const std::vector<llama_token> a_out = d2.continue_greedy(0, next, state_tokens, 32);
-    const std::vector<llama_token> b_out = d2.continue_greedy(1, next, state_tokens, 32);
-    const bool same = a_out == b_out && n_out == (size_t) state_tokens;
-    std::printf("  %-58s %12s\n", "restored sequence continues like the original (32 greedy)", same ? "yes" : "NO");
-    g_json << ",\n  \"restored_continuation_equal\": " << (same ? "true" : "false");
-    std::remove(file.c_str());
-    llama_batch_free(d2.batch);
-    llama_free(ctx);
+    // Per-sequence state in a shared context, as torpor's multi-sequence pool uses it, with flash
+    // attention off and on: without it llama.cpp keeps V transposed, and a sequence's V cells are
+    // then copied one row at a time.
+    bool same = true;
+    for (const std::string & fa : fa_modes) {
+        const std::string sfx = fa == "on" ? "_fa" : "";
+        std::printf("\nper-sequence state, %d tokens, in a 2-sequence context, flash attention %s (median of %d):\n", state_tokens, fa.c_str(), repeats);
+        ctx = new_context(model, n_ctx, 2, threads, fa == "on");
+        Decoder d2 { ctx, llama_batch_init(2048, 0, 2), n_vocab };
+        const llama_token next = d2.prefill(0, history, 2048);
+        llama_memory_t mem = llama_get_memory(ctx);
+        const size_t state_size = llama_state_seq_get_size(ctx, 0);
+        const double gib = state_size / 1073741824.0;
+        record("state_mib" + sfx, state_size / 1048576.0, "MiB", "state size (KV cache of the sequence)");
+        std::vector<uint8_t> host(state_size), readbuf(state_size + (1u << 20));
+        std::vector<double> get, set, save, sync, warm, cold, plain;
+        const std::string file = dir + "/torpor-probe-state.bin";
+        std::vector<llama_token> tokens_out(state_tokens + 64);
+        size_t n_out = 0;
+        for (int r = 0; r < repeats; r++) {
+            t0 = now_ms();
+            llama_state_seq_get_data(ctx, host.data(), host.size(), 0);
+            get.push_back(now_ms() - t0);
+            t0 = now_ms();
+            if (llama_state_seq_set_data(ctx, host.data(), host.size(), 1) == 0) die("llama_state_seq_set_data refused the state");
+            set.push_back(now_ms() - t0);
+            llama_memory_seq_rm(mem, 1, -1, -1);
+            t0 = now_ms();
+            if (llama_state_seq_save_file(ctx, file.c_str(), 0, history.data(), history.size()) == 0) die("save to " + file + " failed");
+            save.push_back(now_ms() - t0);
+            sync.push_back(fsync_file(file));
+            t0 = now_ms();
+            if (llama_state_seq_load_file(ctx, file.c_str(), 1, tokens_out.data(), tokens_out.size(), &n_out) == 0) die("load from " + file + " failed");
+            warm.push_back(now_ms() - t0);
+            llama_memory_seq_rm(mem, 1, -1, -1);
+            drop_cache(file);
+            t0 = now_ms();
+            if (llama_state_seq_load_file(ctx, file.c_str(), 1, tokens_out.data(), tokens_out.size(), &n_out) == 0) die("cold load from " + file + " failed");
+            cold.push_back(now_ms() - t0);
+            plain.push_back(cold_read_ms(file, readbuf));
+            if (r + 1 < repeats) llama_memory_seq_rm(mem, 1, -1, -1);
+        }
+        record("state_get_ms" + sfx, median(get), "ms", "copy out to host memory (llama_state_seq_get_data)");
+        record("state_get_gib_per_s" + sfx, gib / (median(get) / 1000), "GiB/s", "  bandwidth");
+        record("state_set_ms" + sfx, median(set), "ms", "copy in from host memory (llama_state_seq_set_data)");
+        record("state_set_gib_per_s" + sfx, gib / (median(set) / 1000), "GiB/s", "  bandwidth");
+        record("save_file_ms" + sfx, median(save), "ms", "save to a file, no fsync (llama_state_seq_save_file)");
+        record("save_fsync_ms" + sfx, median(sync), "ms", "  then fsync");
+        record("load_file_warm_ms" + sfx, median(warm), "ms", "load from the file, in the page cache");
+        record("load_file_cold_ms" + sfx, median(cold), "ms", "load from the file, pages dropped (cold)");
+        record("read_file_cold_ms" + sfx, median(plain), "ms", "  plain read() of the same file, cold (the floor)");
+        record("load_cold_vs_read" + sfx, median(plain) / median(cold), "x", "  cold load / read bandwidth");
+        // The restored copy must continue exactly like the original (greedy), each decoded on its own.
+        const std::vector<llama_token> a_out = d2.continue_greedy(0, next, state_tokens, 32);
+        const std::vector<llama_token> b_out = d2.continue_greedy(1, next, state_tokens, 32);
+        const bool equal = a_out == b_out && n_out == (size_t) state_tokens;
+        same = same && equal;
+        std::printf("  %-58s %12s\n", "restored sequence continues like the original (32 greedy)", equal ? "yes" : "NO");
+        g_json << ",\n  \"restored_continuation_equal" << sfx << "\": " << (equal ? "true" : "false");
+        std::remove(file.c_str());
+        llama_batch_free(d2.batch);
+        llama_free(ctx);
+    }
 
     // Batched decode: one context with max_seqs sequences, every active sequence in one batch per step.
-    std::vector<std::string> fa_modes;
-    { std::stringstream ss(arg_str(a, "fa", "off")); std::string x; while (std::getline(ss, x, ',')) fa_modes.push_back(x); }
     for (const std::string & fa : fa_modes) {
     std::printf("\nbatched decode, flash attention %s, prompt %d + %d generated tokens per sequence:\n", fa.c_str(), prompt, gen);
     ctx = new_context(model, prompt + gen + 8, max_seqs, threads, fa == "on");

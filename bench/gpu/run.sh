@@ -55,13 +55,16 @@ cmake -S "$root/bench/gpu" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLA
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DBUILD_SHARED_LIBS=OFF $flags >"$out/cmake.log" 2>&1 \
   || { tail -30 "$out/cmake.log"; exit 4; }
-cmake --build "$build" --target torpor-probe llama-server llama-batched-bench -j "$(nproc)" >"$out/build.log" 2>&1 \
+# TORPOR_PROBE_ONLY=1 builds and runs the probe alone (a second run on a fresh machine, in less time).
+targets="torpor-probe llama-server llama-batched-bench"
+[ "${TORPOR_PROBE_ONLY:-}" = 1 ] && targets=torpor-probe
+cmake --build "$build" --target $targets -j "$(nproc)" >"$out/build.log" 2>&1 \
   || { grep -m20 -B2 -A10 "error" "$out/build.log" | head -60; exit 4; }
 echo "build took $(( $(date +%s) - t0 )) s on $(nproc) cores"
 # Where each binary lands depends on the CMake version and layout: look them up.
 binary() { find "$build" -name "$1" -type f -perm -u+x | head -1; }
 probe_bin=$(binary torpor-probe); bb_bin=$(binary llama-batched-bench); server_bin=$(binary llama-server)
-[ -n "$probe_bin" ] && [ -n "$bb_bin" ] && [ -n "$server_bin" ] || { echo "a binary is missing after the build"; exit 4; }
+[ -n "$probe_bin" ] || { echo "torpor-probe is missing after the build"; exit 4; }
 
 step "model"
 model=$work/model-$mode.gguf
@@ -70,6 +73,8 @@ ls -la "$model"
 
 step "probe"
 "$probe_bin" run "$model" $probe dir="$work" json="$out/probe.json" || status=6
+
+if [ "${TORPOR_PROBE_ONLY:-}" = 1 ]; then echo; echo "done (probe only): status $status; JSON in $out/probe.json"; exit $status; fi
 
 step "llama-batched-bench (llama.cpp's own batched decode, for comparison)"
 "$bb_bin" -m "$model" -b 2048 -ub 512 $bb 2>"$out/batched-bench.err" | grep -E "^\|" || { tail -5 "$out/batched-bench.err"; status=7; }
