@@ -31,6 +31,11 @@ export interface RuntimeConfig {
   defaultMaxTokens: number;
   /** "auto" offloads what fits on a GPU; 0 keeps everything on the CPU. */
   gpuLayers: number | "auto" | "max";
+  /**
+   * "auto": on where the model runs on a GPU (and supports it), off on the CPU. On a GPU it makes
+   * state save/load 3.5-8x faster (llama.cpp then keeps V untransposed) and decode faster.
+   */
+  flashAttention: "auto" | boolean;
   /** Run on the CPU when GPU layers were asked for ("max" or a count) but no GPU backend loaded; otherwise refuse to start. */
   allowCpuFallback: boolean;
   gpu: "auto" | false;
@@ -61,6 +66,13 @@ function intAtMost(env: NodeJS.ProcessEnv, key: string, fallback: number, min: n
   const n = int(env, key, fallback, min);
   if (n > max) throw new TorporError("bad_request", `${key}=${n} must be at most ${max}`);
   return n;
+}
+
+function flashAttentionSetting(raw: string | undefined): "auto" | boolean {
+  if (raw === undefined || raw === "auto") return "auto";
+  if (raw === "on" || raw === "true") return true;
+  if (raw === "off" || raw === "false") return false;
+  throw new Error(`TORPOR_FLASH_ATTENTION must be auto, on or off, got "${raw}"`);
 }
 
 function bool(env: NodeJS.ProcessEnv, key: string, fallback: boolean): boolean {
@@ -100,6 +112,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     maxContextSize,
     defaultMaxTokens: int(env, "TORPOR_DEFAULT_MAX_TOKENS", 256, 1),
     gpuLayers,
+    flashAttention: flashAttentionSetting(env.TORPOR_FLASH_ATTENTION),
     allowCpuFallback: bool(env, "TORPOR_ALLOW_CPU_FALLBACK", false),
     gpu: gpuLayers === 0 || env.TORPOR_GPU === "false" ? false : "auto",
     threads: int(env, "TORPOR_THREADS", 0),

@@ -22,14 +22,24 @@ export class ModelHost {
     readonly fingerprint: string,
     readonly chatWrapper: ChatWrapper,
     private readonly threads: number,
+    /** What new contexts use; a rehydrate uses what its state was saved with. */
+    readonly flashAttention: boolean,
   ) {}
 
-  static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads">): Promise<ModelHost> {
+  static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads"> & { flashAttention?: RuntimeConfig["flashAttention"] }): Promise<ModelHost> {
     const modelPath = await resolveModelSource(cfg.model, cfg.modelCacheDir);
     const llama = await getLlama({ gpu: cfg.gpu, logLevel: "error" as never, build: "never" });
     const model = await llama.loadModel({ modelPath, gpuLayers: cfg.gpuLayers });
     const chatWrapper = resolveChatWrapper(model);
-    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, cfg.threads);
+    const onGpu = llama.gpu !== false && model.gpuLayers > 0;
+    const asked = cfg.flashAttention ?? "auto";
+    if (asked === true && !model.flashAttentionSupported) {
+      await model.dispose();
+      await llama.dispose();
+      throw new Error("TORPOR_FLASH_ATTENTION=on, but this model does not support flash attention in llama.cpp; set it to auto or off");
+    }
+    const flashAttention = asked === "auto" ? onGpu && model.flashAttentionSupported : asked;
+    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, cfg.threads, flashAttention);
   }
 
   get name(): string {
@@ -41,11 +51,12 @@ export class ModelHost {
   }
 
   /** A context of `sequences` sequences of `contextSize` tokens each. */
-  async createContext(contextSize: number, sequences = 1): Promise<LlamaContext> {
+  async createContext(contextSize: number, sequences = 1, flashAttention = this.flashAttention): Promise<LlamaContext> {
     try {
       return await this.model.createContext({
         contextSize,
         sequences,
+        flashAttention,
         ...(this.threads > 0 ? { threads: this.threads } : {}),
       });
     } catch (err) {
@@ -60,7 +71,7 @@ export class ModelHost {
     const key = `${contextSize}x${sequences}`;
     let cost = this.estimates.get(key);
     if (cost === undefined) {
-      const r = await this.model.fileInsights.estimateContextResourceRequirementsV2({ contextSize, modelGpuLayers: this.model.gpuLayers, sequences });
+      const r = await this.model.fileInsights.estimateContextResourceRequirementsV2({ contextSize, modelGpuLayers: this.model.gpuLayers, sequences, flashAttention: this.flashAttention });
       cost = { ram: r.cpuRam, vram: this.onGpu ? r.gpuVram : 0 };
       this.estimates.set(key, cost);
     }

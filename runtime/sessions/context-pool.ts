@@ -22,6 +22,7 @@ interface PooledContext {
   context: LlamaContext;
   contextSize: number;
   sequences: number;
+  flashAttention: boolean;
   /** Emptied sequences ready for the next lease. */
   free: LlamaContextSequence[];
   leased: number;
@@ -30,8 +31,9 @@ interface PooledContext {
 }
 
 /** Whether take() can lease a sequence of this size and shape from the context without allocating. */
-function hasRoomFor(c: PooledContext, contextSize: number, sequences: number): boolean {
-  return !c.context.disposed && c.contextSize === contextSize && c.sequences === sequences && (c.free.length > 0 || c.context.sequencesLeft > 0);
+function hasRoomFor(c: PooledContext, contextSize: number, sequences: number, flashAttention: boolean): boolean {
+  return !c.context.disposed && c.contextSize === contextSize && c.sequences === sequences && c.flashAttention === flashAttention &&
+    (c.free.length > 0 || c.context.sequencesLeft > 0);
 }
 
 /** One session's sequence. Whoever holds a lease gives it back to the pool exactly once. */
@@ -41,6 +43,8 @@ export interface SequenceLease {
   readonly contextSize: number;
   /** The shape of the context it lives in: a saved state loads only into the same shape. */
   readonly sequences: number;
+  /** Flash attention changes the KV cache's layout (V transposed without it): part of the shape. */
+  readonly flashAttention: boolean;
 }
 
 export class ContextPool {
@@ -60,21 +64,21 @@ export class ContextPool {
   }
 
   /** A sequence of `contextSize` tokens in a context of `sequences` sequences: an emptied one if any is kept, else a new context. */
-  take(contextSize: number, sequences = this.opts.sequencesPerContext): Promise<SequenceLease> {
-    return this.takes.run(() => this.takeNow(contextSize, sequences));
+  take(contextSize: number, sequences = this.opts.sequencesPerContext, flashAttention = this.host.flashAttention): Promise<SequenceLease> {
+    return this.takes.run(() => this.takeNow(contextSize, sequences, flashAttention));
   }
 
-  private async takeNow(contextSize: number, sequences: number): Promise<SequenceLease> {
+  private async takeNow(contextSize: number, sequences: number, flashAttention: boolean): Promise<SequenceLease> {
     if (this.closed) throw new Error("context pool used after shutdown");
-    const c = this.contexts.find((x) => hasRoomFor(x, contextSize, sequences));
+    const c = this.contexts.find((x) => hasRoomFor(x, contextSize, sequences, flashAttention));
     if (c) {
       this.stopTimer(c);
       const kept = c.free.pop();
       if (kept) this.metrics.contextReuses.inc();
       return this.lease(c, kept ?? c.context.getSequence());
     }
-    const context = await this.host.createContext(contextSize, sequences);
-    const pooled: PooledContext = { context, contextSize, sequences, free: [], leased: 0, cost: await this.host.estimateContextCost(contextSize, sequences) };
+    const context = await this.host.createContext(contextSize, sequences, flashAttention);
+    const pooled: PooledContext = { context, contextSize, sequences, flashAttention, free: [], leased: 0, cost: await this.host.estimateContextCost(contextSize, sequences) };
     this.contexts.push(pooled);
     return this.lease(pooled, context.getSequence());
   }
@@ -115,7 +119,7 @@ export class ContextPool {
   /** Estimated cost one new session of this size adds: nothing when an allocated sequence fits (a kept context, a shared one's free slot). */
   async costToAdmit(contextSize: number): Promise<MemoryCost> {
     const S = this.opts.sequencesPerContext;
-    return this.contexts.some((c) => hasRoomFor(c, contextSize, S)) ? NO_COST : this.host.estimateContextCost(contextSize, S);
+    return this.contexts.some((c) => hasRoomFor(c, contextSize, S, this.host.flashAttention)) ? NO_COST : this.host.estimateContextCost(contextSize, S);
   }
 
   /** Frees every context no session uses, now (memory pressure, admission). */
@@ -136,7 +140,7 @@ export class ContextPool {
   }
 
   private lease(c: PooledContext, sequence: LlamaContextSequence): SequenceLease {
-    const lease: SequenceLease = { sequence, contextSize: c.contextSize, sequences: c.sequences };
+    const lease: SequenceLease = { sequence, contextSize: c.contextSize, sequences: c.sequences, flashAttention: c.flashAttention };
     c.leased++;
     this.owners.set(lease, c);
     return lease;

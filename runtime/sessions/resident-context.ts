@@ -39,20 +39,24 @@ export class ResidentContext {
   /** The shape of the context the sequence lives in (sequences per context). */
   get sequences(): number { return this.lease?.sequences ?? this.pool.opts.sequencesPerContext; }
 
+  /** Whether the context it lives in uses flash attention (the saved state's layout depends on it). */
+  get flashAttention(): boolean { return this.lease?.flashAttention ?? false; }
+
   /**
    * Allocates once: the spare if it has this very size and shape, else a sequence from the pool
-   * (the spare goes back to it). `sequences` names the shape a saved state needs.
+   * (the spare goes back to it). `sequences` and `flashAttention` name the shape a saved state
+   * needs (undefined: the pool's for new sessions).
    */
-  async allocate(contextSize: number, sequences = this.pool.opts.sequencesPerContext): Promise<LlamaContextSequence> {
+  async allocate(contextSize: number, sequences = this.pool.opts.sequencesPerContext, flashAttention?: boolean): Promise<LlamaContextSequence> {
     if (this.lease) return this.lease.sequence;
     const spare = this.spare;
     this.spare = undefined;
-    if (spare && spare.contextSize === contextSize && spare.sequences === sequences) {
+    if (spare && spare.contextSize === contextSize && spare.sequences === sequences && (flashAttention === undefined || spare.flashAttention === flashAttention)) {
       this.lease = spare;
       this.metrics.contextHandovers.inc();
     } else {
       if (spare) await this.pool.give(spare);
-      this.lease = await this.pool.take(contextSize, sequences);
+      this.lease = await this.pool.take(contextSize, sequences, flashAttention);
     }
     return this.lease.sequence;
   }

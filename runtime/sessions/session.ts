@@ -257,6 +257,7 @@ export class Session {
         modelFingerprint: host.fingerprint,
         contextSize: this.spec.contextSize,
         contextSequences: this.resident!.sequences,
+        ...(this.resident!.flashAttention ? { flashAttention: true } : {}),
         tokenCount: seq.contextTokens.length,
         ...(this.spec.systemPrompt ? { systemPrompt: this.spec.systemPrompt } : {}),
         history: this.history,
@@ -347,7 +348,8 @@ export class Session {
       if (need > this.deps.maxContextSize) {
         throw new TorporError("capacity_exhausted", `the hibernated session needs a context of ${need} tokens, more than this pool's maximum of ${this.deps.maxContextSize}; raise maxContextSize for the pool`);
       }
-      await this.allocateEvicting(resident, need, m.contextSequences ?? 1);
+      // Files from before flash attention was recorded were all saved without it.
+      await this.allocateEvicting(resident, need, m.contextSequences ?? 1, m.flashAttention ?? false);
     });
     if (!verified) return undefined;
     try {
@@ -407,10 +409,10 @@ export class Session {
    * some): when the allocation itself fails, idle sessions make room one at a time before the
    * request is refused.
    */
-  private async allocateEvicting(resident: ResidentContext, contextSize: number, sequences?: number): Promise<void> {
+  private async allocateEvicting(resident: ResidentContext, contextSize: number, sequences?: number, flashAttention?: boolean): Promise<void> {
     for (;;) {
       try {
-        await resident.allocate(contextSize, sequences);
+        await resident.allocate(contextSize, sequences, flashAttention);
         this.deps.admission.allocated(this);
         return;
       } catch (err) {

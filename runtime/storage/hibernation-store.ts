@@ -74,6 +74,8 @@ export interface HibernationManifest {
   contextSize: number;
   /** Sequences of the context it was saved from (absent: 1): a state loads only into the same shape. */
   contextSequences?: number;
+  /** Whether that context used flash attention (absent: no): the state's layout depends on it. */
+  flashAttention?: boolean;
   tokenCount: number;
   stateFile: string;
   stateBytes: number;
@@ -408,7 +410,8 @@ export class HibernationStore {
     }
     if (typeof m.stateFile !== "string" || path.basename(m.stateFile) !== m.stateFile || !Array.isArray(m.history) ||
         typeof m.stateSha256 !== "string" || typeof m.stateBytes !== "number" || typeof m.contextSize !== "number" ||
-        (m.contextSequences !== undefined && !(Number.isInteger(m.contextSequences) && m.contextSequences >= 1 && m.contextSequences <= MAX_CONTEXT_SEQUENCES))) {
+        (m.contextSequences !== undefined && !(Number.isInteger(m.contextSequences) && m.contextSequences >= 1 && m.contextSequences <= MAX_CONTEXT_SEQUENCES)) ||
+        (m.flashAttention !== undefined && typeof m.flashAttention !== "boolean")) {
       reject("manifest_invalid", "manifest is missing required fields");
     }
     if (m.modelFingerprint !== modelFingerprint) {

@@ -213,6 +213,23 @@ describe("across processes", () => {
     } finally { await rt.stop(); }
   });
 
+  it("takes TORPOR_FLASH_ATTENTION: on is used and logged, and a state saved with it rehydrates; a bad value stops the start with the reason", async () => {
+    const dir = await tmp("torpor-fa-");
+    await assert.rejects(startRuntime({ TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: dir, TORPOR_FLASH_ATTENTION: "fast" }), /TORPOR_FLASH_ATTENTION must be auto, on or off, got \\"fast/);
+    const rt = await startRuntime({ TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: dir, TORPOR_FLASH_ATTENTION: "on" });
+    try {
+      assert.match(rt.output(), /"flashAttention":true[^\n]*model loaded/);
+      await rt.client.register("default", "fa", {});
+      await rt.client.submit("default", "fa", "hello there", { max_tokens: 4 });
+      await rt.client.hibernate("default", "fa");
+      const manifest = JSON.parse(await readFile(path.join(dir, "default", "fa.torpor.json"), "utf8")) as { flashAttention?: boolean };
+      assert.equal(manifest.flashAttention, true);
+      const r = await rt.client.submit("default", "fa", "and again", { max_tokens: 4 });
+      assert.equal(r.torpor.rehydrated, true);
+      assert.ok(r.usage.prompt_tokens_details.cached_tokens > 0, "restored, not replayed");
+    } finally { await rt.stop(); }
+  });
+
   it("frees at least 90% of the state size from RSS on every hibernate once the pool's grace passes, without creeping across cycles", async () => {
     // Measurement: VmRSS of the runtime process from /proc, polled after the hibernate call returns
     // until the emptied context's grace (1 s here) has passed, compared with the size of the state

@@ -1,6 +1,6 @@
 // Session behaviour on real node-llama-cpp with the generated test model, wired in-process.
 import assert from "node:assert/strict";
-import { readdir, stat } from "node:fs/promises";
+import { readdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { describe, it } from "node:test";
 import { TorporError } from "../../contract/errors.js";
@@ -338,6 +338,43 @@ describe("context pool", () => {
     assert.equal(next.text, refNext.text, "greedy output after the move equals the twin's");
     assert.ok(next.cachedTokens > 0, "the restored tokens were reused, not replayed");
     assert.equal(await counterValue(copy.metrics, "torpor_runtime_state_replays_total"), 0);
+  });
+
+  it("records flash attention with the state: a state saved without it rehydrates without it on a runtime that uses it, and the reverse", async () => {
+    const withFa = (host: ModelHost) => Object.create(host, { flashAttention: { value: true } }) as ModelHost;
+    const off = await harness();
+    assert.equal(off.host.flashAttention, false, "auto is off on the CPU");
+    const manifest = async (dir: string, name: string) => JSON.parse(await readFile(path.join(dir, "default", `${name}.torpor.json`), "utf8")) as { flashAttention?: boolean };
+    const prompt = "Tell me about the weather.", next = "And tomorrow?";
+
+    // Off -> on: the file says nothing (as every file before this change), the context is made without it.
+    const old = await off.manager.register({ namespace: "default", name: "old" });
+    const oldTwin = await off.manager.register({ namespace: "default", name: "old-twin" });
+    await old.submit(prompt, greedy(12));
+    await oldTwin.submit(prompt, greedy(12));
+    await old.hibernate("test");
+    assert.equal((await manifest(off.dir, "old")).flashAttention, undefined);
+    const on = await harness({}, off.dir, undefined, withFa);
+    const moved = await on.manager.register({ namespace: "default", name: "old" });
+    const r = await moved.submit(next, greedy(12));
+    assert.equal(r.rehydrated, true);
+    assert.ok(r.cachedTokens > 0, "restored, not replayed");
+    assert.equal(r.text, (await oldTwin.submit(next, greedy(12))).text, "greedy output equals the twin's that never moved");
+    assert.equal(await counterValue(on.metrics, "torpor_runtime_state_replays_total"), 0);
+
+    // A new session on that runtime is saved with flash attention, and says so; a runtime without it restores it with it.
+    const fresh = await on.manager.register({ namespace: "default", name: "fresh" });
+    const freshTwin = await on.manager.register({ namespace: "default", name: "fresh-twin" });
+    await fresh.submit(prompt, greedy(12));
+    await freshTwin.submit(prompt, greedy(12));
+    await fresh.hibernate("test");
+    assert.equal((await manifest(off.dir, "fresh")).flashAttention, true);
+    const back = await harness({}, off.dir);
+    const r2 = await (await back.manager.register({ namespace: "default", name: "fresh" })).submit(next, greedy(12));
+    assert.equal(r2.rehydrated, true);
+    assert.ok(r2.cachedTokens > 0, "restored, not replayed");
+    assert.equal(r2.text, (await freshTwin.submit(next, greedy(12))).text);
+    assert.equal(await counterValue(back.metrics, "torpor_runtime_state_replays_total"), 0);
   });
 
   it("keeps an emptied context for the grace and gives it to the next rehydrate; a tight budget frees kept contexts before evicting anyone", async () => {
