@@ -15,13 +15,14 @@
 // commit. A placement claims the session when it is registered; from then on a commit from an
 // epoch older than the newest claim is ignored by every reader and cleaned up, whenever it lands.
 // '@' cannot occur in a Kubernetes name, so no session's files can be mistaken for another's.
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { open, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { ChatHistoryItem } from "node-llama-cpp";
 import { StaleEpochError, StateRejectedError, TorporError } from "../../contract/errors.js";
 import { resolveSessionDir, validateName } from "./hibernation-path.js";
 import { openJson, openSealedFile, SealError, sealFile, sealJson, type SealedEnvelope, type SealingKeys, type SealIdentity } from "./sealing.js";
+import { digestFile, type StateDigests } from "./state-digest.js";
 import type { HibernationFileEntry, HibernationRecord } from "../../contract/runtime-api.js";
 
 export type { HibernationFileEntry, HibernationRecord };
@@ -80,6 +81,8 @@ export interface HibernationManifest {
   stateFile: string;
   stateBytes: number;
   stateSha256: string;
+  /** xxHash64 of the state file (hex), checked on rehydrate instead of the SHA-256 when present (state-digest.ts). */
+  stateXxh64?: string;
   systemPrompt?: string;
   history: ChatHistoryItem[];
   createdAt: string;
@@ -117,36 +120,6 @@ async function writeDurably(file: string, body: unknown): Promise<void> {
 async function fsyncPath(p: string): Promise<void> {
   const fh = await open(p, "r");
   try { await fh.sync(); } finally { await fh.close(); }
-}
-
-/**
- * Two 1 MiB buffers, reused: the next read runs on the thread pool while this one is hashed, which
- * keeps SHA-256 at its CPU bound. A read stream would leave one garbage Buffer per chunk (tens of
- * MiB for a large state) in RSS until V8 collects it, eating the memory a hibernate just freed.
- */
-export async function sha256File(p: string): Promise<string> {
-  const hash = createHash("sha256");
-  const size = 1 << 20;
-  const bufs = [Buffer.allocUnsafeSlow(size), Buffer.allocUnsafeSlow(size)] as const;
-  const fh = await open(p, "r");
-  let pending: Promise<{ bytesRead: number }> | undefined;
-  try {
-    let i = 0;
-    pending = fh.read(bufs[0], 0, size, null);
-    for (;;) {
-      const { bytesRead } = await pending;
-      pending = undefined;
-      if (bytesRead === 0) break;
-      const current = bufs[i]!;
-      i ^= 1;
-      pending = fh.read(bufs[i]!, 0, size, null);
-      hash.update(current.subarray(0, bytesRead));
-    }
-  } finally {
-    await pending?.catch(() => undefined); // never close the handle under a read in flight
-    await fh.close();
-  }
-  return hash.digest("hex");
 }
 
 export class HibernationStore {
@@ -229,7 +202,7 @@ export class HibernationStore {
     ref: SessionRef,
     window: EpochWindow,
     writeState: (tmpPath: string) => Promise<void>,
-    fields: Omit<HibernationManifest, "format" | "version" | "namespace" | "name" | "path" | "stateFile" | "stateBytes" | "stateSha256" | "hibernatedAt" | "epoch">,
+    fields: Omit<HibernationManifest, "format" | "version" | "namespace" | "name" | "path" | "stateFile" | "stateBytes" | "stateSha256" | "stateXxh64" | "hibernatedAt" | "epoch">,
   ): Promise<HibernationRecord> {
     const dir = await this.dirFor(ref);
     const { epoch } = window;
@@ -252,7 +225,7 @@ export class HibernationStore {
     const identity: SealIdentity = { namespace: ref.namespace, name: ref.name, path: ref.path ?? "", modelFingerprint: fields.modelFingerprint };
     const staging = this.sealing && path.join(this.sealing.stagingDir, `${ref.namespace}.${ref.name}.${id}.plain`);
     try {
-      let bytes: number, sha256: string | undefined;
+      let bytes: number, digests: StateDigests = {};
       if (this.sealing && staging) {
         // llama.cpp writes plaintext node-locally; only the sealed stream reaches the volume.
         await writeState(staging);
@@ -264,7 +237,7 @@ export class HibernationStore {
         try {
           await fh.chmod(0o600);
           // fsync waits on the disk, hashing on the CPU (the file is still in the page cache): overlap them.
-          [, sha256] = await Promise.all([fh.sync(), sha256File(tmpState)]);
+          [, digests] = await Promise.all([fh.sync(), digestFile(tmpState, { sha256: true, xxh64: true })]);
           bytes = (await fh.stat()).size;
         } finally { await fh.close(); }
       }
@@ -272,7 +245,7 @@ export class HibernationStore {
       manifest = {
         format: MANIFEST_FORMAT, version: MANIFEST_VERSION,
         namespace: ref.namespace, name: ref.name, path: ref.path ?? "",
-        stateFile: stateName, stateBytes: bytes, stateSha256: sha256 ?? "",
+        stateFile: stateName, stateBytes: bytes, stateSha256: digests.sha256 ?? "", ...(digests.xxh64 ? { stateXxh64: digests.xxh64 } : {}),
         hibernatedAt: new Date().toISOString(), epoch,
         ...fields,
       };
@@ -411,7 +384,8 @@ export class HibernationStore {
     if (typeof m.stateFile !== "string" || path.basename(m.stateFile) !== m.stateFile || !Array.isArray(m.history) ||
         typeof m.stateSha256 !== "string" || typeof m.stateBytes !== "number" || typeof m.contextSize !== "number" ||
         (m.contextSequences !== undefined && !(Number.isInteger(m.contextSequences) && m.contextSequences >= 1 && m.contextSequences <= MAX_CONTEXT_SEQUENCES)) ||
-        (m.flashAttention !== undefined && typeof m.flashAttention !== "boolean")) {
+        (m.flashAttention !== undefined && typeof m.flashAttention !== "boolean") ||
+        (m.stateXxh64 !== undefined && !(typeof m.stateXxh64 === "string" && /^[0-9a-f]{16}$/.test(m.stateXxh64)))) {
       reject("manifest_invalid", "manifest is missing required fields");
     }
     if (m.modelFingerprint !== modelFingerprint) {
@@ -442,8 +416,9 @@ export class HibernationStore {
       }
       return { manifest: m, manifestFile, statePath: staging, release, integrity: Promise.resolve() };
     }
-    const integrity = sha256File(volumeState).then((sha) => {
-      if (sha !== m.stateSha256) reject("checksum_mismatch", "state file SHA-256 does not match the manifest");
+    const fast = m.stateXxh64 !== undefined;
+    const integrity = digestFile(volumeState, fast ? { xxh64: true } : { sha256: true }).then((d) => {
+      if (fast ? d.xxh64 !== m.stateXxh64 : d.sha256 !== m.stateSha256) reject("checksum_mismatch", `state file ${fast ? "xxHash64" : "SHA-256"} does not match the manifest`);
     });
     integrity.catch(() => undefined); // observed by the caller; never an unhandled rejection if whileHashing fails first
     if (whileHashing) {

@@ -127,6 +127,29 @@ describe("runtime process", () => {
       await fh.write(Buffer.from([0xde, 0xad, 0xbe, 0xef]), 0, 4, 64);
       await fh.close();
       await rejectsWith(c.submit("default", "corrupt", "hi"), 422, "state_rejected", "checksum_mismatch");
+      assert.match((await c.status("default", "corrupt")).lastError!.message, /xxHash64/);
+      // A file of the previous release carries the SHA-256 alone: it still opens, and is still checked.
+      for (const [name, flip] of [["old-release", false], ["old-release-corrupt", true]] as const) {
+        const o = await hibernated(name);
+        const m = JSON.parse(await readFile(o.manifest, "utf8")) as Record<string, unknown>;
+        assert.match(String(m.stateXxh64), /^[0-9a-f]{16}$/);
+        assert.match(String(m.stateSha256), /^[0-9a-f]{64}$/);
+        delete m.stateXxh64;
+        await writeFile(o.manifest, JSON.stringify(m));
+        if (flip) {
+          const oh = await open(o.state, "r+");
+          await oh.write(Buffer.from([0xde, 0xad, 0xbe, 0xef]), 0, 4, 64);
+          await oh.close();
+          await rejectsWith(c.submit("default", name, "hi"), 422, "state_rejected", "checksum_mismatch");
+          assert.match((await c.status("default", name)).lastError!.message, /SHA-256/);
+        } else {
+          assert.equal((await c.submit("default", name, "hi", { max_tokens: 2 })).torpor.rehydrated, true);
+        }
+      }
+      const bad = await hibernated("bad-digest");
+      const bm = JSON.parse(await readFile(bad.manifest, "utf8")) as Record<string, unknown>;
+      await writeFile(bad.manifest, JSON.stringify({ ...bm, stateXxh64: "not-hex" }));
+      await rejectsWith(c.submit("default", "bad-digest", "hi"), 422, "state_rejected", "manifest_invalid");
       const g = await hibernated("garbage");
       await writeFile(g.manifest, "{\"format\": 42");
       await rejectsWith(c.submit("default", "garbage", "hi"), 422, "state_rejected", "manifest_invalid");
