@@ -18,3 +18,11 @@ export const wideKvModel = (): Promise<string> => ensureTestModel(MODEL_DIR, WID
  * binaries.
  */
 export const realModel = (): Promise<string> => resolveRegistryModel(SMOLLM2_SOURCE, MODEL_DIR);
+
+/** Gemma 2's shape: sliding-window attention (a 64-token window, so a short conversation passes it) on every other layer. */
+export const SWA_MODEL: TestModelParams = { architecture: "gemma2", slidingWindow: 64, layers: 4, embedding: 256, feedForward: 512, heads: 4, kvHeads: 2, headDim: 64, contextLength: 8192, seed: 11 };
+export const swaModel = (): Promise<string> => ensureTestModel(MODEL_DIR, SWA_MODEL);
+
+/** A recurrent state-space model (Mamba 2): a fixed-size state per sequence instead of a KV cache. */
+export const RECURRENT_MODEL: TestModelParams = { architecture: "mamba2", layers: 4, embedding: 256, feedForward: 0, heads: 1, contextLength: 8192, seed: 13 };
+export const recurrentModel = (): Promise<string> => ensureTestModel(MODEL_DIR, RECURRENT_MODEL);

@@ -6,6 +6,7 @@ import { describe, it } from "node:test";
 import { TorporError } from "../../contract/errors.js";
 import type { ModelHost } from "../../runtime/model/model-host.js";
 import { counterValue, greedy, harness } from "../helpers/in-process-runtime.js";
+import { recurrentModel, swaModel } from "../../testbed/models.js";
 
 async function histogramCount(h: Awaited<ReturnType<typeof harness>>, name: string): Promise<number> {
   const m = (await h.metrics.registry.getMetricsAsJSON()).find((x) => x.name === name);
@@ -437,4 +438,29 @@ describe("context pool under a budget", () => {
     assert.equal((await s.submit("again", greedy(4))).rehydrated, true);
     assert.equal(await counterValue(h.metrics, "torpor_runtime_context_reuses_total"), 1, "the kept context was reused, not freed for a new one");
   });
+});
+
+describe("architectures beyond llama", () => {
+  // A conversation of ~700 tokens: far past the 64-token sliding window, so the restored state is
+  // the trimmed window cache and not a full one.
+  const long = Array.from({ length: 30 }, (_, i) => `Item ${i} is on shelf ${i % 7}.`).join(" ");
+  for (const [label, model] of [["sliding-window attention (gemma2)", swaModel], ["a recurrent state-space model (mamba2)", recurrentModel]] as const) {
+    it(`${label}: greedy continuation after a rehydrate equals a twin's, with every restored token reused`, async () => {
+      const h = await harness({}, undefined, model);
+      const s = await h.manager.register({ namespace: "default", name: "arch", contextSize: 1024 });
+      const twin = await h.manager.register({ namespace: "default", name: "arch-twin", contextSize: 1024 });
+      assert.equal((await s.submit(long, greedy(16))).text, (await twin.submit(long, greedy(16))).text);
+      await s.hibernate("test");
+      assert.equal(s.residency, "Hibernated");
+      for (const turn of ["Where is item 3?", "And item 12?"]) {
+        const a = await s.submit(turn, greedy(16));
+        assert.equal(a.text, (await twin.submit(turn, greedy(16))).text, `"${turn}" diverged after the rehydrate`);
+      }
+      const r = s.status().lastRehydrate!;
+      assert.ok(r.tokenCount > 64, `the state holds ${r.tokenCount} tokens, more than the window`);
+      assert.equal(r.reusedTokens, r.tokenCount, "every restored token reused, none evaluated again");
+      assert.equal(r.restoreVerified, true);
+      assert.equal(await counterValue(h.metrics, "torpor_runtime_state_replays_total"), 0);
+    });
+  }
 });
