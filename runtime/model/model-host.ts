@@ -31,14 +31,14 @@ export class ModelHost {
     const llama = await getLlama({ gpu: cfg.gpu, logLevel: "error" as never, build: "never" });
     const model = await llama.loadModel({ modelPath, gpuLayers: cfg.gpuLayers });
     const chatWrapper = resolveChatWrapper(model);
-    const onGpu = llama.gpu !== false && model.gpuLayers > 0;
     const asked = cfg.flashAttention ?? "auto";
     if (asked === true && !model.flashAttentionSupported) {
       await model.dispose();
       await llama.dispose();
       throw new Error("TORPOR_FLASH_ATTENTION=on, but this model does not support flash attention in llama.cpp; set it to auto or off");
     }
-    const flashAttention = asked === "auto" ? onGpu && model.flashAttentionSupported : asked;
+    // As llama.cpp's own "auto" (llama-server's default): on wherever the model supports it.
+    const flashAttention = asked === "auto" ? model.flashAttentionSupported : asked;
     return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, cfg.threads, flashAttention);
   }
 

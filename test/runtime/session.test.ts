@@ -343,8 +343,9 @@ describe("context pool", () => {
 
   it("records flash attention with the state: a state saved without it rehydrates without it on a runtime that uses it, and the reverse", async () => {
     const withFa = (host: ModelHost) => Object.create(host, { flashAttention: { value: true } }) as ModelHost;
-    const off = await harness();
-    assert.equal(off.host.flashAttention, false, "auto is off on the CPU");
+    const withoutFa = (host: ModelHost) => Object.create(host, { flashAttention: { value: false } }) as ModelHost;
+    const off = await harness({}, undefined, undefined, withoutFa);
+    assert.equal((await harness()).host.flashAttention, true, "auto is on where the model supports it, the CPU included");
     const manifest = async (dir: string, name: string) => JSON.parse(await readFile(path.join(dir, "default", `${name}.torpor.json`), "utf8")) as { flashAttention?: boolean };
     const prompt = "Tell me about the weather.", next = "And tomorrow?";
 
@@ -370,7 +371,7 @@ describe("context pool", () => {
     await freshTwin.submit(prompt, greedy(12));
     await fresh.hibernate("test");
     assert.equal((await manifest(off.dir, "fresh")).flashAttention, true);
-    const back = await harness({}, off.dir);
+    const back = await harness({}, off.dir, undefined, withoutFa);
     const r2 = await (await back.manager.register({ namespace: "default", name: "fresh" })).submit(next, greedy(12));
     assert.equal(r2.rehydrated, true);
     assert.ok(r2.cachedTokens > 0, "restored, not replayed");
