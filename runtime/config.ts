@@ -32,8 +32,8 @@ export interface RuntimeConfig {
   /** "auto" offloads what fits on a GPU; 0 keeps everything on the CPU. */
   gpuLayers: number | "auto" | "max";
   /**
-   * "auto": on where the model supports it, as llama.cpp's own auto. On a GPU it makes state
-   * save/load 3.5-8x faster (llama.cpp then keeps V untransposed) and decode faster.
+   * "auto" (node-llama-cpp's default): llama.cpp turns it on where the backend supports it. On a
+   * GPU it makes state save/load 3.5-8x faster (V is then kept untransposed) and decode faster.
    */
   flashAttention: "auto" | boolean;
   /** Run on the CPU when GPU layers were asked for ("max" or a count) but no GPU backend loaded; otherwise refuse to start. */

@@ -7,6 +7,9 @@ import { getLlama, resolveChatWrapper, type ChatWrapper, type Llama, type LlamaC
 import type { RuntimeConfig } from "../config.js";
 import { TorporError } from "../../contract/errors.js";
 import type { MemoryCost } from "./memory-cost.js";
+
+/** A context's flash attention: "auto" lets llama.cpp choose (on where the backend supports it). */
+export type FlashAttention = "auto" | boolean;
 import { modelFingerprint } from "./model-fingerprint.js";
 import { resolveModelSource } from "./model-source.js";
 
@@ -22,8 +25,11 @@ export class ModelHost {
     readonly fingerprint: string,
     readonly chatWrapper: ChatWrapper,
     private readonly threads: number,
-    /** What new contexts use; a rehydrate uses what its state was saved with. */
-    readonly flashAttention: boolean,
+    /**
+     * What new contexts use ("auto": llama.cpp decides per context, as node-llama-cpp's own
+     * default); a rehydrate uses what its state was saved with.
+     */
+    readonly flashAttention: FlashAttention,
   ) {}
 
   static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads"> & { flashAttention?: RuntimeConfig["flashAttention"] }): Promise<ModelHost> {
@@ -37,9 +43,7 @@ export class ModelHost {
       await llama.dispose();
       throw new Error("TORPOR_FLASH_ATTENTION=on, but this model does not support flash attention in llama.cpp; set it to auto or off");
     }
-    // As llama.cpp's own "auto" (llama-server's default): on wherever the model supports it.
-    const flashAttention = asked === "auto" ? model.flashAttentionSupported : asked;
-    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, cfg.threads, flashAttention);
+    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, cfg.threads, asked);
   }
 
   get name(): string {
@@ -51,7 +55,7 @@ export class ModelHost {
   }
 
   /** A context of `sequences` sequences of `contextSize` tokens each. */
-  async createContext(contextSize: number, sequences = 1, flashAttention = this.flashAttention): Promise<LlamaContext> {
+  async createContext(contextSize: number, sequences = 1, flashAttention: FlashAttention = this.flashAttention): Promise<LlamaContext> {
     try {
       return await this.model.createContext({
         contextSize,

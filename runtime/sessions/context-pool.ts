@@ -8,7 +8,7 @@ import type { LlamaContext, LlamaContextSequence } from "node-llama-cpp";
 import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
 import { addCosts, NO_COST, type MemoryCost } from "../model/memory-cost.js";
-import type { ModelHost } from "../model/model-host.js";
+import type { FlashAttention, ModelHost } from "../model/model-host.js";
 import { SerialQueue } from "./serial-queue.js";
 
 export interface ContextPoolOptions {
@@ -22,7 +22,7 @@ interface PooledContext {
   context: LlamaContext;
   contextSize: number;
   sequences: number;
-  flashAttention: boolean;
+  flashAttention: FlashAttention;
   /** Emptied sequences ready for the next lease. */
   free: LlamaContextSequence[];
   leased: number;
@@ -31,7 +31,7 @@ interface PooledContext {
 }
 
 /** Whether take() can lease a sequence of this size and shape from the context without allocating. */
-function hasRoomFor(c: PooledContext, contextSize: number, sequences: number, flashAttention: boolean): boolean {
+function hasRoomFor(c: PooledContext, contextSize: number, sequences: number, flashAttention: FlashAttention): boolean {
   return !c.context.disposed && c.contextSize === contextSize && c.sequences === sequences && c.flashAttention === flashAttention &&
     (c.free.length > 0 || c.context.sequencesLeft > 0);
 }
@@ -44,7 +44,7 @@ export interface SequenceLease {
   /** The shape of the context it lives in: a saved state loads only into the same shape. */
   readonly sequences: number;
   /** Flash attention changes the KV cache's layout (V transposed without it): part of the shape. */
-  readonly flashAttention: boolean;
+  readonly flashAttention: FlashAttention;
 }
 
 export class ContextPool {
@@ -64,11 +64,11 @@ export class ContextPool {
   }
 
   /** A sequence of `contextSize` tokens in a context of `sequences` sequences: an emptied one if any is kept, else a new context. */
-  take(contextSize: number, sequences = this.opts.sequencesPerContext, flashAttention = this.host.flashAttention): Promise<SequenceLease> {
+  take(contextSize: number, sequences = this.opts.sequencesPerContext, flashAttention: FlashAttention = this.host.flashAttention): Promise<SequenceLease> {
     return this.takes.run(() => this.takeNow(contextSize, sequences, flashAttention));
   }
 
-  private async takeNow(contextSize: number, sequences: number, flashAttention: boolean): Promise<SequenceLease> {
+  private async takeNow(contextSize: number, sequences: number, flashAttention: FlashAttention): Promise<SequenceLease> {
     if (this.closed) throw new Error("context pool used after shutdown");
     const c = this.contexts.find((x) => hasRoomFor(x, contextSize, sequences, flashAttention));
     if (c) {

@@ -5,6 +5,7 @@
 import type { LlamaContextSequence } from "node-llama-cpp";
 import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
+import type { FlashAttention } from "../model/model-host.js";
 import type { ContextPool, SequenceLease } from "./context-pool.js";
 
 /**
@@ -39,15 +40,15 @@ export class ResidentContext {
   /** The shape of the context the sequence lives in (sequences per context). */
   get sequences(): number { return this.lease?.sequences ?? this.pool.opts.sequencesPerContext; }
 
-  /** Whether the context it lives in uses flash attention (the saved state's layout depends on it). */
-  get flashAttention(): boolean { return this.lease?.flashAttention ?? false; }
+  /** The flash attention setting of the context it lives in (the saved state's layout depends on it). */
+  get flashAttention(): FlashAttention { return this.lease?.flashAttention ?? "auto"; }
 
   /**
    * Allocates once: the spare if it has this very size and shape, else a sequence from the pool
    * (the spare goes back to it). `sequences` and `flashAttention` name the shape a saved state
    * needs (undefined: the pool's for new sessions).
    */
-  async allocate(contextSize: number, sequences = this.pool.opts.sequencesPerContext, flashAttention?: boolean): Promise<LlamaContextSequence> {
+  async allocate(contextSize: number, sequences = this.pool.opts.sequencesPerContext, flashAttention?: FlashAttention): Promise<LlamaContextSequence> {
     if (this.lease) return this.lease.sequence;
     const spare = this.spare;
     this.spare = undefined;

@@ -8,7 +8,7 @@ import { StaleEpochError, StateRejectedError, TorporError } from "../../contract
 import type { EpochWindow, HibernationRecord, HibernationStore, SessionRef, VerifiedState } from "../storage/hibernation-store.js";
 import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
-import { NODE_LLAMA_CPP_VERSION, type ModelHost } from "../model/model-host.js";
+import { NODE_LLAMA_CPP_VERSION, type FlashAttention, type ModelHost } from "../model/model-host.js";
 import { ResidentContext, type SpareContext } from "./resident-context.js";
 import type { ContextPool } from "./context-pool.js";
 import { checkRestore, type RestoreCheck } from "./restore-check.js";
@@ -257,7 +257,8 @@ export class Session {
         modelFingerprint: host.fingerprint,
         contextSize: this.spec.contextSize,
         contextSequences: this.resident!.sequences,
-        ...(this.resident!.flashAttention ? { flashAttention: true } : {}),
+        // "auto" is left out: every file before the setting existed was saved with it.
+        ...(typeof this.resident!.flashAttention === "boolean" ? { flashAttention: this.resident!.flashAttention } : {}),
         tokenCount: seq.contextTokens.length,
         ...(this.spec.systemPrompt ? { systemPrompt: this.spec.systemPrompt } : {}),
         history: this.history,
@@ -348,8 +349,9 @@ export class Session {
       if (need > this.deps.maxContextSize) {
         throw new TorporError("capacity_exhausted", `the hibernated session needs a context of ${need} tokens, more than this pool's maximum of ${this.deps.maxContextSize}; raise maxContextSize for the pool`);
       }
-      // Files from before flash attention was recorded were all saved without it.
-      await this.allocateEvicting(resident, need, m.contextSequences ?? 1, m.flashAttention ?? false);
+      // No setting recorded: saved under "auto", which llama.cpp resolves the same way again for
+      // the same model on the same backend.
+      await this.allocateEvicting(resident, need, m.contextSequences ?? 1, m.flashAttention ?? "auto");
     });
     if (!verified) return undefined;
     try {
@@ -409,7 +411,7 @@ export class Session {
    * some): when the allocation itself fails, idle sessions make room one at a time before the
    * request is refused.
    */
-  private async allocateEvicting(resident: ResidentContext, contextSize: number, sequences?: number, flashAttention?: boolean): Promise<void> {
+  private async allocateEvicting(resident: ResidentContext, contextSize: number, sequences?: number, flashAttention?: FlashAttention): Promise<void> {
     for (;;) {
       try {
         await resident.allocate(contextSize, sequences, flashAttention);

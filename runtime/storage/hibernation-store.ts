@@ -75,7 +75,7 @@ export interface HibernationManifest {
   contextSize: number;
   /** Sequences of the context it was saved from (absent: 1): a state loads only into the same shape. */
   contextSequences?: number;
-  /** Whether that context used flash attention (absent: no): the state's layout depends on it. */
+  /** The flash attention that context was told to use (absent: "auto", llama.cpp's choice): the state's layout depends on it. */
   flashAttention?: boolean;
   tokenCount: number;
   stateFile: string;

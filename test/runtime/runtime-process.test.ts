@@ -236,7 +236,7 @@ describe("across processes", () => {
     } finally { await rt.stop(); }
   });
 
-  it("takes TORPOR_FLASH_ATTENTION: on is used and logged, and a state saved with it rehydrates; a bad value stops the start with the reason", async () => {
+  it("takes TORPOR_FLASH_ATTENTION: on is used, logged and recorded, and its state rehydrates on a runtime left at auto; a bad value stops the start with the reason", async () => {
     const dir = await tmp("torpor-fa-");
     await assert.rejects(startRuntime({ TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: dir, TORPOR_FLASH_ATTENTION: "fast" }), /TORPOR_FLASH_ATTENTION must be auto, on or off, got \\"fast/);
     const rt = await startRuntime({ TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: dir, TORPOR_FLASH_ATTENTION: "on" });
@@ -247,10 +247,16 @@ describe("across processes", () => {
       await rt.client.hibernate("default", "fa");
       const manifest = JSON.parse(await readFile(path.join(dir, "default", "fa.torpor.json"), "utf8")) as { flashAttention?: boolean };
       assert.equal(manifest.flashAttention, true);
-      const r = await rt.client.submit("default", "fa", "and again", { max_tokens: 4 });
+    } finally { await rt.stop(); }
+    const next = await startRuntime({ TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: dir });
+    try {
+      assert.match(next.output(), /"flashAttention":"auto"[^\n]*model loaded/);
+      await next.client.register("default", "fa", {});
+      const r = await next.client.submit("default", "fa", "and again", { max_tokens: 4 });
       assert.equal(r.torpor.rehydrated, true);
       assert.ok(r.usage.prompt_tokens_details.cached_tokens > 0, "restored, not replayed");
-    } finally { await rt.stop(); }
+      assert.doesNotMatch(next.output(), /rebuilt from its saved history/);
+    } finally { await next.stop(); }
   });
 
   it("frees at least 90% of the state size from RSS on every hibernate once the pool's grace passes, without creeping across cycles", async () => {

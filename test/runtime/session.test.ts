@@ -341,42 +341,36 @@ describe("context pool", () => {
     assert.equal(await counterValue(copy.metrics, "torpor_runtime_state_replays_total"), 0);
   });
 
-  it("records flash attention with the state: a state saved without it rehydrates without it on a runtime that uses it, and the reverse", async () => {
-    const withFa = (host: ModelHost) => Object.create(host, { flashAttention: { value: true } }) as ModelHost;
-    const withoutFa = (host: ModelHost) => Object.create(host, { flashAttention: { value: false } }) as ModelHost;
-    const off = await harness({}, undefined, undefined, withoutFa);
-    assert.equal((await harness()).host.flashAttention, true, "auto is on where the model supports it, the CPU included");
+  it("records flash attention with the state: a state is restored with the setting it was saved with, whatever the runtime's now", async () => {
+    // Found on the testbed: a rolling update to a runtime with another setting could not load any
+    // saved state (llama.cpp keeps V transposed without flash attention) and replayed every session.
+    const withFa = (fa: boolean) => (host: ModelHost) => Object.create(host, { flashAttention: { value: fa } }) as ModelHost;
+    const auto = await harness();
+    assert.equal(auto.host.flashAttention, "auto", "node-llama-cpp's default: llama.cpp decides");
     const manifest = async (dir: string, name: string) => JSON.parse(await readFile(path.join(dir, "default", `${name}.torpor.json`), "utf8")) as { flashAttention?: boolean };
     const prompt = "Tell me about the weather.", next = "And tomorrow?";
-
-    // Off -> on: the file says nothing (as every file before this change), the context is made without it.
-    const old = await off.manager.register({ namespace: "default", name: "old" });
-    const oldTwin = await off.manager.register({ namespace: "default", name: "old-twin" });
-    await old.submit(prompt, greedy(12));
-    await oldTwin.submit(prompt, greedy(12));
-    await old.hibernate("test");
-    assert.equal((await manifest(off.dir, "old")).flashAttention, undefined);
-    const on = await harness({}, off.dir, undefined, withFa);
-    const moved = await on.manager.register({ namespace: "default", name: "old" });
-    const r = await moved.submit(next, greedy(12));
-    assert.equal(r.rehydrated, true);
-    assert.ok(r.cachedTokens > 0, "restored, not replayed");
-    assert.equal(r.text, (await oldTwin.submit(next, greedy(12))).text, "greedy output equals the twin's that never moved");
-    assert.equal(await counterValue(on.metrics, "torpor_runtime_state_replays_total"), 0);
-
-    // A new session on that runtime is saved with flash attention, and says so; a runtime without it restores it with it.
-    const fresh = await on.manager.register({ namespace: "default", name: "fresh" });
-    const freshTwin = await on.manager.register({ namespace: "default", name: "fresh-twin" });
-    await fresh.submit(prompt, greedy(12));
-    await freshTwin.submit(prompt, greedy(12));
-    await fresh.hibernate("test");
-    assert.equal((await manifest(off.dir, "fresh")).flashAttention, true);
-    const back = await harness({}, off.dir, undefined, withoutFa);
-    const r2 = await (await back.manager.register({ namespace: "default", name: "fresh" })).submit(next, greedy(12));
-    assert.equal(r2.rehydrated, true);
-    assert.ok(r2.cachedTokens > 0, "restored, not replayed");
-    assert.equal(r2.text, (await freshTwin.submit(next, greedy(12))).text);
-    assert.equal(await counterValue(back.metrics, "torpor_runtime_state_replays_total"), 0);
+    const cases = [
+      // Saved under "auto" (as every file before the setting existed), restored on a runtime told "off".
+      { label: "auto -> off", saver: auto, restorer: () => harness({}, auto.dir, undefined, withFa(false)), recorded: undefined },
+      // Saved with it off, restored on a runtime left at "auto" (which turns it on here).
+      { label: "off -> auto", saver: undefined, restorer: () => harness({}, auto.dir), recorded: false },
+      { label: "on -> off", saver: undefined, restorer: () => harness({}, auto.dir, undefined, withFa(false)), recorded: true },
+    ];
+    for (const [i, c] of cases.entries()) {
+      const saver = c.saver ?? await harness({}, auto.dir, undefined, withFa(c.recorded as boolean));
+      const s = await saver.manager.register({ namespace: "default", name: `fa-${i}` });
+      const twin = await saver.manager.register({ namespace: "default", name: `fa-${i}-twin` });
+      await s.submit(prompt, greedy(12));
+      await twin.submit(prompt, greedy(12));
+      await s.hibernate("test");
+      assert.equal((await manifest(auto.dir, `fa-${i}`)).flashAttention, c.recorded, c.label);
+      const restorer = await c.restorer();
+      const r = await (await restorer.manager.register({ namespace: "default", name: `fa-${i}` })).submit(next, greedy(12));
+      assert.equal(r.rehydrated, true, c.label);
+      assert.ok(r.cachedTokens > 0, `${c.label}: restored, not replayed`);
+      assert.equal(r.text, (await twin.submit(next, greedy(12))).text, `${c.label}: greedy output equals the twin's that never moved`);
+      assert.equal(await counterValue(restorer.metrics, "torpor_runtime_state_replays_total"), 0, c.label);
+    }
   });
 
   it("keeps an emptied context for the grace and gives it to the next rehydrate; a tight budget frees kept contexts before evicting anyone", async () => {
