@@ -100,6 +100,7 @@ async function main(): Promise<void> {
     server.closeAllConnections();
     metricsServer?.close();
     await manager.close();
+    await store.settled();
     await host.dispose();
     process.exit(result.failed > 0 ? 1 : 0);
   };

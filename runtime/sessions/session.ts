@@ -395,7 +395,8 @@ export class Session {
       this.lastCheckpoint = { manifestFile, stateFile: path.join(path.dirname(manifestFile), manifest.stateFile), bytes: manifest.stateBytes, sha256: manifest.stateSha256, tokenCount: manifest.tokenCount, hibernatedAt: manifest.hibernatedAt, durationMs: 0 };
     } else {
       // The conversation is in memory now: a failed delete costs disk space, never the session.
-      await store.remove(this.ref, { keepClaims: true }).catch((err) => this.log.warn({ err }, "could not delete the restored hibernation files; the sweeper or the next hibernate will"));
+      // The state file's blocks are freed after the answer (store.remove); the manifest goes now.
+      await store.remove(this.ref, { keepClaims: true, background: true }).catch((err) => this.log.warn({ err }, "could not delete the restored hibernation files; the sweeper or the next hibernate will"));
     }
     const ms = performance.now() - t0;
     this.lastRehydrate = { at: new Date(this.deps.clock.now()).toISOString(), durationMs: ms, bytes: manifest.stateBytes, tokenCount: manifest.tokenCount, ...(replayed ? { replayed } : {}) };
