@@ -4,7 +4,7 @@ IMAGE ?= torpor:dev
 KIND_CLUSTER ?= torpor
 CHART := charts/torpor
 
-.PHONY: help install build test demo bench kube-binaries clean
+.PHONY: help install build test demo bench gpu-check gpu-check-cpu kube-binaries clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,6 +26,12 @@ demo: node_modules ## the README quickstart end to end on the local testbed (hel
 
 bench: node_modules ## benchmarks: prints tables, writes bench-results.json
 	npm run bench
+
+gpu-check: ## the GPU check on a machine with an NVIDIA GPU and nvcc (no Node.js needed): bench/gpu/run.sh
+	bench/gpu/run.sh gpu
+
+gpu-check-cpu: ## the same probe on the CPU, to prove the script (a small model)
+	bench/gpu/run.sh cpu
 
 kube-binaries: ## build kube-apiserver, controller-manager, scheduler and etcd into the cache
 	scripts/build-kube-binaries.sh
