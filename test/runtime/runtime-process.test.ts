@@ -150,6 +150,10 @@ describe("runtime process", () => {
       const bm = JSON.parse(await readFile(bad.manifest, "utf8")) as Record<string, unknown>;
       await writeFile(bad.manifest, JSON.stringify({ ...bm, stateXxh64: "not-hex" }));
       await rejectsWith(c.submit("default", "bad-digest", "hi"), 422, "state_rejected", "manifest_invalid");
+      const badFa = await hibernated("bad-fa");
+      const fm = JSON.parse(await readFile(badFa.manifest, "utf8")) as Record<string, unknown>;
+      await writeFile(badFa.manifest, JSON.stringify({ ...fm, flashAttention: "yes" }));
+      await rejectsWith(c.submit("default", "bad-fa", "hi"), 422, "state_rejected", "manifest_invalid");
       const g = await hibernated("garbage");
       await writeFile(g.manifest, "{\"format\": 42");
       await rejectsWith(c.submit("default", "garbage", "hi"), 422, "state_rejected", "manifest_invalid");
