@@ -15,6 +15,8 @@ const run = promisify(execFile);
 
 export interface PeerResult {
   tokens: number;
+  /** The hibernated state's size (torpor's file). */
+  stateBytes?: number;
   llamaServer: { saveMs: number[]; restoreMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[] };
   torpor: { hibernateMs: number[]; rehydrateMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[]; reused: number[] };
   /** Writing the hibernated state's bytes to a new file on the same volume, with fsync: the durable floor. */
@@ -45,8 +47,15 @@ async function post(url: string, body: unknown): Promise<{ json: Record<string, 
   return { json, ms: performance.now() - t0 };
 }
 
-export async function versusLlamaServer(binary: string, tokens: number, runs: number): Promise<PeerResult> {
-  const model = await realModel();
+export interface PeerOptions {
+  /** A GGUF path (default: the real model, SmolLM2). */
+  model?: string;
+  /** Also measure 4 concurrent streams (default true). */
+  streams?: boolean;
+}
+
+export async function versusLlamaServer(binary: string, tokens: number, runs: number, opts: PeerOptions = {}): Promise<PeerResult> {
+  const model = opts.model ?? await realModel();
   const dir = await mkdtemp(path.join(os.tmpdir(), "torpor-peer-"));
   const ctx = Math.ceil(tokens * 1.5) + 1024;
   const rt = await startRuntime({ TORPOR_MODEL: model, TORPOR_HIBERNATION_DIR: dir, TORPOR_THREADS: "2", TORPOR_MAX_CONTEXT_SIZE: String(ctx + 1024), TORPOR_LOG_LEVEL: "warn" });
@@ -66,8 +75,10 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
       if (!up) await new Promise((r) => setTimeout(r, 100));
     }
     if (!up) throw new PeerUnavailable(`llama-server did not come up${exited !== null ? ` (it exited: ${exited})` : ""}; its last words: ${serverLog.trim().split("\n").at(-1)}`);
-    // A conversation of about `tokens` tokens: the same text for both.
-    const history = Array.from({ length: Math.ceil(tokens / 14) }, (_, i) => `Note ${i}: the meeting moved to room ${i % 17}.`).join(" ");
+    // A conversation of about `tokens` tokens (SmolLM2 makes about 14 of each note; the fixtures'
+    // byte-level vocabulary one per character, about 40): the same text for both.
+    const perNote = opts.model ? 40 : 14;
+    const history = Array.from({ length: Math.ceil(tokens / perNote) }, (_, i) => `Note ${i}: the meeting moved to room ${i % 17}.`).join(" ");
     await rt.client.register("bench", "peer", { contextSize: ctx });
     const first = await rt.client.submit("bench", "peer", history, { max_tokens: 16, temperature: 0 });
     out.tokens = first.usage.prompt_tokens;
@@ -87,6 +98,7 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
       // torpor: hibernate, rehydrate (inside the next turn), next turn.
       const h = await rt.client.hibernate("bench", "peer");
       out.torpor.hibernateMs.push(h.record!.durationMs);
+      out.stateBytes = h.record!.bytes;
       out.fsyncFloorMs.push(await writeWithFsync(path.join(dir, `floor-${r}.bin`), h.record!.bytes));
       const t0 = performance.now();
       const next = await rt.client.submit("bench", "peer", `Question ${r}: which room?`, { max_tokens: 32, temperature: 0 });
@@ -101,7 +113,7 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
     await rt.stop();
     await rm(dir, { recursive: true, force: true });
   }
-  out.streams4 = await fourStreams(binary, model, runs);
+  if (opts.streams !== false) out.streams4 = await fourStreams(binary, model, runs);
   return out;
 }
 

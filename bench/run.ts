@@ -6,19 +6,23 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { DEFAULT_TEST_MODEL, type TestModelParams } from "../fixtures/gguf/test-model.js";
+import { DEFAULT_TEST_MODEL, ensureTestModel, type TestModelParams } from "../fixtures/gguf/test-model.js";
+import { MODEL_DIR } from "../testbed/paths.js";
 import { startTestbed } from "../testbed/testbed.js";
 import { eventually, installTorpor, session as sessionManifest, startEntryPoint, TOKEN } from "../testbed/torpor-on-testbed.js";
 import { freePort } from "../testbed/local-runtime.js";
 import type { InferenceSession } from "../contract/inference-session.js";
 import { bulkheadSwap } from "./bulkhead-swap.js";
 import { checkpointCost } from "./checkpoints.js";
-import { llamaServerBinary, PeerUnavailable, versusLlamaServer } from "./llama-server.js";
+import { llamaServerBinary, PeerUnavailable, versusLlamaServer, type PeerResult } from "./llama-server.js";
 import { sealingCost } from "./sealing.js";
 import { harness } from "./harness.js";
 import { operatorScale } from "./operator-scale.js";
 
 const { values: args } = parseArgs({ options: { out: { type: "string", default: "bench-results.json" }, quick: { type: "boolean", default: false }, runs: { type: "string" }, only: { type: "string" }, sessions: { type: "string" } } });
+/** Figure 11b's model: 128 KiB of KV cache a token on a cheap model, so states of 10-500 MB take at most a few thousand tokens. */
+const PEER_SIZES_MODEL: TestModelParams = { layers: 8, embedding: 256, feedForward: 256, heads: 8, kvHeads: 8, headDim: 512, contextLength: 16384, seed: 5 };
+
 /** --only rebuild,io,testbed,gateway,density,swap,sealing,checkpoints,peer runs a subset (operator only when named). */
 const want = (name: string) => !args.only || args.only.split(",").includes(name);
 const RUNS = Number(args.runs ?? (args.quick ? 2 : 3));
@@ -373,6 +377,24 @@ if (want("peer")) {
     console.log(`torpor reused ${stat(T.reused).median} of ${r.tokens} tokens after each rehydrate`);
     results.peer = r;
     }
+    // The same by state size, on a generated model whose KV cache is 128 KiB a token (8 layers of
+    // 8 heads of 512): states of about 10, 100 and 500 MB from a few thousand tokens at most.
+    const fixture = await ensureTestModel(MODEL_DIR, PEER_SIZES_MODEL);
+    const sizes: PeerResult[] = [];
+    for (const tokens of args.quick ? [40, 800] : [40, 800, 4000]) {
+      const s = await versusLlamaServer(binary, tokens, Math.max(5, RUNS), { model: fixture, streams: false }).catch((err: unknown) => {
+        if (!(err instanceof PeerUnavailable)) throw err;
+        console.log(`figure 11b at ${tokens} tokens skipped: ${err.message}`);
+        return undefined;
+      });
+      if (s) sizes.push(s);
+    }
+    const ratio = (a: number[], b: number[]) => `${(stat(b).median / stat(a).median).toFixed(2)}x`;
+    table("Figure 11b: vs llama-server by state size (generated model, 128 KiB of KV a token, 2 threads, medians of interleaved runs)",
+      ["state", "tokens", "slot restore", "rehydrate", "ratio (goal <= 1.5x)", "slot save (no fsync)", "hibernate (fsync)", "write+fsync floor", "hibernate / floor (goal <= 1.2x)", "restored tokens reused"],
+      sizes.map((s) => [`${((s.stateBytes ?? 0) / 2 ** 20).toFixed(0)} MiB`, String(s.tokens), fmt(stat(s.llamaServer.restoreMs), "ms"), fmt(stat(s.torpor.rehydrateMs), "ms"), ratio(s.llamaServer.restoreMs, s.torpor.rehydrateMs),
+        fmt(stat(s.llamaServer.saveMs), "ms"), fmt(stat(s.torpor.hibernateMs), "ms"), fmt(stat(s.fsyncFloorMs), "ms"), ratio(s.fsyncFloorMs, s.torpor.hibernateMs), String(stat(s.torpor.reused).median)]));
+    results.peerSizes = sizes;
   }
 }
 if (args.only?.split(",").includes("operator")) { // minutes and GiB of contexts: only when asked
