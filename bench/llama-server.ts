@@ -15,7 +15,7 @@ const run = promisify(execFile);
 
 export interface PeerResult {
   tokens: number;
-  /** The hibernated state's size (torpor's file). */
+  /** The first hibernated state's size (torpor's file); each run adds a turn. */
   stateBytes?: number;
   llamaServer: { saveMs: number[]; restoreMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[] };
   torpor: { hibernateMs: number[]; rehydrateMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[]; reused: number[] };
@@ -98,7 +98,7 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
       // torpor: hibernate, rehydrate (inside the next turn), next turn.
       const h = await rt.client.hibernate("bench", "peer");
       out.torpor.hibernateMs.push(h.record!.durationMs);
-      out.stateBytes = h.record!.bytes;
+      out.stateBytes ??= h.record!.bytes; // the first: later runs add a turn each
       out.fsyncFloorMs.push(await writeWithFsync(path.join(dir, `floor-${r}.bin`), h.record!.bytes));
       const t0 = performance.now();
       const next = await rt.client.submit("bench", "peer", `Question ${r}: which room?`, { max_tokens: 32, temperature: 0 });
