@@ -68,6 +68,11 @@ export class Session {
   private lastCheckpoint?: SessionStatus["lastCheckpoint"];
   /** The tokens a rehydrate restored, until the next evaluation shows whether they were reused. */
   private restoredTokens?: readonly number[];
+  /**
+   * A restored state in use before its integrity check finished (the check runs beside the next
+   * prompt's evaluation), and what the session was before that restore, to go back to if it fails.
+   */
+  private unverified?: { check: Promise<void>; before: { history: ChatHistoryItem[]; spec: SessionSpec; window: EpochWindow } };
   private readonly createdAt: string;
   private lastHibernation?: SessionStatus["lastHibernation"];
   private lastRehydrate?: SessionStatus["lastRehydrate"];
@@ -153,9 +158,8 @@ export class Session {
   submit(prompt: string, opts: GenerateOptions): Promise<GenerateResult> {
     return this.run(async () => {
       const wake = await this.ensureResident();
-      opts.onStart?.(wake);
       const next: ChatHistoryItem[] = [...this.history, { type: "user", text: prompt }];
-      const out = { ...(await this.generate(next, opts)), ...wake };
+      const out = { ...(await this.generateChecked(next, opts, wake)), ...wake };
       this.afterTurn();
       return out;
     });
@@ -165,11 +169,10 @@ export class Session {
   complete(messages: ChatHistoryItem[], opts: GenerateOptions): Promise<GenerateResult> {
     return this.run(async () => {
       const wake = await this.ensureResident();
-      opts.onStart?.(wake);
       const withSystem: ChatHistoryItem[] = this.spec.systemPrompt && messages[0]?.type !== "system"
         ? [{ type: "system", text: this.spec.systemPrompt }, ...messages]
         : messages;
-      const out = { ...(await this.generate(withSystem, opts)), ...wake };
+      const out = { ...(await this.generateChecked(withSystem, opts, wake)), ...wake };
       this.afterTurn();
       return out;
     });
@@ -177,7 +180,13 @@ export class Session {
 
   /** Restores the session now (pre-warming) without generating. */
   warm(): Promise<Wake> {
-    return this.run(() => this.ensureResident());
+    return this.run(async () => {
+      const wake = await this.ensureResident();
+      const pending = this.unverified;
+      this.unverified = undefined;
+      if (pending) await pending.check.catch(async (err: unknown) => { await this.abandonRestore(pending.before, err); throw err; });
+      return wake;
+    });
   }
 
   /** Coalesced: concurrent calls share one save; it runs after whatever is already queued. */
@@ -370,8 +379,12 @@ export class Session {
     const loading = replayed ? Promise.resolve(undefined) : resident.sequence.loadStateFromFile(statePath, { acceptRisk: true }).then(() => undefined, (err: unknown) => err);
     // A state that fails its integrity check is refused (and kept), whether or not it loaded: the
     // caller frees the sequence it went into.
-    const [loadError, integrityError] = await Promise.all([loading, verified.integrity.then(() => undefined, (err: unknown) => err)]);
-    if (integrityError) throw integrityError;
+    const loadError = await loading;
+    const integrity = verified.integrity;
+    if (replayed || loadError) {
+      // Nothing restored is in use: the check decides before anything else.
+      await integrity;
+    }
     if (loadError) {
       replayed = "load_failed";
       this.log.warn({ err: loadError, file: statePath }, "the saved state could not be loaded; replaying the saved history instead");
@@ -382,22 +395,31 @@ export class Session {
       metrics.replays.inc({ reason: replayed });
       this.log.warn({ reason: replayed, wroteWith: manifest.runtime?.nodeLlamaCpp, runningWith: NODE_LLAMA_CPP_VERSION, messages: manifest.history.length }, "session rebuilt from its saved history; the next turn evaluates it again");
     }
+    const before = { history: this.history, spec: this.spec, window: this.window };
     this.history = manifest.history;
     this.spec = { ...this.spec, contextSize: manifest.contextSize };
     this.residency = "InMemory";
     // From here on only this epoch's commits count: an older placement's late write is stale.
     this.window = { epoch: this.window.epoch, min: this.window.epoch };
-    if (this.spec.checkpoint && !replayed) {
-      // With checkpoints the file stays until the next checkpoint replaces it: a crash right after
-      // this restore loses nothing.
-      this.volumeCurrent = true;
-      // The record names the file on the volume (statePath is a staging copy when sealed).
-      this.lastCheckpoint = { manifestFile, stateFile: path.join(path.dirname(manifestFile), manifest.stateFile), bytes: manifest.stateBytes, sha256: manifest.stateSha256, tokenCount: manifest.tokenCount, hibernatedAt: manifest.hibernatedAt, durationMs: 0 };
-    } else {
-      // The conversation is in memory now: a failed delete costs disk space, never the session.
-      // The state file's blocks are freed after the answer (store.remove); the manifest goes now.
-      await store.remove(this.ref, { keepClaims: true, background: true }).catch((err) => this.log.warn({ err }, "could not delete the restored hibernation files; the sweeper or the next hibernate will"));
-    }
+    const checkpointed = !!this.spec.checkpoint && !replayed;
+    // Only a state that passed its check is committed to: its file is deleted (or, with
+    // checkpoints, kept as the session's current commit); a refused one stays for inspection.
+    const commit = integrity.then(async () => {
+      if (checkpointed) {
+        // With checkpoints the file stays until the next checkpoint replaces it: a crash right
+        // after this restore loses nothing.
+        this.volumeCurrent = true;
+        // The record names the file on the volume (statePath is a staging copy when sealed).
+        this.lastCheckpoint = { manifestFile, stateFile: path.join(path.dirname(manifestFile), manifest.stateFile), bytes: manifest.stateBytes, sha256: manifest.stateSha256, tokenCount: manifest.tokenCount, hibernatedAt: manifest.hibernatedAt, durationMs: 0 };
+      } else {
+        // The conversation is in memory now: a failed delete costs disk space, never the session.
+        // The state file's blocks are freed after the answer (store.remove); the manifest goes now.
+        await store.remove(this.ref, { keepClaims: true, background: true }).catch((err) => this.log.warn({ err }, "could not delete the restored hibernation files; the sweeper or the next hibernate will"));
+      }
+    });
+    commit.catch(() => undefined);
+    // The next turn's prompt evaluation runs beside the rest of the check (generateChecked).
+    this.unverified = { check: commit, before };
     const ms = performance.now() - t0;
     this.lastRehydrate = { at: new Date(this.deps.clock.now()).toISOString(), durationMs: ms, bytes: manifest.stateBytes, tokenCount: manifest.tokenCount, ...(replayed ? { replayed } : {}) };
     this.lastError = undefined;
@@ -475,6 +497,61 @@ export class Session {
     } finally {
       this.phase = "Idle";
     }
+  }
+
+  /**
+   * generate(), with a restore's pending integrity check: the prompt is evaluated while the check
+   * finishes, but nothing reaches the caller (not the start, not a token) until it has passed. A
+   * failed check stops the generation, discards the turn and puts the session back where it was
+   * before the restore, Hibernated, with its file kept: the caller gets the check's error.
+   */
+  private async generateChecked(history: ChatHistoryItem[], opts: GenerateOptions, wake: Wake): Promise<Omit<GenerateResult, keyof Wake>> {
+    const pending = this.unverified;
+    this.unverified = undefined;
+    if (!pending) {
+      opts.onStart?.(wake);
+      return this.generate(history, opts);
+    }
+    const abort = new AbortController();
+    const stop = () => abort.abort();
+    if (opts.signal?.aborted) abort.abort();
+    opts.signal?.addEventListener("abort", stop, { once: true });
+    let open = false;
+    let failed: { err: unknown } | undefined;
+    const held: string[] = [];
+    const gate = pending.check.then(() => {
+      open = true;
+      opts.onStart?.(wake);
+      for (const text of held.splice(0)) opts.onText?.(text);
+    }, (err: unknown) => { failed = { err }; abort.abort(); });
+    try {
+      const result = await this.generate(history, { ...opts, signal: abort.signal, onText: (text) => { if (open) opts.onText?.(text); else held.push(text); } });
+      await gate;
+      if (failed) throw failed.err;
+      return result;
+    } catch (err) {
+      await gate;
+      if (failed) {
+        await this.abandonRestore(pending.before, failed.err);
+        throw failed.err;
+      }
+      throw err;
+    } finally {
+      opts.signal?.removeEventListener("abort", stop);
+    }
+  }
+
+  /** A restored state failed its check after it was loaded: back to Hibernated, the file kept. */
+  private async abandonRestore(before: { history: ChatHistoryItem[]; spec: SessionSpec; window: EpochWindow }, err: unknown): Promise<void> {
+    this.history = before.history;
+    this.spec = before.spec;
+    this.window = before.window;
+    this.residency = "Hibernated";
+    this.restoredTokens = undefined;
+    this.lastRehydrate = undefined;
+    await this.releaseResident();
+    this.recordError(err);
+    this.log.warn({ err }, "the restored state failed its integrity check; the turn is discarded and the file kept");
   }
 
   private async generate(history: ChatHistoryItem[], opts: GenerateOptions): Promise<Omit<GenerateResult, keyof Wake>> {

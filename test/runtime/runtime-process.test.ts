@@ -1,7 +1,7 @@
 // The runtime as a real process: HTTP API, auth, refusal of bad state files, a second process
 // rehydrating from the same folder, memory really freed, and SIGTERM hibernating everything.
 import assert from "node:assert/strict";
-import { readdir, readFile, symlink, truncate, writeFile, open } from "node:fs/promises";
+import { readdir, readFile, stat, symlink, truncate, writeFile, open } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { RuntimeApiError, RuntimeClient } from "../../contract/runtime-client.js";
@@ -119,6 +119,29 @@ describe("runtime process", () => {
       assert.equal(st.lastError?.reason, "truncated");
       await c.register("default", "bystander");
       assert.equal((await c.submit("default", "bystander", "still alive?", { max_tokens: 2 })).usage.completion_tokens, 2);
+    });
+
+    it("checks a restored state beside the next prompt's evaluation: a state that loads but fails its check answers 422 (streaming too), sends nothing, keeps the file and stays Hibernated", async () => {
+      // Damage deep in the KV cells: llama.cpp loads it, only the checksum can tell.
+      const f = await hibernated("late-corrupt");
+      const size = (await stat(f.state)).size;
+      const fh = await open(f.state, "r+");
+      await fh.write(Buffer.from([0xde, 0xad, 0xbe, 0xef]), 0, 4, size - 4096);
+      await fh.close();
+      await rejectsWith(c.submit("default", "late-corrupt", "hi"), 422, "state_rejected", "checksum_mismatch");
+      assert.equal((await c.status("default", "late-corrupt")).residency, "Hibernated");
+      assert.deepEqual(await Promise.all([stat(f.manifest), stat(f.state)]).then((x) => x.length), 2, "the refused files are kept");
+      const streamed = await c.raw("POST", "/v1/sessions/default/late-corrupt/chat/completions", { messages: [{ role: "user", content: "hi" }], stream: true, max_tokens: 8 });
+      assert.equal(streamed.status, 422, "no stream was started for a state that failed its check");
+      assert.match(await streamed.text(), /checksum_mismatch/);
+      assert.ok(!rt.output().includes("rebuilt from its saved history"), "refused, not replayed");
+      assert.match(rt.output(), /failed its integrity check; the turn is discarded/, "llama.cpp loaded it: the check caught it beside the prompt");
+      // A good neighbour rehydrates and answers as usual.
+      const g = await hibernated("late-good");
+      assert.ok(g.state);
+      const r = await c.submit("default", "late-good", "again", { max_tokens: 2 });
+      assert.equal(r.torpor.rehydrated, true);
+      assert.ok(r.usage.prompt_tokens_details.cached_tokens > 0);
     });
 
     it("refuses a corrupted state file (checksum) and a garbage manifest", async () => {
