@@ -118,7 +118,7 @@ describe("operator on the testbed", () => {
     await setResidency("chat", "InMemory");
     await tb.kubectl(["wait", "--for=condition=Hibernated=false", "isess/chat", "--timeout=60s"]);
     assert.equal((await get("chat")).status!.residency, "InMemory");
-    assert.ok(!(await readdir(hibDir())).some((f) => f.startsWith("chat@")), "the manifest is gone once the session is resident");
+    assert.ok(!(await readdir(hibDir())).some((f) => /^chat(@e\d+)?\.torpor\.json$/.test(f)), "the manifest is gone once the session is resident");
     // The state file's blocks are freed just after the answer (runtime/storage/hibernation-store.ts remove).
     await eventually("the restored state file deleted", async () => ((await readdir(hibDir())).some((f) => f.startsWith("chat.")) ? undefined : true), 10_000);
 
