@@ -7,11 +7,11 @@ import { getLlama, resolveChatWrapper, type ChatWrapper, type Llama, type LlamaC
 import type { RuntimeConfig } from "../config.js";
 import { TorporError } from "../../contract/errors.js";
 import type { MemoryCost } from "./memory-cost.js";
+import { modelFingerprint } from "./model-fingerprint.js";
+import { resolveModelSource } from "./model-source.js";
 
 /** A context's flash attention: "auto" lets llama.cpp choose (on where the backend supports it). */
 export type FlashAttention = "auto" | boolean;
-import { modelFingerprint } from "./model-fingerprint.js";
-import { resolveModelSource } from "./model-source.js";
 
 // The package does not export its package.json; its entry point sits in dist/.
 export const NODE_LLAMA_CPP_VERSION: string = (JSON.parse(readFileSync(

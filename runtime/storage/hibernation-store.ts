@@ -431,15 +431,12 @@ export class HibernationStore {
   /**
    * Removes a session's manifests and every state/temp file of it; its claims too unless
    * `keepClaims` (after a rehydrate the claim keeps fencing off older placements). Idempotent.
-   * Returns whether a manifest was there.
-   */
-  /**
-   * Deletes the session's files. Manifests first: once they are gone nothing can load the state.
-   * With `background`, only the manifests are deleted before it returns; the state files (freeing
-   * a large file's blocks took 16 ms of a 50 ms rehydrate here) go afterwards, once the manifests'
-   * deletion is durable, so a crash can leave an orphan state file (the sweeper's) but never a
-   * manifest without its state. State file names are unique per save: a later save's files are
-   * never among those deleted late.
+   * Returns whether a manifest was there. Manifests first: once they are gone nothing can load the
+   * state. With `background`, only the manifests are deleted before it returns; the state files
+   * (freeing a large file's blocks took 16 ms of a 50 ms rehydrate here) go afterwards, once the
+   * manifests' deletion is durable, so a crash can leave an orphan state file (the sweeper's) but
+   * never a manifest without its state. State file names are unique per save: a later save's files
+   * are never among those deleted late.
    */
   async remove(ref: SessionRef, opts: { keepClaims?: boolean; background?: boolean } = {}): Promise<boolean> {
     const dir = await this.dirFor(ref);

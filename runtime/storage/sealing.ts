@@ -80,10 +80,6 @@ function chunkNonce(prefix: Buffer, index: number): Buffer {
 }
 
 /**
- * Encrypts `src` (plaintext, node-local) into `dst` (on the volume), chunk by chunk, reading the
- * next chunk while the current one is sealed and written. Returns the sealed size.
- */
-/**
  * An overlapped read or write can fail (ENOSPC) while the loop awaits something else: it is
  * awaited later, where its error is thrown, but it must have a handler from the start, or Node
  * kills the process for an unhandled rejection (a full disk crashed the runtime this way).
@@ -93,6 +89,10 @@ function observed<T>(p: Promise<T>): Promise<T> {
   return p;
 }
 
+/**
+ * Encrypts `src` (plaintext, node-local) into `dst` (on the volume), chunk by chunk, reading the
+ * next chunk while the current one is sealed and written. Returns the sealed size.
+ */
 export async function sealFile(keys: SealingKeys, identity: SealIdentity, stateName: string, src: string, dst: string): Promise<number> {
   const key = keys.namespaceKey(keys.currentId, identity.namespace);
   const idBuf = Buffer.from(keys.currentId);

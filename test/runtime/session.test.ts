@@ -5,8 +5,19 @@ import path from "node:path";
 import { describe, it } from "node:test";
 import { TorporError } from "../../contract/errors.js";
 import type { ModelHost } from "../../runtime/model/model-host.js";
+import type { Session } from "../../runtime/sessions/session.js";
 import { counterValue, greedy, harness } from "../helpers/in-process-runtime.js";
 import { recurrentModel, swaModel } from "../../testbed/models.js";
+
+/** Registers the sessions and gives each a turn in this order, a second apart: the first is the least recently used. */
+async function turnsInOrder(h: Awaited<ReturnType<typeof harness>>, names: string[]): Promise<Session[]> {
+  const sessions = await Promise.all(names.map((n) => h.manager.register({ namespace: "default", name: n, contextSize: 1024 })));
+  for (const [i, s] of sessions.entries()) {
+    if (i > 0) h.clock.advance(1000);
+    await s.submit(`turn ${i}`, greedy(2));
+  }
+  return sessions;
+}
 
 async function histogramCount(h: Awaited<ReturnType<typeof harness>>, name: string): Promise<number> {
   const m = (await h.metrics.registry.getMetricsAsJSON()).find((x) => x.name === name);
@@ -184,12 +195,7 @@ describe("bulkhead and idle policy", () => {
     const perContext = (await probe.host.estimateContextCost(1024)).ram;
     assert.ok(perContext > 0);
     const h = await harness({ maxResident: 8, memoryBudget: { ram: Math.floor(perContext * 2.5), vram: 0 } });
-    const [a, b, c] = await Promise.all(["ma", "mb", "mc"].map((n) => h.manager.register({ namespace: "default", name: n, contextSize: 1024 })));
-    await a!.submit("one", greedy(2));
-    h.clock.advance(1000);
-    await b!.submit("two", greedy(2));
-    h.clock.advance(1000);
-    await c!.submit("three", greedy(2));
+    const [a] = await turnsInOrder(h, ["ma", "mb", "mc"]);
     assert.equal(a!.residency, "Hibernated", "the least recently used session makes room under the budget");
     assert.equal(h.manager.residentCount, 2);
     const huge = await h.manager.register({ namespace: "default", name: "huge", contextSize: 8192 });
@@ -226,27 +232,21 @@ describe("bulkhead and idle policy", () => {
   it("counts VRAM apart from RAM: a full card makes room though RAM has plenty left", async () => {
     const GiB = 2 ** 30;
     // What node-llama-cpp estimates on a GPU: the KV cache in VRAM, a little host RAM per context.
-    const onGpu = (cost: { ram: number; vram: number }) => (host: ModelHost) =>
-      Object.create(host, { estimateContextCost: { value: async () => cost } }) as ModelHost;
-    const h = await harness({ maxResident: 8, memoryBudget: { ram: 100 * GiB, vram: 5 * GiB } }, undefined, undefined, onGpu({ ram: 64 * 2 ** 20, vram: 2 * GiB }));
-    const [a, b, c] = await Promise.all(["va", "vb", "vc"].map((n) => h.manager.register({ namespace: "default", name: n, contextSize: 1024 })));
-    await a!.submit("one", greedy(2));
-    h.clock.advance(1000);
-    await b!.submit("two", greedy(2));
-    h.clock.advance(1000);
-    await c!.submit("three", greedy(2));
+    const onGpu = (host: ModelHost) =>
+      Object.create(host, { estimateContextCost: { value: async () => ({ ram: 64 * 2 ** 20, vram: 2 * GiB }) } }) as ModelHost;
+    const h = await harness({ maxResident: 8, memoryBudget: { ram: 100 * GiB, vram: 5 * GiB } }, undefined, undefined, onGpu);
+    const [a, b] = await turnsInOrder(h, ["va", "vb", "vc"]);
     assert.equal(a!.residency, "Hibernated", "two contexts of 2 GiB fill a 5 GiB card: the least recently used makes room");
     assert.equal(h.manager.residentCount, 2);
     assert.equal(await a!.submit("back", greedy(2)).then((r) => r.rehydrated), true);
     assert.equal(b!.residency, "Hibernated");
 
     // The same contexts against a RAM budget alone: 64 MiB each, all three stay resident.
-    const ramOnly = await harness({ maxResident: 8, memoryBudget: { ram: 1 * GiB, vram: 0 } }, undefined, undefined, onGpu({ ram: 64 * 2 ** 20, vram: 2 * GiB }));
-    const rs = await Promise.all(["ra", "rb", "rc"].map((n) => ramOnly.manager.register({ namespace: "default", name: n, contextSize: 1024 })));
-    for (const s of rs) await s.submit("hi", greedy(2));
+    const ramOnly = await harness({ maxResident: 8, memoryBudget: { ram: 1 * GiB, vram: 0 } }, undefined, undefined, onGpu);
+    await turnsInOrder(ramOnly, ["ra", "rb", "rc"]);
     assert.equal(ramOnly.manager.residentCount, 3);
 
-    const small = await harness({ memoryBudget: { ram: 0, vram: 1 * GiB } }, undefined, undefined, onGpu({ ram: 64 * 2 ** 20, vram: 2 * GiB }));
+    const small = await harness({ memoryBudget: { ram: 0, vram: 1 * GiB } }, undefined, undefined, onGpu);
     const big = await small.manager.register({ namespace: "default", name: "big", contextSize: 1024 });
     await assert.rejects(big.submit("hi", greedy(1)), (e: TorporError) => e.code === "capacity_exhausted" && /whole VRAM budget/.test(e.message) && /2048 MiB of VRAM/.test(e.message));
   });
@@ -346,32 +346,31 @@ describe("context pool", () => {
   it("records flash attention with the state: a state is restored with the setting it was saved with, whatever the runtime's now", async () => {
     // Found on the testbed: a rolling update to a runtime with another setting could not load any
     // saved state (llama.cpp keeps V transposed without flash attention) and replayed every session.
-    const withFa = (fa: boolean) => (host: ModelHost) => Object.create(host, { flashAttention: { value: fa } }) as ModelHost;
     const auto = await harness();
     assert.equal(auto.host.flashAttention, "auto", "node-llama-cpp's default: llama.cpp decides");
-    const manifest = async (dir: string, name: string) => JSON.parse(await readFile(path.join(dir, "default", `${name}.torpor.json`), "utf8")) as { flashAttention?: boolean };
+    // A runtime on the same volume told `fa` (the shared host is "auto").
+    const runtime = (fa: "auto" | boolean) => fa === "auto" ? harness({}, auto.dir)
+      : harness({}, auto.dir, undefined, (host) => Object.create(host, { flashAttention: { value: fa } }) as ModelHost);
+    const manifest = async (name: string) => JSON.parse(await readFile(path.join(auto.dir, "default", `${name}.torpor.json`), "utf8")) as { flashAttention?: boolean };
     const prompt = "Tell me about the weather.", next = "And tomorrow?";
-    const cases = [
-      // Saved under "auto" (as every file before the setting existed), restored on a runtime told "off".
-      { label: "auto -> off", saver: auto, restorer: () => harness({}, auto.dir, undefined, withFa(false)), recorded: undefined },
-      // Saved with it off, restored on a runtime left at "auto" (which turns it on here).
-      { label: "off -> auto", saver: undefined, restorer: () => harness({}, auto.dir), recorded: false },
-      { label: "on -> off", saver: undefined, restorer: () => harness({}, auto.dir, undefined, withFa(false)), recorded: true },
-    ];
-    for (const [i, c] of cases.entries()) {
-      const saver = c.saver ?? await harness({}, auto.dir, undefined, withFa(c.recorded as boolean));
+    // Saved under "auto" (as every file before the setting existed) and restored on a runtime told
+    // "off"; saved with it off and restored on one left at "auto" (which turns it on here); on -> off.
+    const cases: Array<["auto" | boolean, "auto" | boolean]> = [["auto", false], [false, "auto"], [true, false]];
+    for (const [i, [saveWith, restoreWith]] of cases.entries()) {
+      const label = `${saveWith} -> ${restoreWith}`;
+      const saver = await runtime(saveWith);
       const s = await saver.manager.register({ namespace: "default", name: `fa-${i}` });
       const twin = await saver.manager.register({ namespace: "default", name: `fa-${i}-twin` });
       await s.submit(prompt, greedy(12));
       await twin.submit(prompt, greedy(12));
       await s.hibernate("test");
-      assert.equal((await manifest(auto.dir, `fa-${i}`)).flashAttention, c.recorded, c.label);
-      const restorer = await c.restorer();
+      assert.equal((await manifest(`fa-${i}`)).flashAttention, saveWith === "auto" ? undefined : saveWith, label);
+      const restorer = await runtime(restoreWith);
       const r = await (await restorer.manager.register({ namespace: "default", name: `fa-${i}` })).submit(next, greedy(12));
-      assert.equal(r.rehydrated, true, c.label);
-      assert.ok(r.cachedTokens > 0, `${c.label}: restored, not replayed`);
-      assert.equal(r.text, (await twin.submit(next, greedy(12))).text, `${c.label}: greedy output equals the twin's that never moved`);
-      assert.equal(await counterValue(restorer.metrics, "torpor_runtime_state_replays_total"), 0, c.label);
+      assert.equal(r.rehydrated, true, label);
+      assert.ok(r.cachedTokens > 0, `${label}: restored, not replayed`);
+      assert.equal(r.text, (await twin.submit(next, greedy(12))).text, `${label}: greedy output equals the twin's that never moved`);
+      assert.equal(await counterValue(restorer.metrics, "torpor_runtime_state_replays_total"), 0, label);
     }
   });
 
