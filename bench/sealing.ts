@@ -1,7 +1,8 @@
 // Figure 9: what sealing costs. The same session hibernated and rehydrated through a sealed store
-// and an unsealed one (SHA-256 checked), interleaved, in one run; states of tens of MB.
+// and an unsealed one (xxHash64 checked), interleaved, in one run; states of tens of MB. Then the
+// AEAD pass alone, on one thread and on the default count, to say where the difference goes.
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { ManualClock } from "../common/clock.js";
@@ -10,10 +11,17 @@ import type { TestModelParams } from "../fixtures/gguf/test-model.js";
 import { RuntimeMetrics } from "../runtime/metrics.js";
 import { SessionManager } from "../runtime/sessions/session-manager.js";
 import { HibernationStore } from "../runtime/storage/hibernation-store.js";
-import { SealingKeys } from "../runtime/storage/sealing.js";
+import { openSealedFile, sealFile, SealingKeys } from "../runtime/storage/sealing.js";
+import { defaultSealingThreads, SealingThreads } from "../runtime/storage/sealing-threads.js";
 import { loadHost } from "./harness.js";
 
-export interface SealingResult { stateMiB: number; sealed: { hibernateMs: number[]; rehydrateMs: number[] }; plain: { hibernateMs: number[]; rehydrateMs: number[] } }
+export interface SealingResult {
+  stateMiB: number;
+  sealed: { hibernateMs: number[]; rehydrateMs: number[] };
+  plain: { hibernateMs: number[]; rehydrateMs: number[] };
+  /** Where a sealed hibernate's and rehydrate's extra goes: the AEAD pass alone (staged file to volume with fsync, and back), by thread count. */
+  aead: Array<{ threads: number; sealMs: number[]; openMs: number[] }>;
+}
 
 export async function sealingCost(model: TestModelParams, tokens: number, runs: number): Promise<SealingResult> {
   const host = await loadHost(model);
@@ -21,11 +29,13 @@ export async function sealingCost(model: TestModelParams, tokens: number, runs: 
   const staging = await mkdtemp(path.join(os.tmpdir(), "torpor-bench-staging-"));
   for (const d of ["sealed", "plain"]) await mkdir(path.join(base, d));
   const keys = SealingKeys.parse(`k1:${randomBytes(32).toString("base64")}`);
+  const stores: HibernationStore[] = [];
   const mk = (sealed: boolean) => new SessionManager(host,
-    new HibernationStore(path.join(base, sealed ? "sealed" : "plain"), sealed ? { sealing: { keys, stagingDir: staging } } : {}),
+    stores[stores.push(new HibernationStore(path.join(base, sealed ? "sealed" : "plain"), sealed ? { sealing: { keys, stagingDir: staging } } : {})) - 1]!,
     new ManualClock(), new RuntimeMetrics(false), createLogger("bench", "silent"),
     { maxResident: 4, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 65536, podName: "bench" });
-  const out: SealingResult = { stateMiB: 0, sealed: { hibernateMs: [], rehydrateMs: [] }, plain: { hibernateMs: [], rehydrateMs: [] } };
+  const pools = [...new Set([1, defaultSealingThreads()])].map((n) => new SealingThreads(n));
+  const out: SealingResult = { stateMiB: 0, sealed: { hibernateMs: [], rehydrateMs: [] }, plain: { hibernateMs: [], rehydrateMs: [] }, aead: pools.map((p) => ({ threads: p.threads, sealMs: [], openMs: [] })) };
   const text = Array.from({ length: tokens }, (_, i) => String.fromCharCode(97 + ((i * 7) % 26))).join("");
   try {
     const sessions = { sealed: await mk(true).register({ namespace: "bench", name: "s", contextSize: tokens + 256 }), plain: await mk(false).register({ namespace: "bench", name: "s", contextSize: tokens + 256 }) };
@@ -40,7 +50,23 @@ export async function sealingCost(model: TestModelParams, tokens: number, runs: 
         out[mode].rehydrateMs.push(w.rehydrateMs!);
       }
     }
+    const plain = path.join(staging, "plain");
+    await writeFile(plain, randomBytes(Math.round(out.stateMiB * 2 ** 20)));
+    const id = { namespace: "bench", name: "s", path: "", modelFingerprint: host.fingerprint };
+    for (let i = 0; i < runs; i++) {
+      for (const [k, pool] of pools.entries()) {
+        const sealed = path.join(base, "sealed", `aead-${i}-${k}`), back = path.join(staging, "back");
+        let t = performance.now();
+        await sealFile(keys, id, "s", plain, sealed, pool);
+        out.aead[k]!.sealMs.push(performance.now() - t);
+        t = performance.now();
+        await openSealedFile(keys, id, "s", sealed, back, pool);
+        out.aead[k]!.openMs.push(performance.now() - t);
+        await Promise.all([rm(sealed), rm(back)]);
+      }
+    }
   } finally {
+    await Promise.all([...stores, ...pools].map((x) => x.close()));
     await host.dispose();
     await rm(base, { recursive: true, force: true });
     await rm(staging, { recursive: true, force: true });

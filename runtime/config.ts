@@ -13,6 +13,8 @@ export interface RuntimeConfig {
   sealingKeys?: string;
   /** Node-local folder for the plaintext llama.cpp writes and reads when sealing (never the shared volume). */
   stagingDir: string;
+  /** Threads that seal and open state files side by side (0: the event loop's own); -1: the cores, at most 4. */
+  sealingThreads: number;
   /** Per-namespace caps, JSON (sessions/namespace-limits.ts). */
   namespaceLimits?: string;
   /** A second listener with /metrics only, so a NetworkPolicy can open it to scrapers and keep the API closed (0: none). */
@@ -99,6 +101,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     token,
     ...(env.TORPOR_SEALING_KEYS ? { sealingKeys: env.TORPOR_SEALING_KEYS } : {}),
     stagingDir: env.TORPOR_STAGING_DIR ?? os.tmpdir(),
+    sealingThreads: env.TORPOR_SEALING_THREADS === undefined ? -1 : intAtMost(env, "TORPOR_SEALING_THREADS", 0, 0, 64),
     metricsPort: int(env, "TORPOR_METRICS_PORT", 0),
     ...(env.TORPOR_NAMESPACE_LIMITS ? { namespaceLimits: env.TORPOR_NAMESPACE_LIMITS } : {}),
     host: env.TORPOR_HOST ?? "0.0.0.0",

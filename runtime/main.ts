@@ -45,7 +45,7 @@ async function main(): Promise<void> {
     }
     log.warn({ requested: cfg.gpuLayers }, `${message}: running on the CPU`);
   }
-  const sealing = cfg.sealingKeys ? { keys: SealingKeys.parse(cfg.sealingKeys), stagingDir: cfg.stagingDir } : undefined;
+  const sealing = cfg.sealingKeys ? { keys: SealingKeys.parse(cfg.sealingKeys), stagingDir: cfg.stagingDir, ...(cfg.sealingThreads >= 0 ? { threads: cfg.sealingThreads } : {}) } : undefined;
   if (sealing) await mkdir(sealing.stagingDir, { recursive: true, mode: 0o700 });
   else log.warn("TORPOR_SEALING_KEYS is not set: hibernation files are written unsealed (readable and forgeable by anyone with access to the volume). The chart always sets it.");
   const store = new HibernationStore(cfg.hibernationDir, { onWarning: (err, message) => log.warn({ err }, message), ...(sealing ? { sealing } : {}) });
@@ -101,6 +101,7 @@ async function main(): Promise<void> {
     metricsServer?.close();
     await manager.close();
     await store.settled();
+    await store.close();
     await host.dispose();
     process.exit(result.failed > 0 ? 1 : 0);
   };

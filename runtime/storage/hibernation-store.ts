@@ -22,6 +22,7 @@ import type { ChatHistoryItem } from "node-llama-cpp";
 import { StaleEpochError, StateRejectedError, TorporError } from "../../contract/errors.js";
 import { resolveSessionDir, validateName } from "./hibernation-path.js";
 import { openJson, openSealedFile, SealError, sealFile, sealJson, type SealedEnvelope, type SealingKeys, type SealIdentity } from "./sealing.js";
+import { SealingThreads } from "./sealing-threads.js";
 import { digestFile, type StateDigests } from "./state-digest.js";
 import type { HibernationFileEntry, HibernationRecord } from "../../contract/runtime-api.js";
 
@@ -46,7 +47,7 @@ export interface StoreOptions {
    * Seal state and manifest (sealing.ts). llama.cpp writes and reads plaintext itself, so the
    * plaintext lives only in `stagingDir`: node-local, never the shared volume.
    */
-  sealing?: { keys: SealingKeys; stagingDir: string };
+  sealing?: { keys: SealingKeys; stagingDir: string; /** Threads that seal and open (0: the calling thread); default: the cores, at most 4. */ threads?: number };
 }
 
 interface SessionFiles {
@@ -124,12 +125,17 @@ async function fsyncPath(p: string): Promise<void> {
 
 export class HibernationStore {
   private readonly onWarning: (err: unknown, message: string) => void;
-  private readonly sealing?: StoreOptions["sealing"];
+  private readonly sealing?: { keys: SealingKeys; stagingDir: string; threads: SealingThreads };
   private readonly deleting = new Set<Promise<void>>();
 
   constructor(readonly root: string, opts: StoreOptions = {}) {
     this.onWarning = opts.onWarning ?? (() => undefined);
-    this.sealing = opts.sealing;
+    if (opts.sealing) this.sealing = { ...opts.sealing, threads: new SealingThreads(opts.sealing.threads) };
+  }
+
+  /** Ends the sealing threads (after settled(): nothing may be sealing or opening then). */
+  async close(): Promise<void> {
+    await this.sealing?.threads.close();
   }
 
 
@@ -230,7 +236,7 @@ export class HibernationStore {
       if (this.sealing && staging) {
         // llama.cpp writes plaintext node-locally; only the sealed stream reaches the volume.
         await writeState(staging);
-        bytes = await sealFile(this.sealing.keys, identity, stateName, staging, tmpState);
+        bytes = await sealFile(this.sealing.keys, identity, stateName, staging, tmpState, this.sealing.threads);
         await rm(staging, { force: true });
       } else {
         await writeState(tmpState);
@@ -404,7 +410,7 @@ export class HibernationStore {
     if (this.sealing) {
       const staging = path.join(this.sealing.stagingDir, `${ref.namespace}.${ref.name}.${randomBytes(6).toString("hex")}.plain`);
       const release = () => rm(staging, { force: true }).then(() => undefined);
-      const opening = openSealedFile(this.sealing.keys, identity, m.stateFile, volumeState, staging);
+      const opening = openSealedFile(this.sealing.keys, identity, m.stateFile, volumeState, staging, this.sealing.threads);
       opening.catch(() => undefined); // observed below
       try {
         if (whileHashing) await whileHashing(m);

@@ -14,7 +14,9 @@ import { StateRejectedError } from "../../contract/errors.js";
 import { RuntimeMetrics } from "../../runtime/metrics.js";
 import { SessionManager } from "../../runtime/sessions/session-manager.js";
 import { HibernationStore } from "../../runtime/storage/hibernation-store.js";
-import { SealingKeys } from "../../runtime/storage/sealing.js";
+import { CHUNK, SEALED_CHUNK } from "../../runtime/storage/sealed-chunks.js";
+import { openSealedFile, SealError, sealFile, SealingKeys, type SealIdentity } from "../../runtime/storage/sealing.js";
+import { SealingThreads } from "../../runtime/storage/sealing-threads.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { greedy, sharedHost } from "../helpers/in-process-runtime.js";
 
@@ -159,5 +161,66 @@ describe("sealed hibernation files", () => {
     await writeFile(base.state, state);
     await truncate(base.state, 0).catch(() => undefined);
     assert.equal(tried, 40);
+  });
+});
+
+// States of real sessions above fit in one chunk; these files span several, split into ranges
+// that separate threads seal and open, and are attacked chunk by chunk.
+describe("sealed state files across threads", () => {
+  const identity: SealIdentity = { namespace: "t1", name: "big", path: "", modelFingerprint: "f" };
+  const keys = SealingKeys.parse(NEW);
+  const pools = [new SealingThreads(0), new SealingThreads(1), new SealingThreads(3)];
+  after(() => Promise.all(pools.map((p) => p.close())));
+
+  it("a file sealed by any thread count opens with any other, byte for byte, at every chunk boundary", async () => {
+    const dir = await tempDir("torpor-chunks-");
+    for (const size of [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 77]) {
+      const plain = randomBytes(size);
+      await writeFile(path.join(dir, "plain"), plain);
+      for (const [i, sealer] of pools.entries()) {
+        const sealed = path.join(dir, `sealed-${size}-${i}`);
+        const bytes = await sealFile(keys, identity, "s", path.join(dir, "plain"), sealed, sealer);
+        assert.equal((await stat(sealed)).size, bytes);
+        for (const [j, opener] of pools.entries()) {
+          const back = path.join(dir, `back-${size}-${i}-${j}`);
+          await openSealedFile(keys, identity, "s", sealed, back, opener);
+          assert.ok((await readFile(back)).equals(plain), `size ${size}: sealed on ${sealer.threads} threads, opened on ${opener.threads}`);
+        }
+      }
+    }
+  });
+
+  it("refuses reordered, dropped, duplicated, truncated, appended and transplanted chunks, on every thread count", async () => {
+    const dir = await tempDir("torpor-chunks-");
+    await writeFile(path.join(dir, "plain"), randomBytes(4 * CHUNK + 5));
+    const sealed = path.join(dir, "sealed");
+    await sealFile(keys, identity, "s", path.join(dir, "plain"), sealed, pools[2]!);
+    const other = path.join(dir, "other");
+    await sealFile(keys, { ...identity, name: "other" }, "s", path.join(dir, "plain"), other, pools[2]!);
+    const file = await readFile(sealed), otherFile = await readFile(other);
+    const head = file.length - 4 * SEALED_CHUNK - (4 + 5 + 16);
+    const chunk = (f: Buffer, i: number) => f.subarray(head + i * SEALED_CHUNK, head + (i + 1) * SEALED_CHUNK);
+    const forgeries: Record<string, Buffer> = {
+      reordered: Buffer.concat([file.subarray(0, head), chunk(file, 1), chunk(file, 0), file.subarray(head + 2 * SEALED_CHUNK)]),
+      dropped: Buffer.concat([file.subarray(0, head + SEALED_CHUNK), file.subarray(head + 2 * SEALED_CHUNK)]),
+      duplicated: Buffer.concat([file.subarray(0, head + SEALED_CHUNK), chunk(file, 0), file.subarray(head + 2 * SEALED_CHUNK)]),
+      "cut at a chunk boundary": file.subarray(0, head + 3 * SEALED_CHUNK),
+      "cut inside a chunk": file.subarray(0, file.length - 9),
+      appended: Buffer.concat([file, chunk(file, 2)]),
+      "a chunk of another session": Buffer.concat([file.subarray(0, head + 2 * SEALED_CHUNK), chunk(otherFile, 2), file.subarray(head + 3 * SEALED_CHUNK)]),
+      "a flipped bit in the last chunk": Buffer.concat([file.subarray(0, file.length - 1), Buffer.from([file[file.length - 1]! ^ 1])]),
+    };
+    for (const [what, bytes] of Object.entries(forgeries)) {
+      await writeFile(path.join(dir, "forged"), bytes);
+      for (const pool of pools) {
+        await refuses(openSealedFile(keys, identity, "s", path.join(dir, "forged"), path.join(dir, "out"), pool), (e) => e instanceof SealError).catch((err: unknown) => {
+          throw new Error(`${what} on ${pool.threads} threads: ${String(err)}`);
+        });
+      }
+    }
+    // The pool keeps working after refusals and after an error that is not the file's fault.
+    await assert.rejects(openSealedFile(keys, identity, "s", path.join(dir, "missing"), path.join(dir, "out"), pools[2]!), { code: "ENOENT" });
+    await openSealedFile(keys, identity, "s", sealed, path.join(dir, "out"), pools[2]!);
+    assert.ok((await readFile(path.join(dir, "out"))).equals(await readFile(path.join(dir, "plain"))));
   });
 });
