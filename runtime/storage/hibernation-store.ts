@@ -81,6 +81,7 @@ export interface HibernationManifest {
   tokenCount: number;
   stateFile: string;
   stateBytes: number;
+  /** SHA-256 of the state file (hex) in files of earlier releases; "" in new and sealed ones (the release before this one requires the field). */
   stateSha256: string;
   /** xxHash64 of the state file (hex), checked on rehydrate instead of the SHA-256 when present (state-digest.ts). */
   stateXxh64?: string;
@@ -239,12 +240,11 @@ export class HibernationStore {
         bytes = await sealFile(this.sealing.keys, identity, stateName, staging, tmpState, this.sealing.threads);
         await rm(staging, { force: true });
       } else {
-        await writeState(tmpState);
-        const fh = await open(tmpState, "r+");
+        const fh = await open(tmpState, "wx", 0o600);
         try {
-          await fh.chmod(0o600);
+          await writeState(tmpState);
           // fsync waits on the disk, hashing on the CPU (the file is still in the page cache): overlap them.
-          [, digests] = await Promise.all([fh.sync(), digestFile(tmpState, { sha256: true, xxh64: true })]);
+          [, digests] = await Promise.all([fh.sync(), digestFile(tmpState, { xxh64: true })]);
           bytes = (await fh.stat()).size;
         } finally { await fh.close(); }
       }
