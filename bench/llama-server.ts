@@ -2,7 +2,7 @@
 // source node-llama-cpp ships), same model (SmolLM2-135M-Instruct), same conversation, 2 threads.
 // llama-server: slot save/restore to files (--slot-save-path) and the next turn on the restored slot.
 // torpor: hibernate/rehydrate of a runtime process and the next turn. Interleaved runs.
-import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { execFile, execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, open, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -85,7 +85,10 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
     const prompt = history;
     await post(`${base}/completion`, { prompt, n_predict: 16, cache_prompt: true, id_slot: 0, temperature: 0 });
     for (let r = 0; r < runs; r++) {
-      // llama-server: save, erase, restore, next turn.
+      // llama-server: save, erase, restore, next turn. Each timed write starts with nothing dirty in
+      // the page cache: the server's save does not fsync, and its writeback must not land on the
+      // fsync timed next (it did: a 99 MiB hibernate measured 209 ms in the run, 80 ms alone).
+      settleWriteback();
       const save = await post(`${base}/slots/0?action=save`, { filename: "peer.bin" });
       out.llamaServer.saveMs.push(save.ms);
       await post(`${base}/slots/0?action=erase`, {});
@@ -96,9 +99,11 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
       const t = turn.json.timings as { predicted_per_second?: number } | undefined;
       if (t?.predicted_per_second) out.llamaServer.decodeTokPerSec.push(t.predicted_per_second);
       // torpor: hibernate, rehydrate (inside the next turn), next turn.
+      settleWriteback();
       const h = await rt.client.hibernate("bench", "peer");
       out.torpor.hibernateMs.push(h.record!.durationMs);
       out.stateBytes ??= h.record!.bytes; // the first: later runs add a turn each
+      settleWriteback();
       out.fsyncFloorMs.push(await writeWithFsync(path.join(dir, `floor-${r}.bin`), h.record!.bytes));
       const t0 = performance.now();
       const next = await rt.client.submit("bench", "peer", `Question ${r}: which room?`, { max_tokens: 32, temperature: 0 });
@@ -115,6 +120,11 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
   }
   if (opts.streams !== false) out.streams4 = await fourStreams(binary, model, runs);
   return out;
+}
+
+/** Flushes every dirty page on the machine (sync(1)), so that a timed write pays for its own bytes only. */
+function settleWriteback(): void {
+  execFileSync("sync");
 }
 
 /** The time to write `bytes` to a new file and fsync it (what any durable save must at least pay). */
