@@ -10,6 +10,7 @@ import type { Logger } from "../common/logger.js";
 import { GROUP, PLURAL, VERSION, WAKE_ANNOTATION, type InferenceSession } from "../contract/inference-session.js";
 import type { EventRecorder } from "../common/events.js";
 import type { RuntimePodLookup } from "./runtime-pod-cache.js";
+import { servingPod } from "./serving-pod.js";
 
 export const GATEWAY_FIELD_MANAGER = "torpor-gateway";
 
@@ -102,9 +103,9 @@ export class SessionRouter {
     }
     const deadline = Date.now() + this.opts.wakeTimeoutMs;
     for (;;) {
-      const ready = s.status?.conditions?.find((c) => c.type === "Ready")?.status === "True";
-      const pod = ready && s.status?.pod ? this.pods.ready(s.status.pod) : undefined;
-      if (pod) return { session: s, url: `http://${pod.ip}:${this.opts.runtimePort}`, pod: s.status!.pod!, woken };
+      const serving = servingPod(s);
+      const pod = serving ? this.pods.ready(serving) : undefined;
+      if (pod && serving) return { session: s, url: `http://${pod.ip}:${this.opts.runtimePort}`, pod: serving, woken };
       if (Date.now() > deadline) {
         throw new TorporError("wake_timeout", `session ${namespace}/${name} has no Ready runtime pod yet (${s.status?.conditions?.find((c) => c.type === "Ready")?.message ?? "not placed"}); retry shortly`);
       }

@@ -1,13 +1,15 @@
 // The gateway on the testbed with the official openai client, real RBAC (TokenReview and
 // SubjectAccessReview against the real API server), the operator and runtime pods.
 import assert from "node:assert/strict";
+import { readdir, readFile, writeFile } from "node:fs/promises";
+import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import fc from "fast-check";
 import OpenAI from "openai";
 import type { InferenceSession } from "../../contract/inference-session.js";
 import { freePort } from "../../testbed/local-runtime.js";
-import { eventually, installTorpor, session, startEntryPoint, type NodeProcess } from "../../testbed/torpor-on-testbed.js";
-import { startTestbed, type Testbed } from "../../testbed/testbed.js";
+import { eventually, HIB_HOST_PATH, installTorpor, session, startEntryPoint, type NodeProcess } from "../../testbed/torpor-on-testbed.js";
+import { sharedFolder, startTestbed, type Testbed } from "../../testbed/testbed.js";
 
 const RBAC = `
 apiVersion: v1
@@ -101,6 +103,33 @@ describe("gateway on the testbed", () => {
     assert.equal(results.length, 20);
     assert.ok(results.every((r) => r.data.choices.length === 1));
     assert.equal(results.filter((r) => r.response.headers.get("x-torpor-rehydrated") === "true").length, 1);
+  });
+
+  it("a refused state is answered 422 on every request, not held, and serves again once its file is repaired", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("mended"));
+    const c = client("mended");
+    const ask = (content: string) => c.chat.completions.create({ model: "tiny", messages: [{ role: "user", content }], max_tokens: 4 }).withResponse();
+    await ask("remember this");
+    await hibernate("mended");
+    const dir = path.join(sharedFolder(tb, HIB_HOST_PATH), "default");
+    const state = path.join(dir, (await readdir(dir)).find((f) => f.startsWith("mended.") && f.endsWith(".state"))!);
+    const original = await readFile(state);
+    const damaged = Buffer.from(original);
+    damaged[damaged.length >> 1] = damaged[damaged.length >> 1]! ^ 0x01;
+    await writeFile(state, damaged);
+    // The first request wakes the session and is refused; the next ones must reach the runtime
+    // too (they were held for the wake bound and answered 503 "retry shortly", for good).
+    for (const attempt of ["first", "second", "third"]) {
+      await assert.rejects(ask(`${attempt} try`), (e: { status?: number; error?: unknown }) => {
+        assert.equal(e.status, 422, `${attempt} request: ${JSON.stringify(e.error)}`);
+        assert.match(JSON.stringify(e.error), /state_rejected/);
+        return true;
+      });
+    }
+    assert.deepEqual(await readFile(state), damaged, "the refused file is kept as it was");
+    await writeFile(state, original);
+    const { response } = await ask("and now?");
+    assert.equal(response.headers.get("x-torpor-rehydrated"), "true");
   });
 
   it("refuses callers without the grant (403), unknown tokens (401), unknown sessions (404), bad bodies (400)", async () => {
