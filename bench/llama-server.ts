@@ -3,6 +3,7 @@
 // llama-server: slot save/restore to files (--slot-save-path) and the next turn on the restored slot.
 // torpor: hibernate/rehydrate of a runtime process and the next turn. Interleaved runs.
 import { execFile, execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtemp, open, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -19,6 +20,8 @@ export interface PeerResult {
   stateBytes?: number;
   llamaServer: { saveMs: number[]; restoreMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[] };
   torpor: { hibernateMs: number[]; rehydrateMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[]; reused: number[] };
+  /** The same conversation on a second runtime that seals its files (AES-256-GCM, staged in a node-local folder), same runs. */
+  torporSealed?: { hibernateMs: number[]; rehydrateMs: number[]; reused: number[] };
   /** Writing the hibernated state's bytes to a new file on the same volume, with fsync: the durable floor. */
   fsyncFloorMs: number[];
   /** Aggregate decode of 4 concurrent streams: llama-server -np 4, torpor with a context per session, torpor with 4 sequences per context. */
@@ -52,6 +55,8 @@ export interface PeerOptions {
   model?: string;
   /** Also measure 4 concurrent streams (default true). */
   streams?: boolean;
+  /** Also run a sealing runtime beside the unsealed one (default false). */
+  sealed?: boolean;
 }
 
 export async function versusLlamaServer(binary: string, tokens: number, runs: number, opts: PeerOptions = {}): Promise<PeerResult> {
@@ -59,6 +64,10 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
   const dir = await mkdtemp(path.join(os.tmpdir(), "torpor-peer-"));
   const ctx = Math.ceil(tokens * 1.5) + 1024;
   const rt = await startRuntime({ TORPOR_MODEL: model, TORPOR_HIBERNATION_DIR: dir, TORPOR_THREADS: "2", TORPOR_MAX_CONTEXT_SIZE: String(ctx + 1024), TORPOR_LOG_LEVEL: "warn" });
+  const sealedRt = opts.sealed ? await startRuntime({
+    TORPOR_MODEL: model, TORPOR_HIBERNATION_DIR: path.join(dir, "sealed"), TORPOR_STAGING_DIR: path.join(dir, "staging"), TORPOR_THREADS: "2",
+    TORPOR_MAX_CONTEXT_SIZE: String(ctx + 1024), TORPOR_LOG_LEVEL: "warn", TORPOR_SEALING_KEYS: `bench:${randomBytes(32).toString("base64")}`,
+  }) : undefined;
   // The server picks its port after the runtime has bound its own (both ask for a free one).
   const port = await freePort();
   const server: ChildProcess = spawn(binary, ["-m", model, "--port", String(port), "--host", "127.0.0.1", "-c", String(ctx), "-np", "1", "-t", "2", "--slot-save-path", dir + "/", "--no-webui"], { stdio: ["ignore", "ignore", "pipe"] });
@@ -81,6 +90,11 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
     const history = Array.from({ length: Math.ceil(tokens / perNote) }, (_, i) => `Note ${i}: the meeting moved to room ${i % 17}.`).join(" ");
     await rt.client.register("bench", "peer", { contextSize: ctx });
     const first = await rt.client.submit("bench", "peer", history, { max_tokens: 16, temperature: 0 });
+    if (sealedRt) {
+      out.torporSealed = { hibernateMs: [], rehydrateMs: [], reused: [] };
+      await sealedRt.client.register("bench", "peer", { contextSize: ctx });
+      await sealedRt.client.submit("bench", "peer", history, { max_tokens: 16, temperature: 0 });
+    }
     out.tokens = first.usage.prompt_tokens;
     const prompt = history;
     await post(`${base}/completion`, { prompt, n_predict: 16, cache_prompt: true, id_slot: 0, temperature: 0 });
@@ -112,10 +126,18 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
       out.torpor.rehydrateMs.push(next.torpor.rehydrate_ms ?? NaN);
       out.torpor.reused.push(next.usage.prompt_tokens_details.cached_tokens);
       out.torpor.decodeTokPerSec.push(next.usage.completion_tokens / ((ms - (next.torpor.rehydrate_ms ?? 0)) / 1000));
+      if (sealedRt && out.torporSealed) {
+        settleWriteback();
+        out.torporSealed.hibernateMs.push((await sealedRt.client.hibernate("bench", "peer")).record!.durationMs);
+        const sealedNext = await sealedRt.client.submit("bench", "peer", `Question ${r}: which room?`, { max_tokens: 32, temperature: 0 });
+        out.torporSealed.rehydrateMs.push(sealedNext.torpor.rehydrate_ms ?? NaN);
+        out.torporSealed.reused.push(sealedNext.usage.prompt_tokens_details.cached_tokens);
+      }
     }
   } finally {
     server.kill("SIGTERM");
     await rt.stop();
+    await sealedRt?.stop();
     await rm(dir, { recursive: true, force: true });
   }
   if (opts.streams !== false) out.streams4 = await fourStreams(binary, model, runs);

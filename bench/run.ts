@@ -355,7 +355,7 @@ if (want("checkpoints")) {
 if (want("peer")) {
   const binary = await llamaServerBinary();
   if (binary) {
-    const r = await versusLlamaServer(binary, args.quick ? 1500 : 3000, Math.max(5, RUNS)).catch((err: unknown) => {
+    const r = await versusLlamaServer(binary, args.quick ? 1500 : 3000, Math.max(5, RUNS), { sealed: true }).catch((err: unknown) => {
       if (!(err instanceof PeerUnavailable)) throw err;
       console.log(`figure 11 skipped: ${err.message}`);
       results.peer = { skipped: err.message };
@@ -371,6 +371,11 @@ if (want("peer")) {
         row("next turn after the restore (32 tokens)", L.nextTurnMs, T.nextTurnMs),
         row("tokens/s of that turn (llama-server: its decode timing; torpor: completion tokens over the turn, prompt eval included)", L.decodeTokPerSec, T.decodeTokPerSec, "tok/s"),
         row("durable floor (write the same bytes + fsync) vs hibernate (goal <= 1.2x)", r.fsyncFloorMs, T.hibernateMs),
+        ...(r.torporSealed ? [
+          row("sealed: save vs hibernate (AES-256-GCM, staged node-locally)", L.saveMs, r.torporSealed.hibernateMs),
+          row("sealed: durable floor vs hibernate", r.fsyncFloorMs, r.torporSealed.hibernateMs),
+          row("sealed: restore vs rehydrate", L.restoreMs, r.torporSealed.rehydrateMs),
+        ] : []),
         ...(r.streams4 ? [
           row("4 streams at once, tokens/s: -np 4 vs a context per session", r.streams4.llamaServer, r.streams4.torporContextEach, "tok/s"),
           row("4 streams at once, tokens/s: -np 4 vs 4 sequences per context", r.streams4.llamaServer, r.streams4.torporShared, "tok/s"),
