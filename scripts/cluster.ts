@@ -6,19 +6,23 @@ import { spawn } from "node:child_process";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { installChart } from "../testbed/chart-install.js";
+import { installChart, RELEASE_NAMESPACE } from "../testbed/chart-install.js";
+import { forwardService, type ServiceForward } from "../testbed/service-forward.js";
 import { startTestbed } from "../testbed/testbed.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const STATE = path.join(ROOT, ".torpor", "cluster");
 async function serve(): Promise<void> {
   const tb = await startTestbed();
-  const stop = async () => { await tb.stop(); await rm(STATE, { recursive: true, force: true }); process.exit(0); };
+  let forward: ServiceForward | undefined;
+  const stop = async () => { await forward?.close(); await tb.stop(); await rm(STATE, { recursive: true, force: true }); process.exit(0); };
   process.on("SIGTERM", () => void stop());
   process.on("SIGINT", () => void stop());
   try {
-    const gateway = await installChart(tb);
-    await writeFile(path.join(STATE, "env"), `KUBECONFIG=${tb.kubeconfig}\nTORPOR_GATEWAY=${gateway}\nPATH=${path.dirname(tb.tools.kubectl)}:$PATH\n`);
+    await installChart(tb);
+    // What `kubectl port-forward svc/torpor-gateway` is on kind: an address that outlives the pod.
+    forward = await forwardService(tb.kc, RELEASE_NAMESPACE, "app.kubernetes.io/component=gateway", 8000);
+    await writeFile(path.join(STATE, "env"), `KUBECONFIG=${tb.kubeconfig}\nTORPOR_GATEWAY=${forward.url}\nPATH=${path.dirname(tb.tools.kubectl)}:$PATH\n`);
   } catch (err) {
     await writeFile(path.join(STATE, "error"), String((err as Error).stack ?? err));
     await stop();

@@ -7,7 +7,9 @@ import { after, before, describe, it } from "node:test";
 import YAML from "yaml";
 import { RuntimeClient } from "../../contract/runtime-client.js";
 import { installChart, RELEASE_NAMESPACE, testbedValues } from "../../testbed/chart-install.js";
+import { eventually } from "../../testbed/eventually.js";
 import { runQuickstart } from "../../testbed/quickstart.js";
+import { forwardService } from "../../testbed/service-forward.js";
 import { MALLOC_TUNING_ENV } from "../../runtime/model/malloc-tuning.js";
 import { REPO_ROOT } from "../../testbed/paths.js";
 import { startTestbed, type Testbed } from "../../testbed/testbed.js";
@@ -69,17 +71,34 @@ describe("helm chart", () => {
     }
   });
 
-  it("installs on the testbed and the README quickstart works verbatim", async () => {
-    const gateway = await installChart(tb);
+  it("installs on the testbed and the README quickstart works verbatim; the address cluster-up prints outlives the gateway pod", async () => {
+    const podUrl = await installChart(tb);
     for (const component of ["operator", "gateway", "runtime"]) {
       await tb.kubectl(["wait", "--for=condition=Ready", "pod", "-n", RELEASE_NAMESPACE, "-l", `app.kubernetes.io/component=${component}`, "--timeout=120s"]);
     }
-    runQuickstart({ ...process.env, KUBECONFIG: tb.kubeconfig, TORPOR_GATEWAY: gateway, PATH: `${path.dirname(tb.tools.kubectl)}:${process.env.PATH}` }, false);
+    // runQuickstart blocks this process while its commands run, so it cannot go through a
+    // forwarder living here: it gets the pod's address, and the forwarder is checked on its own.
+    runQuickstart({ ...process.env, KUBECONFIG: tb.kubeconfig, TORPOR_GATEWAY: podUrl, PATH: `${path.dirname(tb.tools.kubectl)}:${process.env.PATH}` }, false);
     // The operator learns of the request's rehydrate on its next poll of the runtime.
     await tb.kubectl(["wait", "--for=jsonpath={.status.residency}=InMemory", "isess/quickstart", "--timeout=30s"]);
     const s = JSON.parse(await tb.kubectl(["get", "isess", "quickstart", "-o", "json"])) as { status: { residency: string; node: string } };
     assert.equal(s.status.residency, "InMemory");
     assert.ok(s.status.node);
+    // The address `make cluster-up` prints (scripts/cluster.ts).
+    const gateway = await forwardService(tb.kc, RELEASE_NAMESPACE, "app.kubernetes.io/component=gateway", 8000);
+    try {
+      assert.equal((await fetch(`${gateway.url}/healthz`)).status, 200);
+      const before = (await tb.kubectl(["get", "pods", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=gateway", "-o", "jsonpath={.items[0].metadata.name}"])).trim();
+      await tb.kubectl(["delete", "pod", "-n", RELEASE_NAMESPACE, before, "--wait=true"]);
+      await tb.kubectl(["wait", "--for=condition=Ready", "pod", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=gateway", "--timeout=120s"]);
+      const after = await eventually("the gateway through the printed address", async () => {
+        const r = await fetch(`${gateway.url}/healthz`).catch(() => undefined);
+        return r?.ok ? r : undefined;
+      }, 30_000);
+      assert.equal(after.status, 200);
+    } finally {
+      await gateway.close();
+    }
   });
 
   it("helm upgrade rolls the runtime pods while 20 sessions chat: every turn answered, kept once and in order", async () => {
