@@ -48,6 +48,20 @@ export class ClusterView {
     return since ? new Date(since).getTime() + this.notReadyHandOffMs : 0;
   }
 
+  /**
+   * Puts what a write returned into the cache, ahead of its watch event, so the next reconcile
+   * does not act on a stale status; but only while the cache still holds what the write was based
+   * on. A newer object may already have come by watch (a delete during the write): putting the
+   * write's older one over it hid the deletion for good, every later status write conflicted, and
+   * the session never lost its finalizer (seen once in the operator suite, a delete right after
+   * placement).
+   */
+  recordWrite(base: InferenceSession, written: InferenceSession): void {
+    const key = keyOf(written);
+    const cached = this.sessions.get(key);
+    if (!cached || cached.metadata.resourceVersion === base.metadata.resourceVersion) this.sessions.set(key, written);
+  }
+
   /** Keys of the sessions whose status names this pod. */
   sessionsOn(podName: string | undefined): string[] {
     return [...this.sessions].filter(([, s]) => s.status?.pod === podName).map(([k]) => k);

@@ -3,7 +3,6 @@
 // Apply and cleanup are separate paths; the finalizer protocol around them is in finalizer.ts.
 import { CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
 import type { EventRecorder } from "../common/events.js";
-import { keyOf } from "../common/kube.js";
 import type { Logger } from "../common/logger.js";
 import { GROUP, PLURAL, VERSION, parseDuration, type InferenceSession } from "../contract/inference-session.js";
 import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
@@ -167,8 +166,7 @@ export class SessionReconciler {
       group: GROUP, version: VERSION, plural: PLURAL, namespace: s.metadata.namespace, name: s.metadata.name,
       body: { ...s, status },
     }) as InferenceSession;
-    // Keep the cache ahead of the watch, so the next reconcile does not act on a stale status.
-    this.view.sessions.set(keyOf(updated), updated);
+    this.view.recordWrite(s, updated);
     return updated;
   }
 }

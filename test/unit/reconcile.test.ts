@@ -4,6 +4,7 @@ import { describe, it } from "node:test";
 import type { InferenceSession } from "../../contract/inference-session.js";
 import { choosePod, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, sameStatus, type RuntimePod } from "../../operator/decisions.js";
 import type { SessionStatus } from "../../contract/runtime-api.js";
+import { ClusterView } from "../../operator/cluster-view.js";
 
 const pod = (name: string, extra: Partial<RuntimePod> = {}): RuntimePod =>
   ({ name, namespace: "torpor", node: `node-${name}`, ip: "127.1.0.1", port: 8080, model: "m", ready: true, sessions: 0, ...extra });
@@ -195,5 +196,24 @@ describe("status", () => {
     const st = computeStatus(session(), { now, waiting: { reason: "NoRuntimePod", message: "none" } });
     assert.equal(st.phase, "Pending");
     assert.equal(st.conditions!.find((c) => c.type === "Ready")!.reason, "NoRuntimePod");
+  });
+});
+
+describe("the operator's session cache", () => {
+  const at = (rv: string, extra: Partial<InferenceSession["metadata"]> = {}) => session({ metadata: { ...session().metadata, resourceVersion: rv, ...extra } });
+
+  it("takes a status write's result while it still holds what the write was based on", () => {
+    const view = new ClusterView("token");
+    view.sessions.set("ns/s", at("270"));
+    view.recordWrite(at("270"), at("271"));
+    assert.equal(view.sessions.get("ns/s")!.metadata.resourceVersion, "271");
+  });
+
+  it("never puts a write's result over a newer object from the watch (a delete during the write stays seen)", () => {
+    const view = new ClusterView("token");
+    view.sessions.set("ns/s", at("272", { deletionTimestamp: "2026-01-01T00:00:00Z" }));
+    view.recordWrite(at("270"), at("271"));
+    assert.equal(view.sessions.get("ns/s")!.metadata.resourceVersion, "272");
+    assert.ok(view.sessions.get("ns/s")!.metadata.deletionTimestamp, "the deletion is still in the cache");
   });
 });
