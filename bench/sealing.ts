@@ -29,9 +29,11 @@ export async function sealingCost(model: TestModelParams, tokens: number, runs: 
   const staging = await mkdtemp(path.join(os.tmpdir(), "torpor-bench-staging-"));
   for (const d of ["sealed", "plain"]) await mkdir(path.join(base, d));
   const keys = SealingKeys.parse(`k1:${randomBytes(32).toString("base64")}`);
-  const stores: HibernationStore[] = [];
-  const mk = (sealed: boolean) => new SessionManager(host,
-    stores[stores.push(new HibernationStore(path.join(base, sealed ? "sealed" : "plain"), sealed ? { sealing: { keys, stagingDir: staging } } : {})) - 1]!,
+  const stores = {
+    sealed: new HibernationStore(path.join(base, "sealed"), { sealing: { keys, stagingDir: staging } }),
+    plain: new HibernationStore(path.join(base, "plain")),
+  };
+  const mk = (sealed: boolean) => new SessionManager(host, stores[sealed ? "sealed" : "plain"],
     new ManualClock(), new RuntimeMetrics(false), createLogger("bench", "silent"),
     { maxResident: 4, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 65536, podName: "bench" });
   const pools = [...new Set([1, defaultSealingThreads()])].map((n) => new SealingThreads(n));
@@ -66,7 +68,7 @@ export async function sealingCost(model: TestModelParams, tokens: number, runs: 
       }
     }
   } finally {
-    await Promise.all([...stores, ...pools].map((x) => x.close()));
+    await Promise.all([...Object.values(stores), ...pools].map((x) => x.close()));
     await host.dispose();
     await rm(base, { recursive: true, force: true });
     await rm(staging, { recursive: true, force: true });
