@@ -49,6 +49,8 @@ async function main(): Promise<void> {
   if (sealing) await mkdir(sealing.stagingDir, { recursive: true, mode: 0o700 });
   else log.warn("TORPOR_SEALING_KEYS is not set: hibernation files are written unsealed (readable and forgeable by anyone with access to the volume). The chart always sets it.");
   const store = new HibernationStore(cfg.hibernationDir, { onWarning: (err, message) => log.warn({ err }, message), ...(sealing ? { sealing } : {}) });
+  const leftovers = await store.sweepStaging();
+  if (leftovers.length) log.warn({ files: leftovers.length }, "removed staged plaintext that a killed runtime left in the staging folder");
   const memoryBudgetBytes = cfg.memoryBudgetBytes >= 0 ? cfg.memoryBudgetBytes : await defaultMemoryBudget(host.modelPath, await cgroupMemoryLimit());
   const vram = await host.vramState();
   const vramBudgetBytes = cfg.vramBudgetBytes >= 0 ? cfg.vramBudgetBytes : defaultVramBudget(vram.free, host.onGpu);

@@ -3,6 +3,7 @@
 // plant plaintext, use another key) is refused with state_rejected, the files are kept, the
 // process keeps serving; rotation keeps old files readable; no plaintext reaches the volume.
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { cp, open, readdir, readFile, stat, truncate, writeFile } from "node:fs/promises";
 import path from "node:path";
@@ -30,7 +31,7 @@ async function sealedRuntime(keys: string, dir?: string) {
   const manager = new SessionManager(await sharedHost(), store, new ManualClock(1), new RuntimeMetrics(false), createLogger("test", "silent"), {
     maxResident: 8, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 8192, podName: "test",
   });
-  return { root, staging, manager };
+  return { root, staging, store, manager };
 }
 
 const SECRET = "my passport number is X1234567";
@@ -69,7 +70,22 @@ describe("sealed hibernation files", () => {
     const r = await rt.s.submit("What did I tell you?", greedy(8));
     assert.equal(r.rehydrated, true);
     assert.equal(r.text, (await t.submit("What did I tell you?", greedy(8))).text);
+    await rt.store.settled(); // staged plaintext is deleted after the answer
     assert.deepEqual(await readdir(rt.staging), [], "staging plaintext removed");
+  });
+
+  it("at startup, removes staged plaintext a killed runtime left, and keeps a live neighbour's", async () => {
+    const rt = await sealedRuntime(NEW);
+    const gone = spawnSync(process.execPath, ["-e", ""]).pid;
+    const files = {
+      dead: `${gone}.t1.chat.0123456789ab.plain`,
+      mine: `${process.pid}.t1.chat.0123456789ab.plain`, // a restarted container's pid is often its predecessor's
+      live: `${process.ppid}.t1.other.0123456789ab.plain`,
+      unrelated: "notes.txt",
+    };
+    for (const f of Object.values(files)) await writeFile(path.join(rt.staging, f), SECRET);
+    assert.deepEqual((await rt.store.sweepStaging()).sort(), [files.dead, files.mine].sort());
+    assert.deepEqual((await readdir(rt.staging)).sort(), [files.live, files.unrelated].sort());
   });
 
   it("refuses a flipped byte, an edited manifest, a planted plaintext file; keeps them; keeps serving", async () => {
