@@ -8,6 +8,7 @@ import { keyOf, mergePatch } from "../common/kube.js";
 import { TorporError } from "../contract/errors.js";
 import type { Logger } from "../common/logger.js";
 import { GROUP, PLURAL, VERSION, WAKE_ANNOTATION, type InferenceSession } from "../contract/inference-session.js";
+import { SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
 import type { EventRecorder } from "../common/events.js";
 import type { RuntimePodLookup } from "./runtime-pod-cache.js";
 import { servingPod } from "./serving-pod.js";
@@ -61,6 +62,8 @@ export class InformerSessionSource implements SessionSource {
   }
 }
 
+const readyReason = (s: InferenceSession) => s.status?.conditions?.find((c) => c.type === "Ready")?.reason;
+
 export class SessionRouter {
   private readonly api: CustomObjectsApi;
   private readonly inflight = new Map<string, Promise<Target>>();
@@ -90,6 +93,7 @@ export class SessionRouter {
     let s = await this.source.get(namespace, name);
     if (!s || s.metadata.deletionTimestamp) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} does not exist`);
     let woken = false;
+    let poolWoken = false;
     if (s.spec.residency === "Hibernated") {
       await this.api.patchNamespacedCustomObject({
         group: GROUP, version: VERSION, plural: PLURAL, namespace, name, fieldManager: GATEWAY_FIELD_MANAGER,
@@ -106,6 +110,16 @@ export class SessionRouter {
       const serving = servingPod(s);
       const pod = serving ? this.pods.ready(serving) : undefined;
       if (pod && serving) return { session: s, url: `http://${pod.ip}:${this.opts.runtimePort}`, pod: serving, woken };
+      // Its pool sleeps: this request is the one that wakes it (the operator scales it back up).
+      if (!poolWoken && readyReason(s) === SCALED_TO_ZERO_REASON) {
+        await this.api.patchNamespacedCustomObject({
+          group: GROUP, version: VERSION, plural: PLURAL, namespace, name, fieldManager: GATEWAY_FIELD_MANAGER,
+          body: { metadata: { annotations: { [WAKE_ANNOTATION]: new Date().toISOString() } } },
+        }, mergePatch);
+        this.events.record(s, "Normal", "PoolWoken", "a request arrived while the session's runtime pool was scaled to zero; the pool is coming back");
+        this.log.info({ namespace, name, model: s.spec.model }, "woke the session's runtime pool");
+        poolWoken = true;
+      }
       if (Date.now() > deadline) {
         throw new TorporError("wake_timeout", `session ${namespace}/${name} has no Ready runtime pod yet (${s.status?.conditions?.find((c) => c.type === "Ready")?.message ?? "not placed"}); retry shortly`);
       }

@@ -13,6 +13,8 @@ export class ClusterView {
   readonly pods = new Map<string, V1Pod>();
   /** Last runtime report per pod: session fingerprints (to enqueue changes) and counts (placement). */
   readonly reports = new Map<string, Map<string, string>>();
+  /** Models whose runtime pool the operator scaled to zero (pool-scaler.ts keeps it current). */
+  readonly asleepModels = new Set<string>();
 
   /**
    * @param notReadyHandOffMs how long a session held by a NotReady (not terminating) pod waits for

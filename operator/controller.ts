@@ -11,6 +11,7 @@ import { CleanupPods, type CleanupPodConfig } from "./cleanup-pod.js";
 import { ClusterView } from "./cluster-view.js";
 import type { OperatorMetrics } from "./metrics.js";
 import { sweepOrphans } from "./orphan-sweeper.js";
+import { PoolScaler } from "./pool-scaler.js";
 import { pollRuntimes } from "./runtime-monitor.js";
 import { ReportedError, SessionReconciler } from "./session-reconciler.js";
 import { WorkQueue } from "./work-queue.js";
@@ -38,6 +39,7 @@ export class SessionController {
   private readonly reconciler: SessionReconciler;
   private readonly informers: RestartingInformer<unknown>[] = [];
   private readonly timers: NodeJS.Timeout[] = [];
+  private scaler?: PoolScaler;
 
   constructor(private readonly o: ControllerOptions) {
     this.view = new ClusterView(o.runtimeToken);
@@ -61,17 +63,23 @@ export class SessionController {
       }, log, scope.selector);
     const sessionInformer = new RestartingInformer<InferenceSession>(kc, `/apis/${GROUP}/${VERSION}/${PLURAL}`,
       () => custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL }), {
-        upsert: (s) => { sessions.set(keyOf(s), s); this.queue.add(keyOf(s)); },
+        upsert: (s) => { sessions.set(keyOf(s), s); this.queue.add(keyOf(s)); void this.scaler?.tick(); },
         remove: (s) => { sessions.delete(keyOf(s)); },
       }, log);
     this.informers.push(podInformer, sessionInformer);
-    // Pods first: a session reconciled before the pods are known would look unplaceable.
+    // Pools whose sessions all sleep go to zero replicas; a request brings them back.
+    const scaler = new PoolScaler(kc, this.view, scope, log, (model) => {
+      for (const [k, s] of sessions) if (s.spec.model === model) this.queue.add(k);
+    });
+    // Pods and pools first: a session reconciled before them would look unplaceable.
+    await scaler.start();
+    this.scaler = scaler;
     await podInformer.start();
     await sessionInformer.start();
     for (let i = 0; i < (this.o.workers ?? 4); i++) void this.worker();
     const every = (ms: number, f: () => unknown) => this.timers.push(setInterval(f, ms));
     every(this.o.resyncMs ?? 60_000, () => { for (const k of sessions.keys()) this.queue.add(k); });
-    every(this.o.monitorMs ?? 2000, () => void pollRuntimes(this.view, (k) => this.queue.add(k)));
+    every(this.o.monitorMs ?? 2000, () => { void pollRuntimes(this.view, (k) => this.queue.add(k)); void scaler.tick(); });
     every(this.o.sweepMs ?? 600_000, () => void sweepOrphans(this.view, this.o.sweepMinAgeMs ?? 300_000, this.o.metrics, log).catch((err) => log.warn({ err: String(err) }, "sweep failed")));
   }
 
@@ -79,6 +87,7 @@ export class SessionController {
     for (const t of this.timers) clearInterval(t);
     this.queue.shutdown();
     for (const inf of this.informers) await inf.stop();
+    await this.scaler?.stop();
   }
 
   /**

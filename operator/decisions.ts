@@ -1,6 +1,7 @@
 // The controller's decisions as pure functions: (session, observed world) -> what to do, and
 // (session, results) -> the status to write. No I/O here, so every branch is unit-tested.
 import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
+import { SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
 import { FINALIZER, WAKE_ANNOTATION, formatBytes, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "../contract/inference-session.js";
 
 export interface RuntimePod {
@@ -23,7 +24,7 @@ export interface RuntimePod {
 
 export type Placement =
   | { kind: "finalize"; pod?: RuntimePod }
-  | { kind: "wait"; reason: "NoRuntimePod"; message: string }
+  | { kind: "wait"; reason: "NoRuntimePod" | typeof SCALED_TO_ZERO_REASON; message: string }
   | {
     kind: "use"; pod: RuntimePod; register: boolean;
     /** The status says a runtime held the session in memory, yet it must be registered again. */
@@ -43,7 +44,7 @@ export function choosePod(pods: RuntimePod[], model: string): RuntimePod | undef
  * Where the session lives. `registered` says whether its pod already knows it (so a healthy,
  * registered session costs no runtime write).
  */
-export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registered: boolean): Placement {
+export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registered: boolean, poolAsleep = false): Placement {
   const current = pods.find((p) => p.name === s.status?.pod && p.ready && p.model === s.spec.model);
   if (isDeleting(s)) {
     // Any Ready pod of the pool mounts the volume, so files can go even if the session never ran.
@@ -57,6 +58,9 @@ export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registe
   if (current) return { kind: "use", pod: current, register: !registered, heldInMemory: !registered && heldInMemory };
   const next = choosePod(pods, s.spec.model);
   if (!next) {
+    if (poolAsleep) {
+      return { kind: "wait", reason: SCALED_TO_ZERO_REASON, message: `the runtime pool of model "${s.spec.model}" is scaled to zero while its sessions sleep; the next request (or spec.residency InMemory) wakes it` };
+    }
     return { kind: "wait", reason: "NoRuntimePod", message: `no Ready runtime pod serves model "${s.spec.model}" (pods labelled torpor.dev/model=${s.spec.model})` };
   }
   // Not "had a pod": a round with no Ready pod clears status.pod, but the residency still says InMemory.
@@ -151,7 +155,8 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
   const rt = o.runtime;
   const residency: ObservedResidency = rt?.residency ?? (o.liveStateLost ? (prev.lastHibernation ? "Hibernated" : "NotCreated") : prev.residency ?? "NotCreated");
   const liveStateLostAt = o.liveStateLost ? o.now.toISOString() : prev.liveStateLostAt;
-  let phase: SessionPhase = o.waiting ? "Pending" : o.handOffFrom ? "HandingOff" : rt?.phase === "Hibernating" || rt?.phase === "Rehydrating" ? rt.phase : "Idle";
+  // A session of a pool scaled to zero is not pending anything: it sleeps until a request comes.
+  let phase: SessionPhase = o.waiting ? (o.waiting.reason === SCALED_TO_ZERO_REASON ? "Idle" : "Pending") : o.handOffFrom ? "HandingOff" : rt?.phase === "Hibernating" || rt?.phase === "Rehydrating" ? rt.phase : "Idle";
   if (o.liveStateLost) phase = "Lost";
   const err = o.error ?? (rt?.lastError ? { reason: reasonOf(rt.lastError.reason ?? rt.lastError.code), message: rt.lastError.message } : undefined);
   // Reported until the conversation is back in memory somewhere.

@@ -42,7 +42,7 @@ export class SessionReconciler {
         if (!(err instanceof RuntimeApiError && err.code === "session_not_found")) throw err;
       }
     }
-    const plan = decidePlacement(s, pods, !!runtime);
+    const plan = decidePlacement(s, pods, !!runtime, this.view.asleepModels.has(s.spec.model));
     return this.finalizer.run(s,
       () => this.apply(s, plan, pods, runtime, log),
       () => this.cleanup(s, plan, log));

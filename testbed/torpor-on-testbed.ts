@@ -41,7 +41,11 @@ spec:
 ---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: runtime-tiny, namespace: default}
+metadata:
+  name: runtime-tiny
+  namespace: default
+  labels: {app.kubernetes.io/component: runtime, app.kubernetes.io/part-of: torpor, torpor.dev/model: tiny}
+  annotations: {torpor.dev/awake-replicas: "2"}
 spec:
   replicas: 2
   selector: {matchLabels: {app.kubernetes.io/component: runtime, torpor.dev/model: tiny}}
@@ -95,7 +99,7 @@ export async function installTorpor(tb: Testbed, replicas = 2, extraEnv: Record<
   await prepareSharedFolder(tb, HIB_HOST_PATH);
   await tb.kubectl(["apply", "-f", path.join(REPO_ROOT, "crds", "inferencesessions.torpor.dev.yaml")]);
   await tb.kubectl(["wait", "--for=condition=Established", "crd/inferencesessions.torpor.dev", "--timeout=30s"]);
-  await tb.kubectl(["apply", "-f", "-"], runtimeManifest(model ?? await smallModel(), extraEnv).replace("replicas: 2", `replicas: ${replicas}`));
+  await tb.kubectl(["apply", "-f", "-"], runtimeManifest(model ?? await smallModel(), extraEnv).replace("replicas: 2", `replicas: ${replicas}`).replace('awake-replicas: "2"', `awake-replicas: "${replicas}"`));
   await tb.kubectl(["rollout", "status", "deployment/runtime-tiny", "--timeout=120s"]);
 }
 
