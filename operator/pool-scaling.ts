@@ -66,12 +66,24 @@ export const isAsleep = (p: PoolState) => p.replicas === 0 && p.scaledToZeroAt !
  * doing as they went (in memory, handing off on SIGTERM) is not a reason: they are saving it.
  * Deleting sessions need no runtime: the operator's cleanup pod deletes their files.
  */
-export function wakeReason(s: InferenceSession, asleepSince: number): string | undefined {
+export function wakeReason(s: InferenceSession, asleepSince: number, now: number): string | undefined {
   if (s.metadata.deletionTimestamp) return undefined;
-  const woken = time(s.metadata.annotations?.[WAKE_ANNOTATION]);
+  const woken = wokenAt(s, now);
   if (woken !== undefined && woken >= asleepSince) return `a request for ${s.metadata.namespace}/${s.metadata.name}`;
   if (decideTransition(s, s.status?.residency ?? "NotCreated") === "rehydrate") return `${s.metadata.namespace}/${s.metadata.name} asks for spec.residency InMemory`;
   return undefined;
+}
+
+/** Clock skew allowed between the gateway and the operator. */
+const SKEW_MS = 60_000;
+
+/**
+ * When a request last woke the session. Anyone who may edit the session may write the annotation:
+ * a time in the future would otherwise wake the pool again after every sleep, or keep it up.
+ */
+function wokenAt(s: InferenceSession, now: number): number | undefined {
+  const t = time(s.metadata.annotations?.[WAKE_ANNOTATION]);
+  return t !== undefined && t <= now + SKEW_MS ? t : undefined;
 }
 
 /**
@@ -88,14 +100,14 @@ export function keepAwakeReason(s: InferenceSession, now: number): string | unde
   if (st?.residency === "InMemory") return "a session is in memory";
   if (st?.phase === "Hibernating" || st?.phase === "Rehydrating" || st?.phase === "HandingOff") return `a session is ${st.phase}`;
   // A request woke it and has not been served yet: the pool's new pods may still be starting.
-  const woken = time(s.metadata.annotations?.[WAKE_ANNOTATION]);
+  const woken = wokenAt(s, now);
   if (woken !== undefined && woken >= (time(st?.lastHibernation?.time) ?? 0) && now - woken < WAKE_PENDING_MS) return `a request for ${s.metadata.namespace}/${s.metadata.name} is waiting`;
-  return wakeReason(s, Infinity);
+  return wakeReason(s, Infinity, now);
 }
 
 /** The last moment the session did anything: a request, a hibernation, a wake. */
-function lastActivity(s: InferenceSession): number {
-  return Math.max(0, time(s.status?.lastActivityTime) ?? 0, time(s.status?.lastHibernation?.time) ?? 0, time(s.metadata.annotations?.[WAKE_ANNOTATION]) ?? 0);
+function lastActivity(s: InferenceSession, now: number): number {
+  return Math.max(0, time(s.status?.lastActivityTime) ?? 0, time(s.status?.lastHibernation?.time) ?? 0, wokenAt(s, now) ?? 0);
 }
 
 /** What to do with the pool, given every session of its model (any namespace). */
@@ -105,7 +117,7 @@ export function decidePoolScale(pool: PoolState, sessions: InferenceSession[], n
   if (pool.afterMs === 0 && !isAsleep(pool)) return { kind: "none" };
   if (isAsleep(pool)) {
     for (const s of mine) {
-      const why = wakeReason(s, pool.scaledToZeroAt!);
+      const why = wakeReason(s, pool.scaledToZeroAt!, now);
       if (why && pool.awakeReplicas > 0) return { kind: "wake", replicas: pool.awakeReplicas, why };
     }
     return { kind: "none" };
@@ -114,6 +126,6 @@ export function decidePoolScale(pool: PoolState, sessions: InferenceSession[], n
   // At zero with awake-replicas 0 (disabled by values); starting or rolling: not now.
   if (pool.replicas === 0 || pool.readyReplicas < pool.replicas) return { kind: "none" };
   if (mine.some((s) => keepAwakeReason(s, now) !== undefined)) return { kind: "none" };
-  const idleSinceMs = Math.max(pool.wokenAt ?? 0, pool.createdAt ?? 0, ...mine.map(lastActivity));
+  const idleSinceMs = Math.max(pool.wokenAt ?? 0, pool.createdAt ?? 0, ...mine.map((s) => lastActivity(s, now)));
   return now - idleSinceMs >= pool.afterMs ? { kind: "sleep", idleSinceMs } : { kind: "none" };
 }

@@ -90,6 +90,11 @@ describe("runtime pool scaling", () => {
     assert.equal(decidePoolScale(p, [before], T0 + 200_000).kind, "none", "a request before the sleep was served then");
     assert.equal(decidePoolScale(p, [session("a", { residency: "Hibernated", phase: "Idle" }, { generation: 2 })], T0 + 200_000).kind, "wake", "kubectl patch to InMemory");
     assert.equal(decidePoolScale(p, [session("a", { residency: "InMemory", phase: "HandingOff" })], T0 + 200_000).kind, "none", "a terminating pod is saving it");
+    // A tenant may edit its session's annotations: a wake stamped in the future would wake the
+    // pool after every sleep (a model load each time), or keep it up for good.
+    const forged = session("a", { residency: "Hibernated", phase: "Idle" }, { annotations: { [WAKE_ANNOTATION]: iso(1e10) } });
+    assert.equal(decidePoolScale(p, [forged], T0 + 200_000).kind, "none");
+    assert.equal(decidePoolScale(pool(), [forged], T0 + 200_000).kind, "sleep");
   });
 
   it("a session of a sleeping pool says so in Ready, and is not Pending", () => {
