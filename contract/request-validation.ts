@@ -46,7 +46,37 @@ export interface SamplingRequest {
   temperature: number;
   seed?: number;
   topP?: number;
+  /** Stop sequences: generation ends before the first of them, which is not part of the answer. */
+  stop?: string[];
   stream: boolean;
+}
+
+/** OpenAI's own limit on stop sequences. */
+export const MAX_STOP_SEQUENCES = 4;
+
+function optionalStop(o: Json): string[] | undefined {
+  const v = o.stop;
+  if (v === undefined || v === null) return undefined;
+  const list = typeof v === "string" ? [v] : v;
+  if (!Array.isArray(list) || list.length > MAX_STOP_SEQUENCES || list.some((x) => typeof x !== "string" || x.length === 0 || x.length > 256)) {
+    throw bad("stop", `must be a string or an array of at most ${MAX_STOP_SEQUENCES} non-empty strings of at most 256 characters`);
+  }
+  return list.length ? list as string[] : undefined;
+}
+
+/**
+ * OpenAI features a client may rely on that torpor does not serve: refused by name, never
+ * ignored (a client asking for tool calls or JSON would otherwise get prose and not know why).
+ */
+function refuseUnsupported(o: Json): void {
+  if (Array.isArray(o.tools) && o.tools.length > 0) throw bad("tools", "tool calls are not supported; send the conversation without tools");
+  if (Array.isArray(o.functions) && o.functions.length > 0) throw bad("functions", "function calls are not supported");
+  if (o.logprobs === true) throw bad("logprobs", "log probabilities are not supported");
+  const format = o.response_format;
+  if (format !== undefined && format !== null) {
+    const type = typeof format === "object" && !Array.isArray(format) ? (format as Json).type : undefined;
+    if (type !== "text") throw bad("response_format", "only {\"type\": \"text\"} is supported");
+  }
 }
 
 /** The OpenAI sampling fields we honour; temperature defaults to 0 (greedy) like a reproducible server. */
@@ -55,11 +85,14 @@ export function parseSampling(o: Json, maxTokensCap: number): SamplingRequest {
   const seed = optionalInt(o, "seed", 0, 2 ** 31 - 1);
   const topP = optionalNumber(o, "top_p", 0, 1);
   optionalInt(o, "n", 1, 1); // one choice per request: a session has one conversation
+  refuseUnsupported(o);
+  const stop = optionalStop(o);
   return {
     ...(maxTokens !== undefined ? { maxTokens } : {}),
     temperature: optionalNumber(o, "temperature", 0, 2) ?? 0,
     ...(seed !== undefined ? { seed } : {}),
     ...(topP !== undefined ? { topP } : {}),
+    ...(stop ? { stop } : {}),
     stream: optionalBool(o, "stream") ?? false,
   };
 }

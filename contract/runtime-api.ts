@@ -43,6 +43,8 @@ export interface GenerateOptions {
   temperature: number;
   seed?: number;
   topP?: number;
+  /** Stop sequences (request-validation.ts). */
+  stop?: string[];
   signal?: AbortSignal;
   onText?: (text: string) => void;
   /** Called once the session is resident, before generation: streaming responses send headers here. */

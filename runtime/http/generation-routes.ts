@@ -59,6 +59,7 @@ export function mountGenerationRoutes(app: express.Express, d: ApiDeps): void {
     return {
       maxTokens: s.maxTokens ?? d.defaultMaxTokens, temperature: s.temperature,
       ...(s.seed !== undefined ? { seed: s.seed } : {}), ...(s.topP !== undefined ? { topP: s.topP } : {}),
+      ...(s.stop ? { stop: s.stop } : {}),
     };
   }
 }

@@ -577,6 +577,7 @@ export class Session {
         temperature: opts.temperature,
         ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
         ...(opts.topP !== undefined ? { topP: opts.topP } : {}),
+        ...(opts.stop ? { customStopTriggers: opts.stop } : {}),
         ...(opts.signal ? { signal: opts.signal, stopOnAbortSignal: true } : {}),
         onToken: (tokens) => { completionTokens += tokens.length; },
         ...(opts.onText ? { onTextChunk: opts.onText } : {}),

@@ -36,6 +36,22 @@ describe("session lifecycle", () => {
     assert.equal(h.manager.residentCount, 1);
   });
 
+  it("stop sequences end the answer before the first of them, and the conversation goes on", async () => {
+    const h = await harness();
+    const free = await h.manager.register({ namespace: "default", name: "unstopped" });
+    const full = (await free.submit("Tell me a story.", greedy(24))).text;
+    // A piece from the middle of the greedy answer: the same prompt, stopped there.
+    const stop = full.slice(Math.floor(full.length / 2), Math.floor(full.length / 2) + 2);
+    assert.ok(stop.trim().length > 0 || stop.length === 2, `a stop sequence from ${JSON.stringify(full)}`);
+    const s = await h.manager.register({ namespace: "default", name: "stopped" });
+    const r = await s.submit("Tell me a story.", { ...greedy(24), stop: ["never-in-this-answer", stop] });
+    assert.equal(r.text, full.slice(0, full.indexOf(stop)));
+    assert.equal(r.finishReason, "stop");
+    assert.ok(r.completionTokens < 24);
+    const next = await s.submit("Go on.", greedy(4));
+    assert.ok(next.promptTokens > r.promptTokens, "the stopped answer is in the history");
+  });
+
   it("continues exactly after hibernate + rehydrate (greedy)", async () => {
     const h = await harness();
     const a = await h.manager.register({ namespace: "default", name: "never-hibernated", systemPrompt: "Be brief." });
