@@ -21,6 +21,12 @@ export interface PoolState {
   wokenAt?: number;
   /** The Deployment's creation: a new pool's idleness counts from it, not from the epoch. */
   createdAt?: number;
+  /**
+   * When the pool last became Available (its Deployment condition). Idleness counts from there
+   * too: a pool woken for a request is not idle while its pods start, however short the policy,
+   * and the request it woke for is served once they are Ready.
+   */
+  availableAt?: number;
 }
 
 export type PoolAction =
@@ -45,6 +51,8 @@ export function poolOf(d: V1Deployment): PoolState | undefined {
   const scaledToZeroAt = time(a[SCALED_TO_ZERO_AT_ANNOTATION]);
   const wokenAt = time(a[WOKEN_AT_ANNOTATION]);
   const createdAt = d.metadata.creationTimestamp ? new Date(d.metadata.creationTimestamp).getTime() : undefined;
+  const available = d.status?.conditions?.find((c) => c.type === "Available" && c.status === "True")?.lastTransitionTime;
+  const availableAt = available ? new Date(available).getTime() : undefined;
   return {
     name: d.metadata.name, namespace: d.metadata.namespace ?? "", model,
     replicas: d.spec?.replicas ?? 1,
@@ -54,6 +62,7 @@ export function poolOf(d: V1Deployment): PoolState | undefined {
     ...(scaledToZeroAt !== undefined ? { scaledToZeroAt } : {}),
     ...(wokenAt !== undefined ? { wokenAt } : {}),
     ...(createdAt !== undefined && Number.isFinite(createdAt) ? { createdAt } : {}),
+    ...(availableAt !== undefined && Number.isFinite(availableAt) ? { availableAt } : {}),
   };
 }
 
@@ -86,22 +95,12 @@ function wokenAt(s: InferenceSession, now: number): number | undefined {
   return t !== undefined && t <= now + SKEW_MS ? t : undefined;
 }
 
-/**
- * How long a request's wake keeps a pool up while its session is not in memory yet: a request
- * waits at most the gateway's wake bound (60 s by default), and a session whose runtime then
- * crashed must not hold its pool up for good.
- */
-export const WAKE_PENDING_MS = 10 * 60_000;
-
 /** Why an awake pool must stay up for this session, or undefined. */
 export function keepAwakeReason(s: InferenceSession, now: number): string | undefined {
   if (s.metadata.deletionTimestamp) return undefined;
   const st = s.status;
   if (st?.residency === "InMemory") return "a session is in memory";
   if (st?.phase === "Hibernating" || st?.phase === "Rehydrating" || st?.phase === "HandingOff") return `a session is ${st.phase}`;
-  // A request woke it and has not been served yet: the pool's new pods may still be starting.
-  const woken = wokenAt(s, now);
-  if (woken !== undefined && woken >= (time(st?.lastHibernation?.time) ?? 0) && now - woken < WAKE_PENDING_MS) return `a request for ${s.metadata.namespace}/${s.metadata.name} is waiting`;
   return wakeReason(s, Infinity, now);
 }
 
@@ -126,6 +125,6 @@ export function decidePoolScale(pool: PoolState, sessions: InferenceSession[], n
   // At zero with awake-replicas 0 (disabled by values); starting or rolling: not now.
   if (pool.replicas === 0 || pool.readyReplicas < pool.replicas) return { kind: "none" };
   if (mine.some((s) => keepAwakeReason(s, now) !== undefined)) return { kind: "none" };
-  const idleSinceMs = Math.max(pool.wokenAt ?? 0, pool.createdAt ?? 0, ...mine.map((s) => lastActivity(s, now)));
+  const idleSinceMs = Math.max(pool.wokenAt ?? 0, pool.createdAt ?? 0, pool.availableAt ?? 0, ...mine.map((s) => lastActivity(s, now)));
   return now - idleSinceMs >= pool.afterMs ? { kind: "sleep", idleSinceMs } : { kind: "none" };
 }

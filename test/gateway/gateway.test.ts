@@ -269,7 +269,7 @@ describe("gateway on the testbed", () => {
       const all = JSON.parse(await tb.kubectl(["get", "isess", "-o", "json"])) as { items: InferenceSession[] };
       return all.items.every((x) => x.status?.residency !== "InMemory" && x.status?.phase === "Idle") ? true : undefined;
     }, 60_000);
-    await tb.kubectl(["annotate", "deployment", "runtime-tiny", "torpor.dev/scale-to-zero-after-seconds=2", "--overwrite"]);
+    await tb.kubectl(["annotate", "deployment", "runtime-tiny", "torpor.dev/scale-to-zero-after-seconds=5", "--overwrite"]);
     try {
       await eventually("pool scaled to zero, its pods gone", async () => {
         const replicas = await tb.kubectl(["get", "deployment", "runtime-tiny", "-o", "jsonpath={.spec.replicas}"]);

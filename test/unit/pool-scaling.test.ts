@@ -61,12 +61,10 @@ describe("runtime pool scaling", () => {
     assert.deepEqual(decidePoolScale(pool({ replicas: 0, readyReplicas: 0, awakeReplicas: 0 }), [], T0 + 1e9), { kind: "none" }, "replicas 0 in values");
   });
 
-  it("stays up for a request that woke a session and is not served yet, until it is or its wait is long over", () => {
-    const woken = (at: number, hibernatedAt = 10_000) => session("a", { residency: "Hibernated", phase: "Pending", lastHibernation: { file: "f", bytes: 1, tokenCount: 1, time: iso(hibernatedAt), durationMs: 1 } }, { annotations: { [WAKE_ANNOTATION]: iso(at) } });
-    // Woken at 100 s (the pool's pods still starting when 2 s of idleness would have passed).
-    assert.deepEqual(decidePoolScale(pool({ afterMs: 2000, wokenAt: T0 + 100_000 }), [woken(100_000)], T0 + 110_000), { kind: "none" });
-    assert.equal(decidePoolScale(pool({ afterMs: 2000 }), [woken(100_000)], T0 + 100_000 + 10 * 60_000).kind, "sleep", "nobody waits that long");
-    assert.equal(decidePoolScale(pool({ afterMs: 2000 }), [woken(100_000, 200_000)], T0 + 300_000).kind, "sleep", "served, and hibernated since");
+  it("counts idleness from when a woken pool became available, not from the wake: its pods' start is not idleness", () => {
+    const s = [asleep(10_000)];
+    assert.deepEqual(decidePoolScale(pool({ afterMs: 2000, wokenAt: T0 + 100_000, availableAt: T0 + 130_000 }), s, T0 + 131_000), { kind: "none" });
+    assert.equal(decidePoolScale(pool({ afterMs: 2000, wokenAt: T0 + 100_000, availableAt: T0 + 130_000 }), s, T0 + 132_000).kind, "sleep");
   });
 
   it("stays up while a session is in memory, moving, or asked into memory; other models' sessions do not count", () => {
