@@ -64,6 +64,12 @@ export class ClusterView {
     if (!cached || cached.metadata.resourceVersion === base.metadata.resourceVersion) this.sessions.set(key, written);
   }
 
+  /** Keys of the sessions of this model that no Ready pod serves (waiting for a placement). */
+  sessionsWaitingFor(model: string): string[] {
+    const ready = new Set([...this.pods.values()].filter(isReadyPod).map((p) => p.metadata?.name));
+    return [...this.sessions].filter(([, s]) => s.spec.model === model && !s.metadata.deletionTimestamp && !ready.has(s.status?.pod)).map(([k]) => k);
+  }
+
   /** Keys of the sessions whose status names this pod. */
   sessionsOn(podName: string | undefined): string[] {
     return [...this.sessions].filter(([, s]) => s.status?.pod === podName).map(([k]) => k);

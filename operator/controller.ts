@@ -5,7 +5,7 @@ import { EventRecorder } from "../common/events.js";
 import { RestartingInformer } from "../common/informer.js";
 import { keyOf } from "../common/kube.js";
 import type { Logger } from "../common/logger.js";
-import { isTrustedRuntimePod, type RuntimePodScope } from "../common/runtime-pods.js";
+import { isReadyPod, isTrustedRuntimePod, type RuntimePodScope } from "../common/runtime-pods.js";
 import { GROUP, PLURAL, VERSION, type InferenceSession } from "../contract/inference-session.js";
 import { CleanupPods, type CleanupPodConfig } from "./cleanup-pod.js";
 import { ClusterView } from "./cluster-view.js";
@@ -52,7 +52,13 @@ export class SessionController {
     const scope = this.o.runtimePods;
     const custom = kc.makeApiClient(CustomObjectsApi), core = kc.makeApiClient(CoreV1Api);
     const { sessions, pods } = this.view;
-    const podChanged = (p: V1Pod) => { for (const k of this.view.sessionsOn(p.metadata?.name)) this.queue.add(k); };
+    const podChanged = (p: V1Pod) => {
+      for (const k of this.view.sessionsOn(p.metadata?.name)) this.queue.add(k);
+      // A pod of a model turned Ready: sessions of that model waiting for one are placed now, not
+      // at their next retry (10 s: it was most of a wake from zero).
+      const model = p.metadata?.labels?.["torpor.dev/model"];
+      if (model && isReadyPod(p)) for (const k of this.view.sessionsWaitingFor(model)) this.queue.add(k);
+    };
     const podInformer = new RestartingInformer<V1Pod>(kc, `/api/v1/namespaces/${scope.namespace}/pods`,
       () => core.listNamespacedPod({ namespace: scope.namespace, labelSelector: scope.selector }), {
         upsert: (p) => {
@@ -68,7 +74,7 @@ export class SessionController {
       }, log);
     this.informers.push(podInformer, sessionInformer);
     // Pools whose sessions all sleep go to zero replicas; a request brings them back.
-    const scaler = new PoolScaler(kc, this.view, scope, log, (model) => {
+    const scaler = new PoolScaler(kc, this.view, scope, log, new EventRecorder(kc, "torpor-operator", log), this.o.metrics, (model) => {
       for (const [k, s] of sessions) if (s.spec.model === model) this.queue.add(k);
     });
     // Pods and pools first: a session reconciled before them would look unplaceable.

@@ -9,6 +9,7 @@ export class OperatorMetrics {
   });
   readonly queueDepth = new Gauge({ name: "torpor_operator_queue_depth", help: "Keys waiting in the work queue.", registers: [this.registry] });
   readonly transitions = new Counter({ name: "torpor_operator_transitions_total", help: "Runtime transitions requested, by kind.", labelNames: ["transition"], registers: [this.registry] });
+  readonly poolScalings = new Counter({ name: "torpor_operator_pool_scalings_total", help: "Runtime pools scaled by the operator, by model and action (to_zero, wake, resize).", labelNames: ["model", "action"], registers: [this.registry] });
   readonly sweptFiles = new Counter({ name: "torpor_operator_swept_files_total", help: "Hibernation files removed because no session owns them.", registers: [this.registry] });
   constructor(defaults = true) { if (defaults) collectDefaultMetrics({ register: this.registry }); }
 }

@@ -3,12 +3,14 @@
 // what the operator did is written on the Deployment (contract/runtime-pool.ts), nothing is kept
 // here that a restart would lose.
 import { AppsV1Api, type KubeConfig, type V1Deployment } from "@kubernetes/client-node";
+import type { EventRecorder } from "../common/events.js";
 import { RestartingInformer } from "../common/informer.js";
 import { keyOf, mergePatch } from "../common/kube.js";
 import type { Logger } from "../common/logger.js";
 import type { RuntimePodScope } from "../common/runtime-pods.js";
 import { SCALED_TO_ZERO_AT_ANNOTATION, WOKEN_AT_ANNOTATION } from "../contract/runtime-pool.js";
 import type { ClusterView } from "./cluster-view.js";
+import type { OperatorMetrics } from "./metrics.js";
 import { decidePoolScale, isAsleep, poolOf, type PoolState } from "./pool-scaling.js";
 
 export class PoolScaler {
@@ -22,6 +24,8 @@ export class PoolScaler {
     private readonly view: ClusterView,
     private readonly scope: RuntimePodScope,
     private readonly log: Logger,
+    private readonly events: EventRecorder,
+    private readonly metrics: OperatorMetrics,
     /** Called after a pool's state changed, so sessions show it (Ready: ScaledToZero) at once. */
     private readonly onPoolChanged: (model: string) => void,
   ) {}
@@ -80,12 +84,12 @@ export class PoolScaler {
     if (action.kind === "none") return;
     if (action.kind === "resize") {
       await this.patch(d, pool, action.replicas, {});
-      this.log.info({ pool: pool.name, model: pool.model, from: pool.replicas, replicas: action.replicas }, "runtime pool resized to its configured replicas");
+      this.done(d, pool, "resize", `scaled from ${pool.replicas} to the configured ${action.replicas} replicas (the operator owns the count of a pool that scales to zero)`);
       return;
     }
     if (action.kind === "wake") {
       await this.patch(d, pool, action.replicas, { [SCALED_TO_ZERO_AT_ANNOTATION]: null, [WOKEN_AT_ANNOTATION]: new Date(now).toISOString() });
-      this.log.info({ pool: pool.name, model: pool.model, replicas: action.replicas, why: action.why }, "runtime pool woken");
+      this.done(d, pool, "wake", `woken with ${action.replicas} replicas: ${action.why}`);
       return;
     }
     // Status lags the runtimes by a poll: the pods themselves say whether anything is in memory.
@@ -95,7 +99,15 @@ export class PoolScaler {
       if (busy) return;
     }
     await this.patch(d, pool, 0, { [SCALED_TO_ZERO_AT_ANNOTATION]: new Date(now).toISOString() });
-    this.log.info({ pool: pool.name, model: pool.model, idleSeconds: Math.round((now - action.idleSinceMs) / 1000) }, "runtime pool scaled to zero: every session sleeps");
+    this.done(d, pool, "to_zero", `scaled to zero: every session of model ${pool.model} has slept ${Math.round((now - action.idleSinceMs) / 1000)} s; the next request wakes it`);
+  }
+
+  /** Says what was done: a log line, an Event on the Deployment (kubectl describe), a metric. */
+  private done(d: V1Deployment, pool: PoolState, action: "to_zero" | "wake" | "resize", message: string): void {
+    this.log.info({ pool: pool.name, model: pool.model, action }, message);
+    this.metrics.poolScalings.inc({ model: pool.model, action });
+    const reason = { to_zero: "ScaledToZero", wake: "Woken", resize: "Resized" }[action];
+    this.events.recordOn({ apiVersion: "apps/v1", kind: "Deployment", namespace: pool.namespace, name: pool.name, ...(d.metadata?.uid ? { uid: d.metadata.uid } : {}) }, "Normal", reason, message);
   }
 
   /**

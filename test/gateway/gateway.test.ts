@@ -288,6 +288,10 @@ describe("gateway on the testbed", () => {
       assert.equal(await tb.kubectl(["get", "deployment", "runtime-tiny", "-o", "jsonpath={.spec.replicas}"]), "2", "back with the replicas it had");
       const events = await tb.kubectl(["get", "events", "--field-selector", "involvedObject.name=sleeper", "-o", "jsonpath={.items[*].reason}"]);
       assert.match(events, /PoolWoken/);
+      // What the operator did, where `kubectl describe deployment` shows it.
+      const poolEvents = await tb.kubectl(["get", "events", "--field-selector", "involvedObject.kind=Deployment,involvedObject.name=runtime-tiny", "-o", "jsonpath={.items[*].reason}"]);
+      assert.match(poolEvents, /ScaledToZero/);
+      assert.match(poolEvents, /Woken/);
       await eventually("status InMemory again", async () => ((await get("sleeper")).status?.residency === "InMemory" ? true : undefined), 20_000);
     } catch (err) {
       console.log(operator.output().split("\n").filter((l) => /pool|sleeper/.test(l)).slice(-30).join("\n"));

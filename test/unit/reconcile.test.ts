@@ -216,4 +216,22 @@ describe("the operator's session cache", () => {
     assert.equal(view.sessions.get("ns/s")!.metadata.resourceVersion, "272");
     assert.ok(view.sessions.get("ns/s")!.metadata.deletionTimestamp, "the deletion is still in the cache");
   });
+
+  it("names the sessions of a model that no Ready pod serves, so a pod turning Ready places them at once", () => {
+    const view = new ClusterView("token");
+    const k8sPod = (name: string, ready: boolean) => ({
+      metadata: { name, namespace: "torpor", labels: { "torpor.dev/model": "m" } },
+      status: { podIP: "127.1.0.1", conditions: [{ type: "Ready", status: ready ? "True" : "False" }] },
+    });
+    view.pods.set("torpor/a", k8sPod("a", true));
+    view.pods.set("torpor/b", k8sPod("b", false));
+    const on = (name: string, pod?: string, extra: Partial<InferenceSession> = {}) =>
+      view.sessions.set(`ns/${name}`, session({ metadata: { ...session().metadata, name }, status: pod ? { pod } : {}, ...extra }));
+    on("served", "a");
+    on("on-unready", "b");
+    on("unplaced");
+    on("other-model", undefined, { spec: { model: "x" } });
+    on("deleting", undefined, { metadata: { ...session().metadata, name: "deleting", deletionTimestamp: "2026-01-01T00:00:00Z" } });
+    assert.deepEqual(view.sessionsWaitingFor("m").sort(), ["ns/on-unready", "ns/unplaced"]);
+  });
 });
