@@ -281,7 +281,9 @@ describe("gateway on the testbed", () => {
       assert.equal(ready.reason, "ScaledToZero", JSON.stringify(ready));
       assert.equal(asleep.status!.residency, "Hibernated");
       // The next request wakes the pool and rehydrates the session on a new pod, within the wake bound.
+      const t0 = Date.now();
       const { data, response } = await c.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "Remember the word lighthouse." }, { role: "assistant", content: said }, { role: "user", content: "Which word?" }], max_tokens: 8 }).withResponse();
+      console.log(`# wake from zero: answered in ${Date.now() - t0} ms, ${data.usage?.prompt_tokens_details?.cached_tokens}/${data.usage?.prompt_tokens} prompt tokens reused`);
       assert.equal(response.headers.get("x-torpor-rehydrated"), "true");
       assert.ok(data.choices[0]!.message.content!.length > 0);
       assert.ok((data.usage!.prompt_tokens_details?.cached_tokens ?? 0) > 0, `the restored conversation was reused: ${JSON.stringify(data.usage)}`);
