@@ -179,6 +179,12 @@ describe("gateway on the testbed", () => {
     assert.ok((codes.get(429) ?? 0) > 0, `rate limited: ${JSON.stringify([...codes])}`);
     assert.equal(codes.get(400), undefined, "junk bodies are never parsed for unauthenticated callers");
     assert.equal((await post(alice)).status, 200, "alice still served from her cached decision");
+    // A session alice has not asked for yet is a new decision, but her token is known: the
+    // flood's empty bucket is not hers to pay (authorised, then 404: no such session).
+    const other = await fetch(`${gw}/v1/sessions/default/never-asked-before/submit`, {
+      method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${alice}` }, body: JSON.stringify({ prompt: "hi" }),
+    });
+    assert.equal(other.status, 404, await other.text());
     // The address's bucket refills (5/s); valid tokens give back what they took, so it stays full.
     await new Promise((r) => setTimeout(r, 1500));
   });
