@@ -62,7 +62,7 @@ export class InformerSessionSource implements SessionSource {
   }
 }
 
-const readyReason = (s: InferenceSession) => s.status?.conditions?.find((c) => c.type === "Ready")?.reason;
+const readyCondition = (s: InferenceSession) => s.status?.conditions?.find((c) => c.type === "Ready");
 
 export class SessionRouter {
   private readonly api: CustomObjectsApi;
@@ -111,7 +111,7 @@ export class SessionRouter {
       const pod = serving ? this.pods.ready(serving) : undefined;
       if (pod && serving) return { session: s, url: `http://${pod.ip}:${this.opts.runtimePort}`, pod: serving, woken };
       // Its pool sleeps: this request is the one that wakes it (the operator scales it back up).
-      if (!poolWoken && readyReason(s) === SCALED_TO_ZERO_REASON) {
+      if (!poolWoken && readyCondition(s)?.reason === SCALED_TO_ZERO_REASON) {
         await this.api.patchNamespacedCustomObject({
           group: GROUP, version: VERSION, plural: PLURAL, namespace, name, fieldManager: GATEWAY_FIELD_MANAGER,
           body: { metadata: { annotations: { [WAKE_ANNOTATION]: new Date().toISOString() } } },
@@ -121,7 +121,7 @@ export class SessionRouter {
         poolWoken = true;
       }
       if (Date.now() > deadline) {
-        throw new TorporError("wake_timeout", `session ${namespace}/${name} has no Ready runtime pod yet (${s.status?.conditions?.find((c) => c.type === "Ready")?.message ?? "not placed"}); retry shortly`);
+        throw new TorporError("wake_timeout", `session ${namespace}/${name} has no Ready runtime pod yet (${readyCondition(s)?.message ?? "not placed"}); retry shortly`);
       }
       await new Promise((r) => setTimeout(r, 200));
       s = await this.source.get(namespace, name, true);

@@ -15,6 +15,7 @@ import { decidePoolScale, isAsleep, poolOf, type PoolState } from "./pool-scalin
 
 export class PoolScaler {
   private readonly deployments = new Map<string, V1Deployment>();
+  private readonly apps: AppsV1Api;
   private informer?: RestartingInformer<V1Deployment>;
   private running = false;
   private again = false;
@@ -28,10 +29,12 @@ export class PoolScaler {
     private readonly metrics: OperatorMetrics,
     /** Called after a pool's state changed, so sessions show it (Ready: ScaledToZero) at once. */
     private readonly onPoolChanged: (model: string) => void,
-  ) {}
+  ) {
+    this.apps = kc.makeApiClient(AppsV1Api);
+  }
 
   async start(): Promise<void> {
-    const apps = this.kc.makeApiClient(AppsV1Api);
+    const apps = this.apps;
     this.informer = new RestartingInformer<V1Deployment>(this.kc, `/apis/apps/v1/namespaces/${this.scope.namespace}/deployments`,
       () => apps.listNamespacedDeployment({ namespace: this.scope.namespace, labelSelector: this.scope.selector }), {
         upsert: (d) => { this.deployments.set(keyOf(d), d); this.publish(); },
@@ -116,10 +119,9 @@ export class PoolScaler {
    * over a request that came after the real one, and the pool would never wake for it.
    */
   private async patch(base: V1Deployment, pool: PoolState, replicas: number, annotations: Record<string, string | null>): Promise<void> {
-    const apps = this.kc.makeApiClient(AppsV1Api);
     // The cache takes the result from the watch, in order; until then a pass decides from the old
     // copy, and its conditional patch is refused.
-    await apps.patchNamespacedDeployment({
+    await this.apps.patchNamespacedDeployment({
       name: pool.name, namespace: pool.namespace, fieldManager: "torpor-operator",
       body: { metadata: { annotations, resourceVersion: base.metadata?.resourceVersion }, spec: { replicas } },
     }, mergePatch);

@@ -79,8 +79,12 @@ export function wakeReason(s: InferenceSession, asleepSince: number, now: number
   if (s.metadata.deletionTimestamp) return undefined;
   const woken = wokenAt(s, now);
   if (woken !== undefined && woken >= asleepSince) return `a request for ${s.metadata.namespace}/${s.metadata.name}`;
-  if (decideTransition(s, s.status?.residency ?? "NotCreated") === "rehydrate") return `${s.metadata.namespace}/${s.metadata.name} asks for spec.residency InMemory`;
-  return undefined;
+  return preWarmReason(s);
+}
+
+/** A kubectl patch to spec.residency InMemory not yet carried out (decideTransition would rehydrate it). */
+function preWarmReason(s: InferenceSession): string | undefined {
+  return decideTransition(s, s.status?.residency ?? "NotCreated") === "rehydrate" ? `${s.metadata.namespace}/${s.metadata.name} asks for spec.residency InMemory` : undefined;
 }
 
 /** Clock skew allowed between the gateway and the operator. */
@@ -95,13 +99,13 @@ function wokenAt(s: InferenceSession, now: number): number | undefined {
   return t !== undefined && t <= now + SKEW_MS ? t : undefined;
 }
 
-/** Why an awake pool must stay up for this session, or undefined. */
-export function keepAwakeReason(s: InferenceSession, now: number): string | undefined {
+/** Why an awake pool must stay up for this session, or undefined (requests count as activity instead). */
+export function keepAwakeReason(s: InferenceSession): string | undefined {
   if (s.metadata.deletionTimestamp) return undefined;
   const st = s.status;
   if (st?.residency === "InMemory") return "a session is in memory";
   if (st?.phase === "Hibernating" || st?.phase === "Rehydrating" || st?.phase === "HandingOff") return `a session is ${st.phase}`;
-  return wakeReason(s, Infinity, now);
+  return preWarmReason(s);
 }
 
 /** The last moment the session did anything: a request, a hibernation, a wake. */
@@ -124,7 +128,7 @@ export function decidePoolScale(pool: PoolState, sessions: InferenceSession[], n
   if (pool.replicas !== pool.awakeReplicas) return { kind: "resize", replicas: pool.awakeReplicas };
   // At zero with awake-replicas 0 (disabled by values); starting or rolling: not now.
   if (pool.replicas === 0 || pool.readyReplicas < pool.replicas) return { kind: "none" };
-  if (mine.some((s) => keepAwakeReason(s, now) !== undefined)) return { kind: "none" };
+  if (mine.some((s) => keepAwakeReason(s) !== undefined)) return { kind: "none" };
   const idleSinceMs = Math.max(pool.wokenAt ?? 0, pool.createdAt ?? 0, pool.availableAt ?? 0, ...mine.map((s) => lastActivity(s, now)));
   return now - idleSinceMs >= pool.afterMs ? { kind: "sleep", idleSinceMs } : { kind: "none" };
 }

@@ -4,14 +4,13 @@
 // touches the gateway, a drain of its node). This forwarder picks a Ready pod of the Service for
 // each connection, so the printed address keeps working across restarts.
 import net from "node:net";
-import { CoreV1Api, type KubeConfig, type V1Pod } from "@kubernetes/client-node";
+import { CoreV1Api, type KubeConfig } from "@kubernetes/client-node";
+import { isReadyPod } from "../common/runtime-pods.js";
 
 export interface ServiceForward {
   url: string;
   close(): Promise<void>;
 }
-
-const isReady = (p: V1Pod) => !p.metadata?.deletionTimestamp && !!p.status?.podIP && !!p.status.conditions?.some((c) => c.type === "Ready" && c.status === "True");
 
 /** Forwards 127.0.0.1:`localPort` (0: any free port) to `targetPort` of a Ready pod matching `selector`. */
 export async function forwardService(kc: KubeConfig, namespace: string, selector: string, targetPort: number, localPort = 0): Promise<ServiceForward> {
@@ -22,7 +21,7 @@ export async function forwardService(kc: KubeConfig, namespace: string, selector
   const target = async (): Promise<string | undefined> => {
     if (cached && Date.now() - cached.at < 1000) return cached.ip;
     const pods = await core.listNamespacedPod({ namespace, labelSelector: selector });
-    const ip = pods.items.find(isReady)?.status?.podIP;
+    const ip = pods.items.find(isReadyPod)?.status?.podIP;
     cached = ip ? { ip, at: Date.now() } : undefined;
     return ip;
   };

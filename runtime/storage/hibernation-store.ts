@@ -461,8 +461,7 @@ export class HibernationStore {
       if (mine.length) await fsyncPath(dir);
     };
     if (opts.background) {
-      const done: Promise<void> = finish().catch((err) => this.onWarning(err, "could not delete a restored state file; the sweeper will")).finally(() => this.deleting.delete(done));
-      this.deleting.add(done);
+      this.inBackground(finish(), "could not delete a restored state file; the sweeper will");
     } else {
       await finish();
     }
@@ -485,7 +484,7 @@ export class HibernationStore {
     if (!this.sealing) return [];
     const removed: string[] = [];
     for (const f of await readdir(this.sealing.stagingDir).catch(() => [] as string[])) {
-      const pid = /^(\d+)\..*\.plain$/.exec(f)?.[1];
+      const pid = f.endsWith(STAGED_SUFFIX) ? /^(\d+)\./.exec(f)?.[1] : undefined;
       if (pid === undefined || (Number(pid) !== process.pid && processAlive(Number(pid)))) continue;
       await rm(path.join(this.sealing.stagingDir, f), { force: true });
       removed.push(f);
@@ -498,9 +497,12 @@ export class HibernationStore {
    * on the path of every sealed hibernate and rehydrate. settled() waits for it.
    */
   private removeLater(file: string): void {
-    const done: Promise<void> = rm(file, { force: true })
-      .catch((err) => this.onWarning(err, `could not remove the staged plaintext ${path.basename(file)}`))
-      .finally(() => this.deleting.delete(done));
+    this.inBackground(rm(file, { force: true }), `could not remove the staged plaintext ${path.basename(file)}`);
+  }
+
+  /** Work the caller does not wait for: its failure is a warning, and settled() waits for it. */
+  private inBackground(work: Promise<unknown>, failure: string): void {
+    const done: Promise<void> = work.then(() => undefined, (err: unknown) => this.onWarning(err, failure)).finally(() => this.deleting.delete(done));
     this.deleting.add(done);
   }
 
