@@ -50,6 +50,12 @@ export interface RuntimeConfig {
   sequencesPerContext: number;
   /** How long a context no session uses stays allocated, so the next rehydrate skips the allocation. */
   contextGraceMs: number;
+  /**
+   * Wait one event-loop turn after each decode so that every session of a shared context joins the
+   * next batch (sessions/batch-gathering.ts). "auto": on a GPU, where a batch of 4 costs about what
+   * 1 does; off on a CPU, where a decode costs about its token count and the wait buys nothing.
+   */
+  batchGathering: "auto" | boolean;
   /** Wait for an idle resident session this long before taking a busy one's slot between its turns. */
   preemptAfterMs: number;
   podName: string;
@@ -70,11 +76,13 @@ function intAtMost(env: NodeJS.ProcessEnv, key: string, fallback: number, min: n
   return n;
 }
 
-function flashAttentionSetting(raw: string | undefined): "auto" | boolean {
+
+function autoOnOff(env: NodeJS.ProcessEnv, key: string): "auto" | boolean {
+  const raw = env[key];
   if (raw === undefined || raw === "auto") return "auto";
   if (raw === "on" || raw === "true") return true;
   if (raw === "off" || raw === "false") return false;
-  throw new Error(`TORPOR_FLASH_ATTENTION must be auto, on or off, got "${raw}"`);
+  throw new Error(`${key} must be auto, on or off, got "${raw}"`);
 }
 
 function bool(env: NodeJS.ProcessEnv, key: string, fallback: boolean): boolean {
@@ -115,7 +123,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     maxContextSize,
     defaultMaxTokens: int(env, "TORPOR_DEFAULT_MAX_TOKENS", 256, 1),
     gpuLayers,
-    flashAttention: flashAttentionSetting(env.TORPOR_FLASH_ATTENTION),
+    flashAttention: autoOnOff(env, "TORPOR_FLASH_ATTENTION"),
     allowCpuFallback: bool(env, "TORPOR_ALLOW_CPU_FALLBACK", false),
     gpu: gpuLayers === 0 || env.TORPOR_GPU === "false" ? false : "auto",
     threads: int(env, "TORPOR_THREADS", 0),
@@ -124,6 +132,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     preemptAfterMs: int(env, "TORPOR_PREEMPT_AFTER_MS", 2000),
     sequencesPerContext: intAtMost(env, "TORPOR_SEQUENCES_PER_CONTEXT", 1, 1, MAX_CONTEXT_SEQUENCES),
     contextGraceMs: int(env, "TORPOR_CONTEXT_GRACE_MS", 5000),
+    batchGathering: autoOnOff(env, "TORPOR_BATCH_GATHERING"),
     podName: env.TORPOR_POD_NAME ?? env.HOSTNAME ?? "local",
     nodeName: env.TORPOR_NODE_NAME ?? "local",
   };

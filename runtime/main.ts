@@ -62,6 +62,7 @@ async function main(): Promise<void> {
     defaultContextSize: cfg.defaultContextSize, maxContextSize: cfg.maxContextSize, podName: cfg.podName,
     contextHandover: cfg.contextHandover, preemptAfterMs: cfg.preemptAfterMs,
     sequencesPerContext: cfg.sequencesPerContext, contextGraceMs: cfg.contextGraceMs,
+    gatherBatches: cfg.batchGathering === "auto" ? host.onGpu : cfg.batchGathering,
     namespaceLimits: NamespaceLimits.parse(cfg.namespaceLimits),
   });
   const app = createRuntimeApp({

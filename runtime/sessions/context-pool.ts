@@ -9,6 +9,7 @@ import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
 import { addCosts, NO_COST, type MemoryCost } from "../model/memory-cost.js";
 import type { FlashAttention, ModelHost } from "../model/model-host.js";
+import { gatherBatches } from "./batch-gathering.js";
 import { SerialQueue } from "./serial-queue.js";
 
 export interface ContextPoolOptions {
@@ -16,6 +17,8 @@ export interface ContextPoolOptions {
   sequencesPerContext: number;
   /** How long an unused context stays allocated for the next session; 0 frees it at once. */
   graceMs: number;
+  /** Make every generating sequence of a context join each decode batch (batch-gathering.ts). */
+  gatherBatches?: boolean;
 }
 
 interface PooledContext {
@@ -78,6 +81,7 @@ export class ContextPool {
       return this.lease(c, kept ?? c.context.getSequence());
     }
     const context = await this.host.createContext(contextSize, sequences, flashAttention);
+    if (sequences > 1 && this.opts.gatherBatches && !gatherBatches(context)) this.log.warn("node-llama-cpp's batching internals changed: sessions sharing a context may decode in more batches than needed");
     const pooled: PooledContext = { context, contextSize, sequences, flashAttention, free: [], leased: 0, cost: await this.host.estimateContextCost(contextSize, sequences) };
     this.contexts.push(pooled);
     return this.lease(pooled, context.getSequence());

@@ -33,6 +33,8 @@ export interface ManagerOptions {
   sequencesPerContext?: number;
   /** How long a context no session uses stays allocated for the next rehydrate (default 0: freed at once). */
   contextGraceMs?: number;
+  /** Make every session of a shared context join each decode batch (sessions/batch-gathering.ts; default off). */
+  gatherBatches?: boolean;
   /**
    * How long a request waits for an idle resident session before it takes the slot of a busy one
    * between two of its turns (default 2000 ms). Without it, sessions that always have a request
@@ -78,7 +80,7 @@ export class SessionManager implements Admission {
     readonly opts: ManagerOptions,
   ) {
     metrics.sessionCounts = () => this.countByResidency();
-    this.pool = new ContextPool(host, metrics, log, { sequencesPerContext: opts.sequencesPerContext ?? 1, graceMs: opts.contextGraceMs ?? 0 });
+    this.pool = new ContextPool(host, metrics, log, { sequencesPerContext: opts.sequencesPerContext ?? 1, graceMs: opts.contextGraceMs ?? 0, gatherBatches: opts.gatherBatches ?? false });
   }
 
   get shuttingDown(): boolean { return this.draining; }

@@ -359,6 +359,41 @@ describe("context pool", () => {
     assert.equal(await counterValue(copy.metrics, "torpor_runtime_state_replays_total"), 0);
   });
 
+  it("with batch gathering, every session of a shared context generating at once joins each decode", async () => {
+    // Counts what each llama_decode carried, under node-llama-cpp (its native context is wrapped).
+    const batches: number[][] = [];
+    const counting = (host: ModelHost) => Object.create(host, { createContext: { value: async (...a: Parameters<ModelHost["createContext"]>) => {
+      const context = await host.createContext(...a);
+      const internals = context as unknown as { _ctx: Record<string, (...x: unknown[]) => unknown> };
+      const native = internals._ctx, log: number[] = [];
+      batches.push(log);
+      let items = 0;
+      internals._ctx = new Proxy(native, { get: (t, k) => {
+        if (k === "addToBatch") return (...x: unknown[]) => { items++; return t.addToBatch!(...x); };
+        if (k === "decodeBatch") return () => { log.push(items); items = 0; return t.decodeBatch!(); };
+        const v = t[k as string];
+        return typeof v === "function" ? v.bind(t) : v;
+      } });
+      return context;
+    } } }) as ModelHost;
+    const run = async (gatherBatches: boolean) => {
+      const h = await harness({ sequencesPerContext: 4, gatherBatches }, undefined, undefined, counting);
+      const sessions = await Promise.all(["a", "b", "c", "d"].map((n) => h.manager.register({ namespace: "default", name: n })));
+      const outs = await Promise.all(sessions.map((s, i) => s.submit(`Tell me about day ${i}.`, greedy(16))));
+      return { texts: outs.map((o) => o.text), tokens: outs.map((o) => o.completionTokens), decodes: batches.at(-1)! };
+    };
+    const plain = await run(false);
+    const gathered = await run(true);
+    assert.deepEqual(gathered.texts, plain.texts, "gathering changes when a batch runs, never what it computes");
+    const steps = Math.max(...gathered.tokens);
+    // One decode for the four prompts, then one per step while all four generate.
+    assert.ok(gathered.decodes.length <= steps + 1, `${gathered.decodes.length} decodes for ${steps} steps: ${gathered.decodes.join(",")}`);
+    assert.ok(gathered.decodes.slice(1, Math.min(...gathered.tokens)).every((n) => n === 4), `each step carries all four: ${gathered.decodes.join(",")}`);
+    // Why the hook exists: node-llama-cpp alone leaves a sequence out of most steps. If this stops
+    // failing to batch, node-llama-cpp fixed it and batch-gathering.ts can go.
+    assert.ok(plain.decodes.length > gathered.decodes.length, `without gathering: ${plain.decodes.join(",")}`);
+  });
+
   it("records flash attention with the state: a state is restored with the setting it was saved with, whatever the runtime's now", async () => {
     // Found on the testbed: a rolling update to a runtime with another setting could not load any
     // saved state (llama.cpp keeps V transposed without flash attention) and replayed every session.
