@@ -9,6 +9,7 @@ import { ManualClock } from "../common/clock.js";
 import { createLogger } from "../common/logger.js";
 import type { TestModelParams } from "../fixtures/gguf/test-model.js";
 import { RuntimeMetrics } from "../runtime/metrics.js";
+import { ModelHost } from "../runtime/model/model-host.js";
 import { SessionManager } from "../runtime/sessions/session-manager.js";
 import { HibernationStore } from "../runtime/storage/hibernation-store.js";
 import { openSealedFile, sealFile, SealingKeys } from "../runtime/storage/sealing.js";
@@ -23,8 +24,9 @@ export interface SealingResult {
   aead: Array<{ threads: number; sealMs: number[]; openMs: number[] }>;
 }
 
-export async function sealingCost(model: TestModelParams, tokens: number, runs: number): Promise<SealingResult> {
-  const host = await loadHost(model);
+/** `model`: a generated model loaded on the CPU here, or a host the caller loaded (and disposes), e.g. on a GPU. */
+export async function sealingCost(model: TestModelParams | ModelHost, tokens: number, runs: number): Promise<SealingResult> {
+  const host = model instanceof ModelHost ? model : await loadHost(model);
   const base = await mkdtemp(path.join(os.tmpdir(), "torpor-bench-seal-"));
   const staging = await mkdtemp(path.join(os.tmpdir(), "torpor-bench-staging-"));
   for (const d of ["sealed", "plain"]) await mkdir(path.join(base, d));
@@ -69,7 +71,7 @@ export async function sealingCost(model: TestModelParams, tokens: number, runs: 
     }
   } finally {
     await Promise.all([...Object.values(stores), ...pools].map((x) => x.close()));
-    await host.dispose();
+    if (host !== model) await host.dispose();
     await rm(base, { recursive: true, force: true });
     await rm(staging, { recursive: true, force: true });
   }
