@@ -34,7 +34,7 @@ fi
 
 step "build: libggml-cuda.so (sm_90, loadable backend) and the probe (CPU, for the model)"
 t0=$(date +%s)
-cmake -S "$work/src" -B "$work/build-dl" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+cmake -S "$root/bench/gpu" -B "$work/build-dl" -G Ninja -DLLAMA_SRC="$work/src" -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DGGML_BACKEND_DL=ON -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF >"$out/cmake-dl.log" 2>&1 || tail -20 "$out/cmake-dl.log"
 cmake -S "$root/bench/gpu" -B "$work/build-probe" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_SRC="$work/src" -DLLAMA_CURL=OFF \
