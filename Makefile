@@ -4,7 +4,7 @@ IMAGE ?= torpor:dev
 KIND_CLUSTER ?= torpor
 CHART := charts/torpor
 
-.PHONY: help install build test demo bench gpu-check gpu-check-cpu kube-binaries clean
+.PHONY: help install build test demo bench gpu-check gpu-check-cpu gpu-check-runtime kube-binaries clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,6 +32,9 @@ gpu-check: ## the GPU check on a machine with an NVIDIA GPU and nvcc (no Node.js
 
 gpu-check-cpu: ## the same probe on the CPU, to prove the script (a small model)
 	bench/gpu/run.sh cpu
+
+gpu-check-runtime: ## the runtime itself on an NVIDIA GPU; needs dist/ and .gpu-carry/ from bench/gpu/pack-runtime.sh
+	bench/gpu/runtime.sh
 
 kube-binaries: ## build kube-apiserver, controller-manager, scheduler and etcd into the cache
 	scripts/build-kube-binaries.sh
