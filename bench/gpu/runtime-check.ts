@@ -21,6 +21,7 @@ import { RuntimeMetrics } from "../../runtime/metrics.js";
 import { ModelHost } from "../../runtime/model/model-host.js";
 import { SessionManager } from "../../runtime/sessions/session-manager.js";
 import { HibernationStore } from "../../runtime/storage/hibernation-store.js";
+import { recordingDecodeBatches } from "../../testbed/decode-batches.js";
 import { sealingCost } from "../sealing.js";
 
 const [modelPath, outPath] = process.argv.slice(2);
@@ -49,23 +50,6 @@ async function section(name: string, run: () => Promise<unknown>): Promise<void>
   await writeFile(outPath!, JSON.stringify(out, null, 1));
 }
 
-/** Counts what each llama_decode of the context carried (node-llama-cpp's native context, wrapped). */
-function countingBatches(host: ModelHost, log: number[]): ModelHost {
-  return Object.create(host, { createContext: { value: async (...a: Parameters<ModelHost["createContext"]>) => {
-    const context = await host.createContext(...a);
-    const internals = context as unknown as { _ctx: Record<string, (...x: unknown[]) => unknown> };
-    const native = internals._ctx;
-    let items = 0;
-    internals._ctx = new Proxy(native, { get: (t, k) => {
-      if (k === "addToBatch") return (...x: unknown[]) => { items++; return t.addToBatch!(...x); };
-      if (k === "decodeBatch") return () => { log.push(items); items = 0; return t.decodeBatch!(); };
-      const v = t[k as string];
-      return typeof v === "function" ? v.bind(t) : v;
-    } });
-    return context;
-  } } }) as ModelHost;
-}
-
 function manager(host: ModelHost, dir: string, opts: Partial<ConstructorParameters<typeof SessionManager>[5]> = {}): SessionManager {
   return new SessionManager(host, new HibernationStore(dir), new ManualClock(), new RuntimeMetrics(false), createLogger("gpu-check", "silent"),
     { maxResident: 64, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 65536, podName: "gpu-check", ...opts });
@@ -86,8 +70,8 @@ try {
     for (const n of (process.env.STREAMS ?? "4,16").split(",").map(Number)) {
       const logs = { off: [] as number[], on: [] as number[] };
       const mgrs = {
-        off: manager(countingBatches(host, logs.off), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: false }),
-        on: manager(countingBatches(host, logs.on), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: true }),
+        off: manager(recordingDecodeBatches(host, logs.off), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: false }),
+        on: manager(recordingDecodeBatches(host, logs.on), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: true }),
       };
       const sessions = { off: [] as Awaited<ReturnType<SessionManager["register"]>>[], on: [] as Awaited<ReturnType<SessionManager["register"]>>[] };
       for (const k of ["off", "on"] as const) for (let i = 0; i < n; i++) sessions[k].push(await mgrs[k].register({ namespace: "gpu", name: `s${i}`, contextSize: 1024 }));

@@ -7,6 +7,7 @@ import { TorporError } from "../../contract/errors.js";
 import type { ModelHost } from "../../runtime/model/model-host.js";
 import type { Session } from "../../runtime/sessions/session.js";
 import { counterValue, greedy, harness } from "../helpers/in-process-runtime.js";
+import { recordingDecodeBatches } from "../../testbed/decode-batches.js";
 import { recurrentModel, swaModel } from "../../testbed/models.js";
 
 /** Registers the sessions and gives each a turn in this order, a second apart: the first is the least recently used. */
@@ -360,27 +361,13 @@ describe("context pool", () => {
   });
 
   it("with batch gathering, every session of a shared context generating at once joins each decode", async () => {
-    // Counts what each llama_decode carried, under node-llama-cpp (its native context is wrapped).
-    const batches: number[][] = [];
-    const counting = (host: ModelHost) => Object.create(host, { createContext: { value: async (...a: Parameters<ModelHost["createContext"]>) => {
-      const context = await host.createContext(...a);
-      const internals = context as unknown as { _ctx: Record<string, (...x: unknown[]) => unknown> };
-      const native = internals._ctx, log: number[] = [];
-      batches.push(log);
-      let items = 0;
-      internals._ctx = new Proxy(native, { get: (t, k) => {
-        if (k === "addToBatch") return (...x: unknown[]) => { items++; return t.addToBatch!(...x); };
-        if (k === "decodeBatch") return () => { log.push(items); items = 0; return t.decodeBatch!(); };
-        const v = t[k as string];
-        return typeof v === "function" ? v.bind(t) : v;
-      } });
-      return context;
-    } } }) as ModelHost;
+    // Each decode's batch, as node-llama-cpp made it (testbed/decode-batches.ts).
     const run = async (gatherBatches: boolean) => {
-      const h = await harness({ sequencesPerContext: 4, gatherBatches }, undefined, undefined, counting);
+      const log: number[] = [];
+      const h = await harness({ sequencesPerContext: 4, gatherBatches }, undefined, undefined, (host) => recordingDecodeBatches(host, log));
       const sessions = await Promise.all(["a", "b", "c", "d"].map((n) => h.manager.register({ namespace: "default", name: n })));
       const outs = await Promise.all(sessions.map((s, i) => s.submit(`Tell me about day ${i}.`, greedy(16))));
-      return { texts: outs.map((o) => o.text), tokens: outs.map((o) => o.completionTokens), decodes: batches.at(-1)! };
+      return { texts: outs.map((o) => o.text), tokens: outs.map((o) => o.completionTokens), decodes: log };
     };
     const plain = await run(false);
     const gathered = await run(true);
