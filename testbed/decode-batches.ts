@@ -3,16 +3,27 @@
 // changes). For tests and benchmarks of batching (runtime/sessions/batch-gathering.ts).
 import type { ModelHost } from "../runtime/model/model-host.js";
 
-/** `host`, with each new context appending to `log` the number of batch items of every decode. */
-export function recordingDecodeBatches(host: ModelHost, log: number[]): ModelHost {
+/** Where a generation step's time went: llama_decode calls, and token sampling (a native call per sequence, on libuv's pool). */
+export interface StepTimes { decodes: number; decodeMs: number; samples: number; sampleMs: number }
+
+/** `host`, with each new context appending to `log` the number of batch items of every decode, and adding to `times`. */
+export function recordingDecodeBatches(host: ModelHost, log: number[], times?: StepTimes): ModelHost {
   return Object.create(host, { createContext: { value: async (...a: Parameters<ModelHost["createContext"]>) => {
     const context = await host.createContext(...a);
     const internals = context as unknown as { _ctx: Record<string, (...x: unknown[]) => unknown> };
     const native = internals._ctx;
     let items = 0;
+    const timed = <T>(p: Promise<T>, what: "decode" | "sample"): Promise<T> => {
+      if (!times) return p;
+      const t0 = performance.now();
+      return p.finally(() => {
+        if (what === "decode") { times.decodes++; times.decodeMs += performance.now() - t0; } else { times.samples++; times.sampleMs += performance.now() - t0; }
+      });
+    };
     internals._ctx = new Proxy(native, { get: (t, k) => {
       if (k === "addToBatch") return (...x: unknown[]) => { items++; return t.addToBatch!(...x); };
-      if (k === "decodeBatch") return () => { log.push(items); items = 0; return t.decodeBatch!(); };
+      if (k === "decodeBatch") return () => { log.push(items); items = 0; return timed(t.decodeBatch!() as Promise<unknown>, "decode"); };
+      if (k === "sampleToken" && times) return (...x: unknown[]) => timed(t.sampleToken!(...x) as Promise<unknown>, "sample");
       const v = t[k as string];
       return typeof v === "function" ? v.bind(t) : v;
     } });

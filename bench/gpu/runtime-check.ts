@@ -21,7 +21,7 @@ import { RuntimeMetrics } from "../../runtime/metrics.js";
 import { ModelHost } from "../../runtime/model/model-host.js";
 import { SessionManager } from "../../runtime/sessions/session-manager.js";
 import { HibernationStore } from "../../runtime/storage/hibernation-store.js";
-import { recordingDecodeBatches } from "../../testbed/decode-batches.js";
+import { recordingDecodeBatches, type StepTimes } from "../../testbed/decode-batches.js";
 import { sealingCost } from "../sealing.js";
 
 const [modelPath, outPath] = process.argv.slice(2);
@@ -50,6 +50,8 @@ async function section(name: string, run: () => Promise<unknown>): Promise<void>
   await writeFile(outPath!, JSON.stringify(out, null, 1));
 }
 
+const newTimes = (): StepTimes => ({ decodes: 0, decodeMs: 0, samples: 0, sampleMs: 0 });
+
 function manager(host: ModelHost, dir: string, opts: Partial<ConstructorParameters<typeof SessionManager>[5]> = {}): SessionManager {
   return new SessionManager(host, new HibernationStore(dir), new ManualClock(), new RuntimeMetrics(false), createLogger("gpu-check", "silent"),
     { maxResident: 64, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 65536, podName: "gpu-check", ...opts });
@@ -69,27 +71,35 @@ try {
     const rows: Array<Record<string, unknown>> = [];
     for (const n of (process.env.STREAMS ?? "4,16").split(",").map(Number)) {
       const logs = { off: [] as number[], on: [] as number[] };
+      const times = { off: newTimes(), on: newTimes() };
       const mgrs = {
-        off: manager(recordingDecodeBatches(host, logs.off), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: false }),
-        on: manager(recordingDecodeBatches(host, logs.on), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: true }),
+        off: manager(recordingDecodeBatches(host, logs.off, times.off), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: false }),
+        on: manager(recordingDecodeBatches(host, logs.on, times.on), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: true }),
       };
       const sessions = { off: [] as Awaited<ReturnType<SessionManager["register"]>>[], on: [] as Awaited<ReturnType<SessionManager["register"]>>[] };
       for (const k of ["off", "on"] as const) for (let i = 0; i < n; i++) sessions[k].push(await mgrs[k].register({ namespace: "gpu", name: `s${i}`, contextSize: 1024 }));
       const tps = { off: [] as number[], on: [] as number[] };
+      const steps = { off: [] as Array<StepTimes & { wallMs: number }>, on: [] as Array<StepTimes & { wallMs: number }> };
       for (let r = 0; r <= ROUNDS; r++) {
         for (const k of (r % 2 ? ["on", "off"] : ["off", "on"]) as Array<"off" | "on">) {
           logs[k].length = 0;
+          Object.assign(times[k], newTimes());
           const t0 = performance.now();
           const done = await Promise.all(sessions[k].map((s, i) => s.submit(`Tell me a story about lighthouse number ${i + r * n}.`, { maxTokens: TOKENS, temperature: 0 })));
           const tokens = done.reduce((a, d) => a + d.completionTokens, 0);
-          if (r > 0) tps[k].push(tokens / ((performance.now() - t0) / 1000)); // round 0 allocates the contexts
+          const wallMs = performance.now() - t0;
+          if (r > 0) { tps[k].push(tokens / (wallMs / 1000)); steps[k].push({ wallMs, ...times[k] }); } // round 0 allocates the contexts
           if (process.env.VERBOSE) say(`    ${n} sessions, gathering ${k}, round ${r}: ${tokens} tokens in ${(performance.now() - t0).toFixed(0)} ms`);
         }
       }
       for (const k of ["off", "on"] as const) {
         const hist: Record<number, number> = {};
         for (const x of logs[k]) hist[x] = (hist[x] ?? 0) + 1;
-        const row = { sessions: n, gathering: k, tokPerS: median(tps[k]), runs: tps[k].map((x) => Math.round(x)), decodesLastRound: logs[k].length, sequencesPerDecode: hist };
+        // Per decode: wall time, time inside llama_decode, and sampling (summed over sequences:
+        // the calls overlap on libuv's pool, so the sum can exceed the wall time).
+        const last = steps[k].at(-1)!;
+        const perDecode = { wallMs: last.wallMs / last.decodes, decodeMs: last.decodeMs / last.decodes, sampleMsSummed: last.sampleMs / last.decodes, sampleMsEach: last.sampleMs / Math.max(1, last.samples) };
+        const row = { sessions: n, gathering: k, tokPerS: median(tps[k]), runs: tps[k].map((x) => Math.round(x)), decodesLastRound: logs[k].length, sequencesPerDecode: hist, perDecodeLastRound: perDecode };
         say(" ", JSON.stringify(row));
         rows.push(row);
       }
