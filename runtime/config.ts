@@ -53,7 +53,7 @@ export interface RuntimeConfig {
   /**
    * Wait one event-loop turn after each decode so that every session of a shared context joins the
    * next batch (sessions/batch-gathering.ts). "auto": on a GPU, where a batch of 4 costs about what
-   * 1 does; off on a CPU, where a decode costs about its token count and the wait buys nothing.
+   * 1 does; off on a CPU, where larger batches cost more per token and it measured slower.
    */
   batchGathering: "auto" | boolean;
   /** Wait for an idle resident session this long before taking a busy one's slot between its turns. */
@@ -75,7 +75,6 @@ function intAtMost(env: NodeJS.ProcessEnv, key: string, fallback: number, min: n
   if (n > max) throw new TorporError("bad_request", `${key}=${n} must be at most ${max}`);
   return n;
 }
-
 
 function autoOnOff(env: NodeJS.ProcessEnv, key: string): "auto" | boolean {
   const raw = env[key];

@@ -2,10 +2,11 @@
 // time the context composes the next batch. node-llama-cpp 3.22.1 composes it in the same microtask
 // run in which the previous decode's results are handed out, so the sequence whose continuation is
 // a few promise hops longer misses it, every step: 4 generating sequences decoded as batches of 3
-// plus a batch of 1 (64 decodes for 48 steps), 16 as 15 plus 1. On a CPU a decode costs about its
-// token count, so that was free; on a GPU a decode costs about the same for 1 token or 16, and the
-// straggler's extra decode cost a third of 4 streams' throughput. One turn of the event loop after
-// each batch lets every continuation queue first: 48 decodes of 4 for the same 192 tokens.
+// plus a batch of 1 (64 decodes for 48 steps), 16 as 15 plus 1. One turn of the event loop after
+// each batch lets every continuation queue first: 48 decodes of 4 for the same 192 tokens. On a GPU,
+// where a decode costs about the same for 1 token or 16, that raised 4 sessions' tok/s 1.13-1.26x
+// (H200); on the 2-core CPU here a 4-token decode costs twice a 3-token one, and it lowered them.
+// Hence the setting (TORPOR_BATCH_GATHERING, "auto": on where the model is on a GPU).
 import type { LlamaContext } from "node-llama-cpp";
 
 type AfterBatchAction = (sequenceStateLength: number) => void | Promise<void>;
@@ -15,7 +16,7 @@ type DecodeTokens = (options: QueuedDecodeOptions, logitDataMapper: unknown) => 
 /** Whether the context was given the hook (false: node-llama-cpp changed its internals, and keeps its own batching). */
 export function gatherBatches(context: LlamaContext): boolean {
   // An internal of node-llama-cpp: the one place between a decode and the next batch's composition
-  // that it awaits. test/integration/batch-gathering.test.ts fails if it moves.
+  // that it awaits. test/runtime/session.test.ts (\"with batch gathering ...\") fails if it moves.
   const internals = context as unknown as { _decodeTokens?: DecodeTokens };
   const decode = internals._decodeTokens;
   if (typeof decode !== "function") return false;
