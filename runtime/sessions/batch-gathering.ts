@@ -16,7 +16,7 @@ type DecodeTokens = (options: QueuedDecodeOptions, logitDataMapper: unknown) => 
 /** Whether the context was given the hook (false: node-llama-cpp changed its internals, and keeps its own batching). */
 export function gatherBatches(context: LlamaContext): boolean {
   // An internal of node-llama-cpp: the one place between a decode and the next batch's composition
-  // that it awaits. test/runtime/session.test.ts (\"with batch gathering ...\") fails if it moves.
+  // that it awaits. The "with batch gathering" test in test/runtime/session.test.ts fails if it moves.
   const internals = context as unknown as { _decodeTokens?: DecodeTokens };
   const decode = internals._decodeTokens;
   if (typeof decode !== "function") return false;
