@@ -445,7 +445,9 @@ describe("shutdown", () => {
     await a.submit("first turn of a", greedy(4));
     // b needs a's slot: a is evicted; while that save runs, a request for a queues behind it.
     const bTurn = b.submit("first turn of b", greedy(4));
-    for (let i = 0; i < 5000 && a.phase !== "Hibernating"; i++) await new Promise((r) => setImmediate(r));
+    // Polled every event-loop turn (the save spans many), for up to 10 s. A count of 5,000 turns ran
+    // out once in the full suite before the eviction had started.
+    for (const end = performance.now() + 10_000; a.phase !== "Hibernating" && performance.now() < end;) await new Promise((r) => setImmediate(r));
     assert.equal(a.phase, "Hibernating");
     const aTurn = a.submit("second turn of a", greedy(4));
     const down = await h.manager.shutdown();
