@@ -7,6 +7,7 @@ import { getLlama, resolveChatWrapper, type ChatWrapper, type Llama, type LlamaC
 import type { RuntimeConfig } from "../config.js";
 import { TorporError } from "../../contract/errors.js";
 import type { MemoryCost } from "./memory-cost.js";
+import { cpuAllowance } from "./cpu-allowance.js";
 import { modelFingerprint } from "./model-fingerprint.js";
 import { resolveModelSource } from "./model-source.js";
 
@@ -24,7 +25,8 @@ export class ModelHost {
     readonly modelPath: string,
     readonly fingerprint: string,
     readonly chatWrapper: ChatWrapper,
-    private readonly threads: number,
+    /** CPU threads per context: TORPOR_THREADS, else the CPUs the container may use. */
+    readonly threads: number,
     /**
      * What new contexts use ("auto": llama.cpp decides per context, as node-llama-cpp's own
      * default); a rehydrate uses what its state was saved with.
@@ -34,7 +36,12 @@ export class ModelHost {
 
   static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads"> & { flashAttention?: RuntimeConfig["flashAttention"] }): Promise<ModelHost> {
     const modelPath = await resolveModelSource(cfg.model, cfg.modelCacheDir);
-    const llama = await getLlama({ gpu: cfg.gpu, logLevel: "error" as never, build: "never" });
+    // Threads: what was asked, else the CPUs the container may use (cpu-allowance.ts). All
+    // contexts together stay within that too (node-llama-cpp splits maxThreads among contexts
+    // decoding at once), so sessions with contexts of their own never oversubscribe the CPUs.
+    const allowance = await cpuAllowance();
+    const threads = cfg.threads > 0 ? cfg.threads : allowance;
+    const llama = await getLlama({ gpu: cfg.gpu, logLevel: "error" as never, build: "never", maxThreads: Math.max(threads, allowance) });
     const model = await llama.loadModel({ modelPath, gpuLayers: cfg.gpuLayers });
     const chatWrapper = resolveChatWrapper(model);
     const asked = cfg.flashAttention ?? "auto";
@@ -43,7 +50,7 @@ export class ModelHost {
       await llama.dispose();
       throw new Error("TORPOR_FLASH_ATTENTION=on, but this model does not support flash attention in llama.cpp; set it to auto or off");
     }
-    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, cfg.threads, asked);
+    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, threads, asked);
   }
 
   get name(): string {
