@@ -42,7 +42,7 @@ export async function llamaServerBinary(): Promise<string | undefined> {
   }
 }
 
-async function post(url: string, body: unknown): Promise<{ json: Record<string, unknown>; ms: number }> {
+export async function post(url: string, body: unknown): Promise<{ json: Record<string, unknown>; ms: number }> {
   const t0 = performance.now();
   const res = await fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
   const json = await res.json() as Record<string, unknown>;
@@ -163,7 +163,8 @@ async function writeWithFsync(file: string, bytes: number): Promise<number> {
   return ms;
 }
 
-async function startServer(binary: string, args: string[]): Promise<{ base: string; stop: () => void }> {
+/** llama-server on a free local port, once /health answers. */
+export async function startServer(binary: string, args: string[]): Promise<{ base: string; stop: () => void }> {
   const port = await freePort();
   const server = spawn(binary, ["--port", String(port), "--host", "127.0.0.1", "--no-webui", ...args], { stdio: ["ignore", "ignore", "pipe"] });
   let log = "";
@@ -175,7 +176,7 @@ async function startServer(binary: string, args: string[]): Promise<{ base: stri
     await new Promise((r) => setTimeout(r, 100));
   }
   server.kill("SIGKILL");
-  throw new PeerUnavailable(`llama-server -np 4 did not come up: ${log.trim().split("\n").at(-1)}`);
+  throw new PeerUnavailable(`llama-server ${args.join(" ")} did not come up: ${log.trim().split("\n").at(-1)}`);
 }
 
 const STREAM_TOKENS = 48;

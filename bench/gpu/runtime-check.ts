@@ -22,6 +22,7 @@ import { ModelHost } from "../../runtime/model/model-host.js";
 import { SessionManager } from "../../runtime/sessions/session-manager.js";
 import { HibernationStore } from "../../runtime/storage/hibernation-store.js";
 import { recordingDecodeBatches, type StepTimes } from "../../testbed/decode-batches.js";
+import { post, startServer } from "../llama-server.js";
 import { sealingCost } from "../sealing.js";
 
 const [modelPath, outPath] = process.argv.slice(2);
@@ -69,7 +70,7 @@ try {
 
   await section("streams", async () => {
     const rows: Array<Record<string, unknown>> = [];
-    for (const n of (process.env.STREAMS ?? "4,16").split(",").map(Number)) {
+    for (const n of (process.env.STREAMS ?? "1,4,16").split(",").map(Number)) {
       const logs = { off: [] as number[], on: [] as number[] };
       const times = { off: newTimes(), on: newTimes() };
       const mgrs = {
@@ -104,6 +105,30 @@ try {
         rows.push(row);
       }
       for (const m of Object.values(mgrs)) await m.close();
+    }
+    return rows;
+  });
+
+  // The same decode through llama-server (built there from the same llama.cpp: runtime.sh sets
+  // TORPOR_LLAMA_SERVER) with n slots: the peer the runtime's streams are measured against. Raw
+  // prompts without a chat template, ignore_eos so that every slot decodes all its tokens, as the
+  // CPU figure 11 does.
+  if (process.env.TORPOR_LLAMA_SERVER) await section("peer-streams", async () => {
+    const rows: Array<Record<string, unknown>> = [];
+    for (const n of (process.env.STREAMS ?? "1,4,16").split(",").map(Number)) {
+      const server = await startServer(process.env.TORPOR_LLAMA_SERVER!, ["-m", modelPath!, "-c", String(n * 1024), "-np", String(n), "-ngl", cpu ? "0" : "999"]);
+      try {
+        const tps: number[] = [];
+        for (let r = 0; r <= ROUNDS; r++) {
+          const t0 = performance.now();
+          const done = await Promise.all(Array.from({ length: n }, (_, i) => post(`${server.base}/completion`, { prompt: `Tell me a story about lighthouse number ${i + r * n}.`, n_predict: TOKENS, id_slot: i, temperature: 0, cache_prompt: false, ignore_eos: true })));
+          const tokens = done.reduce((a, d) => a + Number((d.json.timings as { predicted_n?: number }).predicted_n ?? 0), 0);
+          if (r > 0) tps.push(tokens / ((performance.now() - t0) / 1000));
+        }
+        const row = { slots: n, tokPerS: median(tps), runs: tps.map((x) => Math.round(x)) };
+        say(" ", JSON.stringify(row));
+        rows.push(row);
+      } finally { server.stop(); }
     }
     return rows;
   });
