@@ -5,7 +5,7 @@
 #      loadable backend (GGML_BACKEND_DL, as node-llama-cpp's prebuilt is built) and drops it where
 #      node-llama-cpp's prebuilt CUDA binaries expect it; beside it, the C++ probe on the CPU, to
 #      write the 8B-shaped random model of the GPU check;
-#   3. runs dist/bench/gpu/runtime-check.js on that model.
+#   3. runs dist/bench/gpu/runtime-check.js on that model, with llama-server from the same build beside it.
 #
 #   bench/gpu/runtime.sh [OUTDIR]     a device run carries .gpu-carry and dist
 #
@@ -36,18 +36,21 @@ step "build: libggml-cuda.so (sm_90, loadable backend) and the probe (CPU, for t
 t0=$(date +%s)
 cmake -S "$root/bench/gpu" -B "$work/build-dl" -G Ninja -DLLAMA_SRC="$work/src" -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DGGML_BACKEND_DL=ON -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
-  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF >"$out/cmake-dl.log" 2>&1 || tail -20 "$out/cmake-dl.log"
+  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_COMMON=ON >"$out/cmake-dl.log" 2>&1 || tail -20 "$out/cmake-dl.log"
 cmake -S "$root/bench/gpu" -B "$work/build-probe" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_SRC="$work/src" -DLLAMA_CURL=OFF \
   -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
   -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON >"$out/cmake-probe.log" 2>&1 || tail -20 "$out/cmake-probe.log"
 cores=$(nproc)
-timeout 360 cmake --build "$work/build-dl" --target ggml-cuda -j "$cores" >"$out/build-dl.log" 2>&1 &
+# llama-server from the same build, the peer for the streams (it loads the backends beside it).
+timeout 420 cmake --build "$work/build-dl" --target ggml-cuda ggml-cpu llama-server -j "$cores" >"$out/build-dl.log" 2>&1 &
 dl=$!
 cmake --build "$work/build-probe" --target torpor-probe -j 6 >"$out/build-probe.log" 2>&1 || { grep -m5 -A5 error "$out/build-probe.log"; }
 wait $dl || grep -m10 -A5 error "$out/build-dl.log" | head -40
 echo "builds took $(( $(date +%s) - t0 )) s on $cores cores"
 cuda_lib=$(find "$work/build-dl" -name libggml-cuda.so -type f | head -1)
 probe_bin=$(find "$work/build-probe" -name torpor-probe -type f -perm -u+x | head -1)
+server_bin=$(find "$work/build-dl" -name llama-server -type f -perm -u+x | head -1)
+if [ -n "$cuda_lib" ] && [ -n "$server_bin" ]; then export TORPOR_LLAMA_SERVER=$server_bin; else echo "no llama-server: the check runs without its peer"; fi
 bins=$root/node_modules/@node-llama-cpp/linux-x64-cuda/bins/linux-x64-cuda
 if [ -n "$cuda_lib" ]; then cp "$cuda_lib" "$bins/" && ls -la "$bins/libggml-cuda.so"
 else echo "no libggml-cuda.so: only the CPU's sealing figure runs"; export TORPOR_CHECK_SECTIONS=${TORPOR_CHECK_SECTIONS:-host,sealing-figure-9}; fi
