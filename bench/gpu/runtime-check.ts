@@ -15,14 +15,11 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { ManualClock } from "../../common/clock.js";
-import { createLogger } from "../../common/logger.js";
-import { RuntimeMetrics } from "../../runtime/metrics.js";
 import { ModelHost } from "../../runtime/model/model-host.js";
-import { SessionManager } from "../../runtime/sessions/session-manager.js";
-import { HibernationStore } from "../../runtime/storage/hibernation-store.js";
+import type { SessionManager } from "../../runtime/sessions/session-manager.js";
 import { recordingDecodeBatches, type StepTimes } from "../../testbed/decode-batches.js";
 import { post, startServer } from "../llama-server.js";
+import { benchManager } from "../harness.js";
 import { sealingCost } from "../sealing.js";
 
 const [modelPath, outPath] = process.argv.slice(2);
@@ -53,10 +50,6 @@ async function section(name: string, run: () => Promise<unknown>): Promise<void>
 
 const newTimes = (): StepTimes => ({ decodes: 0, decodeMs: 0, samples: 0, sampleMs: 0 });
 
-function manager(host: ModelHost, dir: string, opts: Partial<ConstructorParameters<typeof SessionManager>[5]> = {}): SessionManager {
-  return new SessionManager(host, new HibernationStore(dir), new ManualClock(), new RuntimeMetrics(false), createLogger("gpu-check", "silent"),
-    { maxResident: 64, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 65536, podName: "gpu-check", ...opts });
-}
 
 const host = await ModelHost.load({ model: modelPath, modelCacheDir: "", gpu: cpu ? false : "auto", gpuLayers: cpu ? 0 : "auto", threads: 0 });
 const scratch = await mkdtemp(path.join(os.tmpdir(), "torpor-gpu-check-"));
@@ -74,8 +67,8 @@ try {
       const logs = { off: [] as number[], on: [] as number[] };
       const times = { off: newTimes(), on: newTimes() };
       const mgrs = {
-        off: manager(recordingDecodeBatches(host, logs.off, times.off), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: false }),
-        on: manager(recordingDecodeBatches(host, logs.on, times.on), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: true }),
+        off: benchManager(recordingDecodeBatches(host, logs.off, times.off), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: false }),
+        on: benchManager(recordingDecodeBatches(host, logs.on, times.on), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: true }),
       };
       const sessions = { off: [] as Awaited<ReturnType<SessionManager["register"]>>[], on: [] as Awaited<ReturnType<SessionManager["register"]>>[] };
       for (const k of ["off", "on"] as const) for (let i = 0; i < n; i++) sessions[k].push(await mgrs[k].register({ namespace: "gpu", name: `s${i}`, contextSize: 1024 }));
@@ -135,8 +128,8 @@ try {
 
   await section("hibernate", async () => {
     const dir = await mkdtemp(path.join(scratch, "h-"));
-    const m = manager(host, dir, { contextGraceMs: 0 });
-    const twinM = manager(host, await mkdtemp(path.join(scratch, "t-")));
+    const m = benchManager(host, dir, { contextGraceMs: 0 });
+    const twinM = benchManager(host, await mkdtemp(path.join(scratch, "t-")));
     // About a token a letter with this vocabulary: a state of about 4,000 tokens, as the C++ probe's.
     const prompt = Array.from({ length: 4000 }, (_, i) => String.fromCharCode(97 + ((i * 7) % 26))).join("");
     const ctx = 8192;

@@ -68,7 +68,7 @@ export class ModelHost {
         contextSize,
         sequences,
         flashAttention,
-        ...(this.threads > 0 ? { threads: this.threads } : {}),
+        threads: this.threads,
       });
     } catch (err) {
       throw new TorporError("capacity_exhausted", `cannot allocate a context of ${contextSize} tokens: ${(err as Error).message}`);
