@@ -282,9 +282,13 @@ describe("gateway on the testbed", () => {
         const pods = await tb.kubectl(["get", "pods", "-l", "torpor.dev/model=tiny", "-o", "name"]);
         return replicas === "0" && pods.trim() === "" ? true : undefined;
       }, 90_000);
-      const asleep = await get("sleeper");
-      const ready = asleep.status!.conditions!.find((x) => x.type === "Ready")!;
-      assert.equal(ready.reason, "ScaledToZero", JSON.stringify(ready));
+      // Status follows the pods' removal by one reconcile, as `kubectl wait` would see it.
+      let ready: { reason?: string } | undefined;
+      const asleep = await eventually("Ready says ScaledToZero", async () => {
+        const x = await get("sleeper");
+        ready = x.status?.conditions?.find((c) => c.type === "Ready");
+        return ready?.reason === "ScaledToZero" ? x : undefined;
+      }, 20_000).catch((err: unknown) => { throw new Error(`${String(err)}; last Ready: ${JSON.stringify(ready)}`); });
       assert.equal(asleep.status!.residency, "Hibernated");
       // The next request wakes the pool and rehydrates the session on a new pod, within the wake bound.
       const t0 = Date.now();
