@@ -108,14 +108,18 @@ export type Transition = "hibernate" | "rehydrate" | undefined;
 
 /**
  * Lazy: NotCreated stays NotCreated whatever is desired; the first request creates the context.
- * Hibernated desired is level-triggered. Pre-warming (rehydrate now) follows a spec change only:
- * a session the runtime hibernated for idleness stays hibernated until a request comes, and a
- * session woken by a request is rehydrated by that request (so its caller learns it happened).
+ * Hibernated desired is level-triggered. Pre-warming (rehydrate now) follows a spec change, or a
+ * move: a session the runtime hibernated for idleness stays hibernated until a request comes, and
+ * a session woken by a request is rehydrated by that request (so its caller learns it happened);
+ * but one that was in memory when its pod went away (a rolling update, a drain, a restart that
+ * found its checkpoint) was not asleep, and is put back in memory on its new pod, so that neither
+ * `kubectl get` nor its next turn shows the move.
  */
-export function decideTransition(s: InferenceSession, runtime: ObservedResidency): Transition {
+export function decideTransition(s: InferenceSession, runtime: ObservedResidency, movedFromMemory = false): Transition {
   const desired = s.spec.residency ?? "InMemory";
   if (desired === "Hibernated" && runtime === "InMemory") return "hibernate";
   if (desired === "InMemory" && runtime === "Hibernated") {
+    if (movedFromMemory) return "rehydrate";
     // Level-triggered: the InMemory intent of this generation has not been met yet. Once it has,
     // a later idle hibernation by the runtime is not undone.
     const specChanged = s.metadata.generation === undefined || s.metadata.generation !== s.status?.appliedGeneration;

@@ -103,7 +103,8 @@ export class SessionReconciler {
         this.events.record(s, "Normal", "Placed", `placed on runtime pod ${plan.pod.name} (node ${plan.pod.node}); residency ${runtime.residency}`);
         log.info({ pod: plan.pod.name, previousPod: s.status?.pod, residency: runtime.residency, liveStateLost: lost, resourceVersion: s.metadata.resourceVersion }, "session registered on runtime pod");
       }
-      const transition = decideTransition(s, runtime!.residency);
+      const moved = plan.register && plan.heldInMemory && !lost;
+      const transition = decideTransition(s, runtime!.residency, moved);
       if (transition) {
         this.metrics.transitions.inc({ transition });
         if (transition === "hibernate") {
@@ -111,7 +112,8 @@ export class SessionReconciler {
           if (out.record) this.events.record(s, "Normal", "Hibernated", `wrote ${out.record.bytes} bytes (${out.record.tokenCount} tokens) in ${out.record.durationMs.toFixed(0)} ms`);
         } else {
           const w = await c.rehydrate(namespace, name);
-          if (w.rehydrated) this.events.record(s, "Normal", "Rehydrated", `restored in ${w.rehydrateMs?.toFixed(0)} ms on pod ${plan.pod.name}`);
+          const why = moved ? `, where it moved while in memory${s.status?.pod && s.status.pod !== plan.pod.name ? ` from pod ${s.status.pod}` : ""}` : "";
+          if (w.rehydrated) this.events.record(s, "Normal", "Rehydrated", `restored in ${w.rehydrateMs?.toFixed(0)} ms on pod ${plan.pod.name}${why}`);
         }
         runtime = await c.status(namespace, name);
       }

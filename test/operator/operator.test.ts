@@ -284,8 +284,10 @@ describe("operator on the testbed", () => {
       .catch(async (err) => { throw new Error(`${err}: ${JSON.stringify((await get("ckpt")).status)}\n${operatorLog.split("\n").filter((l) => l.includes("ckpt")).join("\n")}`); });
     assert.ok(back.status!.lastLoss!.tokensLost > 0 && back.status!.lastLoss!.tokensLost < tokens, JSON.stringify(back.status!.lastLoss));
     assert.equal(back.status!.liveStateLostAt, undefined, "not lost: restored from the checkpoint");
+    // It was in memory when the runtime died: the operator put it back there from the checkpoint.
+    assert.equal(back.status!.residency, "InMemory", JSON.stringify(back.status));
     const r = await runtimeFor(back).submit("default", "ckpt", "four", { max_tokens: 2 });
-    assert.equal(r.torpor.rehydrated, true);
+    assert.equal(r.torpor.rehydrated, false, "already back in memory");
     const h = await runtimeFor(back).request<{ history: Array<{ type: string; text?: string }> }>("GET", "/v1/sessions/default/ckpt?history=true");
     assert.deepEqual(h.history.filter((m) => m.type === "user").map((m) => m.text), ["one", "two", "four"], "the two checkpointed turns kept, the third lost");
     const events = await tb.kubectl(["get", "events", "--field-selector", "involvedObject.name=ckpt", "-o", "jsonpath={.items[*].reason}"]);
@@ -303,8 +305,11 @@ describe("operator on the testbed", () => {
     }, 60_000);
     // The old pod is alive and reachable: it must refuse the session now, not serve a fork.
     await assert.rejects(rt.submit("default", "split", "Fork?", { max_tokens: 2 }), (e: Error & { code?: string }) => e.code === "stale_epoch" || e.code === "session_not_found");
+    // It was in memory on the old pod, so it is in memory on the new one before anyone asks.
+    assert.equal(moved.status!.residency, "InMemory", JSON.stringify(moved.status));
     const r = await runtimeFor(moved).submit("default", "split", "What were they?", { max_tokens: 4 });
-    assert.equal(r.torpor.rehydrated, true);
+    assert.equal(r.torpor.rehydrated, false, "the operator rehydrated it on the move");
+    assert.ok(r.usage.prompt_tokens_details!.cached_tokens! > 0, `the restored conversation was reused: ${JSON.stringify(r.usage)}`);
     const h = await runtimeFor(moved).request<{ history: Array<{ type: string; text?: string }> }>("GET", "/v1/sessions/default/split?history=true");
     assert.deepEqual(h.history.filter((m) => m.type === "user").map((m) => m.text), ["My locker code is 2931.", "And my bike is green.", "What were they?"]);
     // Healed: the old pod is Ready again and holds no copy that could be served or saved.

@@ -127,6 +127,19 @@ describe("transitions", () => {
     assert.equal(decideTransition(session({ status: { observedGeneration: 3, appliedGeneration: 3 } }), "Hibernated"), undefined);
   });
 
+  it("puts a session that moved while in memory back in memory on its new pod, and only then", () => {
+    const applied = session({ status: { observedGeneration: 3, appliedGeneration: 3, residency: "InMemory", pod: "old" } });
+    const plan = decidePlacement(applied, [pod("new")], false) as { register: boolean; heldInMemory: boolean };
+    assert.equal(plan.heldInMemory, true);
+    assert.equal(decideTransition(applied, "Hibernated", plan.register && plan.heldInMemory), "rehydrate", "its SIGTERM saved it; it was not asleep");
+    assert.equal(decideTransition(applied, "Hibernated"), undefined, "without a move, an idle hibernation stands");
+    const asleep = session({ status: { observedGeneration: 3, appliedGeneration: 3, residency: "Hibernated", pod: "old" } });
+    const moved = decidePlacement(asleep, [pod("new")], false) as { register: boolean; heldInMemory: boolean };
+    assert.equal(decideTransition(asleep, "Hibernated", moved.register && moved.heldInMemory), undefined, "a sleeping session moves asleep");
+    const wantsSleep = session({ spec: { model: "m", residency: "Hibernated" }, status: { residency: "InMemory", pod: "old" } });
+    assert.equal(decideTransition(wantsSleep, "Hibernated", true), undefined, "spec.residency Hibernated wins");
+  });
+
   it("still rehydrates when the change to InMemory was first observed while the session had no runtime", () => {
     // Generation 3 says InMemory; the pod holding the hibernated session was being replaced.
     const s = session({ status: { observedGeneration: 2, appliedGeneration: 2, residency: "Hibernated" } });
