@@ -15,6 +15,8 @@ export class ClusterView {
   readonly reports = new Map<string, Map<string, string>>();
   /** Models whose runtime pool the operator scaled to zero (pool-scaler.ts keeps it current). */
   readonly asleepModels = new Set<string>();
+  /** Placements decided whose status is not written yet, per pod name (see load()). */
+  private readonly placingCount = new Map<string, number>();
 
   /**
    * @param notReadyHandOffMs how long a session held by a NotReady (not terminating) pod waits for
@@ -28,17 +30,51 @@ export class ClusterView {
   }
 
   runtimePods(): RuntimePod[] {
+    const load = this.load();
     return [...this.pods.values()].map((p): RuntimePod => {
       const ready = isReadyPod(p);
       const port = p.spec?.containers.flatMap((c) => c.ports ?? []).find((x) => x.name === "http")?.containerPort ?? 8080;
-      const report = this.reports.get(keyOf(p));
       const out: RuntimePod = {
         name: p.metadata!.name!, namespace: p.metadata!.namespace!, node: p.spec?.nodeName ?? "", ip: p.status?.podIP ?? "", port,
-        model: p.metadata?.labels?.["torpor.dev/model"] ?? "", ready, sessions: report?.size ?? 0,
+        model: p.metadata?.labels?.["torpor.dev/model"] ?? "", ready, sessions: load.get(keyOf(p)) ?? 0,
       };
       if (!ready) out.handOffDeadline = this.handOffDeadline(p);
       return out;
     });
+  }
+
+  /**
+   * Sessions per pod (namespace/name) for placement: what its runtime last reported, those whose
+   * status names it since, and placements on their way. The report alone lags by a poll: a burst of
+   * new sessions, or a rolling update's moves, all went to the one pod that looked empty.
+   */
+  private load(): Map<string, number> {
+    const keys = new Map<string, Set<string>>();
+    const add = (pod: string, session: string) => { let set = keys.get(pod); if (!set) keys.set(pod, set = new Set()); set.add(session); };
+    for (const [pod, report] of this.reports) for (const k of report.keys()) add(pod, k);
+    // Status names a pod by name; runtime pods share the release namespace.
+    const podNamespace = new Map([...this.pods.values()].map((p) => [p.metadata!.name!, p.metadata!.namespace!]));
+    for (const [k, s] of this.sessions) {
+      const ns = podNamespace.get(s.status?.pod ?? "");
+      if (ns && !s.metadata.deletionTimestamp) add(`${ns}/${s.status!.pod}`, k);
+    }
+    const out = new Map<string, number>();
+    for (const [pod, set] of keys) out.set(pod, set.size);
+    for (const [pod, n] of this.placingCount) out.set(pod, (out.get(pod) ?? 0) + n);
+    return out;
+  }
+
+  /** Counts a placement on `pod` until the returned release is called (once its status names the pod, or it failed). */
+  reserve(pod: RuntimePod): () => void {
+    const key = `${pod.namespace}/${pod.name}`;
+    this.placingCount.set(key, (this.placingCount.get(key) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.placingCount.get(key) ?? 1) - 1;
+      if (n > 0) this.placingCount.set(key, n); else this.placingCount.delete(key);
+    };
   }
 
   private handOffDeadline(p: V1Pod): number | undefined {

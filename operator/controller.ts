@@ -82,6 +82,10 @@ export class SessionController {
     this.scaler = scaler;
     await podInformer.start();
     await sessionInformer.start();
+    // What the runtimes hold, before the first placement: a restarted operator placed every session
+    // on the first pod by name, all looking empty until their first report (bounded: a pod that
+    // does not answer must not hold up the rest).
+    await Promise.race([pollRuntimes(this.view, () => undefined), new Promise((r) => setTimeout(r, 3000).unref())]);
     for (let i = 0; i < (this.o.workers ?? 4); i++) void this.worker();
     const every = (ms: number, f: () => unknown) => this.timers.push(setInterval(f, ms));
     every(this.o.resyncMs ?? 60_000, () => { for (const k of sessions.keys()) this.queue.add(k); });

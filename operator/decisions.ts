@@ -44,8 +44,11 @@ export function choosePod(pods: RuntimePod[], model: string): RuntimePod | undef
  * Where the session lives. `registered` says whether its pod already knows it (so a healthy,
  * registered session costs no runtime write).
  */
-export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registered: boolean, poolAsleep = false): Placement {
-  const current = pods.find((p) => p.name === s.status?.pod && p.ready && p.model === s.spec.model);
+export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registered: boolean, poolAsleep = false, holder?: string): Placement {
+  // `holder`: the Ready pod found serving the session at its current epoch although status names
+  // another (an operator died between its runtime calls and its status write): that is where it is.
+  const onPod = (name: string | undefined) => pods.find((p) => p.name === name && p.ready && p.model === s.spec.model);
+  const current = onPod(s.status?.pod) ?? onPod(holder);
   if (isDeleting(s)) {
     // Any Ready pod of the pool mounts the volume, so files can go even if the session never ran.
     // A session whose pool is gone (or never existed) must not keep its namespace from being

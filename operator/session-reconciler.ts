@@ -37,15 +37,40 @@ export class SessionReconciler {
     const pods = this.view.runtimePods();
     let runtime: RuntimeSessionStatus | undefined;
     const current = pods.find((p) => p.name === s.status?.pod && p.ready);
+    let holder: string | undefined;
     if (current) {
       try { runtime = await this.view.client(current).status(s.metadata.namespace, s.metadata.name); } catch (err) {
         if (!(err instanceof RuntimeApiError && err.code === "session_not_found")) throw err;
       }
+    } else if (s.status?.residency === "InMemory" && s.status.epoch && !s.metadata.deletionTimestamp && !handOffSource(s, pods, Date.now())) {
+      ({ holder, runtime } = await this.findHolder(s, pods));
     }
-    const plan = decidePlacement(s, pods, !!runtime, this.view.asleepModels.has(s.spec.model));
-    return this.finalizer.run(s,
-      () => this.apply(s, plan, pods, runtime, log),
-      () => this.cleanup(s, plan, log));
+    const plan = decidePlacement(s, pods, !!runtime, this.view.asleepModels.has(s.spec.model), holder);
+    // Counted on its pod from the decision until its status names it: the other workers' placements
+    // meanwhile see it, and spread.
+    const release = plan.kind === "use" && plan.register ? this.view.reserve(plan.pod) : undefined;
+    try {
+      return await this.finalizer.run(s,
+        () => this.apply(s, plan, pods, runtime, log),
+        () => this.cleanup(s, plan, log));
+    } finally {
+      release?.();
+    }
+  }
+
+  /**
+   * Before an in-memory session whose pod is gone is placed afresh: a Ready pod may already serve
+   * it at its current epoch, if an operator registered and rehydrated it there and died before
+   * writing status (a drain evicting operator and runtime together). Placed elsewhere, it would
+   * find no file (the rehydrate consumed it), be reported lost, and that pod's copy dropped.
+   */
+  private async findHolder(s: InferenceSession, pods: RuntimePod[]): Promise<{ holder?: string; runtime?: RuntimeSessionStatus }> {
+    const candidates = pods.filter((p) => p.ready && p.model === s.spec.model);
+    const found = await Promise.all(candidates.map(async (p) => {
+      const st = await this.view.client(p, 5000).status(s.metadata.namespace, s.metadata.name).catch(() => undefined);
+      return st && st.epoch === s.status!.epoch && st.residency !== "NotCreated" ? { holder: p.name, runtime: st } : undefined;
+    }));
+    return found.find((x) => x !== undefined) ?? {};
   }
 
   /** Deletes the session's files through any Ready runtime (they share the volume), else a cleanup pod. */
@@ -105,6 +130,13 @@ export class SessionReconciler {
       }
       const moved = plan.register && plan.heldInMemory && !lost;
       const transition = decideTransition(s, runtime!.residency, moved);
+      if (transition && plan.register) {
+        // Status names the new pod before anything changes there: a rehydrate consumes the file on
+        // the volume, and an operator that died right after it (a drain evicting it with the
+        // runtime) left status naming the old pod, so its successor placed the session afresh,
+        // found no file, reported it lost and dropped the copy the new pod held.
+        s = await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, runtime: runtime!, liveStateLost: lost, ...(loss ? { loss } : {}) }));
+      }
       if (transition) {
         this.metrics.transitions.inc({ transition });
         if (transition === "hibernate") {

@@ -322,6 +322,40 @@ describe("operator on the testbed", () => {
     assert.equal((await get("split")).status!.liveStateLostAt, undefined);
   });
 
+  it("an in-memory session moved by an operator that died before writing where (a drain evicting both) is found there, not lost", async () => {
+    const placed = await inMemorySession("evicted", "My locker code is 2931.");
+    await stopOperator(operator, "SIGKILL");
+    try {
+      // What the dying operator had done: the session's pod deleted (its SIGTERM saved it), the
+      // next epoch written, the session registered on another pod and rehydrated there (consuming
+      // its file); status still names the deleted pod and says InMemory.
+      await tb.kubectl(["delete", "pod", placed.status!.pod!, "--wait=true", "--timeout=60s"]);
+      await tb.kubectl(["rollout", "status", "deployment/runtime-tiny", "--timeout=120s"]);
+      const epoch = (placed.status!.epoch ?? 0) + 1;
+      await tb.kubectl(["patch", "isess", "evicted", "--subresource=status", "--type=merge", "-p", JSON.stringify({ status: { epoch } })]);
+      const pods = (JSON.parse(await tb.kubectl(["get", "pods", "-l", "torpor.dev/model=tiny", "-o", "json"])) as { items: Array<{ metadata: { name: string; deletionTimestamp?: string }; status: { podIP: string } }> })
+        .items.filter((p) => !p.metadata.deletionTimestamp).map((p) => [p.metadata.name, p.status.podIP] as const);
+      const [holderName, holderIp] = pods.find(([n]) => n !== placed.status!.pod)!;
+      const holder = new RuntimeClient(`http://${holderIp}:8080`, TOKEN);
+      assert.equal((await holder.register("default", "evicted", { contextSize: 1024, epoch })).residency, "Hibernated");
+      assert.equal((await holder.rehydrate("default", "evicted")).rehydrated, true);
+      // The holder looks the busiest, so a fresh placement would go elsewhere and find no file.
+      const [, otherIp] = pods.find(([n]) => n !== holderName)!;
+      const others = (await new RuntimeClient(`http://${otherIp}:8080`, TOKEN).list()).sessions.length;
+      for (let i = 0; i < others + 4; i++) await holder.register("default", `ballast-${i}`, { contextSize: 256 });
+      operator = await startOperator();
+      const back = await eventually("evicted placed where it is", async () => { const s = await get("evicted"); return s.status?.pod !== placed.status!.pod && s.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ? s : undefined; }, 60_000);
+      assert.equal(back.status!.pod, holderName, JSON.stringify(back.status));
+      assert.equal(back.status!.residency, "InMemory");
+      assert.equal(back.status!.liveStateLostAt, undefined, "nothing lost");
+      await holder.submit("default", "evicted", "What was it?", { max_tokens: 2 });
+      const h = await holder.request<{ history: Array<{ type: string; text?: string }> }>("GET", "/v1/sessions/default/evicted?history=true");
+      assert.deepEqual(h.history.filter((m) => m.type === "user").map((m) => m.text), ["My locker code is 2931.", "What was it?"]);
+    } finally {
+      if (operator.exitCode !== null || operator.signalCode !== null) operator = await startOperator();
+    }
+  });
+
   it("a look-alike runtime pod (bare, or in another namespace) is never used", async () => {
     const lookAlike = (ns: string) => `apiVersion: v1
 kind: Pod

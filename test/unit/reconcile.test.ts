@@ -127,6 +127,14 @@ describe("transitions", () => {
     assert.equal(decideTransition(session({ status: { observedGeneration: 3, appliedGeneration: 3 } }), "Hibernated"), undefined);
   });
 
+  it("uses the pod found serving the session at its epoch when status names a pod that is gone", () => {
+    const s = session({ status: { pod: "gone", residency: "InMemory", epoch: 4 } });
+    assert.deepEqual(decidePlacement(s, [pod("a"), pod("b", { sessions: 9 })], true, false, "b"), { kind: "use", pod: pod("b", { sessions: 9 }), register: false, heldInMemory: false });
+    // Status naming a Ready pod wins over any holder; a holder that is not Ready is no holder.
+    assert.equal((decidePlacement(session({ status: { pod: "a" } }), [pod("a"), pod("b")], true, false, "b") as { pod: RuntimePod }).pod.name, "a");
+    assert.equal((decidePlacement(s, [pod("a"), pod("b", { ready: false })], false, false, "b") as { pod: RuntimePod }).pod.name, "a");
+  });
+
   it("puts a session that moved while in memory back in memory on its new pod, and only then", () => {
     const applied = session({ status: { observedGeneration: 3, appliedGeneration: 3, residency: "InMemory", pod: "old" } });
     const plan = decidePlacement(applied, [pod("new")], false) as { register: boolean; heldInMemory: boolean };
@@ -246,5 +254,25 @@ describe("the operator's session cache", () => {
     on("other-model", undefined, { spec: { model: "x" } });
     on("deleting", undefined, { metadata: { ...session().metadata, name: "deleting", deletionTimestamp: "2026-01-01T00:00:00Z" } });
     assert.deepEqual(view.sessionsWaitingFor("m").sort(), ["ns/on-unready", "ns/unplaced"]);
+  });
+
+  it("spreads a burst of placements before any runtime reports them: status and placements in flight count", () => {
+    const view = new ClusterView("token");
+    for (const name of ["a", "b"]) {
+      view.pods.set(`torpor/${name}`, { metadata: { name, namespace: "torpor", labels: { "torpor.dev/model": "m" } }, status: { podIP: "127.1.0.1", conditions: [{ type: "Ready", status: "True" }] } });
+    }
+    const place = (name: string) => {
+      const chosen = choosePod(view.runtimePods(), "m")!;
+      return { chosen: chosen.name, release: view.reserve(chosen), name };
+    };
+    // Four workers decide at once: two each, not four on "a".
+    const burst = ["s1", "s2", "s3", "s4"].map(place);
+    assert.deepEqual(burst.map((p) => p.chosen), ["a", "b", "a", "b"]);
+    // Their status is written (the pod named) and the reservations go: the count stays.
+    for (const p of burst) { view.sessions.set(`ns/${p.name}`, session({ metadata: { ...session().metadata, name: p.name }, status: { pod: p.chosen } })); p.release(); p.release(); }
+    assert.deepEqual(view.runtimePods().map((p) => p.sessions), [2, 2]);
+    // A runtime's report and the status of the same session count once.
+    view.reports.set("torpor/a", new Map([["ns/s1", "x"], ["ns/other", "y"]]));
+    assert.deepEqual(view.runtimePods().map((p) => p.sessions), [3, 2]);
   });
 });
