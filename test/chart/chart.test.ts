@@ -137,6 +137,19 @@ describe("helm chart", () => {
     const afterPods = (await tb.kubectl(["get", "pods", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=runtime", "-o", "jsonpath={.items[*].metadata.name}"])).trim().split(" ");
     assert.ok(afterPods.every((p) => !before.includes(p)), `every runtime pod replaced: ${before} -> ${afterPods}`);
     assert.deepEqual(failures, []);
+    // The moves spread over the new pods: placement counts the moves in flight, not only the
+    // runtimes' last reports (20 sessions, 8 resident at most per pod).
+    const placedOn = new Map<string, number>();
+    await eventually("every session on a new pod", async () => {
+      placedOn.clear();
+      for (const n of names) {
+        const st = (JSON.parse(await tb.kubectl(["get", "isess", n, "-o", "json"])) as { status: { pod?: string } }).status;
+        if (!afterPods.includes(st.pod ?? "")) return undefined;
+        placedOn.set(st.pod!, (placedOn.get(st.pod!) ?? 0) + 1);
+      }
+      return true;
+    }, 60_000);
+    assert.ok(afterPods.every((p) => (placedOn.get(p) ?? 0) >= 4), `sessions spread over the new pods: ${JSON.stringify([...placedOn])}`);
     // Each conversation, read from the runtime that holds it now: every turn once, in order.
     const runtimeToken = Buffer.from((await tb.kubectl(["get", "secret", "-n", RELEASE_NAMESPACE, "torpor-runtime-token", "-o", "jsonpath={.data.token}"])).trim(), "base64").toString();
     let turns = 0;
@@ -150,6 +163,6 @@ describe("helm chart", () => {
       assert.deepEqual(history.filter((m) => m.type === "user").map((m) => m.text), sent.get(n), `${n}: turns kept once, in order`);
       turns += sent.get(n)!.length;
     }
-    console.log(`# helm upgrade rollout: ${before.length} runtime pods replaced while 20 sessions chatted; ${turns} turns, all kept once and in order`);
+    console.log(`# helm upgrade rollout: ${before.length} runtime pods replaced while 20 sessions chatted; ${turns} turns, all kept once and in order; sessions per new pod ${[...placedOn.values()].join("/")}`);
   });
 });
