@@ -27,7 +27,7 @@ export type Placement =
   | { kind: "wait"; reason: "NoRuntimePod" | typeof SCALED_TO_ZERO_REASON; message: string }
   | {
     kind: "use"; pod: RuntimePod; register: boolean;
-    /** The status says a runtime held the session in memory, yet it must be registered again. */
+    /** The status says a runtime held the session in memory, and this pod is not known to hold it so (it must be registered again, or was found as the holder). */
     heldInMemory: boolean;
   };
 
@@ -48,7 +48,8 @@ export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registe
   // `holder`: the Ready pod found serving the session at its current epoch although status names
   // another (an operator died between its runtime calls and its status write): that is where it is.
   const onPod = (name: string | undefined) => pods.find((p) => p.name === name && p.ready && p.model === s.spec.model);
-  const current = onPod(s.status?.pod) ?? onPod(holder);
+  const byStatus = onPod(s.status?.pod);
+  const current = byStatus ?? onPod(holder);
   if (isDeleting(s)) {
     // Any Ready pod of the pool mounts the volume, so files can go even if the session never ran.
     // A session whose pool is gone (or never existed) must not keep its namespace from being
@@ -58,7 +59,9 @@ export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registe
   }
   const heldInMemory = s.status?.residency === "InMemory";
   // Same pod but the runtime does not know the session: its container restarted (an OOM kill, a crash).
-  if (current) return { kind: "use", pod: current, register: !registered, heldInMemory: !registered && heldInMemory };
+  // heldInMemory here: it was in memory and is not known to be now (its container restarted, or
+  // it was found on a holder that may have it hibernated).
+  if (current) return { kind: "use", pod: current, register: !registered, heldInMemory: (!registered || !byStatus) && heldInMemory };
   const next = choosePod(pods, s.spec.model);
   if (!next) {
     if (poolAsleep) {

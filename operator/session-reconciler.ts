@@ -128,9 +128,9 @@ export class SessionReconciler {
         this.events.record(s, "Normal", "Placed", `placed on runtime pod ${plan.pod.name} (node ${plan.pod.node}); residency ${runtime.residency}`);
         log.info({ pod: plan.pod.name, previousPod: s.status?.pod, residency: runtime.residency, liveStateLost: lost, resourceVersion: s.metadata.resourceVersion }, "session registered on runtime pod");
       }
-      const moved = plan.register && plan.heldInMemory && !lost;
+      const moved = plan.heldInMemory && !lost;
       const transition = decideTransition(s, runtime!.residency, moved);
-      if (transition && plan.register) {
+      if (transition && plan.pod.name !== s.status?.pod) {
         // Status names the new pod before anything changes there: a rehydrate consumes the file on
         // the volume, and an operator that died right after it (a drain evicting it with the
         // runtime) left status naming the old pod, so its successor placed the session afresh,

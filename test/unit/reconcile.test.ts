@@ -129,7 +129,8 @@ describe("transitions", () => {
 
   it("uses the pod found serving the session at its epoch when status names a pod that is gone", () => {
     const s = session({ status: { pod: "gone", residency: "InMemory", epoch: 4 } });
-    assert.deepEqual(decidePlacement(s, [pod("a"), pod("b", { sessions: 9 })], true, false, "b"), { kind: "use", pod: pod("b", { sessions: 9 }), register: false, heldInMemory: false });
+    // Held in memory before: if the holder has it hibernated (not rehydrated yet), it is put back.
+    assert.deepEqual(decidePlacement(s, [pod("a"), pod("b", { sessions: 9 })], true, false, "b"), { kind: "use", pod: pod("b", { sessions: 9 }), register: false, heldInMemory: true });
     // Status naming a Ready pod wins over any holder; a holder that is not Ready is no holder.
     assert.equal((decidePlacement(session({ status: { pod: "a" } }), [pod("a"), pod("b")], true, false, "b") as { pod: RuntimePod }).pod.name, "a");
     assert.equal((decidePlacement(s, [pod("a"), pod("b", { ready: false })], false, false, "b") as { pod: RuntimePod }).pod.name, "a");
