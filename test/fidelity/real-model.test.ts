@@ -81,14 +81,16 @@ describe("real model on the testbed", () => {
       assert.equal(b.text, a.text);
     }
     const placed = await eventually("mover InMemory", async () => { const s = await get("mover"); return s.status?.residency === "InMemory" ? s : undefined; }, 20_000);
+    const deletedAt = Date.now();
     await tb.kubectl(["delete", "pod", placed.status!.pod!, "--wait=false"]);
     const a = await turn("stayer", TURNS[2]!);
     const b = await turn("mover", TURNS[2]!);
     const moved = await get("mover");
     assert.notEqual(moved.status!.pod, placed.status!.pod);
-    assert.equal(b.rehydrated, true);
     assert.equal(b.text, a.text, "greedy continuation after the move");
     const restored = await eventually("the restore check in status", async () => { const s = await get("mover"); return s.status?.lastRehydrate?.restoreVerified !== undefined ? s : undefined; }, 20_000);
+    // Rehydrated on the new pod by that turn, or just before it by the operator (it was in memory).
+    assert.ok(b.rehydrated || Date.parse(restored.status!.lastRehydrate!.time) >= deletedAt, JSON.stringify(restored.status!.lastRehydrate));
     assert.equal(restored.status!.lastRehydrate!.restoreVerified, true);
     assert.ok(restored.status!.lastRehydrate!.reusedTokens! > 0);
     assert.equal(b.usage?.prompt_tokens_details?.cached_tokens, restored.status!.lastRehydrate!.reusedTokens, "cached_tokens is the reuse of the restored state");
