@@ -55,6 +55,8 @@ export interface Wake {
   rehydrated: boolean;
   rehydrateMs?: number;
   created: boolean;
+  /** A pre-warm asked for only if there was room (`?ifRoom=true`) and not done: the session stays hibernated. */
+  deferred?: "no_room";
 }
 
 export interface GenerateResult {

@@ -100,7 +100,10 @@ export class RuntimeClient {
     return this.request("POST", `${sessionPath(ns, name)}/submit`, { prompt, ...opts });
   }
   hibernate(ns: string, name: string): Promise<HibernateOutcome> { return this.request("POST", `${sessionPath(ns, name)}/hibernate`); }
-  rehydrate(ns: string, name: string): Promise<Wake & { status: SessionStatus }> { return this.request("POST", `${sessionPath(ns, name)}/rehydrate`); }
+  /** `ifRoom`: only if no resident session must be evicted for it (else `deferred: "no_room"`). */
+  rehydrate(ns: string, name: string, opts: { ifRoom?: boolean } = {}): Promise<Wake & { status: SessionStatus }> {
+    return this.request("POST", `${sessionPath(ns, name)}/rehydrate${opts.ifRoom ? "?ifRoom=true" : ""}`);
+  }
   delete(ns: string, name: string, path = ""): Promise<{ deleted: boolean; removedFiles: boolean }> {
     return this.request("DELETE", `${sessionPath(ns, name)}${path ? `?path=${encodeURIComponent(path)}` : ""}`);
   }

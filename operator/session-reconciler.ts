@@ -104,6 +104,7 @@ export class SessionReconciler {
       return 10_000;
     }
     let runtime = observed;
+    const previousPod = s.status?.pod;
     let lost = false;
     let loss: ReturnType<typeof checkpointLoss>;
     const c = this.view.client(plan.pod);
@@ -143,9 +144,13 @@ export class SessionReconciler {
           const out = await c.hibernate(namespace, name);
           if (out.record) this.events.record(s, "Normal", "Hibernated", `wrote ${out.record.bytes} bytes (${out.record.tokenCount} tokens) in ${out.record.durationMs.toFixed(0)} ms`);
         } else {
-          const w = await c.rehydrate(namespace, name);
-          const why = moved ? `, where it moved while in memory${s.status?.pod && s.status.pod !== plan.pod.name ? ` from pod ${s.status.pod}` : ""}` : "";
+          // After a move only where there is room: a pod that took in another's sessions (a
+          // rolling update without surge) must not evict its own to pre-warm them.
+          const w = await c.rehydrate(namespace, name, { ifRoom: moved });
+          const fromPod = previousPod && previousPod !== plan.pod.name ? ` from pod ${previousPod}` : "";
+          const why = moved ? `, where it moved while in memory${fromPod}` : "";
           if (w.rehydrated) this.events.record(s, "Normal", "Rehydrated", `restored in ${w.rehydrateMs?.toFixed(0)} ms on pod ${plan.pod.name}${why}`);
+          if (w.deferred) this.events.record(s, "Normal", "KeptHibernated", `moved while in memory${fromPod}; pod ${plan.pod.name} has no room without evicting a resident session, so it stays hibernated until its next request`);
         }
         runtime = await c.status(namespace, name);
       }

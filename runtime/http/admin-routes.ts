@@ -75,7 +75,9 @@ export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
 
   app.post("/v1/sessions/:namespace/:name/rehydrate", async (req, res) => {
     manager.checkAccepting();
-    const wake = await session(req).warm();
+    const ifRoom = req.query.ifRoom;
+    if (ifRoom !== undefined && ifRoom !== "true" && ifRoom !== "false") throw new TorporError("bad_request", "ifRoom: true or false", { field: "ifRoom" });
+    const wake = await session(req).warm({ ifRoom: ifRoom === "true" });
     wakeHeaders(res, wake);
     res.json({ ...wake, status: session(req).status() });
   });

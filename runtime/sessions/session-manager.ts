@@ -12,6 +12,7 @@ import type { ModelHost } from "../model/model-host.js";
 import { SerialQueue } from "./serial-queue.js";
 import { ContextPool } from "./context-pool.js";
 import { Session, type Admission, type SpareContext } from "./session.js";
+import { NoRoom } from "./no-room.js";
 import type { HibernateOutcome, SessionSpec } from "../../contract/runtime-api.js";
 import type { NamespaceLimits } from "./namespace-limits.js";
 
@@ -173,7 +174,7 @@ export class SessionManager implements Admission {
     this.sessions.delete(`${namespace}/${name}`);
   }
 
-  async acquire(session: Session): Promise<SpareContext | undefined> {
+  async acquire(session: Session, opts: { evict?: boolean } = {}): Promise<SpareContext | undefined> {
     const budget = this.opts.memoryBudget ?? NO_COST;
     const limited = isLimited(budget);
     const size = session.spec.contextSize;
@@ -203,6 +204,9 @@ export class SessionManager implements Admission {
           if (!nsFull() && this.resident.size < this.opts.maxResident && !isFree(this.pool.idleCost())) {
             await this.pool.trim();
             continue;
+          }
+          if (opts.evict === false) {
+            throw new NoRoom(`no room for ${session.ref.namespace}/${session.ref.name} without evicting a resident session (cap ${this.opts.maxResident}${nsFull() ? `, namespace cap ${nsMax}` : ""}${limited ? `, budget ${describeBudget(budget)}` : ""})`);
           }
           const candidates = [...this.resident.keys()].filter((s) => s !== session && s.residency === "InMemory" && (!nsFull() || s.ref.namespace === ns));
           const idle = candidates.filter((s) => !s.busy).sort((a, b) => a.lastActivity - b.lastActivity)[0];

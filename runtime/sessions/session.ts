@@ -12,6 +12,7 @@ import { NODE_LLAMA_CPP_VERSION, type FlashAttention, type ModelHost } from "../
 import { ResidentContext, type SpareContext } from "./resident-context.js";
 import type { ContextPool } from "./context-pool.js";
 import { checkRestore, type RestoreCheck } from "./restore-check.js";
+import { NoRoom } from "./no-room.js";
 import { SerialQueue } from "./serial-queue.js";
 
 export type { SpareContext };
@@ -19,7 +20,8 @@ import type { GenerateOptions, GenerateResult, HibernateOutcome, Phase, Residenc
 
 /** Grants a context slot (evicting others if needed, possibly handing over one's context) and takes it back. */
 export interface Admission {
-  acquire(session: Session): Promise<SpareContext | undefined>;
+  /** `evict: false`: throws NoRoom instead of making room (contexts kept only for their grace may still go). */
+  acquire(session: Session, opts?: { evict?: boolean }): Promise<SpareContext | undefined>;
   /** The session's context is allocated (the admitted room is in use). */
   allocated(session: Session): void;
   release(session: Session): void;
@@ -178,10 +180,19 @@ export class Session {
     });
   }
 
-  /** Restores the session now (pre-warming) without generating. */
-  warm(): Promise<Wake> {
+  /**
+   * Restores the session now (pre-warming) without generating. `ifRoom`: only if no resident
+   * session must give up its place for it; otherwise it stays hibernated (`deferred: "no_room"`).
+   */
+  warm(opts: { ifRoom?: boolean } = {}): Promise<Wake> {
     return this.run(async () => {
-      const wake = await this.ensureResident();
+      let wake: Wake;
+      try {
+        wake = await this.ensureResident(opts.ifRoom);
+      } catch (err) {
+        if (err instanceof NoRoom) return { rehydrated: false, created: false, deferred: "no_room" };
+        throw err;
+      }
       const pending = this.unverified;
       this.unverified = undefined;
       if (pending) await pending.check.catch(async (err: unknown) => { await this.abandonRestore(pending.before, err); throw err; });
@@ -313,14 +324,14 @@ export class Session {
     });
   }
 
-  private async ensureResident(): Promise<Wake> {
+  private async ensureResident(ifRoom = false): Promise<Wake> {
     if (this.deleted) throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`);
     if (this.residency === "InMemory") return { rehydrated: false, created: false };
     if (this.dropped) throw new StaleEpochError(this.window.epoch, this.dropped, `session ${this.ref.namespace}/${this.ref.name} moved`);
     const { pool, store, admission, metrics } = this.deps;
     // A hand-off may have committed after this session was registered: always look on the volume.
     if (this.residency === "NotCreated" && await store.exists(this.ref, this.window)) this.residency = "Hibernated";
-    const spare = await admission.acquire(this);
+    const spare = await admission.acquire(this, { evict: !ifRoom });
     const resident = new ResidentContext(pool, metrics, this.log, () => admission.release(this), spare);
     this.resident = resident;
     try {

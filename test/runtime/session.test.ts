@@ -176,6 +176,24 @@ describe("bulkhead and idle policy", () => {
     assert.equal(await counterValue(h.metrics, "torpor_runtime_evictions_total"), 1);
   });
 
+  it("a pre-warm asked for only if there is room leaves a full runtime's sessions alone", async () => {
+    const h = await harness({ maxResident: 1 });
+    const [a, b] = await Promise.all(["a", "b"].map((n) => h.manager.register({ namespace: "default", name: n })));
+    await b!.submit("moved here", greedy(2));
+    await b!.hibernate("test");
+    await a!.submit("resident", greedy(2));
+    // The operator's pre-warm after a move: no room without evicting a, so b stays hibernated, no error.
+    assert.deepEqual(await b!.warm({ ifRoom: true }), { rehydrated: false, created: false, deferred: "no_room" });
+    assert.equal(a!.residency, "InMemory");
+    assert.equal(b!.residency, "Hibernated");
+    assert.equal(b!.status().lastError, undefined);
+    assert.equal(await counterValue(h.metrics, "torpor_runtime_evictions_total"), 0);
+    // A request (or a kubectl patch) still makes room, and b continues where it was.
+    assert.equal((await b!.warm()).rehydrated, true);
+    assert.equal(a!.residency, "Hibernated");
+    assert.deepEqual(b!.messages().filter((m) => m.type === "user").map((m) => (m as { text: string }).text), ["moved here"]);
+  });
+
   it("hands an evicted session's context to the session that needed the room; both continue exactly", async () => {
     const h = await harness({ maxResident: 1 });
     const ref = await harness({ maxResident: 8, contextHandover: false });
