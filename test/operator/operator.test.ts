@@ -41,12 +41,11 @@ describe("operator on the testbed", () => {
    * has no room without evicting one of its own (then an Event says it stays hibernated): true
    * when it is back in memory.
    */
-  const backInMemoryOrKept = async (name: string, s: InferenceSession) => {
-    if (s.status!.residency === "InMemory") return true;
-    assert.equal(s.status!.residency, "Hibernated", JSON.stringify(s.status));
-    await eventually(`${name}: KeptHibernated event`, async () => (/KeptHibernated/.test(await tb.kubectl(["get", "events", "--field-selector", `involvedObject.name=${name}`, "-o", "jsonpath={.items[*].reason}"])) ? true : undefined), 10_000);
-    return false;
-  };
+  const backInMemoryOrKept = (name: string) => eventually(`${name} back in memory, or kept hibernated`, async () => {
+    // Status names the new pod (Hibernated) before the operator rehydrates there: wait for the outcome.
+    if ((await get(name)).status?.residency === "InMemory") return true;
+    return /KeptHibernated/.test(await tb.kubectl(["get", "events", "--field-selector", `involvedObject.name=${name}`, "-o", "jsonpath={.items[*].reason}"])) ? false : undefined;
+  }, 30_000);
   /** SIGKILL, as the OOM killer or a crash does: no chance to hibernate on the way out. */
   const sigkillRuntime = (pod: string) => { for (const p of tb.kubelet.processes("default", pod)) process.kill(-p.pid!, "SIGKILL"); };
 
@@ -296,7 +295,7 @@ describe("operator on the testbed", () => {
     assert.ok(back.status!.lastLoss!.tokensLost > 0 && back.status!.lastLoss!.tokensLost < tokens, JSON.stringify(back.status!.lastLoss));
     assert.equal(back.status!.liveStateLostAt, undefined, "not lost: restored from the checkpoint");
     // It was in memory when the runtime died: the operator put it back there from the checkpoint.
-    const prewarmed = await backInMemoryOrKept("ckpt", back);
+    const prewarmed = await backInMemoryOrKept("ckpt");
     const r = await runtimeFor(back).submit("default", "ckpt", "four", { max_tokens: 2 });
     assert.equal(r.torpor.rehydrated, !prewarmed);
     const h = await runtimeFor(back).request<{ history: Array<{ type: string; text?: string }> }>("GET", "/v1/sessions/default/ckpt?history=true");
@@ -318,7 +317,7 @@ describe("operator on the testbed", () => {
       // The old pod is alive and reachable: it must refuse the session now, not serve a fork.
       await assert.rejects(rt.submit("default", "split", "Fork?", { max_tokens: 2 }), (e: Error & { code?: string }) => e.code === "stale_epoch" || e.code === "session_not_found");
       // It was in memory on the old pod, so it is in memory on the new one before anyone asks.
-      const prewarmed = await backInMemoryOrKept("split", moved);
+      const prewarmed = await backInMemoryOrKept("split");
       const r = await runtimeFor(moved).submit("default", "split", "What were they?", { max_tokens: 4 });
       assert.equal(r.torpor.rehydrated, !prewarmed);
       assert.ok(r.usage.prompt_tokens_details!.cached_tokens! > 0, `the restored conversation was reused: ${JSON.stringify(r.usage)}`);
