@@ -2,7 +2,7 @@
 // (session, results) -> the status to write. No I/O here, so every branch is unit-tested.
 import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
 import { SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
-import { FINALIZER, WAKE_ANNOTATION, formatBytes, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "../contract/inference-session.js";
+import { FINALIZER, WAKE_ANNOTATION, formatBytes, parseDuration, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "../contract/inference-session.js";
 
 export interface RuntimePod {
   name: string;
@@ -111,6 +111,16 @@ export function checkpointLoss(s: InferenceSession, plan: { register: boolean; h
 }
 
 export type Transition = "hibernate" | "rehydrate" | undefined;
+
+/**
+ * Idle for longer than its `idleAfter` when last seen: its runtime would have hibernated it
+ * anyway, so a move is no reason to put it back in memory.
+ */
+export function idledOut(s: InferenceSession, now: number): boolean {
+  const idleMs = s.spec.hibernation?.idleAfter ? parseDuration(s.spec.hibernation.idleAfter) : undefined;
+  const last = Date.parse(s.status?.lastActivityTime ?? "");
+  return idleMs !== undefined && Number.isFinite(last) && now - last >= idleMs;
+}
 
 /**
  * Lazy: NotCreated stays NotCreated whatever is desired; the first request creates the context.

@@ -9,7 +9,7 @@ import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-
 import { RuntimeApiError } from "../contract/runtime-client.js";
 import type { CleanupPods } from "./cleanup-pod.js";
 import type { ClusterView } from "./cluster-view.js";
-import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, reasonOf, sameStatus, type Placement, type RuntimePod } from "./decisions.js";
+import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, idledOut, liveStateLost, nextEpoch, reasonOf, sameStatus, type Placement, type RuntimePod } from "./decisions.js";
 import { Finalizer, type Requeue } from "./finalizer.js";
 import type { OperatorMetrics } from "./metrics.js";
 
@@ -129,7 +129,7 @@ export class SessionReconciler {
         this.events.record(s, "Normal", "Placed", `placed on runtime pod ${plan.pod.name} (node ${plan.pod.node}); residency ${runtime.residency}`);
         log.info({ pod: plan.pod.name, previousPod: s.status?.pod, residency: runtime.residency, liveStateLost: lost, resourceVersion: s.metadata.resourceVersion }, "session registered on runtime pod");
       }
-      const moved = plan.heldInMemory && !lost;
+      const moved = plan.heldInMemory && !lost && !idledOut(s, now.getTime());
       const transition = decideTransition(s, runtime!.residency, moved);
       if (transition && plan.pod.name !== s.status?.pod) {
         // Status names the new pod before anything changes there: a rehydrate consumes the file on
