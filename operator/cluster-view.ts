@@ -30,13 +30,17 @@ export class ClusterView {
   }
 
   runtimePods(): RuntimePod[] {
-    const load = this.load();
+    // Only a placement on a new pod reads the counts: the reconcile of a placed session (nearly
+    // every one) must not walk the whole session cache for them.
+    let load: Map<string, number> | undefined;
+    const loadOf = (key: string) => (load ??= this.load()).get(key) ?? 0;
     return [...this.pods.values()].map((p): RuntimePod => {
       const ready = isReadyPod(p);
       const port = p.spec?.containers.flatMap((c) => c.ports ?? []).find((x) => x.name === "http")?.containerPort ?? 8080;
+      const key = keyOf(p);
       const out: RuntimePod = {
         name: p.metadata!.name!, namespace: p.metadata!.namespace!, node: p.spec?.nodeName ?? "", ip: p.status?.podIP ?? "", port,
-        model: p.metadata?.labels?.["torpor.dev/model"] ?? "", ready, sessions: load.get(keyOf(p)) ?? 0,
+        model: p.metadata?.labels?.["torpor.dev/model"] ?? "", ready, get sessions() { return loadOf(key); },
       };
       if (!ready) out.handOffDeadline = this.handOffDeadline(p);
       return out;
