@@ -55,8 +55,12 @@ export interface Wake {
   rehydrated: boolean;
   rehydrateMs?: number;
   created: boolean;
-  /** A pre-warm asked for only if there was room (`?ifRoom=true`) and not done: the session stays hibernated. */
-  deferred?: "no_room";
+  /**
+   * A conditional pre-warm not done; the session stays hibernated until its next request.
+   * `no_room`: asked for only if there was room (`?ifRoom=true`); `idle`: asked for only if the
+   * session was used within its idle policy (`?ifActive=true`), and it was not.
+   */
+  deferred?: "no_room" | "idle";
 }
 
 export interface GenerateResult {

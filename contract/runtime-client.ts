@@ -21,6 +21,11 @@ export interface RegisterBody {
   epoch?: number;
   checkpointAfterTurns?: number;
   checkpointIntervalSeconds?: number;
+  /**
+   * When the session was last used (RFC 3339, from its status). A session registered after a move
+   * keeps its idle clock instead of starting it again: the move was not its user's activity.
+   */
+  lastActivity?: string;
 }
 
 export interface SubmitResponse {
@@ -100,9 +105,14 @@ export class RuntimeClient {
     return this.request("POST", `${sessionPath(ns, name)}/submit`, { prompt, ...opts });
   }
   hibernate(ns: string, name: string): Promise<HibernateOutcome> { return this.request("POST", `${sessionPath(ns, name)}/hibernate`); }
-  /** `ifRoom`: only if no resident session must be evicted for it (else `deferred: "no_room"`). */
-  rehydrate(ns: string, name: string, opts: { ifRoom?: boolean } = {}): Promise<Wake & { status: SessionStatus }> {
-    return this.request("POST", `${sessionPath(ns, name)}/rehydrate${opts.ifRoom ? "?ifRoom=true" : ""}`);
+  /**
+   * `ifRoom`: only if no resident session must be evicted for it (else `deferred: "no_room"`).
+   * `ifActive`: only if the session was used within its idle policy (else `deferred: "idle"`); such
+   * a pre-warm does not count as activity.
+   */
+  rehydrate(ns: string, name: string, opts: { ifRoom?: boolean; ifActive?: boolean } = {}): Promise<Wake & { status: SessionStatus }> {
+    const q = [opts.ifRoom ? "ifRoom=true" : "", opts.ifActive ? "ifActive=true" : ""].filter(Boolean).join("&");
+    return this.request("POST", `${sessionPath(ns, name)}/rehydrate${q ? `?${q}` : ""}`);
   }
   delete(ns: string, name: string, path = ""): Promise<{ deleted: boolean; removedFiles: boolean }> {
     return this.request("DELETE", `${sessionPath(ns, name)}${path ? `?path=${encodeURIComponent(path)}` : ""}`);

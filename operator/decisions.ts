@@ -113,16 +113,6 @@ export function checkpointLoss(s: InferenceSession, plan: { register: boolean; h
 export type Transition = "hibernate" | "rehydrate" | undefined;
 
 /**
- * Idle for longer than its `idleAfter` when last seen: its runtime would have hibernated it
- * anyway, so a move is no reason to put it back in memory.
- */
-export function idledOut(s: InferenceSession, now: number): boolean {
-  const idleMs = s.spec.hibernation?.idleAfter ? parseDuration(s.spec.hibernation.idleAfter) : undefined;
-  const last = Date.parse(s.status?.lastActivityTime ?? "");
-  return idleMs !== undefined && Number.isFinite(last) && now - last >= idleMs;
-}
-
-/**
  * Lazy: NotCreated stays NotCreated whatever is desired; the first request creates the context.
  * Hibernated desired is level-triggered. Pre-warming (rehydrate now) follows a spec change, or a
  * move: a session the runtime hibernated for idleness stays hibernated until a request comes, and

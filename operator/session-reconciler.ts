@@ -9,7 +9,7 @@ import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-
 import { RuntimeApiError } from "../contract/runtime-client.js";
 import type { CleanupPods } from "./cleanup-pod.js";
 import type { ClusterView } from "./cluster-view.js";
-import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, idledOut, liveStateLost, nextEpoch, reasonOf, sameStatus, type Placement, type RuntimePod } from "./decisions.js";
+import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, reasonOf, sameStatus, type Placement, type RuntimePod } from "./decisions.js";
 import { Finalizer, type Requeue } from "./finalizer.js";
 import type { OperatorMetrics } from "./metrics.js";
 
@@ -129,7 +129,7 @@ export class SessionReconciler {
         this.events.record(s, "Normal", "Placed", `placed on runtime pod ${plan.pod.name} (node ${plan.pod.node}); residency ${runtime.residency}`);
         log.info({ pod: plan.pod.name, previousPod: s.status?.pod, residency: runtime.residency, liveStateLost: lost, resourceVersion: s.metadata.resourceVersion }, "session registered on runtime pod");
       }
-      const moved = plan.heldInMemory && !lost && !idledOut(s, now.getTime());
+      const moved = plan.heldInMemory && !lost;
       const transition = decideTransition(s, runtime!.residency, moved);
       if (transition && plan.pod.name !== s.status?.pod) {
         // Status names the new pod before anything changes there: a rehydrate consumes the file on
@@ -144,13 +144,16 @@ export class SessionReconciler {
           const out = await c.hibernate(namespace, name);
           if (out.record) this.events.record(s, "Normal", "Hibernated", `wrote ${out.record.bytes} bytes (${out.record.tokenCount} tokens) in ${out.record.durationMs.toFixed(0)} ms`);
         } else {
-          // After a move only where there is room: a pod that took in another's sessions (a
-          // rolling update without surge) must not evict its own to pre-warm them.
-          const w = await c.rehydrate(namespace, name, { ifRoom: moved });
+          // After a move only where there is room (a pod that took in another's sessions, in a
+          // rolling update without surge, must not evict its own to pre-warm them) and only if its
+          // idle policy, which the runtime knows (the session's or the pool's), would not have
+          // hibernated it by now.
+          const w = await c.rehydrate(namespace, name, moved ? { ifRoom: true, ifActive: true } : {});
           const fromPod = previousPod && previousPod !== plan.pod.name ? ` from pod ${previousPod}` : "";
           const why = moved ? `, where it moved while in memory${fromPod}` : "";
           if (w.rehydrated) this.events.record(s, "Normal", "Rehydrated", `restored in ${w.rehydrateMs?.toFixed(0)} ms on pod ${plan.pod.name}${why}`);
-          if (w.deferred) this.events.record(s, "Normal", "KeptHibernated", `moved while in memory${fromPod}; pod ${plan.pod.name} has no room without evicting a resident session, so it stays hibernated until its next request`);
+          const kept = w.deferred === "idle" ? `it has been idle longer than its idle policy allows` : `pod ${plan.pod.name} has no room without evicting a resident session`;
+          if (w.deferred) this.events.record(s, "Normal", "KeptHibernated", `moved while in memory${fromPod}; ${kept}, so it stays hibernated until its next request`);
         }
         runtime = await c.status(namespace, name);
       }
@@ -221,5 +224,7 @@ function registerBody(s: InferenceSession) {
     ...(s.spec.systemPrompt ? { systemPrompt: s.spec.systemPrompt } : {}),
     ...(s.spec.hibernation?.path ? { path: s.spec.hibernation.path } : {}),
     ...(idle !== undefined ? { idleAfterSeconds: Math.ceil(idle / 1000) } : {}),
+    // A move is not activity: the new pod's idle clock goes on from the last turn.
+    ...(s.status?.lastActivityTime ? { lastActivity: s.status.lastActivityTime } : {}),
   };
 }

@@ -33,6 +33,9 @@ export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
     const epoch = optionalInt(body, "epoch", 0, Number.MAX_SAFE_INTEGER);
     const checkpointAfterTurns = optionalInt(body, "checkpointAfterTurns", 1, 10_000);
     const checkpointIntervalSeconds = optionalInt(body, "checkpointIntervalSeconds", 1, 365 * 86400);
+    const lastActivityText = optionalString(body, "lastActivity", 64);
+    const lastActivity = lastActivityText === undefined ? undefined : Date.parse(lastActivityText);
+    if (lastActivity !== undefined && !Number.isFinite(lastActivity)) throw new TorporError("bad_request", "lastActivity: an RFC 3339 time, when the session was last used", { field: "lastActivity" });
     const s = await manager.register({
       namespace: String(req.params.namespace), name: String(req.params.name),
       ...(path !== undefined ? { path } : {}),
@@ -40,6 +43,7 @@ export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
       ...(systemPrompt !== undefined ? { systemPrompt } : {}),
       ...(idleAfterSeconds !== undefined ? { idleAfterMs: idleAfterSeconds * 1000 } : {}),
       ...(epoch !== undefined ? { epoch } : {}),
+      ...(lastActivity !== undefined ? { lastActivity } : {}),
       ...(checkpointAfterTurns !== undefined || checkpointIntervalSeconds !== undefined ? {
         checkpoint: {
           ...(checkpointAfterTurns !== undefined ? { afterTurns: checkpointAfterTurns } : {}),
@@ -75,11 +79,16 @@ export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
 
   app.post("/v1/sessions/:namespace/:name/rehydrate", async (req, res) => {
     manager.checkAccepting();
-    const ifRoom = req.query.ifRoom;
-    if (ifRoom !== undefined && ifRoom !== "true" && ifRoom !== "false") throw new TorporError("bad_request", "ifRoom: true or false", { field: "ifRoom" });
-    const wake = await session(req).warm({ ifRoom: ifRoom === "true" });
+    const flag = (field: string): boolean => {
+      const v = req.query[field];
+      if (v !== undefined && v !== "true" && v !== "false") throw new TorporError("bad_request", `${field}: true or false`, { field });
+      return v === "true";
+    };
+    const ifRoom = flag("ifRoom"), ifActive = flag("ifActive");
+    const s = session(req);
+    const wake = await s.warm({ ifRoom, ...(ifActive ? { ifActiveWithin: manager.idleAfterOf(s) } : {}) });
     wakeHeaders(res, wake);
-    res.json({ ...wake, status: session(req).status() });
+    res.json({ ...wake, status: s.status() });
   });
 
   app.delete("/v1/sessions/:namespace/:name", async (req, res) => {

@@ -57,6 +57,8 @@ export interface RegisterRequest {
   /** The operator's placement epoch (0 or absent: unfenced, for local use without an operator). */
   epoch?: number;
   checkpoint?: { afterTurns?: number; intervalMs?: number };
+  /** When the session was last used (epoch ms): a session registered after a move keeps its idle clock. */
+  lastActivity?: number;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -139,6 +141,8 @@ export class SessionManager implements Admission {
     const session = new Session(ref, spec, window, found, {
       host: this.host, pool: this.pool, store: this.store, clock: this.clock, metrics: this.metrics, log: this.log, admission: this, podName: this.opts.podName, maxContextSize: this.opts.maxContextSize,
     });
+    // Never in the future: a clock skewed between nodes must not keep a session from idling out.
+    if (req.lastActivity !== undefined) session.lastActivity = Math.min(session.lastActivity, req.lastActivity);
     this.sessions.set(key, session);
     return session;
   }
@@ -262,12 +266,17 @@ export class SessionManager implements Admission {
     return true;
   }
 
+  /** How long the session may stay idle in memory (0: no idle policy). */
+  idleAfterOf(s: Session): number {
+    return s.spec.idleAfterMs ?? this.opts.idleAfterMs;
+  }
+
   /** Hibernates every resident session idle for longer than its policy allows; starts due checkpoints. */
   async sweepIdle(): Promise<number> {
     const now = this.clock.now();
     for (const s of this.resident.keys()) s.checkpointIfDue(now);
     const due = [...this.resident.keys()].filter((s) => {
-      const idleAfter = s.spec.idleAfterMs ?? this.opts.idleAfterMs;
+      const idleAfter = this.idleAfterOf(s);
       return idleAfter > 0 && !s.busy && s.residency === "InMemory" && now - s.lastActivity >= idleAfter;
     });
     await Promise.all(due.map(async (s) => {

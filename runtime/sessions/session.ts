@@ -183,9 +183,16 @@ export class Session {
   /**
    * Restores the session now (pre-warming) without generating. `ifRoom`: only if no resident
    * session must give up its place for it; otherwise it stays hibernated (`deferred: "no_room"`).
+   * `ifActiveWithin` (ms, 0: no idle policy): only if the session was used that recently
+   * (`deferred: "idle"`); such a pre-warm (the operator's, after a move) is not the user's
+   * activity, so it leaves the idle clock where it was.
    */
-  warm(opts: { ifRoom?: boolean } = {}): Promise<Wake> {
+  warm(opts: { ifRoom?: boolean; ifActiveWithin?: number } = {}): Promise<Wake> {
+    const active = opts.ifActiveWithin;
     return this.run(async () => {
+      if (active !== undefined && active > 0 && this.residency !== "InMemory" && this.deps.clock.now() - this.lastActivity >= active) {
+        return { rehydrated: false, created: false, deferred: "idle" };
+      }
       let wake: Wake;
       try {
         wake = await this.ensureResident(opts.ifRoom);
@@ -197,7 +204,7 @@ export class Session {
       this.unverified = undefined;
       if (pending) await pending.check.catch(async (err: unknown) => { await this.abandonRestore(pending.before, err); throw err; });
       return wake;
-    });
+    }, active === undefined);
   }
 
   /** Coalesced: concurrent calls share one save; it runs after whatever is already queued. */
@@ -311,15 +318,16 @@ export class Session {
   /** History as stored (for tests and the API's detail view). */
   messages(): ChatHistoryItem[] { return this.history.slice(); }
 
-  private run<T>(task: () => Promise<T>): Promise<T> {
+  /** Runs on the session's queue; `touch`: the task is the user's activity (it restarts the idle clock). */
+  private run<T>(task: () => Promise<T>, touch = true): Promise<T> {
     if (this.deleted) return Promise.reject(new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`));
     if (this.dropped) return Promise.reject(new StaleEpochError(this.window.epoch, this.dropped, `session ${this.ref.namespace}/${this.ref.name} moved`));
-    this.lastActivity = this.deps.clock.now();
+    if (touch) this.lastActivity = this.deps.clock.now();
     return this.queue.run(async () => {
       try {
         return await task();
       } finally {
-        this.lastActivity = this.deps.clock.now();
+        if (touch) this.lastActivity = this.deps.clock.now();
       }
     });
   }

@@ -308,6 +308,7 @@ describe("operator on the testbed", () => {
     const placed = await inMemorySession("split", "My locker code is 2931.");
     const rt = runtimeFor(placed);
     await rt.submit("default", "split", "And my bike is green.", { max_tokens: 4 });
+    const lastUsed = Date.parse((await rt.status("default", "split")).lastActivity);
     tb.kubelet.failReadiness("default", placed.status!.pod!);
     try {
       const moved = await eventually("the move off the NotReady pod", async () => {
@@ -318,6 +319,9 @@ describe("operator on the testbed", () => {
       await assert.rejects(rt.submit("default", "split", "Fork?", { max_tokens: 2 }), (e: Error & { code?: string }) => e.code === "stale_epoch" || e.code === "session_not_found");
       // It was in memory on the old pod, so it is in memory on the new one before anyone asks.
       const prewarmed = await backInMemoryOrKept("split");
+      // The move was not the user's activity: the new pod's idle clock goes on from the last turn.
+      const onNewPod = Date.parse((await runtimeFor(moved).status("default", "split")).lastActivity);
+      assert.ok(onNewPod <= lastUsed, `idle clock kept across the move: ${new Date(onNewPod).toISOString()} <= ${new Date(lastUsed).toISOString()}`);
       const r = await runtimeFor(moved).submit("default", "split", "What were they?", { max_tokens: 4 });
       assert.equal(r.torpor.rehydrated, !prewarmed);
       assert.ok(r.usage.prompt_tokens_details!.cached_tokens! > 0, `the restored conversation was reused: ${JSON.stringify(r.usage)}`);

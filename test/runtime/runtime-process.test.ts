@@ -71,6 +71,12 @@ describe("runtime process", () => {
     await rejectsWith(c.submit("default", "unknown-session", "hi"), 404, "session_not_found");
     await rejectsWith(c.register("default", "Bad_Name"), 400, "bad_request");
     await rejectsWith(c.register("default", "ctx", { contextSize: 10 }), 400, "bad_request");
+    await rejectsWith(c.register("default", "ctx", { lastActivity: "yesterday" }), 400, "bad_request");
+    for (const q of ["ifRoom=yes", "ifActive=1"]) {
+      const r = await c.raw("POST", `/v1/sessions/default/v/rehydrate?${q}`, "");
+      assert.equal(r.status, 400, q);
+      assert.match(((await r.json()) as { error: { message: string } }).error.message, /true or false/);
+    }
   });
 
   it("refuses hibernation paths that escape the namespace folder", async () => {

@@ -194,6 +194,34 @@ describe("bulkhead and idle policy", () => {
     assert.deepEqual(b!.messages().filter((m) => m.type === "user").map((m) => (m as { text: string }).text), ["moved here"]);
   });
 
+  it("a session moved to another pod keeps its idle clock: pre-warmed only within its idle policy, idled out on time", async () => {
+    const from = await harness({ idleAfterMs: 60_000 });
+    const to = await harness({ idleAfterMs: 60_000 }, from.dir);
+    const [a, b] = await Promise.all(["recent", "stale"].map((n) => from.manager.register({ namespace: "default", name: n, epoch: 1 })));
+    await b!.submit("last used long ago", greedy(2));
+    from.clock.advance(50_000);
+    await a!.submit("last used just now", greedy(2));
+    const lastUsed = { recent: a!.status().lastActivity, stale: b!.status().lastActivity };
+    await from.manager.handOff("default", "recent", 2);
+    await from.manager.handOff("default", "stale", 2);
+    // The new pod's clock reads what the old one did when the operator moves them (a rolling update).
+    to.clock.advance(from.clock.now() - to.clock.now() + 15_000);
+    const [ra, rb] = await Promise.all((["recent", "stale"] as const).map((n) => to.manager.register({ namespace: "default", name: n, epoch: 2, lastActivity: Date.parse(lastUsed[n]) })));
+    assert.equal(rb!.status().lastActivity, lastUsed.stale, "registering is not activity");
+    // Idle 65 s with a 60 s policy: it would have been hibernated on its old pod by now.
+    assert.deepEqual(await rb!.warm({ ifActiveWithin: to.manager.idleAfterOf(rb!) }), { rehydrated: false, created: false, deferred: "idle" });
+    assert.equal(rb!.residency, "Hibernated");
+    assert.equal((await ra!.warm({ ifActiveWithin: to.manager.idleAfterOf(ra!) })).rehydrated, true);
+    assert.equal(ra!.status().lastActivity, lastUsed.recent, "the operator's pre-warm is not the user's activity");
+    to.clock.advance(46_000);
+    await new Promise((r) => setImmediate(r)); // the queue counts the warm until its promise chain settles
+    assert.equal(await to.manager.sweepIdle(), 1, "idle 61 s since its last turn, whatever pod it was on");
+    assert.equal(ra!.residency, "Hibernated");
+    // A time from a clock ahead of this node's is taken as now.
+    const ahead = await to.manager.register({ namespace: "default", name: "skewed", lastActivity: to.clock.now() + 3_600_000 });
+    assert.equal(Date.parse(ahead.status().lastActivity), to.clock.now());
+  });
+
   it("hands an evicted session's context to the session that needed the room; both continue exactly", async () => {
     const h = await harness({ maxResident: 1 });
     const ref = await harness({ maxResident: 8, contextHandover: false });

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { InferenceSession } from "../../contract/inference-session.js";
-import { choosePod, computeStatus, decidePlacement, decideTransition, handOffSource, idledOut, liveStateLost, nextEpoch, sameStatus, type RuntimePod } from "../../operator/decisions.js";
+import { choosePod, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, sameStatus, type RuntimePod } from "../../operator/decisions.js";
 import type { SessionStatus } from "../../contract/runtime-api.js";
 import { ClusterView } from "../../operator/cluster-view.js";
 
@@ -125,13 +125,6 @@ describe("transitions", () => {
 
   it("does not undo the runtime's idle hibernation (this generation's InMemory was already met)", () => {
     assert.equal(decideTransition(session({ status: { observedGeneration: 3, appliedGeneration: 3 } }), "Hibernated"), undefined);
-  });
-
-  it("does not put back in memory a moved session its idle policy would have hibernated", () => {
-    const at = (idleAfter: string | undefined, last: string) => session({ spec: { model: "m", ...(idleAfter ? { hibernation: { idleAfter } } : {}) }, status: { residency: "InMemory", lastActivityTime: last } });
-    assert.equal(idledOut(at("10m", "2026-01-01T00:45:00.000Z"), now.getTime()), true, "idle 15 min, policy 10 min");
-    assert.equal(idledOut(at("30m", "2026-01-01T00:45:00.000Z"), now.getTime()), false);
-    assert.equal(idledOut(at(undefined, "2026-01-01T00:00:00.000Z"), now.getTime()), false, "no policy: never idled out");
   });
 
   it("uses the pod found serving the session at its epoch when status names a pod that is gone", () => {
