@@ -50,6 +50,8 @@ export interface RuntimeConfig {
   sequencesPerContext: number;
   /** How long a context no session uses stays allocated, so the next rehydrate skips the allocation. */
   contextGraceMs: number;
+  /** Unused contexts of the default size kept allocated ahead of need, so a cold rehydrate skips the allocation too. */
+  spareContexts: number;
   /**
    * Wait one event-loop turn after each decode so that every session of a shared context joins the
    * next batch (sessions/batch-gathering.ts). "auto": on a GPU, where a batch of 4 costs about what
@@ -131,6 +133,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     preemptAfterMs: int(env, "TORPOR_PREEMPT_AFTER_MS", 2000),
     sequencesPerContext: intAtMost(env, "TORPOR_SEQUENCES_PER_CONTEXT", 1, 1, MAX_CONTEXT_SEQUENCES),
     contextGraceMs: int(env, "TORPOR_CONTEXT_GRACE_MS", 5000),
+    spareContexts: intAtMost(env, "TORPOR_SPARE_CONTEXTS", 0, 0, 64),
     batchGathering: autoOnOff(env, "TORPOR_BATCH_GATHERING"),
     podName: env.TORPOR_POD_NAME ?? env.HOSTNAME ?? "local",
     nodeName: env.TORPOR_NODE_NAME ?? "local",

@@ -61,10 +61,14 @@ async function main(): Promise<void> {
     maxResident: cfg.maxResident, memoryBudget: { ram: memoryBudgetBytes, vram: vramBudgetBytes }, idleAfterMs: cfg.idleAfterMs,
     defaultContextSize: cfg.defaultContextSize, maxContextSize: cfg.maxContextSize, podName: cfg.podName,
     contextHandover: cfg.contextHandover, preemptAfterMs: cfg.preemptAfterMs,
-    sequencesPerContext: cfg.sequencesPerContext, contextGraceMs: cfg.contextGraceMs,
+    sequencesPerContext: cfg.sequencesPerContext, contextGraceMs: cfg.contextGraceMs, spareContexts: cfg.spareContexts,
     gatherBatches: cfg.batchGathering === "auto" ? host.onGpu : cfg.batchGathering,
     namespaceLimits: NamespaceLimits.parse(cfg.namespaceLimits),
   });
+  if (cfg.spareContexts > 0) {
+    manager.pool.refill().then((made) => log.info({ spares: made, contextSize: cfg.defaultContextSize }, "spare contexts allocated"),
+      (err: unknown) => log.warn({ err }, "could not allocate spare contexts; cold rehydrates allocate their own"));
+  }
   const app = createRuntimeApp({
     manager, store, host, metrics, log, token: cfg.token, maxBodyBytes: cfg.maxBodyBytes,
     defaultMaxTokens: cfg.defaultMaxTokens, podName: cfg.podName, nodeName: cfg.nodeName,

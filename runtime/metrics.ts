@@ -36,13 +36,17 @@ export class RuntimeMetrics {
     registers: [this.registry],
   });
   readonly contextReuses = new Counter({
-    name: "torpor_runtime_context_reuses_total", help: "Sessions given an emptied sequence the context pool kept, instead of a newly allocated context.",
+    name: "torpor_runtime_context_reuses_total", help: "Sessions given a sequence of a context allocated before they asked (kept after its last session, or a spare), instead of a newly allocated context.",
+    registers: [this.registry],
+  });
+  readonly spareContextsAllocated = new Counter({
+    name: "torpor_runtime_spare_contexts_allocated_total", help: "Contexts allocated ahead of need (TORPOR_SPARE_CONTEXTS), at start-up and after a session took one.",
     registers: [this.registry],
   });
   /** Set by the context pool, read at scrape time. */
   pooledContexts?: () => { leased: number; idle: number };
   readonly contexts: Gauge<"state"> = new Gauge({
-    name: "torpor_runtime_contexts", help: "llama contexts allocated, by state (leased: a session uses one of its sequences; idle: kept for the grace period).",
+    name: "torpor_runtime_contexts", help: "llama contexts allocated, by state (leased: a session uses one of its sequences; idle: kept for the grace period, or a spare).",
     labelNames: ["state"], registers: [this.registry],
     collect: () => {
       for (const [state, n] of Object.entries(this.pooledContexts?.() ?? {})) this.contexts.set({ state }, n);

@@ -3,7 +3,9 @@
 // batch (node-llama-cpp batches the sequences of a context together), as llama-server's slots do.
 // A returned sequence is emptied and kept for the next session: a rehydrate then costs the state
 // load alone, not llama.cpp's allocation and clearing of a whole KV buffer. A context nobody uses
-// is freed after `graceMs`, so hibernation still gives the memory back.
+// is freed after `graceMs`, so hibernation still gives the memory back; except `spares` contexts of
+// the pool's default size, allocated ahead and refilled in the background, so that a cold
+// rehydrate (grace over, or a session that moved here) pays only for its state, not for a context.
 import type { LlamaContext, LlamaContextSequence } from "node-llama-cpp";
 import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
@@ -19,6 +21,11 @@ export interface ContextPoolOptions {
   graceMs: number;
   /** Make every generating sequence of a context join each decode batch (batch-gathering.ts). */
   gatherBatches?: boolean;
+  /** Unused contexts of `spareContextSize` (and the pool's default shape) kept allocated ahead of need (default 0). */
+  spares?: number;
+  spareContextSize?: number;
+  /** Whether the memory budget has room for one more context of this cost (a spare never pushes it over). */
+  roomFor?: (cost: MemoryCost) => Promise<boolean>;
 }
 
 interface PooledContext {
@@ -73,11 +80,13 @@ export class ContextPool {
 
   private async takeNow(contextSize: number, sequences: number, flashAttention: FlashAttention): Promise<SequenceLease> {
     if (this.closed) throw new Error("context pool used after shutdown");
-    const c = this.contexts.find((x) => hasRoomFor(x, contextSize, sequences, flashAttention));
+    // A context in use first (its free sequence costs nothing more), then an unused one.
+    const c = this.contexts.find((x) => x.leased > 0 && hasRoomFor(x, contextSize, sequences, flashAttention)) ??
+      this.contexts.find((x) => hasRoomFor(x, contextSize, sequences, flashAttention));
     if (c) {
       this.stopTimer(c);
       const kept = c.free.pop();
-      if (kept) this.metrics.contextReuses.inc();
+      if (kept || c.leased === 0) this.metrics.contextReuses.inc();
       return this.lease(c, kept ?? c.context.getSequence());
     }
     const context = await this.host.createContext(contextSize, sequences, flashAttention);
@@ -103,6 +112,8 @@ export class ContextPool {
       await Promise.resolve(lease.sequence.dispose()).catch((e: unknown) => this.log.warn({ err: e }, "could not free a returned sequence"));
     }
     if (c.leased > 0) return;
+    // Kept without a timer while the spares are short of one (it is one now).
+    if (this.isSpareShape(c) && this.idleSpares().length <= this.spareCount) return;
     if (this.opts.graceMs <= 0) { await this.free(c); return; }
     this.stopTimer(c);
     // A timer's rejection would be unhandled, and Node ends the process for those.
@@ -133,6 +144,30 @@ export class ContextPool {
     return idle.length;
   }
 
+  /**
+   * Allocates spare contexts until there are `spares` unused ones of the spare shape, as far as the
+   * memory budget has room. Runs in the take queue: a take arriving meanwhile gets the new spare.
+   */
+  refill(): Promise<number> {
+    return this.takes.run(async () => {
+      let made = 0;
+      const size = this.opts.spareContextSize;
+      // Unused contexts already there serve as spares: no grace timer frees them now.
+      for (const c of this.idleSpares().slice(0, this.spareCount)) this.stopTimer(c);
+      while (!this.closed && size && this.idleSpares().length < this.spareCount) {
+        const S = this.opts.sequencesPerContext;
+        const cost = await this.host.estimateContextCost(size, S);
+        if (this.opts.roomFor && !await this.opts.roomFor(cost)) break;
+        const context = await this.host.createContext(size, S, this.host.flashAttention);
+        if (S > 1 && this.opts.gatherBatches) gatherBatches(context);
+        this.contexts.push({ context, contextSize: size, sequences: S, flashAttention: this.host.flashAttention, free: [], leased: 0, cost });
+        made++;
+      }
+      if (made) this.metrics.spareContextsAllocated.inc(made);
+      return made;
+    });
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     for (const c of [...this.contexts]) await this.free(c, true);
@@ -141,6 +176,27 @@ export class ContextPool {
   counts(): { leased: number; idle: number } {
     const idle = this.contexts.filter((c) => c.leased === 0).length;
     return { leased: this.contexts.length - idle, idle };
+  }
+
+  private get spareCount(): number { return this.opts.spareContextSize ? this.opts.spares ?? 0 : 0; }
+
+  private isSpareShape(c: PooledContext): boolean {
+    return this.spareCount > 0 && c.contextSize === this.opts.spareContextSize && c.sequences === this.opts.sequencesPerContext && c.flashAttention === this.host.flashAttention;
+  }
+
+  /** Unused contexts of the spare shape. */
+  private idleSpares(): PooledContext[] {
+    return this.contexts.filter((c) => c.leased === 0 && !c.context.disposed && this.isSpareShape(c));
+  }
+
+  /**
+   * Refills the spares in the background; the session that took one calls it once its state is
+   * loaded, so the allocation does not compete with the rehydrate its caller waits for. Never
+   * fails anyone: without a spare, the next rehydrate allocates its own context.
+   */
+  replenish(): void {
+    if (this.spareCount === 0 || this.closed) return;
+    setImmediate(() => void this.refill().catch((err: unknown) => this.log.warn({ err }, "could not allocate a spare context; a cold rehydrate allocates its own")));
   }
 
   private lease(c: PooledContext, sequence: LlamaContextSequence): SequenceLease {

@@ -36,6 +36,8 @@ export interface ManagerOptions {
   contextGraceMs?: number;
   /** Make every session of a shared context join each decode batch (sessions/batch-gathering.ts; default off). */
   gatherBatches?: boolean;
+  /** Unused contexts of defaultContextSize kept allocated ahead of need, within the memory budget (default 0). */
+  spareContexts?: number;
   /**
    * How long a request waits for an idle resident session before it takes the slot of a busy one
    * between two of its turns (default 2000 ms). Without it, sessions that always have a request
@@ -83,7 +85,15 @@ export class SessionManager implements Admission {
     readonly opts: ManagerOptions,
   ) {
     metrics.sessionCounts = () => this.countByResidency();
-    this.pool = new ContextPool(host, metrics, log, { sequencesPerContext: opts.sequencesPerContext ?? 1, graceMs: opts.contextGraceMs ?? 0, gatherBatches: opts.gatherBatches ?? false });
+    this.pool = new ContextPool(host, metrics, log, {
+      sequencesPerContext: opts.sequencesPerContext ?? 1, graceMs: opts.contextGraceMs ?? 0, gatherBatches: opts.gatherBatches ?? false,
+      spares: opts.spareContexts ?? 0, spareContextSize: opts.defaultContextSize,
+      // A spare never takes room that admitted sessions were promised, and gives way to them (trim).
+      roomFor: async (cost) => {
+        const budget = this.opts.memoryBudget ?? NO_COST;
+        return !isLimited(budget) || overspent(addCosts(this.pool.allocatedCost(), this.pendingCost(), cost), budget) === undefined;
+      },
+    });
   }
 
   get shuttingDown(): boolean { return this.draining; }
@@ -198,8 +208,7 @@ export class SessionManager implements Admission {
       const nsFull = () => nsMax !== undefined && nsResident() >= nsMax;
       // The budget counts what the pool has allocated (leased or kept for its grace) plus what
       // this session adds: nothing when it fits a free sequence of a context in use.
-      const pending = () => addCosts(...[...this.resident.values()].map((r) => r.pending));
-      const overBudget = async () => limited && overspent(addCosts(this.pool.allocatedCost(), pending(), await this.pool.costToAdmit(size)), budget) !== undefined;
+      const overBudget = async () => limited && overspent(addCosts(this.pool.allocatedCost(), this.pendingCost(), await this.pool.costToAdmit(size)), budget) !== undefined;
       const full = async () => nsFull() || this.resident.size >= this.opts.maxResident || await overBudget();
       let spare: SpareContext | undefined;
       try {
@@ -244,6 +253,11 @@ export class SessionManager implements Admission {
       this.resident.set(session, { since: Date.now(), pending: spare || !limited ? NO_COST : await this.pool.costToAdmit(size) });
       return spare;
     });
+  }
+
+  /** Memory admitted for resident sessions that the pool has not allocated yet. */
+  private pendingCost(): MemoryCost {
+    return addCosts(...[...this.resident.values()].map((r) => r.pending));
   }
 
   /** The session's sequence is allocated: the pool accounts for it from now on. */

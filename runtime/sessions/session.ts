@@ -345,7 +345,7 @@ export class Session {
     try {
       if (this.residency === "Hibernated") {
         const wake = await this.rehydrate(resident);
-        if (wake) return wake;
+        if (wake) { pool.replenish(); return wake; }
         // The files went away (deleted by hand, or swept): start over rather than fail forever.
         this.log.warn("hibernated state missing on the volume; starting a fresh context");
         this.residency = "NotCreated";
@@ -356,6 +356,7 @@ export class Session {
       this.residency = "InMemory";
       this.window = { epoch: this.window.epoch, min: this.window.epoch };
       this.log.info({ contextSize: this.spec.contextSize }, "context created");
+      pool.replenish();
       return { rehydrated: false, created: true };
     } catch (err) {
       await this.releaseResident();
