@@ -84,7 +84,7 @@ async function stateIo(): Promise<void> {
       for (let i = 0; i < RUNS; i++) {
         const h = await ss.hibernate("bench");
         dropCache(h.record!.stateFile);
-        await sm.pool.refill(); // the spare is ready, as it is long before a session's next turn
+        await sm.replenishSpares(); // the spare is ready, as it is long before a session's next turn
         spareCold.push((await ss.warm()).rehydrateMs!);
       }
       await sm.remove("bench", `io-spare-${target}`);

@@ -65,10 +65,7 @@ async function main(): Promise<void> {
     gatherBatches: cfg.batchGathering === "auto" ? host.onGpu : cfg.batchGathering,
     namespaceLimits: NamespaceLimits.parse(cfg.namespaceLimits),
   });
-  if (cfg.spareContexts > 0) {
-    manager.pool.refill().then((made) => log.info({ spares: made, contextSize: cfg.defaultContextSize }, "spare contexts allocated"),
-      (err: unknown) => log.warn({ err }, "could not allocate spare contexts; cold rehydrates allocate their own"));
-  }
+  if (cfg.spareContexts > 0) void manager.replenishSpares().then((made) => log.info({ spares: made, contextSize: cfg.defaultContextSize }, "spare contexts allocated"));
   const app = createRuntimeApp({
     manager, store, host, metrics, log, token: cfg.token, maxBodyBytes: cfg.maxBodyBytes,
     defaultMaxTokens: cfg.defaultMaxTokens, podName: cfg.podName, nodeName: cfg.nodeName,

@@ -26,6 +26,8 @@ export interface ContextPoolOptions {
   spareContextSize?: number;
   /** Whether the memory budget has room for one more context of this cost (a spare never pushes it over). */
   roomFor?: (cost: MemoryCost) => Promise<boolean>;
+  /** A context no session used was freed (after a hibernate, or its grace): room for a spare, maybe. */
+  onFreed?: () => void;
 }
 
 interface PooledContext {
@@ -114,10 +116,10 @@ export class ContextPool {
     if (c.leased > 0) return;
     // Kept without a timer while the spares are short of one (it is one now).
     if (this.isSpareShape(c) && this.idleSpares().length <= this.spareCount) return;
-    if (this.opts.graceMs <= 0) { await this.free(c); return; }
+    if (this.opts.graceMs <= 0) { await this.free(c); this.opts.onFreed?.(); return; }
     this.stopTimer(c);
     // A timer's rejection would be unhandled, and Node ends the process for those.
-    c.timer = setTimeout(() => void this.free(c).catch((err: unknown) => this.log.warn({ err }, "could not free a context after its grace")), this.opts.graceMs);
+    c.timer = setTimeout(() => void this.free(c).then(() => this.opts.onFreed?.(), (err: unknown) => this.log.warn({ err }, "could not free a context after its grace")), this.opts.graceMs);
     c.timer.unref();
   }
 
@@ -147,6 +149,8 @@ export class ContextPool {
   /**
    * Allocates spare contexts until there are `spares` unused ones of the spare shape, as far as the
    * memory budget has room. Runs in the take queue: a take arriving meanwhile gets the new spare.
+   * The caller serialises it with admissions (SessionManager.replenishSpares), so that a spare
+   * never takes room a session was just promised.
    */
   refill(): Promise<number> {
     return this.takes.run(async () => {
@@ -187,16 +191,6 @@ export class ContextPool {
   /** Unused contexts of the spare shape. */
   private idleSpares(): PooledContext[] {
     return this.contexts.filter((c) => c.leased === 0 && !c.context.disposed && this.isSpareShape(c));
-  }
-
-  /**
-   * Refills the spares in the background; the session that took one calls it once its state is
-   * loaded, so the allocation does not compete with the rehydrate its caller waits for. Never
-   * fails anyone: without a spare, the next rehydrate allocates its own context.
-   */
-  replenish(): void {
-    if (this.spareCount === 0 || this.closed) return;
-    setImmediate(() => void this.refill().catch((err: unknown) => this.log.warn({ err }, "could not allocate a spare context; a cold rehydrate allocates its own")));
   }
 
   private lease(c: PooledContext, sequence: LlamaContextSequence): SequenceLease {

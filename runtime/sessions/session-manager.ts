@@ -93,6 +93,7 @@ export class SessionManager implements Admission {
         const budget = this.opts.memoryBudget ?? NO_COST;
         return !isLimited(budget) || overspent(addCosts(this.pool.allocatedCost(), this.pendingCost(), cost), budget) === undefined;
       },
+      onFreed: () => void this.replenishSpares(),
     });
   }
 
@@ -252,6 +253,19 @@ export class SessionManager implements Admission {
       }
       this.resident.set(session, { since: Date.now(), pending: spare || !limited ? NO_COST : await this.pool.costToAdmit(size) });
       return spare;
+    });
+  }
+
+  /**
+   * Tops the spare contexts up, in turn with admissions: a refill decides on the budget only
+   * between two admissions, never while one has checked the room and not yet claimed it. Resolves
+   * to the number allocated; never rejects (without a spare, a rehydrate allocates its own).
+   */
+  replenishSpares(): Promise<number> {
+    if (!this.opts.spareContexts || this.draining) return Promise.resolve(0);
+    return this.admissions.run(() => this.pool.refill()).catch((err: unknown) => {
+      this.log.warn({ err }, "could not allocate a spare context; a cold rehydrate allocates its own");
+      return 0;
     });
   }
 

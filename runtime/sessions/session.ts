@@ -27,6 +27,8 @@ export interface Admission {
   release(session: Session): void;
   /** Hibernates one idle resident session other than `session`; false when there is none. */
   evictOne(session: Session): Promise<boolean>;
+  /** Refills the spare contexts in the background (after a session took one and has loaded its state). */
+  replenishSpares(): void;
 }
 
 interface HibernateResult {
@@ -345,7 +347,7 @@ export class Session {
     try {
       if (this.residency === "Hibernated") {
         const wake = await this.rehydrate(resident);
-        if (wake) { pool.replenish(); return wake; }
+        if (wake) { admission.replenishSpares(); return wake; }
         // The files went away (deleted by hand, or swept): start over rather than fail forever.
         this.log.warn("hibernated state missing on the volume; starting a fresh context");
         this.residency = "NotCreated";
@@ -356,7 +358,7 @@ export class Session {
       this.residency = "InMemory";
       this.window = { epoch: this.window.epoch, min: this.window.epoch };
       this.log.info({ contextSize: this.spec.contextSize }, "context created");
-      pool.replenish();
+      admission.replenishSpares();
       return { rehydrated: false, created: true };
     } catch (err) {
       await this.releaseResident();

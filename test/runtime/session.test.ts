@@ -245,11 +245,11 @@ describe("bulkhead and idle policy", () => {
   it("spare contexts: a cold rehydrate loads into one allocated ahead, the pool refills it, within the budget", async () => {
     const h = await harness({ spareContexts: 1, contextGraceMs: 0 });
     const ref = await harness();
-    assert.equal(await h.manager.pool.refill(), 1, "allocated at start");
+    assert.equal(await h.manager.replenishSpares(), 1, "allocated at start");
     assert.deepEqual(h.manager.pool.counts(), { leased: 0, idle: 1 });
     const [s, never] = await Promise.all([h.manager.register({ namespace: "default", name: "cold" }), ref.manager.register({ namespace: "default", name: "cold" })]);
     assert.equal((await s.submit("Remember the number 7.", greedy(6))).text, (await never.submit("Remember the number 7.", greedy(6))).text);
-    await h.manager.pool.refill(); // waits for the refill the take started
+    await h.manager.replenishSpares(); // waits for the refill the session started
     assert.deepEqual(h.manager.pool.counts(), { leased: 1, idle: 1 }, "the first session took the spare; another was made");
     await s.hibernate("test");
     assert.deepEqual(h.manager.pool.counts(), { leased: 0, idle: 1 }, "grace 0: the hibernated session's context is freed, one spare stays");
@@ -259,7 +259,7 @@ describe("bulkhead and idle policy", () => {
     assert.equal(await counterValue(h.metrics, "torpor_runtime_context_reuses_total"), reusesBefore + 1, "the rehydrate took the spare");
     assert.equal((await s.submit("What number?", greedy(6))).text, (await never.submit("What number?", greedy(6))).text, "continues exactly");
     // Another size does not fit a spare: it gets a context of its own.
-    await h.manager.pool.refill();
+    await h.manager.replenishSpares();
     const big = await h.manager.register({ namespace: "default", name: "big", contextSize: 2048 });
     await big.submit("hi", greedy(2));
     assert.deepEqual(h.manager.pool.counts(), { leased: 2, idle: 1 });
@@ -268,11 +268,16 @@ describe("bulkhead and idle policy", () => {
     // A budget with room for one context and a half: the spare never takes a session's room.
     const one = await h.host.estimateContextCost(1024, 1);
     const tight = await harness({ spareContexts: 2, contextGraceMs: 0, memoryBudget: { ram: Math.floor(one.ram * 1.5), vram: one.vram ? Math.floor(one.vram * 1.5) : 0 } });
-    assert.equal(await tight.manager.pool.refill(), 1, "only as many spares as the budget holds");
+    assert.equal(await tight.manager.replenishSpares(), 1, "only as many spares as the budget holds");
     const t = await tight.manager.register({ namespace: "default", name: "t" });
     await t.submit("hi", greedy(2));
-    assert.equal(await tight.manager.pool.refill(), 0, "no room for another spare beside the session");
+    assert.equal(await tight.manager.replenishSpares(), 0, "no room for another spare beside the session");
     assert.deepEqual(tight.manager.pool.counts(), { leased: 1, idle: 0 });
+    // Its hibernate leaves its context as the spare (grace 0 or not): nothing to free, nothing to allocate.
+    await t.hibernate("test");
+    await tight.manager.replenishSpares();
+    assert.deepEqual(tight.manager.pool.counts(), { leased: 0, idle: 1 });
+    assert.equal(await counterValue(tight.metrics, "torpor_runtime_spare_contexts_allocated_total"), 1);
   });
 
   it("frees the evicted context instead when the sizes differ, or when handover is off", async () => {
