@@ -1,6 +1,6 @@
 // The CRD, built in code so the schema sits next to the types; `node dist/scripts/generate-crd.js`
 // writes crds/inferencesessions.torpor.dev.yaml and a test fails if the committed file is stale.
-import { GROUP, KIND, MAX_CONTEXT_SIZE, MIN_CONTEXT_SIZE, PLURAL, VERSION, DEFAULT_CONTEXT_SIZE } from "./inference-session.js";
+import { GROUP, KIND, MAX_CONTEXT_SIZE, MIN_CONTEXT_SIZE, PLURAL, VERSION } from "./inference-session.js";
 
 const str = (extra: Record<string, unknown> = {}) => ({ type: "string", ...extra });
 const int = (extra: Record<string, unknown> = {}) => ({ type: "integer", format: "int64", ...extra });
@@ -19,7 +19,7 @@ export const specSchema = {
       "x-kubernetes-validations": [{ rule: "self == oldSelf", message: "model is immutable: create a new session to change models" }],
     }),
     residency: str({ enum: ["InMemory", "Hibernated"], default: "InMemory", description: "Where the session's state should live." }),
-    contextSize: int({ minimum: MIN_CONTEXT_SIZE, maximum: MAX_CONTEXT_SIZE, default: DEFAULT_CONTEXT_SIZE, description: "Context window in tokens." }),
+    contextSize: int({ minimum: MIN_CONTEXT_SIZE, maximum: MAX_CONTEXT_SIZE, description: "Context window in tokens. Unset: the model pool's defaultContextSize (the chart's models[].defaultContextSize)." }),
     systemPrompt: str({ maxLength: 100000, description: "System message prepended to the conversation." }),
     hibernation: {
       type: "object",

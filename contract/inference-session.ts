@@ -128,6 +128,7 @@ export const STATUS_FIELDS = {
 } satisfies Record<keyof InferenceSessionStatus, true>;
 export const LAST_HIBERNATION_FIELDS = { file: true, bytes: true, size: true, tokenCount: true, sha256: true, time: true, durationMs: true } satisfies Record<keyof LastHibernation, true>;
 
+/** A pool's context size for sessions that name none, unless the chart's defaultContextSize says otherwise. */
 export const DEFAULT_CONTEXT_SIZE = 4096;
 export const MIN_CONTEXT_SIZE = 256;
 export const MAX_CONTEXT_SIZE = 131072;

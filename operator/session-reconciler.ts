@@ -220,7 +220,8 @@ function registerBody(s: InferenceSession) {
   return {
     ...(ckpt?.afterTurns ? { checkpointAfterTurns: ckpt.afterTurns } : {}),
     ...(ckptInterval ? { checkpointIntervalSeconds: Math.max(1, Math.ceil(ckptInterval / 1000)) } : {}),
-    contextSize: s.spec.contextSize ?? 4096,
+    // Unset: the pool's own default (the chart's defaultContextSize, the size its spare contexts have).
+    ...(s.spec.contextSize ? { contextSize: s.spec.contextSize } : {}),
     ...(s.spec.systemPrompt ? { systemPrompt: s.spec.systemPrompt } : {}),
     ...(s.spec.hibernation?.path ? { path: s.spec.hibernation.path } : {}),
     ...(idle !== undefined ? { idleAfterSeconds: Math.ceil(idle / 1000) } : {}),

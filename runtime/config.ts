@@ -2,6 +2,7 @@
 import os from "node:os";
 import { MAX_CONTEXT_SEQUENCES } from "./storage/hibernation-store.js";
 import { TorporError } from "../contract/errors.js";
+import { DEFAULT_CONTEXT_SIZE } from "../contract/inference-session.js";
 
 export interface RuntimeConfig {
   /** A GGUF file path, or an `hf:` URI resolved by node-llama-cpp into modelCacheDir. */
@@ -120,7 +121,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     memoryBudgetBytes: env.TORPOR_MEMORY_BUDGET_MIB === undefined ? -1 : int(env, "TORPOR_MEMORY_BUDGET_MIB", 0) * 2 ** 20,
     vramBudgetBytes: env.TORPOR_VRAM_BUDGET_MIB === undefined ? -1 : int(env, "TORPOR_VRAM_BUDGET_MIB", 0) * 2 ** 20,
     idleAfterMs: int(env, "TORPOR_IDLE_AFTER_SECONDS", 0) * 1000,
-    defaultContextSize: Math.min(int(env, "TORPOR_DEFAULT_CONTEXT_SIZE", 4096, 256), maxContextSize),
+    defaultContextSize: Math.min(int(env, "TORPOR_DEFAULT_CONTEXT_SIZE", DEFAULT_CONTEXT_SIZE, 256), maxContextSize),
     maxContextSize,
     defaultMaxTokens: int(env, "TORPOR_DEFAULT_MAX_TOKENS", 256, 1),
     gpuLayers,
