@@ -39,6 +39,7 @@ export class SessionController {
   private readonly reconciler: SessionReconciler;
   private readonly informers: RestartingInformer<unknown>[] = [];
   private readonly timers: NodeJS.Timeout[] = [];
+  private readonly workerRuns: Promise<void>[] = [];
   private scaler?: PoolScaler;
 
   constructor(private readonly o: ControllerOptions) {
@@ -86,18 +87,29 @@ export class SessionController {
     // on the first pod by name, all looking empty until their first report (bounded: a pod that
     // does not answer must not hold up the rest).
     await Promise.race([pollRuntimes(this.view, () => undefined), new Promise((r) => setTimeout(r, 3000).unref())]);
-    for (let i = 0; i < (this.o.workers ?? 4); i++) void this.worker();
+    for (let i = 0; i < (this.o.workers ?? 4); i++) this.workerRuns.push(this.worker());
     const every = (ms: number, f: () => unknown) => this.timers.push(setInterval(f, ms));
     every(this.o.resyncMs ?? 60_000, () => { for (const k of sessions.keys()) this.queue.add(k); });
     every(this.o.monitorMs ?? 2000, () => { void pollRuntimes(this.view, (k) => this.queue.add(k)); void scaler.tick(); });
     every(this.o.sweepMs ?? 600_000, () => void sweepOrphans(this.view, this.o.sweepMinAgeMs ?? 300_000, this.o.metrics, log).catch((err) => log.warn({ err: String(err) }, "sweep failed")));
   }
 
-  async stop(): Promise<void> {
+  /**
+   * Stops taking work and waits up to `drainMs` for the reconciles under way. True when none is
+   * left: only then may the lease go to another replica before it expires.
+   */
+  async stop(drainMs = 10_000): Promise<boolean> {
     for (const t of this.timers) clearInterval(t);
     this.queue.shutdown();
     for (const inf of this.informers) await inf.stop();
     await this.scaler?.stop();
+    let timer: NodeJS.Timeout | undefined;
+    const drained = await Promise.race([
+      Promise.all(this.workerRuns).then(() => true),
+      new Promise<boolean>((r) => { timer = setTimeout(() => r(false), drainMs); }),
+    ]);
+    clearTimeout(timer);
+    return drained;
   }
 
   /**

@@ -32,15 +32,22 @@ async function main(): Promise<void> {
       cleanup: { namespace: process.env.POD_NAMESPACE ?? "default", claim: process.env.TORPOR_HIBERNATION_CLAIM, image: process.env.TORPOR_CLEANUP_IMAGE },
     } : {}),
   });
-  const stop = async (code: number) => { await controller.stop(); server.close(); process.exit(code); };
+  const elector = process.env.TORPOR_LEADER_ELECT !== "false" ? new LeaderElector(kc, {
+    namespace: process.env.POD_NAMESPACE ?? "default", name: process.env.TORPOR_LEASE_NAME ?? "torpor-operator",
+    identity: process.env.POD_NAME ?? `operator-${process.pid}`,
+  }, log) : undefined;
+  const stop = async (code: number) => {
+    const drained = await controller.stop();
+    // A rolling update of the operator: the next replica leads at once, not after the lease ran out.
+    if (drained && code === 0) await elector?.release();
+    else elector?.stop();
+    server.close();
+    process.exit(code);
+  };
   process.on("SIGTERM", () => void stop(0));
   process.on("SIGINT", () => void stop(0));
 
-  if (process.env.TORPOR_LEADER_ELECT !== "false") {
-    const elector = new LeaderElector(kc, {
-      namespace: process.env.POD_NAMESPACE ?? "default", name: process.env.TORPOR_LEASE_NAME ?? "torpor-operator",
-      identity: process.env.POD_NAME ?? `operator-${process.pid}`,
-    }, log);
+  if (elector) {
     log.info("waiting for leadership");
     await elector.run(() => void stop(1));
   }

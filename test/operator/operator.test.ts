@@ -255,6 +255,25 @@ describe("operator on the testbed", () => {
     }
   });
 
+  it("a leader stopped by SIGTERM (a rolling update) gives the lease up on its way out, and the standby leads", async () => {
+    const startedBefore = (operatorLog.match(/controller started/g) ?? []).length;
+    const standby = await startOperator();
+    try {
+      const leader = (JSON.parse(await tb.kubectl(["get", "lease", "torpor-operator", "-o", "json"])) as { spec: { holderIdentity: string } }).spec.holderIdentity;
+      await stopOperator(operator, "SIGTERM");
+      // Read the moment it exited: a lease left to expire would still name it for up to 15 s.
+      const after = JSON.parse(await tb.kubectl(["get", "lease", "torpor-operator", "-o", "json"])) as { spec: { holderIdentity?: string } };
+      assert.notEqual(after.spec.holderIdentity, leader, "the stopped leader released the lease");
+      assert.match(operatorLog, /released leadership/);
+      operator = standby;
+      await eventually("the standby to take over", async () => ((operatorLog.match(/controller started/g) ?? []).length > startedBefore ? true : undefined), 45_000);
+      await tb.kubectl(["apply", "-f", "-"], session("after-handover"));
+      await eventually("placement by the new leader", async () => ((await get("after-handover")).status?.pod ? true : undefined), 30_000);
+    } finally {
+      if (operator !== standby) await stopOperator(standby);
+    }
+  });
+
   it("reports live state lost when the pod holding an in-memory session goes away", async () => {
     const placed = await inMemorySession("fragile");
     sigkillRuntime(placed.status!.pod!);
