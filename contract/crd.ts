@@ -78,6 +78,7 @@ export const statusSchema = {
     podIP: str(),
     node: str(),
     tokenCount: int(),
+    contextSize: int(),
     lastHibernation: {
       type: "object",
       properties: { file: str(), bytes: int(), size: str(), tokenCount: int(), sha256: str(), time: time(), durationMs: { type: "number" } },
@@ -112,6 +113,7 @@ export function inferenceSessionCrd() {
           { name: "Node", type: "string", jsonPath: ".status.node" },
           { name: "Age", type: "date", jsonPath: ".metadata.creationTimestamp" },
           { name: "Tokens", type: "integer", jsonPath: ".status.tokenCount", priority: 1 },
+          { name: "Context", type: "integer", jsonPath: ".status.contextSize", priority: 1, description: "Context window in tokens" },
           { name: "Size", type: "string", jsonPath: ".status.lastHibernation.size", priority: 1, description: "Size of the last hibernation" },
           { name: "Pod", type: "string", jsonPath: ".status.pod", priority: 1 },
         ],

@@ -79,6 +79,8 @@ export interface InferenceSessionStatus {
   podIP?: string;
   node?: string;
   tokenCount?: number;
+  /** The context window the runtime gives the session: spec.contextSize, or its pool's default. */
+  contextSize?: number;
   lastHibernation?: LastHibernation;
   /** `replayed`: the state could not be loaded (another llama.cpp version, say); the history was replayed instead. */
   lastRehydrate?: { time: string; durationMs: number; replayed?: string; reusedTokens?: number; restoreVerified?: boolean };
@@ -123,7 +125,7 @@ export const SPEC_FIELDS = { model: true, residency: true, contextSize: true, sy
 export const HIBERNATION_FIELDS = { idleAfter: true, path: true, checkpoint: true } satisfies Record<keyof HibernationPolicy, true>;
 export const CHECKPOINT_FIELDS = { afterTurns: true, interval: true } satisfies Record<keyof CheckpointPolicy, true>;
 export const STATUS_FIELDS = {
-  observedGeneration: true, appliedGeneration: true, residency: true, phase: true, conditions: true, pod: true, podIP: true, node: true, tokenCount: true,
+  observedGeneration: true, appliedGeneration: true, residency: true, phase: true, conditions: true, pod: true, podIP: true, node: true, tokenCount: true, contextSize: true,
   lastHibernation: true, lastRehydrate: true, lastActivityTime: true, liveStateLostAt: true, epoch: true, handOffFrom: true, lastLoss: true,
 } satisfies Record<keyof InferenceSessionStatus, true>;
 export const LAST_HIBERNATION_FIELDS = { file: true, bytes: true, size: true, tokenCount: true, sha256: true, time: true, durationMs: true } satisfies Record<keyof LastHibernation, true>;

@@ -224,6 +224,8 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
   // Nothing observed this round (a hand-off, an unreachable pod): what was last known stands.
   else if (!rt && prev.tokenCount !== undefined) out.tokenCount = prev.tokenCount;
   else if (lastHibernation) out.tokenCount = lastHibernation.tokenCount;
+  const contextSize = rt?.contextSize ?? prev.contextSize;
+  if (contextSize) out.contextSize = contextSize;
   if (lastHibernation) out.lastHibernation = lastHibernation;
   if (lastRehydrate) out.lastRehydrate = lastRehydrate;
   const activity = rt?.lastActivity ?? prev.lastActivityTime;

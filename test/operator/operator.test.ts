@@ -106,6 +106,12 @@ describe("operator on the testbed", () => {
     const placed = await waitPlaced("chat");
     assert.equal(placed.status!.residency, "NotCreated");
     assert.ok(placed.metadata.finalizers?.includes("torpor.dev/hibernation-files"));
+    assert.equal(placed.status!.contextSize, 1024);
+    // Without spec.contextSize, the pool's default (the runtime's TORPOR_DEFAULT_CONTEXT_SIZE, 4096 here).
+    await tb.kubectl(["apply", "-f", "-"], session("pool-sized").replace("  contextSize: 1024\n", ""));
+    assert.equal((await eventually("its context size in status", async () => (await get("pool-sized")).status?.contextSize, 20_000)), 4096);
+    assert.equal((await get("pool-sized")).spec.contextSize, undefined, "no default written into the spec");
+    await tb.kubectl(["delete", "isess", "pool-sized", "--wait=false"]);
 
     const rt = runtimeFor(placed);
     const first = await rt.submit("default", "chat", "Hello!", { max_tokens: 8 });

@@ -182,6 +182,8 @@ describe("status", () => {
     assert.equal(st.pod, "a");
     assert.equal(st.node, "node-a");
     assert.equal(st.lastHibernation?.bytes, 1234);
+    assert.equal(st.contextSize, 1024, "the size the runtime gives it (spec.contextSize, or the pool's default)");
+    assert.equal(computeStatus(session({ status: st }), { now, waiting: { reason: "NoRuntimePod", message: "none" } }).contextSize, 1024, "kept while no runtime answers");
     const c = Object.fromEntries(st.conditions!.map((x) => [x.type, x]));
     assert.equal(c.Hibernated!.status, "True");
     assert.equal(c.Ready!.status, "True");
