@@ -158,7 +158,9 @@ export class ContextPool {
       const size = this.opts.spareContextSize;
       // Unused contexts already there serve as spares: no grace timer frees them now.
       for (const c of this.idleSpares().slice(0, this.spareCount)) this.stopTimer(c);
-      while (!this.closed && size && this.idleSpares().length < this.spareCount) {
+      // Bounded by the count, whatever idleSpares() says: a context that did not come out in the
+      // spare's shape must not make this allocate forever.
+      for (let i = 0; i < this.spareCount && !this.closed && size && this.idleSpares().length < this.spareCount; i++) {
         const S = this.opts.sequencesPerContext;
         const cost = await this.host.estimateContextCost(size, S);
         if (this.opts.roomFor && !await this.opts.roomFor(cost)) break;
