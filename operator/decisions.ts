@@ -234,10 +234,24 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
   return out;
 }
 
-/** Status equality ignoring key order, so unchanged reconciles write nothing. */
-export function sameStatus(a: InferenceSessionStatus | undefined, b: InferenceSessionStatus): boolean {
+/**
+ * Status equality ignoring key order, so unchanged reconciles write nothing; and ignoring the
+ * top-level fields in `ignoring` (those the API server drops: see droppedFields).
+ */
+export function sameStatus(a: InferenceSessionStatus | undefined, b: InferenceSessionStatus, ignoring: ReadonlySet<string> = new Set()): boolean {
   const norm = (x: unknown): unknown => Array.isArray(x) ? x.map(norm)
     : x && typeof x === "object" ? Object.fromEntries(Object.entries(x).filter(([, v]) => v !== undefined).sort(([k1], [k2]) => k1.localeCompare(k2)).map(([k, v]) => [k, norm(v)]))
     : x;
-  return JSON.stringify(norm(a ?? {})) === JSON.stringify(norm(b));
+  const top = (x: InferenceSessionStatus) => Object.fromEntries(Object.entries(x).filter(([k]) => !ignoring.has(k)));
+  return JSON.stringify(norm(top(a ?? {}))) === JSON.stringify(norm(top(b)));
+}
+
+/**
+ * Top-level status fields written but not stored: the API server prunes fields its CRD does not
+ * know, which happens when the CRD is older than the operator (helm installs CRDs but never
+ * upgrades them). Without noticing, every reconcile would write the same status again.
+ */
+export function droppedFields(written: InferenceSessionStatus, stored: InferenceSessionStatus | undefined): string[] {
+  const kept = (stored ?? {}) as Record<string, unknown>;
+  return Object.entries(written).filter(([k, v]) => v !== undefined && kept[k] === undefined).map(([k]) => k);
 }

@@ -9,7 +9,7 @@ import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-
 import { RuntimeApiError } from "../contract/runtime-client.js";
 import type { CleanupPods } from "./cleanup-pod.js";
 import type { ClusterView } from "./cluster-view.js";
-import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, reasonOf, sameStatus, type Placement, type RuntimePod } from "./decisions.js";
+import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, reasonOf, sameStatus, droppedFields, type Placement, type RuntimePod } from "./decisions.js";
 import { Finalizer, type Requeue } from "./finalizer.js";
 import type { OperatorMetrics } from "./metrics.js";
 
@@ -23,6 +23,8 @@ export class ReportedError extends Error {
 export class SessionReconciler {
   private readonly custom: CustomObjectsApi;
   private readonly finalizer: Finalizer;
+  /** Status fields the API server drops (an older CRD): a change to them alone writes nothing. */
+  private readonly dropped = new Set<string>();
 
   constructor(kc: KubeConfig, private readonly view: ClusterView, private readonly events: EventRecorder,
     private readonly metrics: OperatorMetrics, private readonly log: Logger, private readonly cleanupPods?: CleanupPods) {
@@ -203,12 +205,20 @@ export class SessionReconciler {
 
   /** Writes status (optimistic concurrency on the session's resourceVersion); returns the session as stored. */
   private async writeStatus(s: InferenceSession, status: InferenceSession["status"]): Promise<InferenceSession> {
-    if (sameStatus(s.status, status!)) return s;
+    if (sameStatus(s.status, status!, this.dropped)) return s;
     const updated = await this.custom.replaceNamespacedCustomObjectStatus({
       group: GROUP, version: VERSION, plural: PLURAL, namespace: s.metadata.namespace, name: s.metadata.name,
       body: { ...s, status },
     }) as InferenceSession;
     this.view.recordWrite(s, updated);
+    // Written in full whenever something else changed, so a CRD applied since is noticed here.
+    const dropped = droppedFields(status!, updated.status);
+    const fresh = dropped.filter((f) => !this.dropped.has(f));
+    for (const f of this.dropped) if (!dropped.includes(f)) this.dropped.delete(f);
+    if (fresh.length) {
+      for (const f of fresh) this.dropped.add(f);
+      this.log.warn({ fields: fresh }, "the API server dropped status fields this operator writes: the InferenceSession CRD is older than the operator (helm never upgrades CRDs); run kubectl apply -f charts/torpor/crds/");
+    }
     return updated;
   }
 }

@@ -7,6 +7,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { RuntimeClient } from "../../contract/runtime-client.js";
 import type { InferenceSession } from "../../contract/inference-session.js";
+import { inferenceSessionCrd } from "../../contract/crd.js";
 import { freePort } from "../../testbed/local-runtime.js";
 import { eventually, HIB_HOST_PATH, installTorpor, runtimeManifest, session, TOKEN } from "../../testbed/torpor-on-testbed.js";
 import { smallModel } from "../../testbed/models.js";
@@ -217,6 +218,50 @@ describe("operator on the testbed", () => {
     assert.equal((await runtimeFor(s).submit("default", "cramped", "still here?", { max_tokens: 2 })).usage.completion_tokens, 2);
     await tb.kubectl(["delete", "isess", "cramped", "--wait=true", "--timeout=60s"]);
     await tb.kubectl(["delete", "deployment", "runtime-full"]);
+  });
+
+  it("with a CRD older than the operator (helm never upgrades CRDs) it says so and does not write the same status again", async () => {
+    const crd = inferenceSessionCrd();
+    const old = structuredClone(crd) as unknown as { spec: { versions: Array<{ schema: { openAPIV3Schema: { properties: { status: { properties: Record<string, unknown> } } } } }> } };
+    delete old.spec.versions[0]!.schema.openAPIV3Schema.properties.status.properties.contextSize;
+    await tb.kubectl(["apply", "-f", "-"], JSON.stringify(old));
+    try {
+      // The API server swaps a CRD's schema in asynchronously: wait until it refuses the field.
+      await tb.kubectl(["apply", "-f", "-"], session("crd-probe"));
+      await eventually("the API server to use the older schema", async () => {
+        const probe = JSON.parse(await tb.kubectl(["get", "isess", "crd-probe", "-o", "json"])) as InferenceSession;
+        probe.status = { contextSize: 1024 };
+        try { await tb.kubectl(["replace", "--subresource=status", "--dry-run=server", "-f", "-"], JSON.stringify(probe)); return undefined; } catch (err) {
+          return /unknown field "status.contextSize"/.test(String(err)) ? true : undefined;
+        }
+      }, 20_000);
+      await tb.kubectl(["delete", "isess", "crd-probe", "--wait=false"]);
+      const logBefore = operatorLog.length;
+      await tb.kubectl(["apply", "-f", "-"], session("old-crd"));
+      const placed = await waitPlaced("old-crd");
+      assert.equal(placed.status!.contextSize, undefined, "pruned by the API server");
+      const warning = () => operatorLog.slice(logBefore).split("\n").filter((l) => l.includes("dropped status fields"));
+      const [line] = await eventually("the operator's warning", async () => (warning().length ? warning() : undefined), 20_000);
+      assert.match(line!, /"fields":\["contextSize"\]/);
+      assert.match(line!, /kubectl apply -f charts\/torpor\/crds/);
+      // Still served: a turn, and status follows it.
+      await runtimeFor(placed).submit("default", "old-crd", "hello", { max_tokens: 2 });
+      await eventually("InMemory in status", async () => ((await get("old-crd")).status?.residency === "InMemory" ? true : undefined), 20_000);
+      assert.equal(warning().length, 1, "said once");
+      // Nothing changes now: resyncs (every 5 s here) must not write the same status again.
+      const statusWrites = async () => (await tb.kubectl(["get", "--raw", "/metrics"])).split("\n")
+        .filter((l) => l.startsWith("apiserver_request_total{") && l.includes('resource="inferencesessions"') && l.includes('subresource="status"') && l.includes('verb="PUT"'))
+        .reduce((n, l) => n + Number(l.split(" ").at(-1)), 0);
+      const writesBefore = await statusWrites();
+      await new Promise((r) => setTimeout(r, 12_000));
+      assert.ok(await statusWrites() - writesBefore < 2, "no status write per resync");
+    } finally {
+      await tb.kubectl(["apply", "-f", "-"], JSON.stringify(crd));
+    }
+    // With the CRD applied, the next status write keeps the field again.
+    await runtimeFor(await get("old-crd")).submit("default", "old-crd", "again", { max_tokens: 2 });
+    await eventually("contextSize back in status", async () => ((await get("old-crd")).status?.contextSize === 1024 ? true : undefined), 30_000);
+    await tb.kubectl(["delete", "isess", "old-crd", "--wait=false"]);
   });
 
   it("sweeps hibernation files that belong to no session", async () => {

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { InferenceSession } from "../../contract/inference-session.js";
-import { choosePod, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, sameStatus, type RuntimePod } from "../../operator/decisions.js";
+import { choosePod, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, sameStatus, droppedFields, type RuntimePod } from "../../operator/decisions.js";
 import type { SessionStatus } from "../../contract/runtime-api.js";
 import { ClusterView } from "../../operator/cluster-view.js";
 
@@ -189,6 +189,17 @@ describe("status", () => {
     assert.equal(c.Ready!.status, "True");
     assert.equal(c.Degraded!.status, "False");
     assert.equal(c.Ready!.observedGeneration, 3);
+  });
+
+  it("notices status fields an older CRD drops, and then does not write for them alone", () => {
+    const written = computeStatus(session(), { now, pod: pod("a"), runtime: runtime("InMemory") });
+    const { contextSize, ...stored } = written;
+    assert.equal(contextSize, 1024);
+    assert.deepEqual(droppedFields(written, stored), ["contextSize"]);
+    assert.deepEqual(droppedFields(written, written), []);
+    assert.equal(sameStatus(stored, written), false, "without knowing, every reconcile would write again");
+    assert.equal(sameStatus(stored, written, new Set(["contextSize"])), true);
+    assert.equal(sameStatus(stored, { ...written, tokenCount: 11 }, new Set(["contextSize"])), false, "other changes are still written");
   });
 
   it("keeps lastTransitionTime while a condition holds", () => {
