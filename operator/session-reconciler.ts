@@ -214,7 +214,8 @@ export class SessionReconciler {
     // Written in full whenever something else changed, so a CRD applied since is noticed here.
     const dropped = droppedFields(status!, updated.status);
     const fresh = dropped.filter((f) => !this.dropped.has(f));
-    for (const f of this.dropped) if (!dropped.includes(f)) this.dropped.delete(f);
+    const stored = (updated.status ?? {}) as Record<string, unknown>;
+    for (const f of this.dropped) if (stored[f] !== undefined) this.dropped.delete(f);
     if (fresh.length) {
       for (const f of fresh) this.dropped.add(f);
       this.log.warn({ fields: fresh }, "the API server dropped status fields this operator writes: the InferenceSession CRD is older than the operator (helm never upgrades CRDs); run kubectl apply -f charts/torpor/crds/");
