@@ -324,12 +324,19 @@ export class Session {
   private run<T>(task: () => Promise<T>, touch = true): Promise<T> {
     if (this.deleted) return Promise.reject(new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`));
     if (this.dropped) return Promise.reject(new StaleEpochError(this.window.epoch, this.dropped, `session ${this.ref.namespace}/${this.ref.name} moved`));
-    if (touch) this.lastActivity = this.deps.clock.now();
+    // Touched when a task ends (a queued or running one keeps the session busy: no idle sweep or
+    // LRU eviction takes it meanwhile); not when it failed and left nothing in memory (a refused
+    // state, no room). Counted, such a failure changed the session's status at every retry, and
+    // each status write set off the next retry at once: the operator rewrote a Degraded session's
+    // status about 100 times a second.
     return this.queue.run(async () => {
       try {
-        return await task();
-      } finally {
+        const out = await task();
         if (touch) this.lastActivity = this.deps.clock.now();
+        return out;
+      } catch (err) {
+        if (touch && this.residency === "InMemory") this.lastActivity = this.deps.clock.now();
+        throw err;
       }
     });
   }

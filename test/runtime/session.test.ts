@@ -301,7 +301,10 @@ describe("bulkhead and idle policy", () => {
     assert.equal(a!.residency, "Hibernated", "the least recently used session makes room under the budget");
     assert.equal(h.manager.residentCount, 2);
     const huge = await h.manager.register({ namespace: "default", name: "huge", contextSize: 8192 });
+    const idleSince = huge.status().lastActivity;
+    h.clock.advance(5000);
     await assert.rejects(huge.submit("hi", greedy(1)), (e: TorporError) => e.code === "capacity_exhausted" && /whole RAM budget/.test(e.message));
+    assert.equal(huge.status().lastActivity, idleSince, "a wake that failed, leaving nothing in memory, is not activity");
   });
 
   it("when an allocation fails though the estimate fitted (a fragmented card), hibernates the LRU idle session and retries", async () => {
