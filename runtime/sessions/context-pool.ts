@@ -91,11 +91,17 @@ export class ContextPool {
       if (kept || c.leased === 0) this.metrics.contextReuses.inc();
       return this.lease(c, kept ?? c.context.getSequence());
     }
+    const pooled = await this.allocate(contextSize, sequences, flashAttention, await this.host.estimateContextCost(contextSize, sequences));
+    return this.lease(pooled, pooled.context.getSequence());
+  }
+
+  /** A new context, owned by the pool from now on (unused until leased). */
+  private async allocate(contextSize: number, sequences: number, flashAttention: FlashAttention, cost: MemoryCost): Promise<PooledContext> {
     const context = await this.host.createContext(contextSize, sequences, flashAttention);
     if (sequences > 1 && this.opts.gatherBatches && !gatherBatches(context)) this.log.warn("node-llama-cpp's batching internals changed: sessions sharing a context may decode in more batches than needed");
-    const pooled: PooledContext = { context, contextSize, sequences, flashAttention, free: [], leased: 0, cost: await this.host.estimateContextCost(contextSize, sequences) };
+    const pooled: PooledContext = { context, contextSize, sequences, flashAttention, free: [], leased: 0, cost };
     this.contexts.push(pooled);
-    return this.lease(pooled, context.getSequence());
+    return pooled;
   }
 
   /** Empties the sequence and keeps it for the next session (or frees it: grace 0, or it will not empty). */
@@ -155,18 +161,15 @@ export class ContextPool {
   refill(): Promise<number> {
     return this.takes.run(async () => {
       let made = 0;
-      const size = this.opts.spareContextSize;
       // Unused contexts already there serve as spares: no grace timer frees them now.
       for (const c of this.idleSpares().slice(0, this.spareCount)) this.stopTimer(c);
       // Bounded by the count, whatever idleSpares() says: a context that did not come out in the
       // spare's shape must not make this allocate forever.
-      for (let i = 0; i < this.spareCount && !this.closed && size && this.idleSpares().length < this.spareCount; i++) {
-        const S = this.opts.sequencesPerContext;
+      for (let i = 0; i < this.spareCount && !this.closed && this.idleSpares().length < this.spareCount; i++) {
+        const size = this.opts.spareContextSize!, S = this.opts.sequencesPerContext;
         const cost = await this.host.estimateContextCost(size, S);
         if (this.opts.roomFor && !await this.opts.roomFor(cost)) break;
-        const context = await this.host.createContext(size, S, this.host.flashAttention);
-        if (S > 1 && this.opts.gatherBatches) gatherBatches(context);
-        this.contexts.push({ context, contextSize: size, sequences: S, flashAttention: this.host.flashAttention, free: [], leased: 0, cost });
+        await this.allocate(size, S, this.host.flashAttention, cost);
         made++;
       }
       if (made) this.metrics.spareContextsAllocated.inc(made);
