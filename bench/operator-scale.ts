@@ -58,6 +58,8 @@ export interface ScaleResult {
   reconcileP50Ms: number;
   reconcileP99Ms: number;
   writesPerTransition: number;
+  /** Reconciles run per session transition: the echo of the operator's own status writes queues none. */
+  reconcilesPerTransition: number;
   operatorCpuSeconds: number;
   operatorRssMiB: number;
 }
@@ -107,6 +109,7 @@ export async function operatorScale(sessions: number): Promise<ScaleResult> {
       reconcileP50Ms: quantile(histogram(metricsBefore, name), histogram(metricsAfter, name), 0.5) * 1000,
       reconcileP99Ms: quantile(histogram(metricsBefore, name), histogram(metricsAfter, name), 0.99) * 1000,
       writesPerTransition: writes / (2 * sessions),
+      reconcilesPerTransition: (count(metricsAfter, `${name}_count`) - count(metricsBefore, `${name}_count`)) / (2 * sessions),
       operatorCpuSeconds: (await cpuSeconds(op.proc.pid!)) - cpuBefore,
       operatorRssMiB: await rssMiB(op.proc.pid!),
     };
@@ -114,4 +117,9 @@ export async function operatorScale(sessions: number): Promise<ScaleResult> {
     for (const p of procs.reverse()) await p.stop();
     await tb.stop();
   }
+}
+
+function count(metrics: string, series: string): number {
+  return metrics.split("\n").filter((l) => l.startsWith(`${series} `) || l.startsWith(`${series}{`))
+    .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
 }

@@ -427,6 +427,7 @@ if (args.only?.split(",").includes("operator")) { // minutes and GiB of contexts
     ["patch all back -> all InMemory", `${r.toInMemorySeconds.toFixed(1)} s`],
     ["reconcile latency p50 / p99 (histogram bucket bound)", `${r.reconcileP50Ms} / ${r.reconcileP99Ms} ms`],
     ["API writes on inferencesessions per transition (besides the user's patch)", r.writesPerTransition.toFixed(2)],
+    ["reconciles per transition", r.reconcilesPerTransition.toFixed(2)],
     ["operator CPU during both transitions", `${r.operatorCpuSeconds.toFixed(1)} s`],
     ["operator RSS", `${r.operatorRssMiB.toFixed(0)} MiB`],
   ]);

@@ -4,19 +4,25 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { keyOf } from "../common/kube.js";
 import { isReadyPod } from "../common/runtime-pods.js";
-import type { InferenceSession } from "../contract/inference-session.js";
+import type { InferenceSession, InferenceSessionStatus } from "../contract/inference-session.js";
 import { RuntimeClient } from "../contract/runtime-client.js";
-import type { RuntimePod } from "./decisions.js";
+import { sameStatus, type RuntimePod } from "./decisions.js";
 
 export class ClusterView {
   readonly sessions = new Map<string, InferenceSession>();
   readonly pods = new Map<string, V1Pod>();
   /** Last runtime report per pod: session fingerprints (to enqueue changes) and counts (placement). */
   readonly reports = new Map<string, Map<string, string>>();
+  /** Per session, `pod|fingerprint` of the runtime's view its last reconcile acted on (runtime-monitor.ts). */
+  readonly actedOn = new Map<string, string>();
   /** Models whose runtime pool the operator scaled to zero (pool-scaler.ts keeps it current). */
   readonly asleepModels = new Set<string>();
   /** Placements decided whose status is not written yet, per pod name (see load()). */
   private readonly placingCount = new Map<string, number>();
+  /** Per session, the status of this operator's write under way (its echo may come before its response). */
+  private readonly writing = new Map<string, InferenceSessionStatus>();
+  /** Per session, the resourceVersions of this operator's own status writes whose watch events have not come back yet, oldest first. */
+  private readonly ownWrites = new Map<string, string[]>();
 
   /**
    * @param notReadyHandOffMs how long a session held by a NotReady (not terminating) pod waits for
@@ -102,6 +108,56 @@ export class ClusterView {
     const key = keyOf(written);
     const cached = this.sessions.get(key);
     if (!cached || cached.metadata.resourceVersion === base.metadata.resourceVersion) this.sessions.set(key, written);
+    const own = this.ownWrites.get(key) ?? [];
+    // Bounded: a watch that restarts delivers only the latest object, so some echoes never come.
+    own.push(written.metadata.resourceVersion!);
+    this.ownWrites.set(key, own.slice(-16));
+  }
+
+  /**
+   * Takes a session from the watch; true when it needs a reconcile. The echo of this operator's
+   * own status write carries nothing its writer did not know (the reconcile that wrote it either
+   * finished or asked for its own retry), so it queues nothing: queued, it started the next
+   * reconcile at once, bypassing the retry backoff, and any status that changed at each failed
+   * attempt looped (a Degraded session was rewritten ~100 times a second). An echo older than a
+   * later write of ours already cached does not replace it either: the next reconcile would act on
+   * the older status and conflict.
+   */
+  observe(s: InferenceSession): boolean {
+    const key = keyOf(s);
+    const rv = s.metadata.resourceVersion ?? "";
+    const own = this.ownWrites.get(key);
+    const at = own?.indexOf(rv) ?? -1;
+    const pending = this.writing.get(key);
+    const cached = this.sessions.get(key);
+    if (at < 0 && pending && cached && sameStatus(s.status, pending) && sameIntent(cached, s)) {
+      // The echo of the write under way, ahead of its response: nothing but our status changed.
+      this.sessions.set(key, s);
+      return false;
+    }
+    if (!own || at < 0) {
+      this.ownWrites.delete(key);
+      this.sessions.set(key, s);
+      return true;
+    }
+    const cachedAt = own.indexOf(this.sessions.get(key)?.metadata.resourceVersion ?? "");
+    if (cachedAt < at) this.sessions.set(key, s);
+    own.splice(0, at + 1);
+    if (!own.length) this.ownWrites.delete(key);
+    return false;
+  }
+
+  /** Marks a status write of this operator under way until the returned function is called. */
+  startWrite(s: InferenceSession, status: InferenceSessionStatus): () => void {
+    const key = keyOf(s);
+    this.writing.set(key, status);
+    return () => { if (this.writing.get(key) === status) this.writing.delete(key); };
+  }
+
+  forget(s: InferenceSession): void {
+    this.sessions.delete(keyOf(s));
+    this.ownWrites.delete(keyOf(s));
+    this.actedOn.delete(keyOf(s));
   }
 
   /** Keys of the sessions of this model that no Ready pod serves (waiting for a placement). */
@@ -114,4 +170,10 @@ export class ClusterView {
   sessionsOn(podName: string | undefined): string[] {
     return [...this.sessions].filter(([, s]) => s.status?.pod === podName).map(([k]) => k);
   }
+}
+
+/** Same spec, deletion, finalizers, labels and annotations: what a reconcile acts on besides status. */
+function sameIntent(a: InferenceSession, b: InferenceSession): boolean {
+  const intent = (x: InferenceSession) => JSON.stringify([x.metadata.generation, x.metadata.deletionTimestamp, x.metadata.finalizers, x.metadata.labels, x.metadata.annotations, x.spec]);
+  return intent(a) === intent(b);
 }

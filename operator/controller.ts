@@ -70,8 +70,8 @@ export class SessionController {
       }, log, scope.selector);
     const sessionInformer = new RestartingInformer<InferenceSession>(kc, `/apis/${GROUP}/${VERSION}/${PLURAL}`,
       () => custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL }), {
-        upsert: (s) => { sessions.set(keyOf(s), s); this.queue.add(keyOf(s)); void this.scaler?.tick(); },
-        remove: (s) => { sessions.delete(keyOf(s)); },
+        upsert: (s) => { if (this.view.observe(s)) this.queue.add(keyOf(s)); void this.scaler?.tick(); },
+        remove: (s) => { this.view.forget(s); },
       }, log);
     this.informers.push(podInformer, sessionInformer);
     // Pools whose sessions all sleep go to zero replicas; a request brings them back.

@@ -12,6 +12,7 @@ import type { ClusterView } from "./cluster-view.js";
 import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, reasonOf, sameStatus, droppedFields, type Placement, type RuntimePod } from "./decisions.js";
 import { Finalizer, type Requeue } from "./finalizer.js";
 import type { OperatorMetrics } from "./metrics.js";
+import { runtimeFingerprint } from "./runtime-monitor.js";
 
 /** A runtime refusal already written to status and an Event: retried, not logged again. */
 export class ReportedError extends Error {
@@ -165,6 +166,7 @@ export class SessionReconciler {
       this.events.record(s, "Warning", error.reason, err.message);
       runtime = await c.status(namespace, name).catch(() => runtime);
       await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, ...(runtime ? { runtime } : {}), liveStateLost: lost, error }));
+      this.actedOn(s, plan.pod, runtime);
       throw new ReportedError(err);
     }
     const r = runtime?.lastRehydrate;
@@ -175,7 +177,13 @@ export class SessionReconciler {
       this.events.record(s, "Warning", "StateReplayed", `the saved state could not be loaded (${r.replayed}); the session was rebuilt from its saved history, which the next turn evaluates again`);
     }
     await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, ...(runtime ? { runtime } : {}), liveStateLost: lost, ...(loss ? { loss } : {}) }));
+    this.actedOn(s, plan.pod, runtime);
     return undefined;
+  }
+
+  /** Its status follows this view of the runtime: the monitor seeing the same queues nothing. */
+  private actedOn(s: InferenceSession, pod: RuntimePod, runtime: RuntimeSessionStatus | undefined): void {
+    if (runtime) this.view.actedOn.set(`${s.metadata.namespace}/${s.metadata.name}`, `${pod.name}|${runtimeFingerprint(runtime)}`);
   }
 
   /**
@@ -206,10 +214,16 @@ export class SessionReconciler {
   /** Writes status (optimistic concurrency on the session's resourceVersion); returns the session as stored. */
   private async writeStatus(s: InferenceSession, status: InferenceSession["status"]): Promise<InferenceSession> {
     if (sameStatus(s.status, status!, this.dropped)) return s;
-    const updated = await this.custom.replaceNamespacedCustomObjectStatus({
-      group: GROUP, version: VERSION, plural: PLURAL, namespace: s.metadata.namespace, name: s.metadata.name,
-      body: { ...s, status },
-    }) as InferenceSession;
+    const done = this.view.startWrite(s, status!);
+    let updated: InferenceSession;
+    try {
+      updated = await this.custom.replaceNamespacedCustomObjectStatus({
+        group: GROUP, version: VERSION, plural: PLURAL, namespace: s.metadata.namespace, name: s.metadata.name,
+        body: { ...s, status },
+      }) as InferenceSession;
+    } finally {
+      done();
+    }
     this.view.recordWrite(s, updated);
     // Written in full whenever something else changed, so a CRD applied since is noticed here.
     const dropped = droppedFields(status!, updated.status);

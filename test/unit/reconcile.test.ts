@@ -5,6 +5,9 @@ import type { InferenceSession } from "../../contract/inference-session.js";
 import { choosePod, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, sameStatus, droppedFields, type RuntimePod } from "../../operator/decisions.js";
 import type { SessionStatus } from "../../contract/runtime-api.js";
 import { ClusterView } from "../../operator/cluster-view.js";
+import { pollRuntimes, runtimeFingerprint } from "../../operator/runtime-monitor.js";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 
 const pod = (name: string, extra: Partial<RuntimePod> = {}): RuntimePod =>
   ({ name, namespace: "torpor", node: `node-${name}`, ip: "127.1.0.1", port: 8080, model: "m", ready: true, sessions: 0, ...extra });
@@ -252,6 +255,39 @@ describe("the operator's session cache", () => {
     assert.ok(view.sessions.get("ns/s")!.metadata.deletionTimestamp, "the deletion is still in the cache");
   });
 
+  const withStatus = (rv: string, phase: string) => ({ ...at(rv), status: { phase, message: phase } } as unknown as InferenceSession);
+
+  it("does not reconcile again for the echo of its own status write (it bypassed the retry backoff)", () => {
+    const view = new ClusterView("token");
+    assert.equal(view.observe(withStatus("270", "Pending")), true, "a new session is reconciled");
+    view.recordWrite(withStatus("270", "Pending"), withStatus("271", "Degraded"));
+    assert.equal(view.observe(withStatus("271", "Degraded")), false, "the echo of our write queues nothing");
+    assert.equal(view.sessions.get("ns/s")!.metadata.resourceVersion, "271");
+    assert.equal(view.observe({ ...withStatus("272", "Degraded"), spec: { ...session().spec, residency: "Hibernated" } }), true, "a user's change is reconciled");
+  });
+
+  it("does not reconcile for an echo that comes ahead of its write's response", () => {
+    const view = new ClusterView("token");
+    view.observe(withStatus("270", "Pending"));
+    const done = view.startWrite(withStatus("270", "Pending"), { phase: "Degraded", message: "Degraded" } as unknown as NonNullable<InferenceSession["status"]>);
+    assert.equal(view.observe(withStatus("271", "Degraded")), false);
+    done();
+    view.recordWrite(withStatus("270", "Pending"), withStatus("271", "Degraded"));
+    assert.equal(view.sessions.get("ns/s")!.metadata.resourceVersion, "271");
+    assert.equal(view.observe({ ...at("272", { deletionTimestamp: "2026-01-01T00:00:00Z" }), status: { phase: "Degraded" } } as unknown as InferenceSession), true, "a deletion is reconciled");
+  });
+
+  it("keeps a later write of its own over the echo of an earlier one", () => {
+    const view = new ClusterView("token");
+    view.observe(withStatus("270", "Pending"));
+    view.recordWrite(withStatus("270", "Pending"), withStatus("271", "Placing"));
+    view.recordWrite(withStatus("271", "Placing"), withStatus("272", "Ready"));
+    assert.equal(view.observe(withStatus("271", "Placing")), false);
+    assert.equal(view.sessions.get("ns/s")!.status!.phase, "Ready", "the earlier echo did not replace the later write");
+    assert.equal(view.observe(withStatus("272", "Ready")), false);
+    assert.equal(view.observe(withStatus("273", "Ready")), true, "someone else's write is reconciled");
+  });
+
   it("names the sessions of a model that no Ready pod serves, so a pod turning Ready places them at once", () => {
     const view = new ClusterView("token");
     const k8sPod = (name: string, ready: boolean) => ({
@@ -290,3 +326,35 @@ describe("the operator's session cache", () => {
     assert.deepEqual(view.runtimePods().map((p) => p.sessions), [3, 2]);
   });
 });
+
+describe("the runtime monitor", () => {
+  it("queues a session whose runtime view changed, but not for a change its last reconcile already acted on", async () => {
+    const st = (residency: string, at: string) => ({ namespace: "ns", name: "s", path: "", residency, phase: "Idle", epoch: 1, contextSize: 256, tokenCount: 3, messages: 1, queued: 0,
+      createdAt: "2026-01-01T00:00:00Z", lastActivity: "2026-01-01T00:00:00Z", ...(at ? { lastHibernation: { hibernatedAt: at } } : {}) }) as unknown as SessionStatus;
+    let report = st("InMemory", "");
+    const server = createServer((_req, res) => { res.setHeader("content-type", "application/json"); res.end(JSON.stringify({ sessions: [report] })); });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      const port = (server.address() as AddressInfo).port;
+      const view = new ClusterView("token");
+      view.pods.set("torpor/a", { metadata: { name: "a", namespace: "torpor" }, spec: { containers: [{ name: "runtime", ports: [{ name: "http", containerPort: port }] }] },
+        status: { podIP: "127.0.0.1", conditions: [{ type: "Ready", status: "True" }] } });
+      view.sessions.set("ns/s", session({ status: { pod: "a" } }));
+      const queued: string[] = [];
+      await pollRuntimes(view, (k) => queued.push(k));
+      assert.deepEqual(queued, ["ns/s"], "first report");
+      // The operator's reconcile hibernated it and wrote status from what the runtime said after.
+      report = st("Hibernated", "2026-01-01T00:01:00Z");
+      view.actedOn.set("ns/s", `a|${runtimeFingerprint(report)}`);
+      await pollRuntimes(view, (k) => queued.push(k));
+      assert.deepEqual(queued, ["ns/s"], "the hibernate its reconcile saw queues nothing more");
+      // A user's request woke it on the pod: nothing has acted on that yet.
+      report = st("InMemory", "2026-01-01T00:01:00Z");
+      await pollRuntimes(view, (k) => queued.push(k));
+      assert.deepEqual(queued, ["ns/s", "ns/s"], "a change nobody acted on is queued");
+    } finally {
+      server.close();
+    }
+  });
+});
+
