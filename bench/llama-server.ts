@@ -18,8 +18,9 @@ export interface PeerResult {
   tokens: number;
   /** The first hibernated state's size (torpor's file); each run adds a turn. */
   stateBytes?: number;
-  llamaServer: { saveMs: number[]; restoreMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[] };
-  torpor: { hibernateMs: number[]; rehydrateMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[]; reused: number[] };
+  /** savedBytes: each run's state file. Both conversations grow by the same turn each run. */
+  llamaServer: { saveMs: number[]; restoreMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[]; savedBytes: number[] };
+  torpor: { hibernateMs: number[]; rehydrateMs: number[]; nextTurnMs: number[]; decodeTokPerSec: number[]; reused: number[]; savedBytes: number[] };
   /** The same conversation on a second runtime that seals its files (AES-256-GCM, staged in a node-local folder), same runs. */
   torporSealed?: { hibernateMs: number[]; rehydrateMs: number[]; reused: number[] };
   /** Writing the hibernated state's bytes to a new file on the same volume, with fsync: the durable floor. */
@@ -57,6 +58,11 @@ export interface PeerOptions {
   streams?: boolean;
   /** Also run a sealing runtime beside the unsealed one (default false). */
   sealed?: boolean;
+  /**
+   * Each run starts both conversations again from the history, so every run saves the same state
+   * (by state size: at 40 tokens each turn added more than the history itself). Not with `sealed`.
+   */
+  fresh?: boolean;
 }
 
 export async function versusLlamaServer(binary: string, tokens: number, runs: number, opts: PeerOptions = {}): Promise<PeerResult> {
@@ -75,7 +81,7 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
   server.stderr!.on("data", (d: Buffer) => { serverLog = (serverLog + d.toString()).slice(-4000); });
   server.once("exit", (code) => { if (code) console.log(`llama-server exited with ${code}: ${serverLog.slice(-1500)}`); });
   const base = `http://127.0.0.1:${port}`;
-  const out: PeerResult = { tokens, fsyncFloorMs: [], llamaServer: { saveMs: [], restoreMs: [], nextTurnMs: [], decodeTokPerSec: [] }, torpor: { hibernateMs: [], rehydrateMs: [], nextTurnMs: [], decodeTokPerSec: [], reused: [] } };
+  const out: PeerResult = { tokens, fsyncFloorMs: [], llamaServer: { saveMs: [], restoreMs: [], nextTurnMs: [], decodeTokPerSec: [], savedBytes: [] }, torpor: { hibernateMs: [], rehydrateMs: [], nextTurnMs: [], decodeTokPerSec: [], reused: [], savedBytes: [] } };
   try {
     let up = false, exited: number | string | null = null;
     server.once("exit", (code, signal) => { exited = code ?? signal; });
@@ -96,31 +102,60 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
       await sealedRt.client.submit("bench", "peer", history, { max_tokens: 16, temperature: 0 });
     }
     out.tokens = first.usage.prompt_tokens;
-    const prompt = history;
-    await post(`${base}/completion`, { prompt, n_predict: 16, cache_prompt: true, id_slot: 0, temperature: 0 });
+    // Both save states of the same number of tokens: llama-server's conversation grows by each
+    // turn like the session's, and is padded to the session's length (its chat template adds
+    // tokens a raw prompt lacks). A slot that kept only the history and the last question restored
+    // less than half the session's state at 40 tokens: 9 MiB rehydrates "took" 10 ms against 3 ms
+    // restores of 4 MiB.
+    let prompt = history, slotTokens = 0;
+    const extend = async (text: string, nPredict: number) => {
+      const res = await post(`${base}/completion`, { prompt: prompt + text, n_predict: nPredict, cache_prompt: true, id_slot: 0, temperature: 0 });
+      prompt += text + String(res.json.content ?? "");
+      slotTokens = Number(res.json.tokens_evaluated ?? 0) + Number(res.json.tokens_predicted ?? 0);
+      return res;
+    };
+    const padTo = async (tokens: number) => {
+      // " x" is one token or two (a byte-level vocabulary): halving the gap each time never overshoots.
+      for (let i = 0; i < 8 && tokens - slotTokens > 1; i++) await extend(" x".repeat(Math.max(1, Math.floor((tokens - slotTokens - 1) / 2))), 1);
+    };
+    await extend("", 16);
+    let session = "peer";
     for (let r = 0; r < runs; r++) {
+      if (opts.fresh && r > 0) {
+        await rt.client.delete("bench", session);
+        session = `peer-${r}`;
+        await rt.client.register("bench", session, { contextSize: ctx });
+        await rt.client.submit("bench", session, history, { max_tokens: 16, temperature: 0 });
+        await post(`${base}/slots/0?action=erase`, {});
+        prompt = history;
+        slotTokens = 0;
+        await extend("", 16);
+      }
+      await padTo((await rt.client.status("bench", session)).tokenCount);
       // llama-server: save, erase, restore, next turn. Each timed write starts with nothing dirty in
       // the page cache: the server's save does not fsync, and its writeback must not land on the
       // fsync timed next (it did: a 99 MiB hibernate measured 209 ms in the run, 80 ms alone).
       settleWriteback();
       const save = await post(`${base}/slots/0?action=save`, { filename: "peer.bin" });
       out.llamaServer.saveMs.push(save.ms);
+      out.llamaServer.savedBytes.push(Number(save.json.n_written ?? NaN));
       await post(`${base}/slots/0?action=erase`, {});
       const restore = await post(`${base}/slots/0?action=restore`, { filename: "peer.bin" });
       out.llamaServer.restoreMs.push(restore.ms);
-      const turn = await post(`${base}/completion`, { prompt: `${prompt} Question ${r}: which room?`, n_predict: 32, cache_prompt: true, id_slot: 0, temperature: 0 });
+      const turn = await extend(` Question ${r}: which room?`, 32);
       out.llamaServer.nextTurnMs.push(turn.ms);
       const t = turn.json.timings as { predicted_per_second?: number } | undefined;
       if (t?.predicted_per_second) out.llamaServer.decodeTokPerSec.push(t.predicted_per_second);
       // torpor: hibernate, rehydrate (inside the next turn), next turn.
       settleWriteback();
-      const h = await rt.client.hibernate("bench", "peer");
+      const h = await rt.client.hibernate("bench", session);
       out.torpor.hibernateMs.push(h.record!.durationMs);
-      out.stateBytes ??= h.record!.bytes; // the first: later runs add a turn each
+      out.torpor.savedBytes.push(h.record!.bytes);
+      out.stateBytes ??= h.record!.bytes; // the first: later runs add a turn each, unless fresh
       settleWriteback();
       out.fsyncFloorMs.push(await writeWithFsync(path.join(dir, `floor-${r}.bin`), h.record!.bytes));
       const t0 = performance.now();
-      const next = await rt.client.submit("bench", "peer", `Question ${r}: which room?`, { max_tokens: 32, temperature: 0 });
+      const next = await rt.client.submit("bench", session, `Question ${r}: which room?`, { max_tokens: 32, temperature: 0 });
       const ms = performance.now() - t0;
       out.torpor.nextTurnMs.push(ms);
       out.torpor.rehydrateMs.push(next.torpor.rehydrate_ms ?? NaN);

@@ -381,6 +381,7 @@ if (want("peer")) {
     const row = (name: string, l: number[], t: number[], unit = "ms") => { const a = stat(l), b = stat(t); return [name, fmt(a, unit), fmt(b, unit), `${(b.median / a.median).toFixed(2)}x`]; };
     table(`Figure 11: vs llama-server (same llama.cpp, SmolLM2-135M-Instruct, ${r.tokens}-token conversation, 2 threads, interleaved)`,
       ["measure", "llama-server", "torpor", "torpor / llama-server"], [
+        row("state saved (each run adds the same turn to both)", L.savedBytes.map((b) => b / 2 ** 20), T.savedBytes.map((b) => b / 2 ** 20), "MiB"),
         row("save (slot save, no fsync) vs hibernate (fsync)", L.saveMs, T.hibernateMs),
         row("restore (slot restore) vs rehydrate", L.restoreMs, T.rehydrateMs),
         row("next turn after the restore (32 tokens)", L.nextTurnMs, T.nextTurnMs),
@@ -404,7 +405,7 @@ if (want("peer")) {
     const fixture = await ensureTestModel(MODEL_DIR, PEER_SIZES_MODEL);
     const sizes: PeerResult[] = [];
     for (const tokens of args.quick ? [40, 800] : [40, 800, 4000]) {
-      const s = await versusLlamaServer(binary, tokens, Math.max(5, RUNS), { model: fixture, streams: false }).catch((err: unknown) => {
+      const s = await versusLlamaServer(binary, tokens, Math.max(5, RUNS), { model: fixture, streams: false, fresh: true }).catch((err: unknown) => {
         if (!(err instanceof PeerUnavailable)) throw err;
         console.log(`figure 11b at ${tokens} tokens skipped: ${err.message}`);
         return undefined;
@@ -414,7 +415,7 @@ if (want("peer")) {
     const ratio = (a: number[], b: number[]) => `${(stat(b).median / stat(a).median).toFixed(2)}x`;
     table("Figure 11b: vs llama-server by state size (generated model, 128 KiB of KV a token, 2 threads, medians of interleaved runs)",
       ["state", "tokens", "slot restore", "rehydrate", "ratio (goal <= 1.5x)", "slot save (no fsync)", "hibernate (fsync)", "write+fsync floor", "hibernate / floor (goal <= 1.2x)", "restored tokens reused"],
-      sizes.map((s) => [`${((s.stateBytes ?? 0) / 2 ** 20).toFixed(0)} MiB`, String(s.tokens), fmt(stat(s.llamaServer.restoreMs), "ms"), fmt(stat(s.torpor.rehydrateMs), "ms"), ratio(s.llamaServer.restoreMs, s.torpor.rehydrateMs),
+      sizes.map((s) => [`${(stat(s.torpor.savedBytes).median / 2 ** 20).toFixed(0)} MiB (llama-server ${(stat(s.llamaServer.savedBytes).median / 2 ** 20).toFixed(0)})`, String(s.tokens), fmt(stat(s.llamaServer.restoreMs), "ms"), fmt(stat(s.torpor.rehydrateMs), "ms"), ratio(s.llamaServer.restoreMs, s.torpor.rehydrateMs),
         fmt(stat(s.llamaServer.saveMs), "ms"), fmt(stat(s.torpor.hibernateMs), "ms"), fmt(stat(s.fsyncFloorMs), "ms"), ratio(s.fsyncFloorMs, s.torpor.hibernateMs), String(stat(s.torpor.reused).median)]));
     results.peerSizes = sizes;
   }

@@ -16,7 +16,7 @@
 // epoch older than the newest claim is ignored by every reader and cleaned up, whenever it lands.
 // '@' cannot occur in a Kubernetes name, so no session's files can be mistaken for another's.
 import { randomBytes } from "node:crypto";
-import { open, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
+import { open, readdir, readFile, realpath, rename, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { ChatHistoryItem } from "node-llama-cpp";
 import { StaleEpochError, StateRejectedError, TorporError } from "../../contract/errors.js";
@@ -130,6 +130,8 @@ export class HibernationStore {
   private readonly sealing?: { keys: SealingKeys; stagingDir: string; threads: SealingThreads };
   private readonly deleting = new Set<Promise<void>>();
 
+  private realRoot?: Promise<string>;
+
   constructor(readonly root: string, opts: StoreOptions = {}) {
     this.onWarning = opts.onWarning ?? (() => undefined);
     if (opts.sealing) this.sealing = { ...opts.sealing, threads: new SealingThreads(opts.sealing.threads) };
@@ -141,9 +143,11 @@ export class HibernationStore {
   }
 
 
-  dirFor(ref: SessionRef): Promise<string> {
+  async dirFor(ref: SessionRef): Promise<string> {
     validateName("name", ref.name);
-    return resolveSessionDir(this.root, ref.namespace, ref.path ?? "");
+    // The root is this runtime's mount, resolved once (a failure, say before the volume is there, is not kept).
+    this.realRoot ??= realpath(this.root).catch((err: unknown) => { this.realRoot = undefined; throw err; });
+    return resolveSessionDir(this.root, ref.namespace, ref.path ?? "", await this.realRoot);
   }
 
   private manifestPath(dir: string, name: string, epoch = 0): string {
@@ -406,9 +410,13 @@ export class HibernationStore {
       reject("epoch_too_old", `written by placement epoch ${m.epoch ?? 0}; this placement accepts ${window.min} and newer`);
     }
     const volumeState = path.join(dir, m.stateFile);
-    const size = await stat(volumeState).then((s) => s.size, () => -1);
-    if (size !== m.stateBytes) reject("truncated", `state file is ${size < 0 ? "missing" : `${size} bytes`}, manifest says ${m.stateBytes}`);
+    // Checked beside the context's allocation; nothing loads the file before it passed.
+    const sizeChecked = stat(volumeState).then((st) => st.size, () => -1).then((size) => {
+      if (size !== m.stateBytes) reject("truncated", `state file is ${size < 0 ? "missing" : `${size} bytes`}, manifest says ${m.stateBytes}`);
+    });
+    sizeChecked.catch(() => undefined); // observed below
     if (this.sealing) {
+      await sizeChecked;
       const staging = this.stagingPath(ref);
       const release = async () => this.removeLater(staging);
       const opening = openSealedFile(this.sealing.keys, identity, m.stateFile, volumeState, staging, this.sealing.threads);
@@ -425,13 +433,14 @@ export class HibernationStore {
       return { manifest: m, manifestFile, statePath: staging, release, integrity: Promise.resolve() };
     }
     const fast = m.stateXxh64 !== undefined;
-    const integrity = digestFile(volumeState, fast ? { xxh64: true } : { sha256: true }).then((d) => {
+    const integrity = sizeChecked.then(() => digestFile(volumeState, fast ? { xxh64: true } : { sha256: true })).then((d) => {
       if (fast ? d.xxh64 !== m.stateXxh64 : d.sha256 !== m.stateSha256) reject("checksum_mismatch", `state file ${fast ? "xxHash64" : "SHA-256"} does not match the manifest`);
     });
     integrity.catch(() => undefined); // observed by the caller; never an unhandled rejection if whileHashing fails first
     if (whileHashing) {
       try { await whileHashing(m); } catch (err) { await integrity.catch(() => undefined); throw err; }
     }
+    await sizeChecked;
     return { manifest: m, manifestFile, statePath: volumeState, release: async () => undefined, integrity };
   }
 

@@ -35,4 +35,12 @@ describe("hibernation paths", () => {
     await symlink(outside, path.join(root, "ns", "link"));
     await assert.rejects(resolveSessionDir(root, "ns", "link/deeper"), (e: TorporError) => e.code === "invalid_path");
   });
+
+  it("refuses a namespace folder that is a symlink (another tenant's), and names no absolute path", async () => {
+    const root = await tempDir("torpor-nsym-");
+    await resolveSessionDir(root, "victim", "");
+    await symlink(path.join(root, "victim"), path.join(root, "thief"));
+    await assert.rejects(resolveSessionDir(root, "thief", "", root), (e: TorporError) => e.code === "invalid_path" && !e.message.includes(root));
+    await assert.rejects(resolveSessionDir(root, "thief", "a"), (e: TorporError) => e.code === "invalid_path");
+  });
 });
