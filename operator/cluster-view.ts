@@ -140,7 +140,7 @@ export class ClusterView {
       this.sessions.set(key, s);
       return true;
     }
-    const cachedAt = own.indexOf(this.sessions.get(key)?.metadata.resourceVersion ?? "");
+    const cachedAt = own.indexOf(cached?.metadata.resourceVersion ?? "");
     if (cachedAt < at) this.sessions.set(key, s);
     own.splice(0, at + 1);
     if (!own.length) this.ownWrites.delete(key);

@@ -3,6 +3,7 @@
 // Apply and cleanup are separate paths; the finalizer protocol around them is in finalizer.ts.
 import { CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
 import type { EventRecorder } from "../common/events.js";
+import { keyOf } from "../common/kube.js";
 import type { Logger } from "../common/logger.js";
 import { GROUP, PLURAL, VERSION, parseDuration, type InferenceSession } from "../contract/inference-session.js";
 import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
@@ -183,7 +184,7 @@ export class SessionReconciler {
 
   /** Its status follows this view of the runtime: the monitor seeing the same queues nothing. */
   private actedOn(s: InferenceSession, pod: RuntimePod, runtime: RuntimeSessionStatus | undefined): void {
-    if (runtime) this.view.actedOn.set(`${s.metadata.namespace}/${s.metadata.name}`, `${pod.name}|${runtimeFingerprint(runtime)}`);
+    if (runtime) this.view.actedOn.set(keyOf(s), `${pod.name}|${runtimeFingerprint(runtime)}`);
   }
 
   /**

@@ -163,11 +163,12 @@ export class ContextPool {
       let made = 0;
       // Unused contexts already there serve as spares: no grace timer frees them now.
       for (const c of this.idleSpares().slice(0, this.spareCount)) this.stopTimer(c);
+      if (this.idleSpares().length >= this.spareCount) return 0;
+      const size = this.opts.spareContextSize!, S = this.opts.sequencesPerContext;
+      const cost = await this.host.estimateContextCost(size, S);
       // Bounded by the count, whatever idleSpares() says: a context that did not come out in the
       // spare's shape must not make this allocate forever.
       for (let i = 0; i < this.spareCount && !this.closed && this.idleSpares().length < this.spareCount; i++) {
-        const size = this.opts.spareContextSize!, S = this.opts.sequencesPerContext;
-        const cost = await this.host.estimateContextCost(size, S);
         if (this.opts.roomFor && !await this.opts.roomFor(cost)) break;
         await this.allocate(size, S, this.host.flashAttention, cost);
         made++;
