@@ -11,7 +11,8 @@ import { forwardService, type ServiceForward } from "../testbed/service-forward.
 import { startTestbed } from "../testbed/testbed.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const STATE = path.join(ROOT, ".torpor", "cluster");
+// TORPOR_CLUSTER_STATE: for the tests of this script, which must not touch a cluster the checkout runs.
+const STATE = process.env.TORPOR_CLUSTER_STATE ?? path.join(ROOT, ".torpor", "cluster");
 async function serve(): Promise<void> {
   const tb = await startTestbed();
   let forward: ServiceForward | undefined;
@@ -29,13 +30,27 @@ async function serve(): Promise<void> {
   }
 }
 
+/** The pid of the cluster this checkout started, if it still runs. */
+async function runningPid(): Promise<number | undefined> {
+  const pid = Number(await readFile(path.join(STATE, "pid"), "utf8").catch(() => "0"));
+  if (!pid) return undefined;
+  try { process.kill(pid, 0); return pid; } catch { return undefined; }
+}
+
 async function up(): Promise<void> {
-  await mkdir(STATE, { recursive: true });
-  await rm(path.join(STATE, "env"), { force: true });
-  await rm(path.join(STATE, "error"), { force: true });
-  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), "serve"], { detached: true, stdio: ["ignore", "ignore", "ignore"] });
-  child.unref();
-  await writeFile(path.join(STATE, "pid"), String(child.pid));
+  // A second `make cluster-up` started a second cluster over the first one's files: the first
+  // kept running (API server, etcd, pods) with nothing left to stop it.
+  const running = await runningPid();
+  if (running) {
+    console.error(`a local cluster is already running (pid ${running}); \`make cluster-down\` stops it`);
+  } else {
+    await mkdir(STATE, { recursive: true });
+    await rm(path.join(STATE, "env"), { force: true });
+    await rm(path.join(STATE, "error"), { force: true });
+    const child = spawn(process.execPath, [fileURLToPath(import.meta.url), "serve"], { detached: true, stdio: ["ignore", "ignore", "ignore"] });
+    child.unref();
+    await writeFile(path.join(STATE, "pid"), String(child.pid));
+  }
   const deadline = Date.now() + 600_000;
   for (;;) {
     const env = await readFile(path.join(STATE, "env"), "utf8").catch(() => "");
@@ -47,8 +62,8 @@ async function up(): Promise<void> {
 }
 
 async function down(): Promise<void> {
-  const pid = Number(await readFile(path.join(STATE, "pid"), "utf8").catch(() => "0"));
-  if (!pid) { console.log("no local cluster is running"); return; }
+  const pid = await runningPid();
+  if (!pid) { await rm(STATE, { recursive: true, force: true }); console.log("no local cluster is running"); return; }
   try { process.kill(pid, "SIGTERM"); } catch { /* already gone */ }
   for (let i = 0; i < 100; i++) {
     try { process.kill(pid, 0); } catch { break; }
