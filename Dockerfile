@@ -43,8 +43,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 
 FROM runtime-${VARIANT}
 ENV NODE_ENV=production
-# Return a hibernated context's memory to the OS (see runtime/malloc-tuning.ts).
-ENV MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072
+# Return a hibernated context's memory to the OS, and keep a generation's decodes on one thread
+# pool thread (see runtime/model/process-tuning.ts). The operator and gateway do not mind either.
+ENV MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072 UV_THREADPOOL_SIZE=2
 WORKDIR /app
 COPY --from=build /src/node_modules node_modules
 COPY --from=build /src/dist dist

@@ -8,6 +8,7 @@ import { mkdtemp, open, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
+import { RuntimeClient, sessionPath, type SubmitResponse } from "../contract/runtime-client.js";
 import { freePort, startRuntime } from "../testbed/local-runtime.js";
 import { realModel } from "../testbed/models.js";
 import { REPO_ROOT } from "../testbed/paths.js";
@@ -154,13 +155,12 @@ export async function versusLlamaServer(binary: string, tokens: number, runs: nu
       out.stateBytes ??= h.record!.bytes; // the first: later runs add a turn each, unless fresh
       settleWriteback();
       out.fsyncFloorMs.push(await writeWithFsync(path.join(dir, `floor-${r}.bin`), h.record!.bytes));
-      const t0 = performance.now();
-      const next = await rt.client.submit("bench", session, `Question ${r}: which room?`, { max_tokens: 32, temperature: 0 });
-      const ms = performance.now() - t0;
+      const { result: next, ms, decodeMs } = await streamedTurn(rt.client, "bench", session, `Question ${r}: which room?`, 32);
       out.torpor.nextTurnMs.push(ms);
       out.torpor.rehydrateMs.push(next.torpor.rehydrate_ms ?? NaN);
       out.torpor.reused.push(next.usage.prompt_tokens_details.cached_tokens);
-      out.torpor.decodeTokPerSec.push(next.usage.completion_tokens / ((ms - (next.torpor.rehydrate_ms ?? 0)) / 1000));
+      // Like llama-server's own timing: from the first generated token to the last.
+      if (next.usage.completion_tokens > 1) out.torpor.decodeTokPerSec.push((next.usage.completion_tokens - 1) / (decodeMs / 1000));
       if (sealedRt && out.torporSealed) {
         settleWriteback();
         out.torporSealed.hibernateMs.push((await sealedRt.client.hibernate("bench", "peer")).record!.durationMs);
@@ -199,6 +199,30 @@ async function writeWithFsync(file: string, bytes: number): Promise<number> {
 }
 
 /** llama-server on a free local port, once /health answers. */
+/**
+ * A turn streamed from the runtime (its SSE route): the whole time, and the time from the first
+ * piece of text to the last, which decoding alone fills (the prompt's evaluation comes before it).
+ */
+async function streamedTurn(client: RuntimeClient, ns: string, name: string, prompt: string, maxTokens: number): Promise<{ result: SubmitResponse; ms: number; decodeMs: number }> {
+  const t0 = performance.now();
+  const res = await client.send("POST", `${sessionPath(ns, name)}/submit`, { prompt, max_tokens: maxTokens, temperature: 0, stream: true });
+  let buf = "", first = 0, last = 0, result: SubmitResponse | undefined;
+  for await (const chunk of res) {
+    buf += (chunk as Buffer).toString("utf8");
+    for (let i = buf.indexOf("\n\n"); i >= 0; i = buf.indexOf("\n\n")) {
+      const data = buf.slice(0, i).replace(/^data: /, "");
+      buf = buf.slice(i + 2);
+      if (data === "[DONE]") continue;
+      const event = JSON.parse(data) as { text?: string; error?: { message: string } } & Partial<SubmitResponse>;
+      if (event.error) throw new Error(`streamed turn failed: ${event.error.message}`);
+      if (typeof event.text === "string") { last = performance.now(); first ||= last; }
+      if (event.usage) result = event as SubmitResponse;
+    }
+  }
+  if (!result) throw new Error(`streamed turn ended without a result (HTTP ${res.statusCode})`);
+  return { result, ms: performance.now() - t0, decodeMs: last - first };
+}
+
 export async function startServer(binary: string, args: string[]): Promise<{ base: string; stop: () => void }> {
   const port = await freePort();
   const server = spawn(binary, ["--port", String(port), "--host", "127.0.0.1", "--no-webui", ...args], { stdio: ["ignore", "ignore", "pipe"] });

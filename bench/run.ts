@@ -385,7 +385,7 @@ if (want("peer")) {
         row("save (slot save, no fsync) vs hibernate (fsync)", L.saveMs, T.hibernateMs),
         row("restore (slot restore) vs rehydrate", L.restoreMs, T.rehydrateMs),
         row("next turn after the restore (32 tokens)", L.nextTurnMs, T.nextTurnMs),
-        row("tokens/s of that turn (llama-server: its decode timing; torpor: completion tokens over the turn, prompt eval included)", L.decodeTokPerSec, T.decodeTokPerSec, "tok/s"),
+        row("decode tokens/s of that turn, first token to last (llama-server: its own timings; torpor: streamed)", L.decodeTokPerSec, T.decodeTokPerSec, "tok/s"),
         row("durable floor (write the same bytes + fsync) vs hibernate (goal <= 1.2x)", r.fsyncFloorMs, T.hibernateMs),
         ...(r.torporSealed ? [
           row("sealed: save vs hibernate (AES-256-GCM, staged node-locally)", L.saveMs, r.torporSealed.hibernateMs),

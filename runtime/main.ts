@@ -4,7 +4,7 @@ import { mkdir } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { systemClock } from "../common/clock.js";
 import { loadConfig } from "./config.js";
-import { MALLOC_TUNING_ENV, missingMallocTuning } from "./model/malloc-tuning.js";
+import { PROCESS_TUNING_ENV, PROCESS_TUNING_REASONS, missingProcessTuning } from "./model/process-tuning.js";
 import { HibernationStore } from "./storage/hibernation-store.js";
 import { SealingKeys } from "./storage/sealing.js";
 import express from "express";
@@ -23,9 +23,11 @@ async function main(): Promise<void> {
   // Hibernation files hold users' conversations: owner-only, whatever creates them (llama.cpp too).
   process.umask(0o077);
   const cfg = loadConfig();
-  const untuned = missingMallocTuning(process.env);
+  const untuned = missingProcessTuning(process.env);
   if (untuned.length) {
-    log.warn({ missing: untuned, recommended: MALLOC_TUNING_ENV }, "glibc malloc is untuned: hibernated sessions may not return all their memory to the OS");
+    const recommended = Object.fromEntries(untuned.map((k) => [k, PROCESS_TUNING_ENV[k]]));
+    const effects = [...new Set(untuned.map((k) => PROCESS_TUNING_REASONS[k]))].join("; ");
+    log.warn({ missing: untuned, recommended }, `started without the runtime's process settings (set them in its environment): ${effects}`);
   }
   await mkdir(cfg.hibernationDir, { recursive: true, mode: 0o700 });
   const t0 = performance.now();

@@ -6,7 +6,7 @@ import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { RuntimeClient } from "../contract/runtime-client.js";
-import { MALLOC_TUNING_ENV } from "../runtime/model/malloc-tuning.js";
+import { PROCESS_TUNING_ENV } from "../runtime/model/process-tuning.js";
 const DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
 export const TEST_TOKEN = "test-runtime-token-0123456789";
@@ -39,7 +39,7 @@ export async function startRuntime(env: Record<string, string>, opts: { wrap?: s
   const argv = [...(opts.wrap ?? []), process.execPath, path.join(DIST, "runtime", "main.js")];
   const proc = spawn(argv[0]!, argv.slice(1), {
     env: {
-      ...process.env, ...MALLOC_TUNING_ENV, TORPOR_HOST: "127.0.0.1", TORPOR_PORT: String(port), TORPOR_RUNTIME_TOKEN: TEST_TOKEN,
+      ...process.env, ...PROCESS_TUNING_ENV, TORPOR_HOST: "127.0.0.1", TORPOR_PORT: String(port), TORPOR_RUNTIME_TOKEN: TEST_TOKEN,
       TORPOR_THREADS: "1", TORPOR_GPU: "false", TORPOR_LOG_LEVEL: "info", ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],

@@ -6,7 +6,7 @@ import { smallModel } from "./models.js";
 export { eventually } from "./eventually.js";
 import { REPO_ROOT } from "./paths.js";
 import { prepareSharedFolder, SHARED_HOST_PATH, type Testbed } from "./testbed.js";
-import { MALLOC_TUNING_ENV } from "../runtime/model/malloc-tuning.js";
+import { PROCESS_TUNING_ENV } from "../runtime/model/process-tuning.js";
 
 export const TOKEN = "operator-test-runtime-token-0123";
 export const HIB_HOST_PATH = `${SHARED_HOST_PATH}/hibernation`;
@@ -77,7 +77,7 @@ spec:
         - {name: TORPOR_STAGING_DIR, value: /var/lib/torpor/staging}
         - {name: TORPOR_THREADS, value: "1"}
         - {name: TORPOR_GPU, value: "false"}
-${Object.entries({ ...MALLOC_TUNING_ENV, ...extraEnv }).map(([k, v]) => `        - {name: ${k}, value: ${JSON.stringify(v)}}`).join("\n")}
+${Object.entries({ ...PROCESS_TUNING_ENV, ...extraEnv }).map(([k, v]) => `        - {name: ${k}, value: ${JSON.stringify(v)}}`).join("\n")}
         readinessProbe: {httpGet: {path: /readyz, port: http}, periodSeconds: 1}
         volumeMounts: [{name: hibernation, mountPath: /var/lib/torpor/hibernation}, {name: staging, mountPath: /var/lib/torpor/staging}, {name: models, mountPath: /models, readOnly: true}]
       volumes: [{name: hibernation, persistentVolumeClaim: {claimName: torpor-hibernation}}, {name: staging, emptyDir: {}}, {name: models, hostPath: {path: ${JSON.stringify(path.dirname(model))}, type: Directory}}]

@@ -15,7 +15,7 @@ const LEN = 4;
 export const SEALED_CHUNK = LEN + CHUNK + TAG;
 /**
  * Each cipher update() allocates its output. A 1 MiB output is above glibc's mmap threshold (the
- * runtime fixes it at 128 KiB, malloc-tuning.ts), so every chunk was a fresh mmap whose pages fault
+ * runtime fixes it at 128 KiB, process-tuning.ts), so every chunk was a fresh mmap whose pages fault
  * in and are unmapped again: that held the AEAD to about 0.43 GB/s. 64 KiB pieces come from the
  * heap, still warm in cache: about 3 GB/s on the same core.
  */

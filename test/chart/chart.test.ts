@@ -10,7 +10,7 @@ import { installChart, RELEASE_NAMESPACE, testbedValues } from "../../testbed/ch
 import { eventually } from "../../testbed/eventually.js";
 import { runQuickstart } from "../../testbed/quickstart.js";
 import { forwardService } from "../../testbed/service-forward.js";
-import { MALLOC_TUNING_ENV } from "../../runtime/model/malloc-tuning.js";
+import { PROCESS_TUNING_ENV } from "../../runtime/model/process-tuning.js";
 import { REPO_ROOT } from "../../testbed/paths.js";
 import { startTestbed, type Testbed } from "../../testbed/testbed.js";
 
@@ -51,7 +51,7 @@ describe("helm chart", () => {
       // The grace covers a shutdown's hibernates: sessions x state / bandwidth + 1 + 30 s.
       const grace = (deployments.find((d) => JSON.stringify(d).includes("TORPOR_MODEL"))!.spec!.template!.spec as unknown as { terminationGracePeriodSeconds: number }).terminationGracePeriodSeconds;
       assert.equal(grace, v.length ? Math.floor(6 * 1024 / 100) + 31 : Math.floor(8 * 1024 / 100) + 31);
-      for (const [name, value] of Object.entries(MALLOC_TUNING_ENV)) {
+      for (const [name, value] of Object.entries(PROCESS_TUNING_ENV)) {
         assert.equal(runtimeEnv.find((e) => e.name === name)?.value, value, `runtime pods lack ${name}=${value}`);
       }
       if (v.length) {

@@ -299,7 +299,7 @@ describe("across processes", () => {
     // Measurement: VmRSS of the runtime process from /proc, polled after the hibernate call returns
     // until the emptied context's grace (1 s here) has passed, compared with the size of the state
     // file written (the KV cells in use). The runtime is started the way the chart starts it
-    // (runtime/malloc-tuning.ts); untuned glibc creeps ~4 MiB a cycle.
+    // (runtime/model/process-tuning.ts); untuned glibc creeps ~4 MiB a cycle.
     const rt = await startRuntime({ TORPOR_MODEL: await wideKvModel(), TORPOR_HIBERNATION_DIR: await tmp("torpor-rss-"), TORPOR_MAX_CONTEXT_SIZE: "16384", TORPOR_CONTEXT_GRACE_MS: "1000" });
     try {
       await rt.client.register("default", "big", { contextSize: 4608 });
