@@ -14,7 +14,13 @@
 // successive tokens run on different teams: 14-21 ms a token on 2 cores against 8-9 ms with a
 // pool of 1 or 2 (SmolLM2, 2 threads; llama-server 7.6 ms). A pool of 2 keeps one stream's decodes
 // on one thread (each decode and sampling alternate) and still lets two contexts decode, or a state
-// save run beside a decode; a pool of 1 serialised 4 contexts (64 tok/s against 113 with 2).
+// save run beside a decode; a pool of 1 serialised 4 contexts (64 tok/s against 113 with 2). perf
+// on the 4-thread pool: 37% of the CPU time in ggml's barrier spin and 881 thread migrations in
+// 4 s (37 with one pool thread): a new team's two threads often start on the same core.
+// Where sessions share contexts on the CPU, one batched decode and a sampling per sequence
+// alternate, and only a pool of 1 keeps the decodes on one thread (4 streams on a 4-sequence
+// context: 110-117 tok/s against 88), but then a state's save or load holds every decode: not
+// the default, set it in the pool's env where that suits.
 // libuv reads it when the pool first starts, which an ES module entry point does before any of
 // the runtime's code runs, so it cannot be set from inside.
 export const PROCESS_TUNING_ENV: Readonly<Record<string, string>> = {
