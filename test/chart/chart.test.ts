@@ -69,6 +69,20 @@ describe("helm chart", () => {
         assert.ok(docs.some((d) => d.kind === kind), `no ${kind} rendered`);
       }
     }
+    // A pool's own env replaces a variable the chart sets: two entries of one name made helm 4's
+    // upgrade fail ("duplicate entries for key") on cluster-up.
+    const base = YAML.parse(await readFile(values("values.yaml"), "utf8")) as { models: Array<Record<string, unknown>> };
+    base.models[0]!.env = [{ name: "UV_THREADPOOL_SIZE", value: "4" }, { name: "EXTRA", value: "x" }];
+    const overridden = path.join(tb.dir, "values-env.yaml");
+    await writeFile(overridden, YAML.stringify({ models: base.models }));
+    const rendered = YAML.parseAllDocuments(await tb.helm(["template", "torpor", CHART, "-n", "render", "-f", overridden])).map((d) => d.toJSON() as { kind: string; spec?: { template?: { spec: { containers: Array<{ env?: Array<{ name: string; value?: string }> }> } } } }).filter(Boolean);
+    const env = rendered.find((d) => d.kind === "Deployment" && JSON.stringify(d).includes("TORPOR_MODEL"))!.spec!.template!.spec.containers[0]!.env!;
+    const names = env.map((e) => e.name);
+    assert.deepEqual(names.filter((n, i) => names.indexOf(n) !== i), [], "no variable twice");
+    assert.equal(env.find((e) => e.name === "UV_THREADPOOL_SIZE")?.value, "4");
+    assert.equal(env.find((e) => e.name === "EXTRA")?.value, "x");
+    assert.equal(env.find((e) => e.name === "MALLOC_ARENA_MAX")?.value, PROCESS_TUNING_ENV.MALLOC_ARENA_MAX);
+    assert.ok(names.includes("TORPOR_RUNTIME_TOKEN") && names.includes("TORPOR_SEALING_KEYS"));
   });
 
   it("installs on the testbed and the README quickstart works verbatim; the address cluster-up prints outlives the gateway pod", async () => {
