@@ -133,9 +133,13 @@ export class Session {
   drop(newer: number): Promise<void> {
     this.dropped = newer;
     return this.queue.run(async () => {
+      // Routine after a hand-off or a hibernate (nothing here but a record); worth a warning only
+      // when an in-memory copy is given up unsaved, as after a partition.
+      const live = this.residency === "InMemory";
       await this.releaseResident();
       this.residency = "NotCreated";
-      this.log.warn({ epoch: this.window.epoch, newer }, "dropped: a newer placement owns the session");
+      if (live) this.log.warn({ epoch: this.window.epoch, newer }, "dropped an unsaved in-memory copy: a newer placement owns the session");
+      else this.log.info({ epoch: this.window.epoch, newer }, "dropped: a newer placement owns the session");
     });
   }
 
