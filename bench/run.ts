@@ -349,7 +349,7 @@ if (want("sealing")) {
   const r = await sealingCost({ layers: 8, embedding: 512, feedForward: 512, heads: 8, contextLength: 16384, seed: 3 }, args.quick ? 1500 : 3500, Math.max(9, RUNS));
   const SH = stat(r.sealed.hibernateMs), PH = stat(r.plain.hibernateMs), SR = stat(r.sealed.rehydrateMs), PR = stat(r.plain.rehydrateMs);
   const aead = r.aead.map((a) => ({ threads: a.threads, seal: stat(a.sealMs), open: stat(a.openMs) }));
-  table(`Figure 9: sealing (AES-256-GCM in 1 MiB chunks on ${aead[aead.length - 1]!.threads} threads, plaintext staged node-locally) vs unsealed (xxHash64), ${r.stateMiB.toFixed(0)} MiB state, interleaved (goal: <= 1.3x)`,
+  table(`Figure 9: sealing (AES-256-GCM in 1 MiB chunks on ${aead[aead.length - 1]!.threads} threads, plaintext staged node-locally in ${process.env.TORPOR_STAGING_DIR || os.tmpdir()}) vs unsealed (xxHash64), ${r.stateMiB.toFixed(0)} MiB state, interleaved (goal: <= 1.3x)`,
     ["operation", "sealed", "unsealed", "sealed / unsealed"], [
       ["hibernate", fmt(SH), fmt(PH), `${(SH.median / PH.median).toFixed(2)}x`],
       ["rehydrate", fmt(SR), fmt(PR), `${(SR.median / PR.median).toFixed(2)}x`],

@@ -28,7 +28,8 @@ export interface SealingResult {
 export async function sealingCost(model: TestModelParams | ModelHost, tokens: number, runs: number): Promise<SealingResult> {
   const host = model instanceof ModelHost ? model : await loadHost(model);
   const base = await mkdtemp(path.join(os.tmpdir(), "torpor-bench-seal-"));
-  const staging = await mkdtemp(path.join(os.tmpdir(), "torpor-bench-staging-"));
+  // Where the runtime would stage (TORPOR_STAGING_DIR): a disk-backed or a memory-backed emptyDir.
+  const staging = await mkdtemp(path.join(process.env.TORPOR_STAGING_DIR || os.tmpdir(), "torpor-bench-staging-"));
   for (const d of ["sealed", "plain"]) await mkdir(path.join(base, d));
   const keys = SealingKeys.parse(`k1:${randomBytes(32).toString("base64")}`);
   const stores = {
