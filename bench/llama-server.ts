@@ -198,7 +198,6 @@ async function writeWithFsync(file: string, bytes: number): Promise<number> {
   return ms;
 }
 
-/** llama-server on a free local port, once /health answers. */
 /**
  * A turn streamed from the runtime (its SSE route): the whole time, and the time from the first
  * piece of text to the last, which decoding alone fills (the prompt's evaluation comes before it).
@@ -223,6 +222,7 @@ async function streamedTurn(client: RuntimeClient, ns: string, name: string, pro
   return { result, ms: performance.now() - t0, decodeMs: last - first };
 }
 
+/** llama-server on a free local port, once /health answers. */
 export async function startServer(binary: string, args: string[]): Promise<{ base: string; stop: () => void }> {
   const port = await freePort();
   const server = spawn(binary, ["--port", String(port), "--host", "127.0.0.1", "--no-webui", ...args], { stdio: ["ignore", "ignore", "pipe"] });

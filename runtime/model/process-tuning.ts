@@ -15,8 +15,9 @@
 // pool of 1 or 2 (SmolLM2, 2 threads; llama-server 7.6 ms). A pool of 2 keeps one stream's decodes
 // on one thread (each decode and sampling alternate) and still lets two contexts decode, or a state
 // save run beside a decode; a pool of 1 serialised 4 contexts (64 tok/s against 113 with 2). perf
-// on the 4-thread pool: 37% of the CPU time in ggml's barrier spin and 881 thread migrations in
-// 4 s (37 with one pool thread): a new team's two threads often start on the same core.
+// on the 4-thread pool: 37% of the CPU time in ggml's barrier spin (a team thread waiting for its
+// partner) and 881 thread migrations in 4 s, against 37 with one pool thread; OpenMP's wait
+// policy, spin count and binding did not change it, only the pool size did.
 // Where sessions share contexts on the CPU, one batched decode and a sampling per sequence
 // alternate, and only a pool of 1 keeps the decodes on one thread (4 streams on a 4-sequence
 // context: 110-117 tok/s against 88), but then a state's save or load holds every decode: not
