@@ -56,7 +56,9 @@ export class TorporError extends Error {
 /** Why a hibernation file was refused; kept stable because status conditions and alerts key on it. */
 export type StateRejectReason = "manifest_invalid" | "format_unsupported" | "model_mismatch" | "truncated" | "checksum_mismatch" | "load_failed"
   /** Sealed files: does not authenticate (tampered, edited, transplanted, unknown key); plaintext where sealing is required; written by a placement older than the reader accepts. */
-  | "seal_invalid" | "unsealed" | "epoch_too_old";
+  | "seal_invalid" | "unsealed" | "epoch_too_old"
+  /** A manifest or state that is not a regular file: a symlink, a FIFO, a device (planted by someone with write access to the volume). */
+  | "unexpected_file";
 
 export class StateRejectedError extends TorporError {
   constructor(readonly reason: StateRejectReason, message: string, readonly file: string) {

@@ -16,7 +16,7 @@
 // epoch older than the newest claim is ignored by every reader and cleaned up, whenever it lands.
 // '@' cannot occur in a Kubernetes name, so no session's files can be mistaken for another's.
 import { randomBytes } from "node:crypto";
-import { open, readdir, readFile, realpath, rename, rm, stat, unlink } from "node:fs/promises";
+import { lstat, open, readdir, realpath, rename, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { ChatHistoryItem } from "node-llama-cpp";
 import { StaleEpochError, StateRejectedError, TorporError } from "../../contract/errors.js";
@@ -24,6 +24,7 @@ import { resolveSessionDir, validateName } from "./hibernation-path.js";
 import { openJson, openSealedFile, SealError, sealFile, sealJson, type SealedEnvelope, type SealingKeys, type SealIdentity } from "./sealing.js";
 import { SealingThreads } from "./sealing-threads.js";
 import { digestFile, type StateDigests } from "./state-digest.js";
+import { readRegularFile, UnexpectedFileError } from "./volume-file.js";
 import type { HibernationFileEntry, HibernationRecord } from "../../contract/runtime-api.js";
 
 export type { HibernationFileEntry, HibernationRecord };
@@ -124,6 +125,12 @@ async function fsyncPath(p: string): Promise<void> {
   const fh = await open(p, "r");
   try { await fh.sync(); } finally { await fh.close(); }
 }
+
+/**
+ * A manifest holds the chat history: a 131,072-token conversation is well under 1 MiB of text, so
+ * anything near this is not one torpor wrote.
+ */
+const MAX_MANIFEST_BYTES = 64 << 20;
 
 export class HibernationStore {
   private readonly onWarning: (err: unknown, message: string) => void;
@@ -317,7 +324,7 @@ export class HibernationStore {
   /** Rewrites the manifest's own epoch (sealed: opened and sealed again); leaves anything it cannot open as it is. */
   private async restamp(ref: SessionRef, file: string, epoch: number): Promise<void> {
     let parsed: HibernationManifest & Partial<SealedEnvelope>;
-    try { parsed = JSON.parse(await readFile(file, "utf8")) as typeof parsed; } catch { return; }
+    try { parsed = JSON.parse(await readRegularFile(file, MAX_MANIFEST_BYTES)) as typeof parsed; } catch { return; }
     if (parsed?.format !== MANIFEST_FORMAT) return;
     let body: unknown;
     if (parsed.sealed) {
@@ -363,17 +370,18 @@ export class HibernationStore {
     if (!picked) return undefined;
     if (picked[0] < window.epoch && await this.adopt(ref, window)) return this.verify(ref, modelFingerprint, window, whileHashing);
     const manifestFile = path.join(dir, picked[1]);
-    let raw: string;
-    try {
-      raw = await readFile(manifestFile, "utf8");
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-      throw err;
-    }
     // Relative to the volume: error bodies and status must not reveal the node's mount layout.
     const reject = (reason: ConstructorParameters<typeof StateRejectedError>[0], msg: string): never => {
       throw new StateRejectedError(reason, msg, path.relative(this.root, manifestFile));
     };
+    let raw: string;
+    try {
+      raw = await readRegularFile(manifestFile, MAX_MANIFEST_BYTES);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      if (err instanceof UnexpectedFileError) return reject("unexpected_file", `manifest: ${err.message}`);
+      throw err;
+    }
     let parsed: HibernationManifest & Partial<SealedEnvelope>;
     try { parsed = JSON.parse(raw) as typeof parsed; } catch { return reject("manifest_invalid", "manifest is not valid JSON"); }
     if (parsed?.format !== MANIFEST_FORMAT) reject("manifest_invalid", "not a torpor hibernation manifest");
@@ -410,9 +418,11 @@ export class HibernationStore {
       reject("epoch_too_old", `written by placement epoch ${m.epoch ?? 0}; this placement accepts ${window.min} and newer`);
     }
     const volumeState = path.join(dir, m.stateFile);
-    // Checked beside the context's allocation; nothing loads the file before it passed.
-    const sizeChecked = stat(volumeState).then((st) => st.size, () => -1).then((size) => {
-      if (size !== m.stateBytes) reject("truncated", `state file is ${size < 0 ? "missing" : `${size} bytes`}, manifest says ${m.stateBytes}`);
+    // Checked beside the context's allocation; nothing loads the file before it passed. Not
+    // followed if a symlink, and a regular file only: what reads it next would block on a FIFO.
+    const sizeChecked = lstat(volumeState).then((st) => st, () => undefined).then((st) => {
+      if (st && !st.isFile()) reject("unexpected_file", "state: not a regular file (a symlink, FIFO or device)");
+      if (st?.size !== m.stateBytes) reject("truncated", `state file is ${st ? `${st.size} bytes` : "missing"}, manifest says ${m.stateBytes}`);
     });
     sizeChecked.catch(() => undefined); // observed below
     if (this.sealing) {
@@ -428,12 +438,16 @@ export class HibernationStore {
         await opening.catch(() => undefined);
         await release();
         if (err instanceof SealError) reject("seal_invalid", err.message);
+        // Also from a sealing thread, where errors cross as data with their code.
+        if ((err as NodeJS.ErrnoException).code === new UnexpectedFileError("").code) reject("unexpected_file", `state: ${(err as Error).message}`);
         throw err;
       }
       return { manifest: m, manifestFile, statePath: staging, release, integrity: Promise.resolve() };
     }
     const fast = m.stateXxh64 !== undefined;
-    const integrity = sizeChecked.then(() => digestFile(volumeState, fast ? { xxh64: true } : { sha256: true })).then((d) => {
+    const integrity = sizeChecked.then(() => digestFile(volumeState, fast ? { xxh64: true } : { sha256: true })).catch((err: unknown) => {
+      return err instanceof UnexpectedFileError ? reject("unexpected_file", `state: ${err.message}`) : Promise.reject(err);
+    }).then((d) => {
       if (fast ? d.xxh64 !== m.stateXxh64 : d.sha256 !== m.stateSha256) reject("checksum_mismatch", `state file ${fast ? "xxHash64" : "SHA-256"} does not match the manifest`);
     });
     integrity.catch(() => undefined); // observed by the caller; never an unhandled rejection if whileHashing fails first
@@ -569,7 +583,7 @@ export class HibernationStore {
 
   private async readManifestLoose(file: string): Promise<HibernationManifest | undefined> {
     try {
-      const m = JSON.parse(await readFile(file, "utf8")) as HibernationManifest;
+      const m = JSON.parse(await readRegularFile(file, MAX_MANIFEST_BYTES)) as HibernationManifest;
       return m?.format === MANIFEST_FORMAT && typeof m.stateFile === "string" ? m : undefined;
     } catch { return undefined; }
   }

@@ -13,6 +13,7 @@ import { open, stat } from "node:fs/promises";
 import { TorporError } from "../../contract/errors.js";
 import { chunkCount, plainSizeOf, SealError, sealedSize, type RangeJob } from "./sealed-chunks.js";
 import type { SealingThreads } from "./sealing-threads.js";
+import { openRegular } from "./volume-file.js";
 
 export { SealError };
 const MAGIC = Buffer.from("TORPORS1");
@@ -92,7 +93,7 @@ export async function sealFile(keys: SealingKeys, identity: SealIdentity, stateN
 
 /** Decrypts a sealed state file from the volume into `dst` (node-local), its ranges on `threads`; SealError on any mismatch. */
 export async function openSealedFile(keys: SealingKeys, identity: SealIdentity, stateName: string, src: string, dst: string, threads: SealingThreads): Promise<void> {
-  const input = await open(src, "r");
+  const input = await openRegular(src);
   let header: { id: string; prefix: Buffer; bytes: number; size: number };
   try {
     const head = Buffer.alloc(MAGIC.length + 1);

@@ -6,8 +6,8 @@
 // the answer to that), and xxHash64 in WebAssembly reads a 68 MB state in about 11 ms where
 // SHA-256 takes 60 ms here: dropping it made a 69 MB hibernate 54 ms instead of 83.
 import { createHash } from "node:crypto";
-import { open } from "node:fs/promises";
 import { createXXHash64 } from "hash-wasm";
+import { openRegular } from "./volume-file.js";
 
 export interface StateDigests {
   sha256?: string;
@@ -26,7 +26,7 @@ export async function digestFile(p: string, want: { sha256?: boolean; xxh64?: bo
   xx?.init();
   const size = 1 << 20;
   const bufs = [Buffer.allocUnsafeSlow(size), Buffer.allocUnsafeSlow(size)] as const;
-  const fh = await open(p, "r");
+  const fh = await openRegular(p);
   let pending: Promise<{ bytesRead: number }> | undefined;
   try {
     let i = 0;

@@ -24,10 +24,11 @@ import { greedy, sharedHost } from "../helpers/in-process-runtime.js";
 const key = (id: string) => `${id}:${randomBytes(32).toString("base64")}`;
 const OLD = key("k0"), NEW = key("k1");
 
+/** `keys` "" gives an unsealed store. */
 async function sealedRuntime(keys: string, dir?: string) {
   const root = dir ?? await tempDir("torpor-sealed-");
   const staging = await tempDir("torpor-staging-");
-  const store = new HibernationStore(root, { sealing: { keys: SealingKeys.parse(keys), stagingDir: staging } });
+  const store = new HibernationStore(root, keys ? { sealing: { keys: SealingKeys.parse(keys), stagingDir: staging } } : {});
   const manager = new SessionManager(await sharedHost(), store, new ManualClock(1), new RuntimeMetrics(false), createLogger("test", "silent"), {
     maxResident: 8, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 8192, podName: "test",
   });
@@ -115,6 +116,49 @@ describe("sealed hibernation files", () => {
     const bystander = await planted.manager.register({ namespace: "t1", name: "bystander" });
     assert.equal((await bystander.submit("still serving?", greedy(2))).completionTokens, 2);
   });
+
+  it("a manifest or state replaced by a FIFO, a symlink to /dev/zero or a device is refused at once and the runtime keeps serving", async () => {
+    // A FIFO's open blocks a thread-pool thread until a writer comes: two such reads would stop
+    // every decode of a runtime with two pool threads. /dev/zero reads forever.
+    for (const keys of [NEW, ""]) await plantedFiles(await hibernated(keys, "t1", keys ? "fifo" : "fifo-unsealed"));
+  });
+
+  async function plantedFiles(rt: Awaited<ReturnType<typeof hibernated>>): Promise<void> {
+    const { manifest, state } = rt;
+    const within = async (what: string, attempt: Promise<unknown>, unblock: () => Promise<void>) => {
+      let timer: NodeJS.Timeout | undefined;
+      const hung = new Promise<string>((resolve) => { timer = setTimeout(() => resolve("hung"), 5000); });
+      const outcome = await Promise.race([attempt.then(() => "loaded", (e: unknown) => e), hung]);
+      clearTimeout(timer);
+      if (outcome === "hung") { await unblock(); await attempt.catch(() => undefined); }
+      attacks.tried++;
+      const refused = outcome instanceof StateRejectedError;
+      if (refused) attacks.refused++;
+      if (outcome === "loaded") attacks.loaded++;
+      assert.ok(refused, `${what}: ${outcome instanceof Error ? outcome.message : String(outcome)}`);
+    };
+    // Opening a FIFO for writing lets a reader blocked in open() go on (it then reads nothing).
+    const unblockFifo = (p: string) => async () => { const w = await open(p, "w"); await w.close(); };
+    const original = await readFile(manifest);
+    for (const [what, plant] of [
+      ["manifest as a FIFO", async () => { spawnSync("rm", ["-f", manifest]); spawnSync("mkfifo", [manifest]); }],
+      ["manifest as a symlink to /dev/zero", async () => { spawnSync("rm", ["-f", manifest]); spawnSync("ln", ["-s", "/dev/zero", manifest]); }],
+    ] as const) {
+      await plant();
+      await within(what, rt.s.submit("hi", greedy(2)), unblockFifo(manifest));
+      assert.ok(spawnSync("test", ["-e", manifest]).status === 0 || spawnSync("test", ["-L", manifest]).status === 0, `${what}: kept for inspection`);
+    }
+    spawnSync("rm", ["-f", manifest]);
+    await writeFile(manifest, original);
+    spawnSync("rm", ["-f", state]);
+    spawnSync("mkfifo", [state]);
+    await within("state as a FIFO", rt.s.submit("hi", greedy(2)), unblockFifo(state));
+    spawnSync("rm", ["-f", state]);
+    spawnSync("ln", ["-s", "/dev/zero", state]);
+    await within("state as a symlink to /dev/zero", rt.s.submit("hi", greedy(2)), async () => undefined);
+    const bystander = await rt.manager.register({ namespace: "t1", name: "bystander" });
+    assert.equal((await bystander.submit("still serving?", greedy(2))).completionTokens, 2);
+  }
 
   it("refuses a session transplanted into another namespace or name", async () => {
     const src = await hibernated(NEW, "t1", "victim");

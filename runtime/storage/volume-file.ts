@@ -1,0 +1,45 @@
+// Opening files on the shared volume, which anyone who can write it may have replaced. Opening a
+// FIFO blocks a thread-pool thread until a writer comes (the runtime's pool has two: two such
+// opens stop every decode on the pod), and a symlink to /dev/zero reads forever. So these opens
+// never block (O_NONBLOCK), never follow a symlink in the last component (O_NOFOLLOW: the folders
+// above are checked by hibernation-path.ts), and take regular files only.
+import { constants } from "node:fs";
+import { open, type FileHandle } from "node:fs/promises";
+
+/** The file is not one torpor wrote: a symlink, a FIFO, a device, a folder, or too large. */
+export class UnexpectedFileError extends Error {
+  readonly code = "EUNEXPECTED";
+}
+
+const FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW;
+
+/** A regular file opened for reading; ENOENT as usual, UnexpectedFileError for anything else there. */
+export async function openRegular(file: string): Promise<FileHandle> {
+  let fh: FileHandle;
+  try {
+    fh = await open(file, FLAGS);
+  } catch (err) {
+    // O_NOFOLLOW on a symlink fails with ELOOP; a FIFO or socket may refuse a nonblocking open.
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ELOOP" || code === "ENXIO" || code === "EOPNOTSUPP") throw new UnexpectedFileError("not a regular file (a symlink, FIFO or socket)");
+    throw err;
+  }
+  const st = await fh.stat().catch(async (err: unknown) => { await fh.close(); throw err; });
+  if (!st.isFile()) {
+    await fh.close();
+    throw new UnexpectedFileError("not a regular file");
+  }
+  return fh;
+}
+
+/** A small regular file's text (a manifest), refused past `maxBytes`. */
+export async function readRegularFile(file: string, maxBytes: number): Promise<string> {
+  const fh = await openRegular(file);
+  try {
+    const { size } = await fh.stat();
+    if (size > maxBytes) throw new UnexpectedFileError(`${size} bytes, more than the ${maxBytes} a manifest may hold`);
+    return await fh.readFile("utf8");
+  } finally {
+    await fh.close();
+  }
+}
