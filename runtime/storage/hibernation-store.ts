@@ -193,7 +193,11 @@ export class HibernationStore {
     if (newest > epoch) throw new StaleEpochError(epoch, newest, `cannot register ${ref.namespace}/${ref.name}`);
     const previous = Math.max(0, ...files.claims.filter((c) => c < epoch));
     if (!files.claims.includes(epoch)) {
-      await (await open(path.join(dir, `${ref.name}@e${epoch}${CLAIM_SUFFIX}`), "w", 0o600)).close();
+      // Created, never opened if there: an open for writing of a FIFO planted under that name since
+      // the scan would block a thread-pool thread until a reader came. Existing is all a claim says.
+      await open(path.join(dir, `${ref.name}@e${epoch}${CLAIM_SUFFIX}`), "wx", 0o600).then((fh) => fh.close(), (err: NodeJS.ErrnoException) => {
+        if (err.code !== "EEXIST") throw err;
+      });
       await fsyncPath(dir);
     }
     // Claims older than the previous one fence nothing any more.
