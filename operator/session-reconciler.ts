@@ -177,6 +177,15 @@ export class SessionReconciler {
     if (r?.replayed && r.at !== s.status?.lastRehydrate?.time) {
       this.events.record(s, "Warning", "StateReplayed", `the saved state could not be loaded (${r.replayed}); the session was rebuilt from its saved history, which the next turn evaluates again`);
     }
+    // An error the runtime met on its own (a request that woke the session through the gateway,
+    // its idle policy) gets the Event one met by this operator's own call gets above, once: status
+    // turns Degraded with it below.
+    const e = runtime?.lastError;
+    if (e) {
+      const reason = reasonOf(e.reason ?? e.code);
+      const degraded = s.status?.conditions?.find((c) => c.type === "Degraded");
+      if (!(degraded?.status === "True" && degraded.reason === reason && degraded.message === e.message)) this.events.record(s, "Warning", reason, e.message);
+    }
     await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, ...(runtime ? { runtime } : {}), liveStateLost: lost, ...(loss ? { loss } : {}) }));
     this.actedOn(s, plan.pod, runtime);
     return undefined;

@@ -200,6 +200,24 @@ describe("operator on the testbed", () => {
     assert.equal((await runtimeFor(n).submit("default", "neighbour", "hello", { max_tokens: 2 })).usage.completion_tokens, 2);
   });
 
+  it("a refused file met by a request, not by the operator: Degraded and a Warning Event, once", async () => {
+    const placed = await inMemorySession("damaged-by-request", "precious words");
+    await hibernateAndWait("damaged-by-request");
+    const stateFile = (await readdir(hibDir())).find((f) => f.startsWith("damaged-by-request.") && f.endsWith(".state"))!;
+    const { open } = await import("node:fs/promises");
+    const fh = await open(path.join(hibDir(), stateFile), "r+");
+    await fh.write(Buffer.from("garbage!"), 0, 8, 100);
+    await fh.close();
+    // Straight to the runtime, as a request through the gateway reaches it: the operator's own
+    // rehydrate (which records its Event) never runs, since spec.residency stays Hibernated.
+    await assert.rejects(runtimeFor(placed).submit("default", "damaged-by-request", "hello", { max_tokens: 2 }), /state_rejected|refused/);
+    await tb.kubectl(["wait", "--for=condition=Degraded", "isess/damaged-by-request", "--timeout=60s"]);
+    const warnings = async () => (await tb.kubectl(["get", "events", "--field-selector", "involvedObject.name=damaged-by-request,type=Warning", "-o", "jsonpath={.items[*].count}"])).split(/\s+/).filter(Boolean).map(Number);
+    await eventually("a Warning Event", async () => ((await warnings()).length > 0 ? true : undefined), 30_000);
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.deepEqual(await warnings(), [1], "one Warning Event, not one per reconcile");
+  });
+
   it("a full disk during hibernate: session stays InMemory and serving, StorageFailed in status and an Event", async () => {
     // A second pool whose hibernation volume is a 1 MiB memory-backed emptyDir.
     const deployment = runtimeManifest(await smallModel()).split("---").at(-1)!
