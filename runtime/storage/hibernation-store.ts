@@ -24,7 +24,7 @@ import { resolveSessionDir, validateName } from "./hibernation-path.js";
 import { openJson, openSealedFile, SealError, sealFile, sealJson, type SealedEnvelope, type SealingKeys, type SealIdentity } from "./sealing.js";
 import { SealingThreads } from "./sealing-threads.js";
 import { digestFile, type StateDigests } from "./state-digest.js";
-import { readRegularFile, UnexpectedFileError } from "./volume-file.js";
+import { readRegularFile, UNEXPECTED_FILE, UnexpectedFileError } from "./volume-file.js";
 import type { HibernationFileEntry, HibernationRecord } from "../../contract/runtime-api.js";
 
 export type { HibernationFileEntry, HibernationRecord };
@@ -442,8 +442,7 @@ export class HibernationStore {
         await opening.catch(() => undefined);
         await release();
         if (err instanceof SealError) reject("seal_invalid", err.message);
-        // Also from a sealing thread, where errors cross as data with their code.
-        if ((err as NodeJS.ErrnoException).code === new UnexpectedFileError("").code) reject("unexpected_file", `state: ${(err as Error).message}`);
+        if ((err as NodeJS.ErrnoException).code === UNEXPECTED_FILE) reject("unexpected_file", `state: ${(err as Error).message}`);
         throw err;
       }
       return { manifest: m, manifestFile, statePath: staging, release, integrity: Promise.resolve() };

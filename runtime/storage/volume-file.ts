@@ -6,9 +6,12 @@
 import { constants } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 
+/** Its `code`, which survives the trip from a sealing thread (errors cross threads as data). */
+export const UNEXPECTED_FILE = "EUNEXPECTED";
+
 /** The file is not one torpor wrote: a symlink, a FIFO, a device, a folder, or too large. */
 export class UnexpectedFileError extends Error {
-  readonly code = "EUNEXPECTED";
+  readonly code = UNEXPECTED_FILE;
 }
 
 const FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW;

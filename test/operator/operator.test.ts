@@ -171,14 +171,20 @@ describe("operator on the testbed", () => {
     assert.equal((await get("crashy")).status!.residency, "Hibernated");
   });
 
-  it("a corrupted hibernation file: session Degraded with the reason and an Event, file kept, runtime serving", async () => {
-    await inMemorySession("damaged", "precious words");
-    await hibernateAndWait("damaged");
-    const stateFile = (await readdir(hibDir())).find((f) => f.startsWith("damaged.") && f.endsWith(".state"))!;
+  /** Hibernates the session and overwrites 8 bytes of its state file; returns the file's name. */
+  const hibernatedAndCorrupted = async (name: string): Promise<string> => {
+    await hibernateAndWait(name);
+    const stateFile = (await readdir(hibDir())).find((f) => f.startsWith(`${name}.`) && f.endsWith(".state"))!;
     const { open } = await import("node:fs/promises");
     const fh = await open(path.join(hibDir(), stateFile), "r+");
     await fh.write(Buffer.from("garbage!"), 0, 8, 100);
     await fh.close();
+    return stateFile;
+  };
+
+  it("a corrupted hibernation file: session Degraded with the reason and an Event, file kept, runtime serving", async () => {
+    await inMemorySession("damaged", "precious words");
+    const stateFile = await hibernatedAndCorrupted("damaged");
     await setResidency("damaged", "InMemory");
     await tb.kubectl(["wait", "--for=condition=Degraded", "isess/damaged", "--timeout=60s"]);
     const s = await get("damaged");
@@ -202,12 +208,7 @@ describe("operator on the testbed", () => {
 
   it("a refused file met by a request, not by the operator: Degraded and a Warning Event, once", async () => {
     const placed = await inMemorySession("damaged-by-request", "precious words");
-    await hibernateAndWait("damaged-by-request");
-    const stateFile = (await readdir(hibDir())).find((f) => f.startsWith("damaged-by-request.") && f.endsWith(".state"))!;
-    const { open } = await import("node:fs/promises");
-    const fh = await open(path.join(hibDir(), stateFile), "r+");
-    await fh.write(Buffer.from("garbage!"), 0, 8, 100);
-    await fh.close();
+    await hibernatedAndCorrupted("damaged-by-request");
     // Straight to the runtime, as a request through the gateway reaches it: the operator's own
     // rehydrate (which records its Event) never runs, since spec.residency stays Hibernated.
     await assert.rejects(runtimeFor(placed).submit("default", "damaged-by-request", "hello", { max_tokens: 2 }), /state_rejected|refused/);
