@@ -106,7 +106,7 @@ const plainLength = (job: RangeJob, i: number) => (i < job.chunks - 1 ? CHUNK : 
 
 /** Seals chunks [from, to) of the plaintext `src` into their places in `dst` (created, header written). */
 export async function sealRange(job: RangeJob): Promise<void> {
-  const input = await openRegular(job.src);
+  const { fh: input } = await openRegular(job.src);
   const output = await open(job.dst, "r+");
   try {
     const bufs = [Buffer.allocUnsafeSlow(CHUNK), Buffer.allocUnsafeSlow(CHUNK)] as const;
@@ -136,7 +136,7 @@ export async function sealRange(job: RangeJob): Promise<void> {
 
 /** Opens chunks [from, to) of the sealed `src` into their places in the plaintext `dst`; SealError on any mismatch. */
 export async function openRange(job: RangeJob): Promise<void> {
-  const input = await openRegular(job.src);
+  const { fh: input } = await openRegular(job.src);
   const output = await open(job.dst, "r+");
   try {
     const bufs = [Buffer.allocUnsafeSlow(SEALED_CHUNK), Buffer.allocUnsafeSlow(SEALED_CHUNK)] as const;

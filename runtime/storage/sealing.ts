@@ -93,7 +93,7 @@ export async function sealFile(keys: SealingKeys, identity: SealIdentity, stateN
 
 /** Decrypts a sealed state file from the volume into `dst` (node-local), its ranges on `threads`; SealError on any mismatch. */
 export async function openSealedFile(keys: SealingKeys, identity: SealIdentity, stateName: string, src: string, dst: string, threads: SealingThreads): Promise<void> {
-  const input = await openRegular(src);
+  const { fh: input, size } = await openRegular(src);
   let header: { id: string; prefix: Buffer; bytes: number; size: number };
   try {
     const head = Buffer.alloc(MAGIC.length + 1);
@@ -102,7 +102,7 @@ export async function openSealedFile(keys: SealingKeys, identity: SealIdentity, 
     const idLen = head[MAGIC.length]!;
     const rest = Buffer.alloc(idLen + 8);
     if ((await input.read(rest, 0, rest.length, head.length)).bytesRead !== rest.length) throw new SealError("truncated header");
-    header = { id: rest.subarray(0, idLen).toString(), prefix: rest.subarray(idLen), bytes: head.length + rest.length, size: (await input.stat()).size };
+    header = { id: rest.subarray(0, idLen).toString(), prefix: rest.subarray(idLen), bytes: head.length + rest.length, size };
   } finally {
     await input.close();
   }

@@ -26,7 +26,7 @@ export async function digestFile(p: string, want: { sha256?: boolean; xxh64?: bo
   xx?.init();
   const size = 1 << 20;
   const bufs = [Buffer.allocUnsafeSlow(size), Buffer.allocUnsafeSlow(size)] as const;
-  const fh = await openRegular(p);
+  const { fh } = await openRegular(p);
   let pending: Promise<{ bytesRead: number }> | undefined;
   try {
     let i = 0;

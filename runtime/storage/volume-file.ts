@@ -16,8 +16,11 @@ export class UnexpectedFileError extends Error {
 
 const FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW;
 
-/** A regular file opened for reading; ENOENT as usual, UnexpectedFileError for anything else there. */
-export async function openRegular(file: string): Promise<FileHandle> {
+/**
+ * A regular file opened for reading, with its size (from the same fstat that checked it, so callers
+ * need no second round trip); ENOENT as usual, UnexpectedFileError for anything else there.
+ */
+export async function openRegular(file: string): Promise<{ fh: FileHandle; size: number }> {
   let fh: FileHandle;
   try {
     fh = await open(file, FLAGS);
@@ -32,14 +35,13 @@ export async function openRegular(file: string): Promise<FileHandle> {
     await fh.close();
     throw new UnexpectedFileError("not a regular file");
   }
-  return fh;
+  return { fh, size: st.size };
 }
 
 /** A small regular file's text (a manifest), refused past `maxBytes`. */
 export async function readRegularFile(file: string, maxBytes: number): Promise<string> {
-  const fh = await openRegular(file);
+  const { fh, size } = await openRegular(file);
   try {
-    const { size } = await fh.stat();
     if (size > maxBytes) throw new UnexpectedFileError(`${size} bytes, more than the ${maxBytes} a manifest may hold`);
     return await fh.readFile("utf8");
   } finally {
