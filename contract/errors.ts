@@ -6,6 +6,7 @@ export type ErrorCode =
   | "unauthorized"
   | "forbidden"
   | "session_not_found"
+  | "model_not_found"
   | "invalid_path"
   | "state_rejected"
   | "context_length_exceeded"
@@ -26,6 +27,7 @@ const STATUS: Record<ErrorCode, number> = {
   unauthorized: 401,
   forbidden: 403,
   session_not_found: 404,
+  model_not_found: 404,
   invalid_path: 400,
   state_rejected: 422,
   context_length_exceeded: 400,

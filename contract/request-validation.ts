@@ -48,7 +48,14 @@ export interface SamplingRequest {
   topP?: number;
   /** Stop sequences: generation ends before the first of them, which is not part of the answer. */
   stop?: string[];
+  /** OpenAI's penalties, -2..2; absent or 0: no penalty at all (OpenAI's and llama-server's default). */
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  /** OpenAI's `logit_bias`: [token id, bias -100..100]; -100 bans the token. Ids are the model's own. */
+  logitBias?: Array<[number, number]>;
   stream: boolean;
+  /** `stream_options.include_usage`: a last chunk with no choices that carries the usage. */
+  streamUsage: boolean;
 }
 
 /** OpenAI's own limit on stop sequences. */
@@ -62,6 +69,34 @@ function optionalStop(o: Json): string[] | undefined {
     throw bad("stop", `must be a string or an array of at most ${MAX_STOP_SEQUENCES} non-empty strings of at most 256 characters`);
   }
   return list.length ? list as string[] : undefined;
+}
+
+/** OpenAI's own limit on `logit_bias` entries. */
+export const MAX_LOGIT_BIAS = 300;
+
+function optionalLogitBias(o: Json): Array<[number, number]> | undefined {
+  const v = o.logit_bias;
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "object" || Array.isArray(v)) throw bad("logit_bias", "must be an object mapping token ids to biases");
+  const entries = Object.entries(v as Json);
+  if (entries.length > MAX_LOGIT_BIAS) throw bad("logit_bias", `at most ${MAX_LOGIT_BIAS} tokens`);
+  const list = entries.map(([key, bias]): [number, number] => {
+    const token = Number(key);
+    if (!/^(0|[1-9][0-9]{0,9})$/.test(key) || !Number.isSafeInteger(token)) throw bad("logit_bias", `${JSON.stringify(key)} is not a token id (a non-negative integer)`);
+    if (typeof bias !== "number" || !Number.isFinite(bias) || bias < -100 || bias > 100) throw bad("logit_bias", `the bias of token ${key} must be a number between -100 and 100`);
+    return [token, bias];
+  }).filter(([, bias]) => bias !== 0);
+  return list.length ? list : undefined;
+}
+
+function streamUsage(o: Json): boolean {
+  const v = o.stream_options;
+  if (v === undefined || v === null) return false;
+  const opts = asObject(v, "stream_options");
+  if (o.stream !== true) throw bad("stream_options", "only allowed with \"stream\": true");
+  const include = opts.include_usage;
+  if (include !== undefined && include !== null && typeof include !== "boolean") throw bad("stream_options.include_usage", "must be true or false");
+  return include === true;
 }
 
 /**
@@ -79,7 +114,10 @@ function refuseUnsupported(o: Json): void {
   }
 }
 
-/** The OpenAI sampling fields we honour; temperature defaults to 0 (greedy) like a reproducible server. */
+/**
+ * The OpenAI sampling fields we honour; temperature defaults to 0 (greedy) like a reproducible
+ * server, and nothing else shapes the choice unless asked (no repetition penalty by default).
+ */
 export function parseSampling(o: Json, maxTokensCap: number): SamplingRequest {
   const maxTokens = optionalInt(o, "max_completion_tokens", 1, maxTokensCap) ?? optionalInt(o, "max_tokens", 1, maxTokensCap);
   const seed = optionalInt(o, "seed", 0, 2 ** 31 - 1);
@@ -87,13 +125,20 @@ export function parseSampling(o: Json, maxTokensCap: number): SamplingRequest {
   optionalInt(o, "n", 1, 1); // one choice per request: a session has one conversation
   refuseUnsupported(o);
   const stop = optionalStop(o);
+  const frequencyPenalty = optionalNumber(o, "frequency_penalty", -2, 2) || undefined;
+  const presencePenalty = optionalNumber(o, "presence_penalty", -2, 2) || undefined;
+  const logitBias = optionalLogitBias(o);
   return {
     ...(maxTokens !== undefined ? { maxTokens } : {}),
     temperature: optionalNumber(o, "temperature", 0, 2) ?? 0,
     ...(seed !== undefined ? { seed } : {}),
     ...(topP !== undefined ? { topP } : {}),
     ...(stop ? { stop } : {}),
+    ...(frequencyPenalty !== undefined ? { frequencyPenalty } : {}),
+    ...(presencePenalty !== undefined ? { presencePenalty } : {}),
+    ...(logitBias ? { logitBias } : {}),
     stream: optionalBool(o, "stream") ?? false,
+    streamUsage: streamUsage(o),
   };
 }
 

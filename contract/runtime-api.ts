@@ -45,6 +45,11 @@ export interface GenerateOptions {
   topP?: number;
   /** Stop sequences (request-validation.ts). */
   stop?: string[];
+  /** OpenAI's penalties over the last generated tokens; absent: none. */
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  /** [token id, bias] pairs (request-validation.ts); a token id outside the model's vocabulary is refused. */
+  logitBias?: Array<[number, number]>;
   signal?: AbortSignal;
   onText?: (text: string) => void;
   /** Called once the session is resident, before generation: streaming responses send headers here. */

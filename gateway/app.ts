@@ -64,6 +64,25 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
     res.json({ namespace, name, model: s.spec.model, desired: s.spec.residency ?? "InMemory", ...s.status });
   });
 
+  // OpenAI clients list models at their base URL (`client.models.list()`); a session's base URL
+  // serves one: its pool's model, by the name the session's spec uses.
+  const sessionModel = async (req: Request) => {
+    const { namespace, name } = ref(req);
+    await d.access.check(req.headers.authorization, { namespace, name, verb: "get" }, source(req));
+    const s = await d.source.get(namespace, name);
+    if (!s) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} does not exist`);
+    const created = Math.floor(Date.parse(s.metadata?.creationTimestamp ? String(s.metadata.creationTimestamp) : "") / 1000);
+    return { id: s.spec.model, object: "model", created: Number.isFinite(created) ? created : 0, owned_by: "torpor" };
+  };
+  app.get("/v1/sessions/:namespace/:name/models", async (req, res) => {
+    res.json({ object: "list", data: [await sessionModel(req)] });
+  });
+  app.get("/v1/sessions/:namespace/:name/models/:model", async (req, res) => {
+    const model = await sessionModel(req);
+    if (req.params.model !== model.id) throw new TorporError("model_not_found", `this session serves the model ${JSON.stringify(model.id)}, not ${JSON.stringify(req.params.model)}`);
+    res.json(model);
+  });
+
   const generation = (route: "chat" | "submit", validate: (body: Record<string, unknown>) => void, suffix: string) =>
     async (req: Request, res: Response) => {
       const end = metrics.duration.startTimer({ route });

@@ -8,6 +8,7 @@ import { asObject, parseMessages, parseSampling, requiredPrompt } from "../../co
 import type { GenerateOptions, GenerateResult } from "../../contract/runtime-api.js";
 import { EPOCH_HEADER } from "../../contract/runtime-api.js";
 import { wakeHeaders, type ApiDeps } from "./api-deps.js";
+import { checkVocabulary } from "../sessions/sampling.js";
 
 export function mountGenerationRoutes(app: express.Express, d: ApiDeps): void {
   const { manager } = d;
@@ -47,19 +48,28 @@ export function mountGenerationRoutes(app: express.Express, d: ApiDeps): void {
     }), {
       chunk: (text) => ({ id, object: "chat.completion.chunk", created, model, choices: [{ index: 0, delta: { content: text }, finish_reason: null }] }),
       first: () => ({ id, object: "chat.completion.chunk", created, model, choices: [{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null }] }),
-      last: (r) => ({
-        id, object: "chat.completion.chunk", created, model,
-        choices: [{ index: 0, delta: {}, finish_reason: r.finishReason === "aborted" ? "stop" : r.finishReason }],
-        usage: usage(r), torpor: torporInfo(r),
-      }),
+      // Asked for, the usage comes as OpenAI sends it: a last chunk with no choices. Otherwise it
+      // rides on the finishing chunk, as llama-server's does.
+      last: (r) => [
+        {
+          id, object: "chat.completion.chunk", created, model,
+          choices: [{ index: 0, delta: {}, finish_reason: r.finishReason === "aborted" ? "stop" : r.finishReason }],
+          ...(sampling.streamUsage ? {} : { usage: usage(r) }), torpor: torporInfo(r),
+        },
+        ...(sampling.streamUsage ? [{ id, object: "chat.completion.chunk", created, model, choices: [], usage: usage(r) }] : []),
+      ],
     });
   });
 
   function samplingOpts(s: ReturnType<typeof parseSampling>): Omit<GenerateOptions, "onText" | "onStart" | "signal"> {
+    checkVocabulary(d.host, s.logitBias);
     return {
       maxTokens: s.maxTokens ?? d.defaultMaxTokens, temperature: s.temperature,
       ...(s.seed !== undefined ? { seed: s.seed } : {}), ...(s.topP !== undefined ? { topP: s.topP } : {}),
       ...(s.stop ? { stop: s.stop } : {}),
+      ...(s.frequencyPenalty !== undefined ? { frequencyPenalty: s.frequencyPenalty } : {}),
+      ...(s.presencePenalty !== undefined ? { presencePenalty: s.presencePenalty } : {}),
+      ...(s.logitBias ? { logitBias: s.logitBias } : {}),
     };
   }
 }
@@ -78,7 +88,8 @@ function torporInfo(r: GenerateResult) {
 interface StreamShape {
   first: () => unknown;
   chunk: (text: string) => unknown;
-  last: (r: GenerateResult) => unknown;
+  /** The chunks after the text: the finish reason, then whatever else the caller asked for. */
+  last: (r: GenerateResult) => unknown[];
 }
 
 /**
@@ -113,7 +124,7 @@ async function respond(
       },
       onText: (text) => write(shape ? shape.chunk(text) : { text }),
     });
-    write(shape ? shape.last(r) : body(r));
+    for (const o of shape ? shape.last(r) : [body(r)]) write(o);
     res.write("data: [DONE]\n\n");
     res.end();
   } catch (err) {

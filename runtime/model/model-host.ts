@@ -57,6 +57,15 @@ export class ModelHost {
     return String(this.model.fileInfo.metadata.general?.name ?? this.modelPath);
   }
 
+  /**
+   * Tokens in the model's vocabulary, from its GGUF metadata (node-llama-cpp has no call for it):
+   * a `logit_bias` naming a token past it is refused, not handed to llama.cpp.
+   */
+  get vocabularySize(): number | undefined {
+    const tokens = this.model.fileInfo.metadata.tokenizer?.ggml?.tokens;
+    return Array.isArray(tokens) ? tokens.length : undefined;
+  }
+
   get trainContextSize(): number {
     return this.model.trainContextSize;
   }

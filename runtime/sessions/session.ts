@@ -14,6 +14,7 @@ import type { ContextPool } from "./context-pool.js";
 import { checkRestore, type RestoreCheck } from "./restore-check.js";
 import { NoRoom } from "./no-room.js";
 import { SerialQueue } from "./serial-queue.js";
+import { repeatPenalty, tokenBias } from "./sampling.js";
 
 export type { SpareContext };
 import type { GenerateOptions, GenerateResult, HibernateOutcome, Phase, Residency, SessionSpec, SessionStatus, Wake } from "../../contract/runtime-api.js";
@@ -611,6 +612,8 @@ export class Session {
         ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
         ...(opts.topP !== undefined ? { topP: opts.topP } : {}),
         ...(opts.stop ? { customStopTriggers: opts.stop } : {}),
+        repeatPenalty: repeatPenalty(opts),
+        ...(opts.logitBias ? { tokenBias: tokenBias(host, opts.logitBias) } : {}),
         ...(opts.signal ? { signal: opts.signal, stopOnAbortSignal: true } : {}),
         onToken: (tokens) => { completionTokens += tokens.length; },
         ...(opts.onText ? { onTextChunk: opts.onText } : {}),

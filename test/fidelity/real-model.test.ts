@@ -4,7 +4,9 @@
 // reused; an OpenAI SDK client streams real text through the gateway.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import type { ChatHistoryItem, Token } from "node-llama-cpp";
 import OpenAI from "openai";
+import { TorporError } from "../../contract/errors.js";
 import type { InferenceSession } from "../../contract/inference-session.js";
 import { freePort } from "../../testbed/local-runtime.js";
 import { realModel } from "../../testbed/models.js";
@@ -35,6 +37,33 @@ describe("real model, in process", () => {
         assert.ok(b.cachedTokens >= r.tokenCount - 1, `reused ${b.cachedTokens} of ${r.tokenCount} restored tokens`);
       }
     }
+  });
+  it("samples as asked: greedy is the model's own choice; penalties and logit_bias steer it; a token outside the vocabulary is refused", async () => {
+    const h = await harness({}, undefined, realModel);
+    const s = await h.manager.register({ namespace: "default", name: "sampler" });
+    const messages: ChatHistoryItem[] = [{ type: "user", text: "Write the days of the week, one per line, three times over." }];
+    const plain = await s.complete(messages, greedy(48));
+    // The model's own greedy choice: the same prompt through a bare sequence, nothing between the
+    // logits and the argmax.
+    const prompt = h.host.chatWrapper.generateContextState({ chatHistory: [...messages, { type: "model", response: [] }] }).contextText.tokenize(h.host.model.tokenizer);
+    const ctx = await h.host.createContext(1024);
+    const own: Token[] = [];
+    try {
+      for await (const t of ctx.getSequence().evaluate(prompt, { temperature: 0 })) { own.push(t); if (own.length >= 48) break; }
+    } finally { await ctx.dispose(); }
+    const ownText = h.host.model.detokenize(own);
+    assert.ok(plain.text.length > 20 && ownText.startsWith(plain.text), `greedy ${JSON.stringify(plain.text)} is not the model's own ${JSON.stringify(ownText)}`);
+
+    const penalised = await s.complete(messages, { ...greedy(48), frequencyPenalty: 2, presencePenalty: 2 });
+    assert.notEqual(penalised.text, plain.text, "penalties changed nothing");
+    const banned = await s.complete(messages, { ...greedy(8), logitBias: [[own[0]!, -100]] });
+    assert.ok(!banned.text.startsWith(h.host.model.detokenize([own[0]!])), `a banned first token was chosen: ${banned.text}`);
+    const fox = h.host.model.tokenize("fox")[0]!;
+    const forced = await s.complete(messages, { ...greedy(4), logitBias: [[fox, 100]] });
+    assert.equal(forced.text, h.host.model.detokenize([fox, fox, fox, fox]));
+    await assert.rejects(s.complete(messages, { ...greedy(4), logitBias: [[h.host.vocabularySize!, 1]] }),
+      (e: unknown) => e instanceof TorporError && e.code === "bad_request" && /vocabulary/.test(e.message));
+    assert.equal((await s.complete(messages, greedy(48))).text, plain.text, "the session serves as before");
   });
 });
 

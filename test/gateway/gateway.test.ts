@@ -76,6 +76,15 @@ describe("gateway on the testbed", () => {
     for await (const chunk of stream) { text += chunk.choices[0]?.delta?.content ?? ""; chunks++; }
     assert.ok(chunks >= 8, `expected streamed chunks, got ${chunks}`);
     assert.ok(text.length > 0);
+    // What else an OpenAI client does at its base URL: list the model, ask for the usage last.
+    assert.deepEqual((await oa.models.list()).data.map((m) => m.id), ["tiny"]);
+    assert.equal((await oa.models.retrieve("tiny")).owned_by, "torpor");
+    const counted = await oa.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "Hello!" }], stream: true, stream_options: { include_usage: true }, max_tokens: 4 });
+    const all = [];
+    for await (const chunk of counted) all.push(chunk);
+    assert.deepEqual(all.at(-1)!.choices, [], "the usage chunk has no choices");
+    assert.equal(all.at(-1)!.usage!.completion_tokens, 4);
+    assert.ok(all.slice(0, -1).every((c) => !c.usage), "only the last chunk carries the usage");
 
     await hibernate("oa");
     const { data, response } = await oa.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "Hello!" }, { role: "assistant", content: text }, { role: "user", content: "More?" }], max_tokens: 8 }).withResponse();
@@ -151,6 +160,9 @@ describe("gateway on the testbed", () => {
     await expect(await post("guarded/chat/completions", alice, { messages: "hi" }), 400, "bad_request", /^messages/);
     await expect(await post("guarded/chat/completions", alice, "{oops"), 400, "bad_request", /not valid JSON/);
     await expect(await post("guarded/submit", alice, { prompt: 5 }), 400, "bad_request", /^prompt/);
+    await expect(await post("guarded/chat/completions", alice, { ...ok, logit_bias: { "99999999": 1 } }), 400, "bad_request", /^logit_bias: token 99999999 is not in the model's vocabulary/);
+    await expect(await fetch(`${gw}/v1/sessions/default/guarded/models`, { headers: { authorization: `Bearer ${bob}` } }), 403, "forbidden");
+    await expect(await fetch(`${gw}/v1/sessions/default/guarded/models/gpt-4o`, { headers: { authorization: `Bearer ${alice}` } }), 404, "model_not_found", /serves the model "tiny"/);
     await expect(await post("guarded/chat/completions", alice, { ...ok, messages: [{ role: "user", content: "x".repeat(2 << 20) }] }), 413, "payload_too_large");
     const r = await post("guarded/submit", alice, { prompt: "hello", max_tokens: 2 });
     assert.equal(r.status, 200);

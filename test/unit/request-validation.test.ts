@@ -25,4 +25,27 @@ describe("OpenAI request fields", () => {
     assert.throws(() => parseSampling({ response_format: "json" }, 100), refused("response_format"));
     assert.doesNotThrow(() => parseSampling({ tools: [], logprobs: false, response_format: { type: "text" }, tool_choice: "none" }, 100));
   });
+
+  it("takes OpenAI's penalties and logit_bias, refusing what they cannot be; zero means none", () => {
+    const p = parseSampling({ frequency_penalty: 0.5, presence_penalty: -1, logit_bias: { "15": -100, "2": 0, "28": 3.5 } }, 100);
+    assert.equal(p.frequencyPenalty, 0.5);
+    assert.equal(p.presencePenalty, -1);
+    assert.deepEqual(p.logitBias, [[15, -100], [28, 3.5]]);
+    const none = parseSampling({ frequency_penalty: 0, presence_penalty: 0, logit_bias: { "7": 0 } }, 100);
+    assert.deepEqual([none.frequencyPenalty, none.presencePenalty, none.logitBias], [undefined, undefined, undefined]);
+    for (const body of [{ frequency_penalty: 2.5 }, { frequency_penalty: "1" }]) assert.throws(() => parseSampling(body, 100), refused("frequency_penalty"), JSON.stringify(body));
+    assert.throws(() => parseSampling({ presence_penalty: -3 }, 100), refused("presence_penalty"));
+    const many = Object.fromEntries(Array.from({ length: 301 }, (_, i) => [String(i), 1]));
+    for (const logit_bias of [[1], "x", { "-1": 1 }, { "01": 1 }, { "1.5": 1 }, { fox: 1 }, { "3": 101 }, { "3": "1" }, many]) {
+      assert.throws(() => parseSampling({ logit_bias }, 100), refused("logit_bias"), JSON.stringify(logit_bias).slice(0, 40));
+    }
+  });
+
+  it("takes stream_options.include_usage with a stream only", () => {
+    assert.equal(parseSampling({ stream: true, stream_options: { include_usage: true } }, 100).streamUsage, true);
+    assert.equal(parseSampling({ stream: true }, 100).streamUsage, false);
+    assert.throws(() => parseSampling({ stream_options: { include_usage: true } }, 100), refused("stream_options"));
+    assert.throws(() => parseSampling({ stream: true, stream_options: { include_usage: "yes" } }, 100), refused("stream_options.include_usage"));
+    assert.throws(() => parseSampling({ stream: true, stream_options: [] }, 100), refused("stream_options"));
+  });
 });
