@@ -44,7 +44,7 @@ clean: ## remove build output
 
 .PHONY: cluster-up cluster-down demo-cluster image image-cuda kind-up kind-down kind-load helm-install e2e-kind generate
 
-generate: node_modules ## regenerate crds/ (and the chart's copy) from operator/api/crd.ts
+generate: node_modules ## regenerate crds/ (and the chart's copy) from contract/crd.ts
 	npm run generate
 
 cluster-up: build ## local testbed with the chart installed; prints KUBECONFIG= and TORPOR_GATEWAY=

@@ -4,13 +4,15 @@ import { GROUP, KIND, MAX_CONTEXT_SIZE, MIN_CONTEXT_SIZE, PLURAL, VERSION } from
 
 const str = (extra: Record<string, unknown> = {}) => ({ type: "string", ...extra });
 const int = (extra: Record<string, unknown> = {}) => ({ type: "integer", format: "int64", ...extra });
-const time = () => ({ type: "string", format: "date-time" });
+const time = (description: string) => ({ type: "string", format: "date-time", description });
+const d = (description: string) => ({ description });
 
 const DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 const SUB_PATH = "^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$";
 
 export const specSchema = {
   type: "object",
+  description: "The session the user wants: which model pool serves it, where its state should live, how it hibernates.",
   required: ["model"],
   properties: {
     model: str({
@@ -23,6 +25,7 @@ export const specSchema = {
     systemPrompt: str({ maxLength: 100000, description: "System message prepended to the conversation." }),
     hibernation: {
       type: "object",
+      description: "When the session hibernates on its own, and where on the hibernation volume its files go.",
       properties: {
         idleAfter: str({ pattern: "^([0-9]+(ms|s|m|h))+$", maxLength: 32, description: "Hibernate after this long without requests (Go duration, e.g. 15m)." }),
         checkpoint: {
@@ -55,40 +58,69 @@ export const specSchema = {
 
 const condition = {
   type: "object",
+  description: "One aspect of the session's state, as `kubectl wait --for=condition=<type>` reads it.",
   required: ["type", "status", "reason", "message", "lastTransitionTime"],
   properties: {
-    type: str({ enum: ["Ready", "Hibernated", "Degraded"] }),
-    status: str({ enum: ["True", "False", "Unknown"] }),
-    reason: str({ maxLength: 1024 }),
-    message: str({ maxLength: 32768 }),
-    lastTransitionTime: time(),
-    observedGeneration: int({ minimum: 0 }),
+    type: str({ enum: ["Ready", "Hibernated", "Degraded"], description: "Ready: a runtime pod can serve the session (it is placed, and its state is not refused). Hibernated: its state is on the volume, not in memory. Degraded: something needs attention (reason and message say what)." }),
+    status: str({ enum: ["True", "False", "Unknown"], description: "Whether the condition holds." }),
+    reason: str({ maxLength: 1024, description: "Why, in one CamelCase word (InMemory, HandOff, ChecksumMismatch, LiveStateLost, ...)." }),
+    message: str({ maxLength: 32768, description: "Why, for a person." }),
+    lastTransitionTime: time("When status last changed."),
+    observedGeneration: int({ minimum: 0, description: "The metadata.generation this condition was computed from." }),
   },
 };
 
 export const statusSchema = {
   type: "object",
+  description: "What the operator and the session's runtime pod observed; written by the operator only.",
   properties: {
-    observedGeneration: int(),
-    appliedGeneration: int(),
-    residency: str({ enum: ["NotCreated", "InMemory", "Hibernated"] }),
-    phase: str({ enum: ["Pending", "Idle", "Hibernating", "Rehydrating", "Lost", "HandingOff"] }),
-    conditions: { type: "array", items: condition, "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"] },
-    pod: str(),
-    podIP: str(),
-    node: str(),
-    tokenCount: int(),
-    contextSize: int(),
+    observedGeneration: int(d("The metadata.generation the operator last reconciled.")),
+    appliedGeneration: int(d("The generation whose spec.residency the runtime was last seen to match; behind metadata.generation, the latest residency is still to be carried out.")),
+    residency: str({ enum: ["NotCreated", "InMemory", "Hibernated"], description: "Where the state lives now. NotCreated: no context yet (one is made by the first request)." }),
+    phase: str({ enum: ["Pending", "Idle", "Hibernating", "Rehydrating", "Lost", "HandingOff"], description: "What is happening now. Pending: waiting for a runtime pod; HandingOff: waiting for the pod that held it to save it; Lost: that pod went away without saving it." }),
+    conditions: { type: "array", description: "Ready, Hibernated and Degraded.", items: condition, "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"] },
+    pod: str(d("The runtime pod the session is placed on.")),
+    podIP: str(d("That pod's IP when the session was placed (informational: the gateway routes by its own view of the pods).")),
+    node: str(d("The node of that pod.")),
+    tokenCount: int(d("Tokens in the conversation's evaluated state (the KV cache).")),
+    contextSize: int(d("The context window the session got: spec.contextSize, else its pool's defaultContextSize.")),
     lastHibernation: {
       type: "object",
-      properties: { file: str(), bytes: int(), size: str(), tokenCount: int(), sha256: str(), time: time(), durationMs: { type: "number" } },
+      description: "The last state written to the hibernation volume.",
+      properties: {
+        file: str(d("Its manifest, relative to the hibernation volume.")),
+        bytes: int(d("Size of the state in bytes.")),
+        size: str(d("The same, as a person reads it (67.5Mi).")),
+        tokenCount: int(d("Tokens in the saved state.")),
+        sha256: str(d("SHA-256 of an unsealed state file; sealed files are authenticated by their AEAD tags instead.")),
+        time: time("When it was committed."),
+        durationMs: { type: "number", description: "How long the hibernate took, in milliseconds." },
+      },
     },
-    lastRehydrate: { type: "object", properties: { time: time(), durationMs: { type: "number" }, replayed: str(), reusedTokens: int(), restoreVerified: { type: "boolean" } } },
-    lastLoss: { type: "object", properties: { time: time(), tokensLost: int(), checkpointTime: time() } },
-    lastActivityTime: time(),
-    liveStateLostAt: time(),
-    epoch: int(),
-    handOffFrom: str(),
+    lastRehydrate: {
+      type: "object",
+      description: "The last restore of the state into memory.",
+      properties: {
+        time: time("When it finished."),
+        durationMs: { type: "number", description: "How long it took, in milliseconds." },
+        replayed: str(d("Set when the state could not be loaded (another llama.cpp version, say) and the history was evaluated again instead: why.")),
+        reusedTokens: int(d("Restored tokens the first evaluation after it reused.")),
+        restoreVerified: { type: "boolean", description: "Whether that evaluation reused every restored token the prompt shared (false raises Degraded, reason RestoreNotReused)." },
+      },
+    },
+    lastLoss: {
+      type: "object",
+      description: "The last crash that cost turns: the session came back from its last checkpoint.",
+      properties: {
+        time: time("When it came back."),
+        tokensLost: int(d("Tokens of conversation after the checkpoint, lost.")),
+        checkpointTime: time("When the checkpoint it came back from was written."),
+      },
+    },
+    lastActivityTime: time("The last request the session served; its idle policy counts from here, across moves."),
+    liveStateLostAt: time("When the runtime holding the session in memory went away without saving it (SIGKILL, lost node, OOM kill); the conversation since its last hibernation is gone."),
+    epoch: int(d("The placement epoch, raised before every new placement; files written by an older placement are ignored.")),
+    handOffFrom: str(d("Set while the session waits for this pod, which held it in memory, to save it.")),
   },
 };
 
@@ -123,7 +155,7 @@ export function inferenceSessionCrd() {
             description: "A hibernatable LLM chat session.",
             required: ["spec"],
             properties: {
-              apiVersion: str(), kind: str(), metadata: { type: "object" },
+              apiVersion: str(d("The API version: torpor.dev/v1alpha1.")), kind: str(d("InferenceSession.")), metadata: { type: "object" },
               spec: specSchema,
               status: statusSchema,
             },
