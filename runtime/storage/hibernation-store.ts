@@ -16,7 +16,7 @@
 // epoch older than the newest claim is ignored by every reader and cleaned up, whenever it lands.
 // '@' cannot occur in a Kubernetes name, so no session's files can be mistaken for another's.
 import { randomBytes } from "node:crypto";
-import { lstat, open, readdir, realpath, rename, rm, stat, unlink } from "node:fs/promises";
+import { lstat, open, readdir, realpath, rename, rm, rmdir, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { ChatHistoryItem } from "node-llama-cpp";
 import { StaleEpochError, StateRejectedError, TorporError } from "../../contract/errors.js";
@@ -556,7 +556,11 @@ export class HibernationStore {
     return out;
   }
 
-  /** Removes temp files and state files no manifest names, older than `minAgeMs` (in-flight writes are younger). */
+  /**
+   * Removes temp files and state files no manifest names, older than `minAgeMs` (in-flight writes
+   * are younger), and folders left empty that long: a deleted namespace's or sub-path's folder
+   * would otherwise stay on the volume for good. A session registered there again recreates it.
+   */
   async sweepOrphans(minAgeMs: number, now = Date.now()): Promise<string[]> {
     const removed: string[] = [];
     const walk = async (dir: string, depth: number): Promise<void> => {
@@ -570,7 +574,11 @@ export class HibernationStore {
       }
       for (const e of entries) {
         const full = path.join(dir, e.name);
-        if (e.isDirectory() && depth < 16) { await walk(full, depth + 1); continue; }
+        if (e.isDirectory() && depth < 16) {
+          await walk(full, depth + 1);
+          if (await removeIfEmptySince(full, now - minAgeMs)) removed.push(`${full}${path.sep}`);
+          continue;
+        }
         if (!e.isFile() || referenced.has(e.name)) continue;
         if (!(e.name.endsWith(".tmp") || e.name.endsWith(".state"))) continue;
         const st = await stat(full).catch(() => undefined);
@@ -590,6 +598,19 @@ export class HibernationStore {
       return m?.format === MANIFEST_FORMAT && typeof m.stateFile === "string" ? m : undefined;
     } catch { return undefined; }
   }
+}
+
+/**
+ * Only folders torpor makes (namespace and sub-path names: no `lost+found`), empty since `before`.
+ * rmdir refuses a folder with anything in it, so a file created meanwhile is never lost.
+ */
+async function removeIfEmptySince(dir: string, before: number): Promise<boolean> {
+  if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]*$/.test(path.basename(dir))) return false;
+  const st = await stat(dir).catch(() => undefined);
+  if (!st || st.mtimeMs > before) return false;
+  const entries = await readdir(dir).catch(() => undefined);
+  if (!entries || entries.length) return false;
+  return rmdir(dir).then(() => true, () => false);
 }
 
 function processAlive(pid: number): boolean {

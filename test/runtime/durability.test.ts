@@ -1,10 +1,13 @@
 // What survives what, in-process on real node-llama-cpp: hand-offs between placements (epochs),
-// checkpoints while resident, and states another llama.cpp wrote (replayed from the history).
+// checkpoints while resident, states another llama.cpp wrote (replayed from the history), and
+// what the sweeper leaves.
 import assert from "node:assert/strict";
-import { readdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, utimes, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { describe, it } from "node:test";
 import { counterValue, greedy, harness } from "../helpers/in-process-runtime.js";
+import { HibernationStore } from "../../runtime/storage/hibernation-store.js";
+import { tempDir } from "../../testbed/temp-dir.js";
 
 describe("hand-off between placements", () => {
   it("a new placement adopts the old one's commit and continues exactly; the old copy can no longer save", async () => {
@@ -132,5 +135,32 @@ describe("placed again on the same runtime", () => {
     await other.manager.register({ namespace: "default", name: "again", epoch: 4 });
     const back = await h.manager.register({ namespace: "default", name: "again", epoch: 5 });
     assert.notEqual(back, s, "a placement came between: the old copy is dropped and the volume decides");
+  });
+});
+
+describe("sweeper", () => {
+  it("removes unreferenced state files and folders left empty (a deleted namespace's), never a folder with anything in it, a fresh one, or lost+found", async () => {
+    const root = await tempDir("torpor-sweep-");
+    const h = await harness({}, root);
+    const s = await h.manager.register({ namespace: "kept", name: "chat" });
+    await s.submit("hello", greedy(2));
+    await s.hibernate("test");
+    const old = (Date.now() - 7200_000) / 1000;
+    const folder = async (rel: string, at = old) => { await mkdir(path.join(root, rel), { recursive: true }); await utimes(path.join(root, rel), at, at); };
+    await writeFile(path.join(root, "kept", "stray.0123456789ab.state"), "x");
+    await utimes(path.join(root, "kept", "stray.0123456789ab.state"), old, old);
+    await utimes(path.join(root, "kept"), old, old);
+    await folder("gone/tenant-a");
+    await folder("gone");
+    await folder("fresh", Date.now() / 1000);
+    await folder("lost+found");
+    const sweep = () => new HibernationStore(root).sweepOrphans(3600_000);
+    const first = await sweep();
+    assert.deepEqual(first.map((f) => path.relative(root, f)).sort(), [path.join("gone", "tenant-a"), path.join("kept", "stray.0123456789ab.state")]);
+    // Removing tenant-a made gone/ newer: it goes in a later sweep, once it has been empty as long.
+    await utimes(path.join(root, "gone"), old, old);
+    assert.deepEqual((await sweep()).map((f) => path.relative(root, f)), ["gone"]);
+    assert.deepEqual((await readdir(root)).sort(), ["fresh", "kept", "lost+found"]);
+    assert.equal((await s.submit("still here?", greedy(2))).rehydrated, true, "the hibernated session's files are untouched");
   });
 });
