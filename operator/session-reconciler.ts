@@ -175,7 +175,9 @@ export class SessionReconciler {
       this.events.record(s, "Warning", "RestoreNotReused", `the rehydrate of ${r.at} restored ${r.tokenCount} tokens but the next evaluation reused only ${r.reusedTokens}: the conversation was evaluated again`);
     }
     if (r?.replayed && r.at !== s.status?.lastRehydrate?.time) {
-      this.events.record(s, "Warning", "StateReplayed", `the saved state could not be loaded (${r.replayed}); the session was rebuilt from its saved history, which the next turn evaluates again`);
+      this.events.record(s, "Warning", "StateReplayed", r.replayed === "model_changed"
+        ? "the session was saved while its pool served another model, whose state this model cannot use; the session was rebuilt from its saved history, which the next turn evaluates again"
+        : `the saved state could not be loaded (${r.replayed}); the session was rebuilt from its saved history, which the next turn evaluates again`);
     }
     // An error the runtime met on its own (a request that woke the session through the gateway,
     // its idle policy) gets the Event one met by this operator's own call gets above, once: status

@@ -60,7 +60,7 @@ export class RuntimeMetrics {
     buckets: DURATION_BUCKETS, registers: [this.registry],
   });
   readonly replays = new Counter({
-    name: "torpor_runtime_state_replays_total", help: "Rehydrates that could not load the saved state and evaluated the saved history instead, by reason (runtime_version, load_failed).",
+    name: "torpor_runtime_state_replays_total", help: "Rehydrates that could not load the saved state and evaluated the saved history instead, by reason (model_changed, runtime_version, load_failed).",
     labelNames: ["reason"], registers: [this.registry],
   });
   readonly restoresNotReused = new Counter({

@@ -407,9 +407,11 @@ export class Session {
   private async restore(resident: ResidentContext, verified: VerifiedState, t0: number): Promise<Wake> {
     const { metrics, store } = this.deps;
     const { manifest, manifestFile, statePath } = verified;
-    // A state from another llama.cpp is not loaded (its layout may differ silently); one that
-    // fails to load is not retried forever: either way the saved history is evaluated again.
-    let replayed: string | undefined = manifest.runtime?.nodeLlamaCpp !== NODE_LLAMA_CPP_VERSION ? "runtime_version" : undefined;
+    // A state from another model (the pool's model was changed) or another llama.cpp (its layout
+    // may differ silently) is not loaded; one that fails to load is not retried forever: each
+    // time the saved history is evaluated again.
+    let replayed: string | undefined = verified.modelChanged ? "model_changed"
+      : manifest.runtime?.nodeLlamaCpp !== NODE_LLAMA_CPP_VERSION ? "runtime_version" : undefined;
     const loading = replayed ? Promise.resolve(undefined) : resident.sequence.loadStateFromFile(statePath, { acceptRisk: true }).then(() => undefined, (err: unknown) => err);
     // A state that fails its integrity check is refused (and kept), whether or not it loaded: the
     // caller frees the sequence it went into.
@@ -427,7 +429,11 @@ export class Session {
     if (replayed) {
       await resident.sequence.clearHistory();
       metrics.replays.inc({ reason: replayed });
-      this.log.warn({ reason: replayed, wroteWith: manifest.runtime?.nodeLlamaCpp, runningWith: NODE_LLAMA_CPP_VERSION, messages: manifest.history.length }, "session rebuilt from its saved history; the next turn evaluates it again");
+      this.log.warn({
+        reason: replayed, wroteWith: manifest.runtime?.nodeLlamaCpp, runningWith: NODE_LLAMA_CPP_VERSION,
+        ...(verified.modelChanged ? { wroteWithModel: manifest.modelFingerprint.slice(0, 16), runningModel: this.deps.host.fingerprint.slice(0, 16) } : {}),
+        messages: manifest.history.length,
+      }, "session rebuilt from its saved history; the next turn evaluates it again");
     }
     const before = { history: this.history, spec: this.spec, window: this.window };
     this.history = manifest.history;

@@ -110,6 +110,12 @@ export interface VerifiedState {
    * Whoever loads the state awaits it before the loaded state is used.
    */
   integrity: Promise<void>;
+  /**
+   * The session's own file (its identity and, when sealed, its key check out), written while its
+   * pool served another model: the pool's model was changed. Its KV state means nothing to this
+   * model and is not loaded or read; its history is the conversation, and is replayed.
+   */
+  modelChanged?: boolean;
 }
 
 /** A new file (never an existing one) with this JSON, on disk before it returns. */
@@ -391,12 +397,12 @@ export class HibernationStore {
     if (parsed?.format !== MANIFEST_FORMAT) reject("manifest_invalid", "not a torpor hibernation manifest");
     const identity: SealIdentity = { namespace: ref.namespace, name: ref.name, path: ref.path ?? "", modelFingerprint };
     let m: HibernationManifest;
+    // Sealed: authenticated under the model it names, which binds the history to this session.
+    const modelChanged = typeof parsed.modelFingerprint === "string" && parsed.modelFingerprint !== modelFingerprint;
     if (parsed.sealed) {
       if (!this.sealing) return reject("seal_invalid", "the file is sealed and this runtime has no sealing keys (TORPOR_SEALING_KEYS)");
-      if (parsed.modelFingerprint !== modelFingerprint) {
-        reject("model_mismatch", `state was written by model ${String(parsed.modelFingerprint).slice(0, 16)}, this runtime serves ${modelFingerprint.slice(0, 16)}`);
-      }
-      try { m = openJson<HibernationManifest>(this.sealing.keys, identity, parsed as SealedEnvelope); } catch (err) {
+      if (typeof parsed.modelFingerprint !== "string") reject("manifest_invalid", "manifest names no model");
+      try { m = openJson<HibernationManifest>(this.sealing.keys, { ...identity, modelFingerprint: parsed.modelFingerprint }, parsed as SealedEnvelope); } catch (err) {
         return reject("seal_invalid", (err as Error).message);
       }
     } else {
@@ -405,16 +411,14 @@ export class HibernationStore {
       m = parsed;
       if (m.version !== MANIFEST_VERSION) reject("format_unsupported", `manifest version ${m.version} is not supported (want ${MANIFEST_VERSION})`);
     }
-    if (typeof m.stateFile !== "string" || path.basename(m.stateFile) !== m.stateFile || !Array.isArray(m.history) ||
+    if (typeof m.stateFile !== "string" || path.basename(m.stateFile) !== m.stateFile || !Array.isArray(m.history) || typeof m.modelFingerprint !== "string" ||
         typeof m.stateSha256 !== "string" || typeof m.stateBytes !== "number" || typeof m.contextSize !== "number" ||
         (m.contextSequences !== undefined && !(Number.isInteger(m.contextSequences) && m.contextSequences >= 1 && m.contextSequences <= MAX_CONTEXT_SEQUENCES)) ||
         (m.flashAttention !== undefined && typeof m.flashAttention !== "boolean") ||
         (m.stateXxh64 !== undefined && !(typeof m.stateXxh64 === "string" && /^[0-9a-f]{16}$/.test(m.stateXxh64)))) {
       reject("manifest_invalid", "manifest is missing required fields");
     }
-    if (m.modelFingerprint !== modelFingerprint) {
-      reject("model_mismatch", `state was written by model ${m.modelFingerprint.slice(0, 16)}, this runtime serves ${modelFingerprint.slice(0, 16)}`);
-    }
+    if (m.modelFingerprint !== parsed.modelFingerprint) reject("manifest_invalid", "the manifest's model differs inside and outside its seal");
     if (m.namespace !== ref.namespace || m.name !== ref.name || (m.path ?? "") !== (ref.path ?? "")) {
       reject("manifest_invalid", `manifest belongs to ${m.namespace}/${m.name}, not to ${ref.namespace}/${ref.name}`);
     }
@@ -422,6 +426,10 @@ export class HibernationStore {
       reject("epoch_too_old", `written by placement epoch ${m.epoch ?? 0}; this placement accepts ${window.min} and newer`);
     }
     const volumeState = path.join(dir, m.stateFile);
+    if (modelChanged) {
+      if (whileHashing) await whileHashing(m);
+      return { manifest: m, manifestFile, statePath: volumeState, release: async () => undefined, integrity: Promise.resolve(), modelChanged: true };
+    }
     // Checked beside the context's allocation; nothing loads the file before it passed. Not
     // followed if a symlink, and a regular file only: what reads it next would block on a FIFO.
     const sizeChecked = lstat(volumeState).then((st) => st, () => undefined).then((st) => {

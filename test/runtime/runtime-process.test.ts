@@ -192,20 +192,32 @@ describe("runtime process", () => {
       assert.equal((await fetch(`${rt.url}/healthz`)).status, 200);
     });
 
-    it("refuses a state written by another model without loading it", async () => {
+    it("a session whose pool's model changed is rebuilt from its saved history: the old state is never loaded, the conversation goes on", async () => {
       const shared = await tmp("torpor-foreign-");
       const other = await startRuntime({ TORPOR_MODEL: await otherModel(), TORPOR_HIBERNATION_DIR: shared });
       try {
         await other.client.register("default", "foreign");
         await other.client.submit("default", "foreign", "written by another model", { max_tokens: 4 });
         await other.client.hibernate("default", "foreign");
+        await other.client.register("default", "donor");
+        await other.client.submit("default", "donor", "someone else's conversation", { max_tokens: 4 });
+        await other.client.hibernate("default", "donor");
       } finally { await other.stop(); }
+      // Another session's file, copied under a third name: foreign, whatever the model.
+      await writeFile(path.join(shared, "default", "thief.torpor.json"), await readFile(path.join(shared, "default", "donor.torpor.json")));
       const mine = await startRuntime({ TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: shared });
       try {
         const st = await mine.client.register("default", "foreign");
         assert.equal(st.residency, "Hibernated");
-        await rejectsWith(mine.client.submit("default", "foreign", "hi"), 422, "state_rejected", "model_mismatch");
-        assert.equal((await mine.client.files()).files.length, 1, "foreign file kept");
+        const r = await mine.client.submit("default", "foreign", "hi", { max_tokens: 2 });
+        assert.equal(r.torpor.rehydrated, true);
+        assert.equal(r.usage.prompt_tokens_details.cached_tokens, 0, "nothing of the other model's KV cache was used");
+        const after = await mine.client.request<{ history: Array<{ type: string; text?: string }>; lastRehydrate?: { replayed?: string } }>("GET", "/v1/sessions/default/foreign?history=true");
+        assert.equal(after.lastRehydrate?.replayed, "model_changed");
+        assert.deepEqual(after.history.filter((m) => m.type === "user").map((m) => m.text), ["written by another model", "hi"]);
+        assert.deepEqual((await mine.client.files()).files.map((f) => f.name).sort(), ["donor", "donor"], "the old file is gone once its history is in memory");
+        await mine.client.register("default", "thief");
+        await rejectsWith(mine.client.submit("default", "thief", "hi"), 422, "state_rejected", "manifest_invalid");
         await mine.client.register("default", "fine");
         await mine.client.submit("default", "fine", "ok", { max_tokens: 2 });
       } finally { await mine.stop(); }

@@ -19,17 +19,18 @@ import { CHUNK, SEALED_CHUNK } from "../../runtime/storage/sealed-chunks.js";
 import { openSealedFile, SealError, sealFile, SealingKeys, type SealIdentity } from "../../runtime/storage/sealing.js";
 import { SealingThreads } from "../../runtime/storage/sealing-threads.js";
 import { tempDir } from "../../testbed/temp-dir.js";
+import { otherModel } from "../../testbed/models.js";
 import { greedy, sharedHost } from "../helpers/in-process-runtime.js";
 
 const key = (id: string) => `${id}:${randomBytes(32).toString("base64")}`;
 const OLD = key("k0"), NEW = key("k1");
 
 /** `keys` "" gives an unsealed store. */
-async function sealedRuntime(keys: string, dir?: string) {
+async function sealedRuntime(keys: string, dir?: string, model?: () => Promise<string>) {
   const root = dir ?? await tempDir("torpor-sealed-");
   const staging = await tempDir("torpor-staging-");
   const store = new HibernationStore(root, keys ? { sealing: { keys: SealingKeys.parse(keys), stagingDir: staging } } : {});
-  const manager = new SessionManager(await sharedHost(), store, new ManualClock(1), new RuntimeMetrics(false), createLogger("test", "silent"), {
+  const manager = new SessionManager(await sharedHost(model), store, new ManualClock(1), new RuntimeMetrics(false), createLogger("test", "silent"), {
     maxResident: 8, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 8192, podName: "test",
   });
   return { root, staging, store, manager };
@@ -170,6 +171,22 @@ describe("sealed hibernation files", () => {
       const thief = await src.manager.register({ namespace: ns, name });
       await refuses(thief.submit("what was the passport number?", greedy(4)), (e: unknown) => e instanceof StateRejectedError && (e.reason === "seal_invalid" || e.reason === "manifest_invalid"));
     }
+  });
+
+  it("a session whose pool's model changed opens under the model it was sealed with and is rebuilt from its history; an edited model name does not open", async () => {
+    const before = await hibernated(NEW, "t1", "upgraded");
+    const upgraded = await sealedRuntime(NEW, before.root, otherModel);
+    const s = await upgraded.manager.register({ namespace: "t1", name: "upgraded" });
+    const r = await s.submit("What did I tell you?", greedy(2));
+    assert.equal(r.rehydrated, true);
+    assert.equal(r.cachedTokens, 0, "the other model's KV cache is not loaded");
+    assert.equal(s.status().lastRehydrate?.replayed, "model_changed");
+    assert.deepEqual(s.messages().filter((m) => m.type === "user").map((m) => (m as { text: string }).text), [SECRET, "What did I tell you?"]);
+
+    const edited = await hibernated(NEW, "t1", "renamed", before.root);
+    const env = JSON.parse(await readFile(edited.manifest, "utf8")) as { modelFingerprint: string };
+    await writeFile(edited.manifest, JSON.stringify({ ...env, modelFingerprint: "0".repeat(64) }));
+    await refuses((await upgraded.manager.register({ namespace: "t1", name: "renamed" })).submit("hi", greedy(2)), rejected("seal_invalid"));
   });
 
   it("rotation: new keys seal, old files still open; a file sealed with a key the runtime lacks is refused", async () => {
