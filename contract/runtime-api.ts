@@ -115,6 +115,8 @@ export interface SessionStatus {
   /** The commit found on the volume when the session was registered here (what a crash left). */
   foundOnVolume?: { tokenCount: number; hibernatedAt: string };
   lastError?: { code: string; message: string; at: string; reason?: string };
+  /** settingsDigest() of the settings the runtime holds for the session (contract/session-settings.ts). */
+  settings?: string;
 }
 
 export interface RuntimeInfo {

@@ -7,6 +7,7 @@ import { keyOf } from "../common/kube.js";
 import type { Logger } from "../common/logger.js";
 import { GROUP, PLURAL, VERSION, parseDuration, type InferenceSession } from "../contract/inference-session.js";
 import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
+import { settingsDigest } from "../contract/session-settings.js";
 import { RuntimeApiError } from "../contract/runtime-client.js";
 import type { CleanupPods } from "./cleanup-pod.js";
 import type { ClusterView } from "./cluster-view.js";
@@ -132,6 +133,12 @@ export class SessionReconciler {
         }
         this.events.record(s, "Normal", "Placed", `placed on runtime pod ${plan.pod.name} (node ${plan.pod.node}); residency ${runtime.residency}`);
         log.info({ pod: plan.pod.name, previousPod: s.status?.pod, residency: runtime.residency, liveStateLost: lost, resourceVersion: s.metadata.resourceVersion }, "session registered on runtime pod");
+      } else if (runtime?.settings !== undefined && runtime.settings !== settingsDigest(registerBody(s)) && s.status?.epoch) {
+        // The spec changed on a placed session (its context size, idle policy, checkpoints, system
+        // prompt): the same placement, told again. A runtime of an older release reports nothing
+        // to compare, and keeps what it was told at placement.
+        runtime = await c.register(namespace, name, { ...registerBody(s), epoch: s.status.epoch });
+        log.info({ pod: plan.pod.name, generation: s.metadata.generation }, "session settings changed; sent to its runtime pod");
       }
       const moved = plan.heldInMemory && !lost;
       const transition = decideTransition(s, runtime!.residency, moved);

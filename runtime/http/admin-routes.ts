@@ -3,6 +3,7 @@
 import type express from "express";
 import type { Request } from "express";
 import { TorporError } from "../../contract/errors.js";
+import { settingsDigest } from "../../contract/session-settings.js";
 import { asObject, optionalInt, optionalString } from "../../contract/request-validation.js";
 import type { RuntimeInfo } from "../../contract/runtime-api.js";
 import { wakeHeaders, type ApiDeps } from "./api-deps.js";
@@ -38,6 +39,7 @@ export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
     if (lastActivity !== undefined && !Number.isFinite(lastActivity)) throw new TorporError("bad_request", "lastActivity: an RFC 3339 time, when the session was last used", { field: "lastActivity" });
     const s = await manager.register({
       namespace: String(req.params.namespace), name: String(req.params.name),
+      settings: settingsDigest({ path, contextSize, systemPrompt, idleAfterSeconds, checkpointAfterTurns, checkpointIntervalSeconds }),
       ...(path !== undefined ? { path } : {}),
       ...(contextSize !== undefined ? { contextSize } : {}),
       ...(systemPrompt !== undefined ? { systemPrompt } : {}),

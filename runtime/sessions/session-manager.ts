@@ -61,6 +61,8 @@ export interface RegisterRequest {
   checkpoint?: { afterTurns?: number; intervalMs?: number };
   /** When the session was last used (epoch ms): a session registered after a move keeps its idle clock. */
   lastActivity?: number;
+  /** settingsDigest() of the request's settings, reported back in the session's status. */
+  settings?: string;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -140,8 +142,11 @@ export class SessionManager implements Admission {
       if (existing.ref.path !== path) {
         throw new TorporError("bad_request", `session ${key} already uses hibernation path "${existing.ref.path}"; it cannot change`);
       }
-      // New settings apply from the next context the session allocates.
-      existing.spec = { ...spec, contextSize: existing.residency === "NotCreated" ? contextSize : existing.spec.contextSize };
+      // New settings apply from the next context the session allocates; a resident one's size
+      // from its next turn (Session.resizeIfAsked).
+      existing.spec = { ...spec, contextSize: existing.residency === "InMemory" ? existing.spec.contextSize : contextSize };
+      existing.desiredContextSize = contextSize;
+      existing.settings = req.settings;
       return existing;
     }
     const ref = { namespace: req.namespace, name: req.name, path };
@@ -154,6 +159,7 @@ export class SessionManager implements Admission {
     });
     // Never in the future: a clock skewed between nodes must not keep a session from idling out.
     if (req.lastActivity !== undefined) session.lastActivity = Math.min(session.lastActivity, req.lastActivity);
+    session.settings = req.settings;
     this.sessions.set(key, session);
     return session;
   }

@@ -79,6 +79,14 @@ export class Session {
    */
   private unverified?: { check: Promise<void>; before: { history: ChatHistoryItem[]; spec: SessionSpec; window: EpochWindow } };
   private readonly createdAt: string;
+  /**
+   * The context size asked for now (the session's spec.contextSize, else its pool's default);
+   * `spec.contextSize` is the size of the context it has, or will get. A change applies when the
+   * session next allocates a context, and at its next turn when resident (resizeIfAsked).
+   */
+  desiredContextSize: number;
+  /** settingsDigest() of the registration these settings came from (absent: registered without one). */
+  settings?: string;
   private lastHibernation?: SessionStatus["lastHibernation"];
   private lastRehydrate?: SessionStatus["lastRehydrate"];
   private lastError?: SessionStatus["lastError"];
@@ -91,6 +99,7 @@ export class Session {
   constructor(readonly ref: Required<SessionRef>, public spec: SessionSpec, private window: EpochWindow,
     private readonly foundOnVolume: SessionStatus["foundOnVolume"], private readonly deps: SessionDeps) {
     this.residency = foundOnVolume ? "Hibernated" : "NotCreated";
+    this.desiredContextSize = spec.contextSize;
     this.lastActivity = deps.clock.now();
     this.createdAt = new Date(deps.clock.now()).toISOString();
     this.log = deps.log.child({ namespace: ref.namespace, name: ref.name });
@@ -160,12 +169,14 @@ export class Session {
       ...(this.lastError ? { lastError: this.lastError } : {}),
       ...(this.lastCheckpoint ? { lastCheckpoint: this.lastCheckpoint } : {}),
       ...(this.foundOnVolume ? { foundOnVolume: this.foundOnVolume } : {}),
+      ...(this.settings !== undefined ? { settings: this.settings } : {}),
     };
   }
 
   /** The stateful call: append one user message, generate, keep both in the history. */
   submit(prompt: string, opts: GenerateOptions): Promise<GenerateResult> {
     return this.run(async () => {
+      await this.resizeIfAsked();
       const wake = await this.ensureResident();
       const next: ChatHistoryItem[] = [...this.history, { type: "user", text: prompt }];
       const out = { ...(await this.generateChecked(next, opts, wake)), ...wake };
@@ -177,6 +188,7 @@ export class Session {
   /** OpenAI-style: the caller sends the whole conversation; our evaluated tokens are a prefix cache. */
   complete(messages: ChatHistoryItem[], opts: GenerateOptions): Promise<GenerateResult> {
     return this.run(async () => {
+      await this.resizeIfAsked();
       const wake = await this.ensureResident();
       const withSystem: ChatHistoryItem[] = this.spec.systemPrompt && messages[0]?.type !== "system"
         ? [{ type: "system", text: this.spec.systemPrompt }, ...messages]
@@ -311,6 +323,21 @@ export class Session {
     }
   }
 
+  /**
+   * A resident session whose context size was changed (a user raising it after
+   * context_length_exceeded, say) moves to a context of the new size before its turn: saved to
+   * the volume and restored into the new one, durable all along. Not below the conversation it
+   * holds: that one keeps its context.
+   */
+  private async resizeIfAsked(): Promise<void> {
+    const want = this.desiredContextSize;
+    if (this.residency !== "InMemory" || !this.resident?.allocated || want === this.spec.contextSize) return;
+    if (want <= this.resident.sequence.contextTokens.length) return;
+    this.log.info({ from: this.spec.contextSize, to: want }, "context size changed: moving the session to a context of the new size");
+    await this.doHibernate("resize", false);
+    this.spec = { ...this.spec, contextSize: want };
+  }
+
   /** Frees the context and removes the session's files, after in-flight work finishes. */
   delete(): Promise<void> {
     this.deleted = true;
@@ -386,9 +413,11 @@ export class Session {
     const { host, store } = this.deps;
     this.phase = "Rehydrating";
     const t0 = performance.now();
+    let need = 0;
     const verified = await store.verify(this.ref, host.fingerprint, this.window, async (m) => {
       // A manifest names the context it needs; the pool's maximum caps it, whatever the file says.
-      const need = Math.max(m.contextSize, m.tokenCount);
+      // The size asked for now, unless the conversation no longer fits it: then the one it had.
+      need = this.desiredContextSize > m.tokenCount ? this.desiredContextSize : Math.max(m.contextSize, m.tokenCount);
       if (need > this.deps.maxContextSize) {
         throw new TorporError("capacity_exhausted", `the hibernated session needs a context of ${need} tokens, more than this pool's maximum of ${this.deps.maxContextSize}; raise maxContextSize for the pool`);
       }
@@ -398,13 +427,13 @@ export class Session {
     });
     if (!verified) return undefined;
     try {
-      return await this.restore(resident, verified, t0);
+      return await this.restore(resident, verified, t0, need);
     } finally {
       await verified.release();
     }
   }
 
-  private async restore(resident: ResidentContext, verified: VerifiedState, t0: number): Promise<Wake> {
+  private async restore(resident: ResidentContext, verified: VerifiedState, t0: number, contextSize: number): Promise<Wake> {
     const { metrics, store } = this.deps;
     const { manifest, manifestFile, statePath } = verified;
     // A state from another model (the pool's model was changed) or another llama.cpp (its layout
@@ -437,7 +466,7 @@ export class Session {
     }
     const before = { history: this.history, spec: this.spec, window: this.window };
     this.history = manifest.history;
-    this.spec = { ...this.spec, contextSize: manifest.contextSize };
+    this.spec = { ...this.spec, contextSize };
     this.residency = "InMemory";
     // From here on only this epoch's commits count: an older placement's late write is stale.
     this.window = { epoch: this.window.epoch, min: this.window.epoch };
@@ -603,7 +632,7 @@ export class Session {
     const promptTokens = promptTokenIds.length;
     if (promptTokens >= contextSize) {
       throw new TorporError("context_length_exceeded",
-        `the conversation is ${promptTokens} tokens but the session's context holds ${contextSize}; start a new session or raise contextSize`,
+        `the conversation is ${promptTokens} tokens but the session's context holds ${contextSize}; start a new session or raise its spec.contextSize (up to the pool's maxContextSize), which applies from the next turn`,
         { promptTokens, contextSize });
     }
     const maxTokens = Math.min(opts.maxTokens, contextSize - promptTokens);

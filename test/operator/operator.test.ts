@@ -147,6 +147,24 @@ describe("operator on the testbed", () => {
     assert.ok(!(await readdir(hibDir())).some((f) => f.startsWith("chat.")), "files should be gone after delete");
   });
 
+  it("a spec change on a placed session reaches its runtime: a raised contextSize serves what it refused, a new idle policy hibernates it", async () => {
+    const placed = await inMemorySession("respec");
+    const rt = runtimeFor(placed);
+    const long = "the quick brown fox jumps over the lazy dog ".repeat(30);
+    await assert.rejects(rt.submit("default", "respec", long, { max_tokens: 2 }), /context_length_exceeded|holds 1024/);
+    await tb.kubectl(["patch", "isess", "respec", "--type=merge", "-p", '{"spec":{"contextSize":4096}}']);
+    await eventually("the runtime told the new settings", async () => ((await rt.status("default", "respec")).settings?.includes("4096") ? true : undefined), 20_000);
+    const r = await rt.submit("default", "respec", long, { max_tokens: 2 });
+    assert.ok(r.usage.prompt_tokens > 1024);
+    assert.equal((await eventually("status.contextSize", async () => { const c = (await get("respec")).status?.contextSize; return c === 4096 ? c : undefined; }, 20_000)), 4096);
+    await tb.kubectl(["patch", "isess", "respec", "--type=merge", "-p", '{"spec":{"hibernation":{"idleAfter":"1s"}}}']);
+    await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/respec", "--timeout=60s"]);
+    const after = await get("respec");
+    assert.equal(after.status!.pod, placed.status!.pod, "told in place: not moved");
+    assert.equal(after.status!.epoch, placed.status!.epoch, "the same placement: no new epoch");
+    await tb.kubectl(["delete", "isess", "respec", "--wait=false"]);
+  });
+
   it("a hibernated session whose pod is deleted rehydrates on another pod with its history", async () => {
     const placed = await inMemorySession("mover", "Remember the number 42.");
     await hibernateAndWait("mover");

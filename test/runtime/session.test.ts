@@ -151,6 +151,32 @@ describe("session lifecycle", () => {
     assert.ok(r3.cachedTokens > 0 && r3.cachedTokens < r3.promptTokens, `divergence should reuse only the common prefix (${r3.cachedTokens}/${r3.promptTokens})`);
   });
 
+  it("a changed contextSize applies from the next turn, resident or hibernated, and never below the conversation the session holds", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "grow", contextSize: 256 });
+    await s.submit("hello", greedy(4));
+    const long = "the quick brown fox jumps over the lazy dog ".repeat(12);
+    const tokens = h.host.model.tokenize(long).length;
+    assert.ok(tokens > 256 && tokens < 900, `${tokens} tokens`);
+    await assert.rejects(s.submit(long, greedy(2)), (e: unknown) => e instanceof TorporError && e.code === "context_length_exceeded" && /raise its spec\.contextSize/.test(e.message));
+    // What that error tells the user to do.
+    await h.manager.register({ namespace: "default", name: "grow", contextSize: 1024 });
+    assert.equal(s.status().contextSize, 256, "resident: the new size waits for the next turn");
+    const grown = await s.submit(long, greedy(2));
+    assert.equal(s.status().contextSize, 1024);
+    assert.ok(grown.cachedTokens > 0, "the conversation moved with its state");
+    assert.equal(s.messages().filter((m) => m.type === "user").length, 2);
+    await s.hibernate("test");
+    await h.manager.register({ namespace: "default", name: "grow", contextSize: 2048 });
+    assert.equal((await s.submit("more", greedy(2))).rehydrated, true);
+    assert.equal(s.status().contextSize, 2048, "hibernated: applied at the rehydrate");
+    await h.manager.register({ namespace: "default", name: "grow", contextSize: 256 });
+    await s.submit("again", greedy(2));
+    await s.hibernate("test");
+    await s.submit("and again", greedy(2));
+    assert.equal(s.status().contextSize, 2048, "a size below the conversation it holds is not applied");
+  });
+
   it("refuses a conversation longer than the context with a clear error", async () => {
     const h = await harness();
     const s = await h.manager.register({ namespace: "default", name: "overflow", contextSize: 256 });
