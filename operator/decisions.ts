@@ -1,6 +1,6 @@
 // The controller's decisions as pure functions: (session, observed world) -> what to do, and
 // (session, results) -> the status to write. No I/O here, so every branch is unit-tested.
-import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
+import type { HibernateOutcome, SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
 import { SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
 import { FINALIZER, WAKE_ANNOTATION, formatBytes, parseDuration, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "../contract/inference-session.js";
 
@@ -40,6 +40,14 @@ export function choosePod(pods: RuntimePod[], model: string): RuntimePod | undef
     .sort((a, b) => (a.sessions ?? 0) - (b.sessions ?? 0) || a.name.localeCompare(b.name))[0];
 }
 
+/** The Hibernated condition's reason for a session its pod saved as it went, while no pod has it. */
+export const HANDED_OFF = "HandedOff";
+
+/** In memory when its pod went, which saved it: status says Hibernated with reason HandedOff until it is placed again. */
+export function handedOffInMemory(s: InferenceSession): boolean {
+  return s.status?.residency === "Hibernated" && s.status.conditions?.some((c) => c.type === "Hibernated" && c.reason === HANDED_OFF) === true;
+}
+
 /**
  * Where the session lives. `registered` says whether its pod already knows it (so a healthy,
  * registered session costs no runtime write).
@@ -57,7 +65,7 @@ export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registe
     const pod = current ?? choosePod(pods, s.spec.model) ?? pods.filter((p) => p.ready).sort((a, b) => a.name.localeCompare(b.name))[0];
     return pod ? { kind: "finalize", pod } : { kind: "finalize" };
   }
-  const heldInMemory = s.status?.residency === "InMemory";
+  const heldInMemory = s.status?.residency === "InMemory" || handedOffInMemory(s);
   // Same pod but the runtime does not know the session: its container restarted (an OOM kill, a crash).
   // heldInMemory here: it was in memory and is not known to be now (its container restarted, or
   // it was found on a holder that may have it hibernated).
@@ -149,6 +157,8 @@ export interface Observation {
   handOffFrom?: RuntimePod;
   /** The session came back from a checkpoint older than its last known state. */
   loss?: { tokensLost: number; checkpointTime: string };
+  /** What the pod that held the session committed when it gave it up (a hand-off). */
+  committed?: HibernateOutcome;
 }
 
 function condition(prev: Condition[] | undefined, c: Omit<Condition, "lastTransitionTime">, now: Date): Condition {
@@ -163,7 +173,8 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
   const prev = s.status ?? {};
   const gen = s.metadata.generation;
   const rt = o.runtime;
-  const residency: ObservedResidency = rt?.residency ?? (o.liveStateLost ? (prev.lastHibernation ? "Hibernated" : "NotCreated") : prev.residency ?? "NotCreated");
+  const handedOff: ObservedResidency | undefined = o.committed ? (o.committed.outcome === "not-created" ? "NotCreated" : "Hibernated") : undefined;
+  const residency: ObservedResidency = rt?.residency ?? handedOff ?? (o.liveStateLost ? (prev.lastHibernation ? "Hibernated" : "NotCreated") : prev.residency ?? "NotCreated");
   const liveStateLostAt = o.liveStateLost ? o.now.toISOString() : prev.liveStateLostAt;
   // A session of a pool scaled to zero is not pending anything: it sleeps until a request comes.
   let phase: SessionPhase = o.waiting ? (o.waiting.reason === SCALED_TO_ZERO_REASON ? "Idle" : "Pending") : o.handOffFrom ? "HandingOff" : rt?.phase === "Hibernating" || rt?.phase === "Rehydrating" ? rt.phase : "Idle";
@@ -193,10 +204,16 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
     : err && residency !== "InMemory"
       ? { status: "False" as const, reason: err.reason, message: err.message }
       : { status: "True" as const, reason: residency === "NotCreated" ? "Placed" : residency, message: `served by pod ${o.pod?.name} on node ${o.pod?.node}` };
+  const h = rt?.lastHibernation ?? o.committed?.record;
+  // Saved by the pod that held it in memory as it went, and no runtime has it since: it goes
+  // back into memory on its next pod, as a session moved in memory does (handedOffInMemory).
+  const handedOffReason = !rt && residency === "Hibernated" && (o.committed ? o.committed.outcome === "hibernated" && prev.residency === "InMemory" : handedOffInMemory(s));
   const hibernated = residency === "Hibernated"
-    ? { status: "True" as const, reason: "Hibernated", message: prev.lastHibernation || rt?.lastHibernation ? `state on the volume (${rt?.lastHibernation?.bytes ?? prev.lastHibernation?.bytes} bytes)` : "state on the volume" }
+    ? {
+      status: "True" as const, reason: handedOffReason ? HANDED_OFF : "Hibernated",
+      message: `${h || prev.lastHibernation ? `state on the volume (${h?.bytes ?? prev.lastHibernation?.bytes} bytes)` : "state on the volume"}${handedOffReason ? ": the pod that held it in memory saved it as it went; it goes back into memory on its next pod" : ""}`,
+    }
     : { status: "False" as const, reason: residency, message: "" };
-  const h = rt?.lastHibernation;
   const lastHibernation = h
     ? { file: h.manifestFile, bytes: h.bytes, size: formatBytes(h.bytes), tokenCount: h.tokenCount, ...(h.sha256 ? { sha256: h.sha256 } : {}), time: h.hibernatedAt, durationMs: Math.round(h.durationMs * 10) / 10 }
     : prev.lastHibernation;

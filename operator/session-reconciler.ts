@@ -6,7 +6,7 @@ import type { EventRecorder } from "../common/events.js";
 import { keyOf } from "../common/kube.js";
 import type { Logger } from "../common/logger.js";
 import { GROUP, PLURAL, VERSION, parseDuration, type InferenceSession } from "../contract/inference-session.js";
-import type { SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
+import type { HibernateOutcome, SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
 import { settingsDigest } from "../contract/session-settings.js";
 import { RuntimeApiError } from "../contract/runtime-client.js";
 import type { CleanupPods } from "./cleanup-pod.js";
@@ -100,12 +100,19 @@ export class SessionReconciler {
     const now = new Date();
     if (plan.kind === "finalize") return undefined;
     const from = handOffSource(s, pods, now.getTime());
-    if (from && !(plan.kind === "use" && plan.pod.name === from.name) && !await this.handOff(s, from, log)) {
-      await this.writeStatus(s, computeStatus(s, { now, handOffFrom: from }));
-      return 500;
+    // What the previous pod committed: status says so at once, even with no pod to go to yet (a
+    // pool scaled down by hand said InMemory, with nothing holding it, until a pod came back).
+    let committed: HibernateOutcome | undefined;
+    if (from && !(plan.kind === "use" && plan.pod.name === from.name)) {
+      const handedOff = await this.handOff(s, from, log);
+      if (!handedOff) {
+        await this.writeStatus(s, computeStatus(s, { now, handOffFrom: from }));
+        return 500;
+      }
+      if (handedOff !== true) committed = handedOff;
     }
     if (plan.kind === "wait") {
-      await this.writeStatus(s, computeStatus(s, { now, waiting: plan }));
+      await this.writeStatus(s, computeStatus(s, { now, waiting: plan, ...(committed ? { committed } : {}) }));
       return 10_000;
     }
     let runtime = observed;
@@ -147,7 +154,7 @@ export class SessionReconciler {
         // the volume, and an operator that died right after it (a drain evicting it with the
         // runtime) left status naming the old pod, so its successor placed the session afresh,
         // found no file, reported it lost and dropped the copy the new pod held.
-        s = await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, runtime: runtime!, liveStateLost: lost, ...(loss ? { loss } : {}) }));
+        s = await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, runtime: runtime!, liveStateLost: lost, ...(loss ? { loss } : {}), ...(committed ? { committed } : {}) }));
       }
       if (transition) {
         this.metrics.transitions.inc({ transition });
@@ -173,7 +180,7 @@ export class SessionReconciler {
       const error = { reason: reasonOf(String(err.details?.reason ?? err.code)), message: err.message };
       this.events.record(s, "Warning", error.reason, err.message);
       runtime = await c.status(namespace, name).catch(() => runtime);
-      await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, ...(runtime ? { runtime } : {}), liveStateLost: lost, error }));
+      await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, ...(runtime ? { runtime } : {}), liveStateLost: lost, error, ...(committed ? { committed } : {}) }));
       this.actedOn(s, plan.pod, runtime);
       throw new ReportedError(err);
     }
@@ -195,7 +202,7 @@ export class SessionReconciler {
       const degraded = s.status?.conditions?.find((c) => c.type === "Degraded");
       if (!(degraded?.status === "True" && degraded.reason === reason && degraded.message === e.message)) this.events.record(s, "Warning", reason, e.message);
     }
-    await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, ...(runtime ? { runtime } : {}), liveStateLost: lost, ...(loss ? { loss } : {}) }));
+    await this.writeStatus(s, computeStatus(s, { now, pod: plan.pod, ...(runtime ? { runtime } : {}), liveStateLost: lost, ...(loss ? { loss } : {}), ...(committed ? { committed } : {}) }));
     this.actedOn(s, plan.pod, runtime);
     return undefined;
   }
@@ -210,12 +217,13 @@ export class SessionReconciler {
    * it (joining the save its SIGTERM started, if any). True once nothing of the session is left in
    * that pod's memory.
    */
-  private async handOff(s: InferenceSession, from: RuntimePod, log: Logger): Promise<boolean> {
+  /** False while the previous pod has yet to commit; its outcome when it told, true when there is nothing to wait for. */
+  private async handOff(s: InferenceSession, from: RuntimePod, log: Logger): Promise<HibernateOutcome | boolean> {
     const budget = Math.max(2000, Math.min(60_000, (from.handOffDeadline ?? Date.now() + 30_000) - Date.now()));
     try {
       const out = await this.view.client(from, budget).handOff(s.metadata.namespace, s.metadata.name, nextEpoch(s));
       log.info({ from: from.name, outcome: out.outcome }, "hand-off: the previous pod committed the session");
-      return true;
+      return out;
     } catch (err) {
       if (err instanceof RuntimeApiError && (err.code === "session_not_found" || err.code === "stale_epoch")) return true;
       // Nothing listens on the pod's address: its runtime is gone (a runtime draining on SIGTERM

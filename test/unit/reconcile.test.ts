@@ -92,6 +92,28 @@ describe("hand-off", () => {
     deleting.metadata.deletionTimestamp = now.toISOString();
     assert.equal(handOffSource(deleting, old, t), undefined);
   });
+  it("what a hand-off committed shows in status though no pod can take the session yet (a pool scaled down by hand)", () => {
+    const s = session({ status: { pod: "old", residency: "InMemory", epoch: 4, tokenCount: 321 } });
+    const record = { manifestFile: "default/chat@e5.torpor.json", stateFile: "chat.0123456789ab.state", bytes: 2048, tokenCount: 321, hibernatedAt: now.toISOString(), durationMs: 12, reason: "handoff" };
+    const st = computeStatus(s, { now, waiting: { reason: "NoRuntimePod", message: "none" }, committed: { outcome: "hibernated", record } });
+    assert.equal(st.residency, "Hibernated");
+    assert.equal(st.lastHibernation?.bytes, 2048);
+    assert.equal(st.conditions!.find((c) => c.type === "Hibernated")!.status, "True");
+    assert.equal(st.conditions!.find((c) => c.type === "Hibernated")!.reason, "HandedOff");
+    assert.equal(st.conditions!.find((c) => c.type === "Ready")!.reason, "NoRuntimePod");
+    // And it stays so in the rounds after, with nothing new to say.
+    const later = computeStatus({ ...s, status: st }, { now, waiting: { reason: "NoRuntimePod", message: "none" } });
+    assert.equal(later.residency, "Hibernated");
+    assert.equal(later.conditions!.find((c) => c.type === "Hibernated")!.reason, "HandedOff");
+    // It was in memory: its next pod takes it back into memory, as after any move in memory.
+    const placed = decidePlacement({ ...s, status: later }, [pod("new")], false);
+    assert.equal(placed.kind === "use" && placed.heldInMemory, true);
+    // Once a runtime has it, the reason is the ordinary one.
+    const back = computeStatus({ ...s, status: later }, { now, pod: pod("new"), runtime: runtime("Hibernated") });
+    assert.equal(back.conditions!.find((c) => c.type === "Hibernated")!.reason, "Hibernated");
+    assert.equal(computeStatus(s, { now, waiting: { reason: "NoRuntimePod", message: "none" }, committed: { outcome: "not-created" } }).residency, "NotCreated");
+  });
+
   it("status says HandingOff and not Ready, keeps the pod and the epoch; epochs only grow", () => {
     const s = session({ status: { pod: "old", residency: "InMemory", epoch: 4, tokenCount: 321 } });
     const st = computeStatus(s, { now, handOffFrom: pod("old") });
