@@ -45,6 +45,11 @@ export interface RuntimeConfig {
   /** 0 lets llama.cpp choose. */
   threads: number;
   maxBodyBytes: number;
+  /**
+   * The `model` OpenAI responses name: the pool's name (the chart sets it), which is what the
+   * gateway's model list and the session's spec.model say; unset, the GGUF's own general.name.
+   */
+  modelName?: string;
   /** Reuse an evicted session's context for the session that needed the room. */
   contextHandover: boolean;
   /** Sequences per llama context: resident sessions sharing a context decode in one batch. */
@@ -130,6 +135,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     gpu: gpuLayers === 0 || env.TORPOR_GPU === "false" ? false : "auto",
     threads: int(env, "TORPOR_THREADS", 0),
     maxBodyBytes: int(env, "TORPOR_MAX_BODY_BYTES", 1 << 20, 1024),
+    ...(env.TORPOR_MODEL_NAME ? { modelName: env.TORPOR_MODEL_NAME } : {}),
     contextHandover: bool(env, "TORPOR_CONTEXT_HANDOVER", true),
     preemptAfterMs: int(env, "TORPOR_PREEMPT_AFTER_MS", 2000),
     sequencesPerContext: intAtMost(env, "TORPOR_SEQUENCES_PER_CONTEXT", 1, 1, MAX_CONTEXT_SEQUENCES),

@@ -71,6 +71,7 @@ async function main(): Promise<void> {
   const app = createRuntimeApp({
     manager, store, host, metrics, log, token: cfg.token, maxBodyBytes: cfg.maxBodyBytes,
     defaultMaxTokens: cfg.defaultMaxTokens, podName: cfg.podName, nodeName: cfg.nodeName,
+    ...(cfg.modelName ? { modelName: cfg.modelName } : {}),
   });
   const server = app.listen(cfg.port, cfg.host);
   await new Promise<void>((resolve, reject) => { server.once("listening", resolve); server.once("error", reject); });

@@ -18,6 +18,8 @@ export interface ApiDeps {
   defaultMaxTokens: number;
   podName: string;
   nodeName: string;
+  /** The `model` OpenAI responses name (RuntimeConfig.modelName); unset, the GGUF's own name. */
+  modelName?: string;
 }
 
 export const REHYDRATED_HEADER = "x-torpor-rehydrated";

@@ -40,7 +40,7 @@ export function mountGenerationRoutes(app: express.Express, d: ApiDeps): void {
     const s = session(req);
     const id = `chatcmpl-${randomBytes(12).toString("hex")}`;
     const created = Math.floor(Date.now() / 1000);
-    const model = d.host.name;
+    const model = d.modelName ?? d.host.name;
     await respond(res, sampling.stream, (opts) => s.complete(messages, { ...opts, ...samplingOpts(sampling) }), (r) => ({
       id, object: "chat.completion", created, model,
       choices: [{ index: 0, message: { role: "assistant", content: r.text }, finish_reason: r.finishReason === "aborted" ? "stop" : r.finishReason }],

@@ -98,6 +98,14 @@ describe("helm chart", () => {
     const s = JSON.parse(await tb.kubectl(["get", "isess", "quickstart", "-o", "json"])) as { status: { residency: string; node: string } };
     assert.equal(s.status.residency, "InMemory");
     assert.ok(s.status.node);
+    // An OpenAI client sees one name for the model: the pool's, in the model list and in answers.
+    const token = (await tb.kubectl(["create", "token", "default", "--audience", "torpor"])).trim();
+    const call = async (route: string, body?: unknown) => (await fetch(`${podUrl}/v1/sessions/default/quickstart/${route}`, {
+      method: body ? "POST" : "GET", headers: { authorization: `Bearer ${token}`, "content-type": "application/json" }, ...(body ? { body: JSON.stringify(body) } : {}),
+    })).json() as Promise<{ model: string; data: Array<{ id: string }> }>;
+    const listed = (await call("models")).data.map((m) => m.id);
+    const answer = await call("chat/completions", { messages: [{ role: "user", content: "Hi" }], max_tokens: 2 });
+    assert.deepEqual(listed, [answer.model]);
     // The address `make cluster-up` prints (scripts/cluster.ts).
     const gateway = await forwardService(tb.kc, RELEASE_NAMESPACE, "app.kubernetes.io/component=gateway", 8000);
     try {
