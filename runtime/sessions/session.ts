@@ -334,7 +334,15 @@ export class Session {
     if (this.residency !== "InMemory" || !this.resident?.allocated || want === this.spec.contextSize) return;
     if (want <= this.resident.sequence.contextTokens.length) return;
     this.log.info({ from: this.spec.contextSize, to: want }, "context size changed: moving the session to a context of the new size");
-    await this.doHibernate("resize", false);
+    try {
+      await this.doHibernate("resize", false);
+    } catch (err) {
+      // Still in memory in its old context (a full disk, say: status says so): this turn is
+      // served there, and the next one tries again. A newer placement's refusal ends it below.
+      if (err instanceof StaleEpochError) throw err;
+      this.log.warn({ err }, "could not move to a context of the new size; this turn uses the current one");
+      return;
+    }
     this.spec = { ...this.spec, contextSize: want };
   }
 
@@ -415,7 +423,7 @@ export class Session {
     const t0 = performance.now();
     let need = 0;
     const verified = await store.verify(this.ref, host.fingerprint, this.window, async (m) => {
-      // A manifest names the context it needs; the pool's maximum caps it, whatever the file says.
+      // The pool's maximum caps what is allocated, whatever the file says.
       // The size asked for now, unless the conversation no longer fits it: then the one it had.
       need = this.desiredContextSize > m.tokenCount ? this.desiredContextSize : Math.max(m.contextSize, m.tokenCount);
       if (need > this.deps.maxContextSize) {
