@@ -103,7 +103,7 @@ export const statusSchema = {
       properties: {
         time: time("When it finished."),
         durationMs: { type: "number", description: "How long it took, in milliseconds." },
-        replayed: str(d("Set when the state could not be loaded (another llama.cpp version, say) and the history was evaluated again instead: why.")),
+        replayed: str(d("Set when the saved state was not loaded and the history was evaluated again instead: why (runtime_version: another llama.cpp wrote it; model_changed: the pool served another model; load_failed).")),
         reusedTokens: int(d("Restored tokens the first evaluation after it reused.")),
         restoreVerified: { type: "boolean", description: "Whether that evaluation reused every restored token the prompt shared (false raises Degraded, reason RestoreNotReused)." },
       },

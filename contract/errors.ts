@@ -55,8 +55,10 @@ export class TorporError extends Error {
   }
 }
 
-/** Why a hibernation file was refused; kept stable because status conditions and alerts key on it. */
-/** `model_mismatch` is no longer raised (a session's file from another model replays its history); kept for alerts that name it. */
+/**
+ * Why a hibernation file was refused; kept stable because status conditions and alerts key on it.
+ * `model_mismatch` is no longer raised (a session's own file from another model replays its history).
+ */
 export type StateRejectReason = "manifest_invalid" | "format_unsupported" | "model_mismatch" | "truncated" | "checksum_mismatch" | "load_failed"
   /** Sealed files: does not authenticate (tampered, edited, transplanted, unknown key); plaintext where sealing is required; written by a placement older than the reader accepts. */
   | "seal_invalid" | "unsealed" | "epoch_too_old"

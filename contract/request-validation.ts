@@ -71,7 +71,7 @@ function optionalStop(o: Json): string[] | undefined {
   return list.length ? list as string[] : undefined;
 }
 
-/** OpenAI's own limit on `logit_bias` entries. */
+/** A bound on `logit_bias` entries: a request cannot make every sampled token pay for a huge table. */
 export const MAX_LOGIT_BIAS = 300;
 
 function optionalLogitBias(o: Json): Array<[number, number]> | undefined {
