@@ -144,7 +144,13 @@ export class SessionReconciler {
         // The spec changed on a placed session (its context size, idle policy, checkpoints, system
         // prompt): the same placement, told again. A runtime of an older release reports nothing
         // to compare, and keeps what it was told at placement.
-        runtime = await c.register(namespace, name, { ...registerBody(s), epoch: s.status.epoch });
+        runtime = await c.register(namespace, name, { ...registerBody(s), epoch: s.status.epoch }).catch((err: unknown) => {
+          // Refused (a namespace's limit, say): the session serves on with what it had.
+          if (err instanceof RuntimeApiError && err.status === 400) {
+            throw new RuntimeApiError(err.status, "spec_refused", `the runtime pool refused the new spec, and the session keeps its previous settings: ${err.message}`, { reason: "spec_refused" });
+          }
+          throw err;
+        });
         log.info({ pod: plan.pod.name, generation: s.metadata.generation }, "session settings changed; sent to its runtime pod");
       }
       const moved = plan.heldInMemory && !lost;

@@ -157,6 +157,13 @@ describe("operator on the testbed", () => {
     const r = await rt.submit("default", "respec", long, { max_tokens: 2 });
     assert.ok(r.usage.prompt_tokens > 1024);
     assert.equal((await eventually("status.contextSize", async () => { const c = (await get("respec")).status?.contextSize; return c === 4096 ? c : undefined; }, 20_000)), 4096);
+    // Past the pool's maximum (32768 here; the CRD allows 131072): refused in place, said so, served on.
+    await tb.kubectl(["patch", "isess", "respec", "--type=merge", "-p", '{"spec":{"contextSize":65536}}']);
+    const refused = await eventually("Degraded SpecRefused", async () => (await get("respec")).status?.conditions?.find((c) => c.type === "Degraded" && c.reason === "SpecRefused"), 20_000);
+    assert.match(refused.message, /keeps its previous settings.*contextSize/);
+    assert.ok((await rt.submit("default", "respec", "still there?", { max_tokens: 2 })).usage.completion_tokens > 0);
+    await tb.kubectl(["patch", "isess", "respec", "--type=merge", "-p", '{"spec":{"contextSize":4096}}']);
+    await eventually("Degraded cleared", async () => ((await get("respec")).status?.conditions?.find((c) => c.type === "Degraded")?.status === "False" ? true : undefined), 20_000);
     await tb.kubectl(["patch", "isess", "respec", "--type=merge", "-p", '{"spec":{"hibernation":{"idleAfter":"1s"}}}']);
     await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/respec", "--timeout=60s"]);
     const after = await get("respec");
