@@ -460,7 +460,7 @@ export class Session {
     }
     if (loadError) {
       replayed = "load_failed";
-      this.log.warn({ err: loadError, file: statePath }, "the saved state could not be loaded; replaying the saved history instead");
+      this.log.warn({ err: loadError, file: path.join(path.dirname(manifestFile), manifest.stateFile) }, "the saved state could not be loaded; replaying the saved history instead");
     }
     if (!replayed) this.restoredTokens = resident.sequence.contextTokens.slice() as number[];
     if (replayed) {
@@ -486,7 +486,8 @@ export class Session {
         // With checkpoints the file stays until the next checkpoint replaces it: a crash right
         // after this restore loses nothing.
         this.volumeCurrent = true;
-        // The record names the file on the volume (statePath is a staging copy when sealed).
+        // The record names the file on the volume (statePath is a staging copy when sealed, the
+        // open file's /proc path when not).
         this.lastCheckpoint = { manifestFile, stateFile: path.join(path.dirname(manifestFile), manifest.stateFile), bytes: manifest.stateBytes, sha256: manifest.stateSha256, tokenCount: manifest.tokenCount, hibernatedAt: manifest.hibernatedAt, durationMs: 0 };
       } else {
         // The conversation is in memory now: a failed delete costs disk space, never the session.

@@ -16,15 +16,15 @@
 // epoch older than the newest claim is ignored by every reader and cleaned up, whenever it lands.
 // '@' cannot occur in a Kubernetes name, so no session's files can be mistaken for another's.
 import { randomBytes } from "node:crypto";
-import { lstat, open, readdir, realpath, rename, rm, rmdir, stat, unlink } from "node:fs/promises";
+import { lstat, open, readdir, realpath, rename, rm, rmdir, stat, unlink, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 import type { ChatHistoryItem } from "node-llama-cpp";
 import { StaleEpochError, StateRejectedError, TorporError } from "../../contract/errors.js";
 import { resolveSessionDir, validateName } from "./hibernation-path.js";
 import { openJson, openSealedFile, SealError, sealFile, sealJson, type SealedEnvelope, type SealingKeys, type SealIdentity } from "./sealing.js";
 import { SealingThreads } from "./sealing-threads.js";
-import { digestFile, type StateDigests } from "./state-digest.js";
-import { readRegularFile, UNEXPECTED_FILE, UnexpectedFileError } from "./volume-file.js";
+import { digestFile, digestHandle, type StateDigests } from "./state-digest.js";
+import { openedPath, openRegular, readRegularFile, UNEXPECTED_FILE, UnexpectedFileError } from "./volume-file.js";
 import type { HibernationFileEntry, HibernationRecord } from "../../contract/runtime-api.js";
 
 export type { HibernationFileEntry, HibernationRecord };
@@ -430,14 +430,14 @@ export class HibernationStore {
       if (whileHashing) await whileHashing(m);
       return { manifest: m, manifestFile, statePath: volumeState, release: async () => undefined, integrity: Promise.resolve(), modelChanged: true };
     }
-    // Checked beside the context's allocation; nothing loads the file before it passed. Not
-    // followed if a symlink, and a regular file only: what reads it next would block on a FIFO.
-    const sizeChecked = lstat(volumeState).then((st) => st, () => undefined).then((st) => {
-      if (st && !st.isFile()) reject("unexpected_file", "state: not a regular file (a symlink, FIFO or device)");
-      if (st?.size !== m.stateBytes) reject("truncated", `state file is ${st ? `${st.size} bytes` : "missing"}, manifest says ${m.stateBytes}`);
-    });
-    sizeChecked.catch(() => undefined); // observed below
     if (this.sealing) {
+      // Checked beside the context's allocation; nothing opens the file before it passed. Not
+      // followed if a symlink, and a regular file only: what reads it next would block on a FIFO.
+      const sizeChecked = lstat(volumeState).then((st) => st, () => undefined).then((st) => {
+        if (st && !st.isFile()) reject("unexpected_file", "state: not a regular file (a symlink, FIFO or device)");
+        if (st?.size !== m.stateBytes) reject("truncated", `state file is ${st ? `${st.size} bytes` : "missing"}, manifest says ${m.stateBytes}`);
+      });
+      sizeChecked.catch(() => undefined); // observed below
       await sizeChecked;
       const staging = this.stagingPath(ref);
       const release = async () => this.removeLater(staging);
@@ -455,18 +455,41 @@ export class HibernationStore {
       }
       return { manifest: m, manifestFile, statePath: staging, release, integrity: Promise.resolve() };
     }
+    // Unsealed, one open serves the checks and the load: a regular file, not followed if a
+    // symlink, of the size the manifest says; its checksum is read from it, and llama.cpp loads it
+    // through /proc/self/fd. What is checked is what loads, and a file swapped for a FIFO after
+    // the check cannot block the load. Opened beside the context's allocation.
+    const opened = openRegular(volumeState).then(async ({ fh, size }) => {
+      if (size !== m.stateBytes) {
+        await fh.close();
+        reject("truncated", `state file is ${size} bytes, manifest says ${m.stateBytes}`);
+      }
+      return fh;
+    }, (err: unknown) => {
+      if (err instanceof UnexpectedFileError) reject("unexpected_file", `state: ${err.message}`);
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") reject("truncated", `state file is missing, manifest says ${m.stateBytes}`);
+      throw err;
+    });
+    opened.catch(() => undefined); // observed below
     const fast = m.stateXxh64 !== undefined;
-    const integrity = sizeChecked.then(() => digestFile(volumeState, fast ? { xxh64: true } : { sha256: true })).catch((err: unknown) => {
-      return err instanceof UnexpectedFileError ? reject("unexpected_file", `state: ${err.message}`) : Promise.reject(err);
-    }).then((d) => {
+    const integrity = opened.then((fh) => digestHandle(fh, fast ? { xxh64: true } : { sha256: true })).then((d) => {
       if (fast ? d.xxh64 !== m.stateXxh64 : d.sha256 !== m.stateSha256) reject("checksum_mismatch", `state file ${fast ? "xxHash64" : "SHA-256"} does not match the manifest`);
     });
     integrity.catch(() => undefined); // observed by the caller; never an unhandled rejection if whileHashing fails first
-    if (whileHashing) {
-      try { await whileHashing(m); } catch (err) { await integrity.catch(() => undefined); throw err; }
+    // Closed once both the load (the caller's release) and the check are done with it.
+    let loaded!: () => void;
+    const loadDone = new Promise<void>((resolve) => { loaded = resolve; });
+    void opened.then((fh) => Promise.allSettled([integrity, loadDone]).then(() => fh.close())).catch(() => undefined);
+    let fh: FileHandle;
+    try {
+      if (whileHashing) await whileHashing(m);
+      fh = await opened;
+    } catch (err) {
+      loaded();
+      await integrity.catch(() => undefined);
+      throw err;
     }
-    await sizeChecked;
-    return { manifest: m, manifestFile, statePath: volumeState, release: async () => undefined, integrity };
+    return { manifest: m, manifestFile, statePath: openedPath(fh, volumeState), release: async () => loaded(), integrity };
   }
 
   /**

@@ -3,7 +3,7 @@
 // opens stop every decode on the pod), and a symlink to /dev/zero reads forever. So these opens
 // never block (O_NONBLOCK), never follow a symlink in the last component (O_NOFOLLOW: the folders
 // above are checked by hibernation-path.ts), and take regular files only.
-import { constants } from "node:fs";
+import { constants, existsSync } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 
 /** Its `code`, which survives the trip from a sealing thread (errors cross threads as data). */
@@ -47,4 +47,16 @@ export async function readRegularFile(file: string, maxBytes: number): Promise<s
   } finally {
     await fh.close();
   }
+}
+
+const PROC_FD = existsSync("/proc/self/fd");
+
+/**
+ * A path that names this open file itself, not whatever the volume holds under its name by the
+ * time someone else opens it: on Linux /proc/self/fd/N reopens the same inode, so a library that
+ * takes only a path (llama.cpp's state load) reads the file that was checked. The name itself
+ * where there is no /proc.
+ */
+export function openedPath(fh: FileHandle, name: string): string {
+  return PROC_FD ? `/proc/self/fd/${fh.fd}` : name;
 }

@@ -161,6 +161,28 @@ describe("sealed hibernation files", () => {
     assert.equal((await bystander.submit("still serving?", greedy(2))).completionTokens, 2);
   }
 
+  it("unsealed, what loads is the file that was checked: a state swapped for a FIFO after the check does not block the load", async () => {
+    const rt = await hibernated("", "t1", "swapped");
+    // The swap lands after the store opened the state, before llama.cpp opens it (once the
+    // context is allocated): what someone with write access to the volume could time.
+    const verify = rt.store.verify.bind(rt.store);
+    rt.store.verify = (ref, fp, window, whileHashing) => verify(ref, fp, window, async (m) => {
+      await whileHashing?.(m);
+      await new Promise((r) => setTimeout(r, 50));
+      spawnSync("rm", ["-f", rt.state]);
+      spawnSync("mkfifo", [rt.state]);
+    });
+    let timer: NodeJS.Timeout | undefined;
+    const hung = new Promise<"hung">((resolve) => { timer = setTimeout(() => resolve("hung"), 10_000); });
+    const outcome = await Promise.race([rt.s.submit("What did I tell you?", greedy(4)), hung]);
+    clearTimeout(timer);
+    if (outcome === "hung") { const w = await open(rt.state, "w"); await w.close(); }
+    if (outcome === "hung") assert.fail("the load opened the FIFO");
+    assert.equal(outcome.rehydrated, true);
+    assert.equal((rt.s.messages().find((m) => m.type === "user") as { text: string }).text, SECRET);
+    spawnSync("rm", ["-f", rt.state]);
+  });
+
   it("refuses a session transplanted into another namespace or name", async () => {
     const src = await hibernated(NEW, "t1", "victim");
     for (const [ns, name] of [["t2", "victim"], ["t1", "thief"]] as const) {
