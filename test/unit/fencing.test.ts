@@ -20,7 +20,11 @@ function save(store: HibernationStore, window: EpochWindow, content: string, gat
 async function load(store: HibernationStore, window: EpochWindow): Promise<string | undefined> {
   const v = await store.verify(ref, FP, window);
   await v?.integrity;
-  return v && readFile(v.statePath, "utf8");
+  try {
+    return v && await readFile(v.statePath, "utf8");
+  } finally {
+    await v?.release();
+  }
 }
 
 type Order = "claim-before-save" | "claim-inside-save, load-before-commit" | "claim-inside-save, load-after-commit" | "claim-after-commit";
