@@ -190,6 +190,12 @@ export class SessionReconciler {
       this.actedOn(s, plan.pod, runtime);
       throw new ReportedError(err);
     }
+    // A new spec.contextSize (or pool default) took effect on the session in memory: its next
+    // turn moved it to a context of that size (runtime/sessions/session.ts, resizeIfAsked).
+    const was = s.status?.contextSize;
+    if (runtime?.residency === "InMemory" && was !== undefined && runtime.contextSize !== was && s.status?.pod === plan.pod.name) {
+      this.events.record(s, "Normal", "ContextResized", `the session's context now holds ${runtime.contextSize} tokens (was ${was})`);
+    }
     const r = runtime?.lastRehydrate;
     if (r?.restoreVerified === false && s.status?.lastRehydrate?.restoreVerified !== false) {
       this.events.record(s, "Warning", "RestoreNotReused", `the rehydrate of ${r.at} restored ${r.tokenCount} tokens but the next evaluation reused only ${r.reusedTokens}: the conversation was evaluated again`);

@@ -157,6 +157,7 @@ describe("operator on the testbed", () => {
     const r = await rt.submit("default", "respec", long, { max_tokens: 2 });
     assert.ok(r.usage.prompt_tokens > 1024);
     assert.equal((await eventually("status.contextSize", async () => { const c = (await get("respec")).status?.contextSize; return c === 4096 ? c : undefined; }, 20_000)), 4096);
+    assert.match(await tb.kubectl(["get", "events", "--field-selector", "involvedObject.name=respec", "-o", "jsonpath={.items[*].message}"]), /context now holds 4096 tokens \(was 1024\)/);
     // Past the pool's maximum (32768 here; the CRD allows 131072): refused in place, said so, served on.
     await tb.kubectl(["patch", "isess", "respec", "--type=merge", "-p", '{"spec":{"contextSize":65536}}']);
     const refused = await eventually("Degraded SpecRefused", async () => (await get("respec")).status?.conditions?.find((c) => c.type === "Degraded" && c.reason === "SpecRefused"), 20_000);
