@@ -61,9 +61,9 @@ const condition = {
   description: "One aspect of the session's state, as `kubectl wait --for=condition=<type>` reads it.",
   required: ["type", "status", "reason", "message", "lastTransitionTime"],
   properties: {
-    type: str({ enum: ["Ready", "Hibernated", "Degraded"], description: "Ready: a runtime pod can serve the session (it is placed, and its state is not refused). Hibernated: its state is on the volume, not in memory. Degraded: something needs attention (reason and message say what)." }),
+    type: str({ enum: ["Ready", "Hibernated", "Degraded"], description: "Ready: a runtime pod can serve the session (it is placed, and its state is not refused). Hibernated: its state is on the volume, not in memory (reason HandedOff: saved by the pod that held it as that pod went, and back in memory on its next pod). Degraded: something needs attention (reason and message say what)." }),
     status: str({ enum: ["True", "False", "Unknown"], description: "Whether the condition holds." }),
-    reason: str({ maxLength: 1024, description: "Why, in one CamelCase word (InMemory, HandOff, ChecksumMismatch, LiveStateLost, ...)." }),
+    reason: str({ maxLength: 1024, description: "Why, in one CamelCase word (InMemory, HandOff, HandedOff, SpecRefused, ChecksumMismatch, LiveStateLost, ...)." }),
     message: str({ maxLength: 32768, description: "Why, for a person." }),
     lastTransitionTime: time("When status last changed."),
     observedGeneration: int({ minimum: 0, description: "The metadata.generation this condition was computed from." }),
