@@ -56,21 +56,24 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
 
   const ref = (req: Request) => ({ namespace: String(req.params.namespace), name: String(req.params.name) });
 
-  app.get("/v1/sessions/:namespace/:name", async (req, res) => {
+  /** The session, for a caller allowed to `get` it. */
+  const readable = async (req: Request) => {
     const { namespace, name } = ref(req);
     await d.access.check(req.headers.authorization, { namespace, name, verb: "get" }, source(req));
     const s = await d.source.get(namespace, name);
     if (!s) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} does not exist`);
-    res.json({ namespace, name, model: s.spec.model, desired: s.spec.residency ?? "InMemory", ...s.status });
+    return s;
+  };
+
+  app.get("/v1/sessions/:namespace/:name", async (req, res) => {
+    const s = await readable(req);
+    res.json({ ...ref(req), model: s.spec.model, desired: s.spec.residency ?? "InMemory", ...s.status });
   });
 
   // OpenAI clients list models at their base URL (`client.models.list()`); a session's base URL
   // serves one: its pool's model, by the name the session's spec uses.
   const sessionModel = async (req: Request) => {
-    const { namespace, name } = ref(req);
-    await d.access.check(req.headers.authorization, { namespace, name, verb: "get" }, source(req));
-    const s = await d.source.get(namespace, name);
-    if (!s) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} does not exist`);
+    const s = await readable(req);
     const created = Math.floor(Date.parse(s.metadata?.creationTimestamp ? String(s.metadata.creationTimestamp) : "") / 1000);
     return { id: s.spec.model, object: "model", created: Number.isFinite(created) ? created : 0, owned_by: "torpor" };
   };

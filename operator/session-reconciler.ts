@@ -226,10 +226,10 @@ export class SessionReconciler {
 
   /**
    * Asks the pod that held the session to commit it for the next placement and to stop serving
-   * it (joining the save its SIGTERM started, if any). True once nothing of the session is left in
-   * that pod's memory.
+   * it (joining the save its SIGTERM started, if any). Once nothing of the session is left in that
+   * pod's memory: what it committed when it said, true when there is nothing to wait for (it is
+   * gone, or never had it). False while it has yet to commit.
    */
-  /** False while the previous pod has yet to commit; its outcome when it told, true when there is nothing to wait for. */
   private async handOff(s: InferenceSession, from: RuntimePod, log: Logger): Promise<HibernateOutcome | boolean> {
     const budget = Math.max(2000, Math.min(60_000, (from.handOffDeadline ?? Date.now() + 30_000) - Date.now()));
     try {
