@@ -9,9 +9,13 @@ ARG CUDA_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04
 
 FROM node:${NODE_VERSION}-bookworm-slim AS build
 ARG VARIANT
+# A C++ compiler and git build the runtime addon (scripts/build-runtime-addon.sh): node-llama-cpp's
+# addon with torpor's sealed sequence states, linked against its prebuilt llama.cpp libraries.
+RUN apt-get update && apt-get install -y --no-install-recommends g++ git && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json ./
-RUN npm install --no-audit --no-fund
+# The postinstall step needs runtime/native and scripts/, copied below: it runs after them.
+RUN npm install --no-audit --no-fund --ignore-scripts
 COPY tsconfig.json ./
 COPY contract contract
 COPY common common
@@ -23,7 +27,7 @@ COPY testbed testbed
 COPY scripts scripts
 COPY test test
 COPY bench bench
-RUN npx tsc -p . && npm prune --omit=dev --no-audit --no-fund
+RUN bash scripts/build-runtime-addon.sh && npx tsc -p . && npm prune --omit=dev --no-audit --no-fund
 # Keep only this image's llama.cpp binaries: every platform's prebuilt packages together are about
 # 670 MB. CPU: linux-x64. CUDA: the CUDA 12 and CUDA 13 ("-ext") builds as well.
 RUN cd node_modules/@node-llama-cpp && for d in *; do \

@@ -1,6 +1,8 @@
 // Figure 9: what sealing costs. The same session hibernated and rehydrated through a sealed store
-// and an unsealed one (xxHash64 checked), interleaved, in one run; states of tens of MB. Then the
-// AEAD pass alone, on one thread and on the default count, to say where the difference goes.
+// and an unsealed one (xxHash64 checked), interleaved, in one run; states of tens of MB. Sealed
+// twice where the runtime addon is built: in the addon as llama.cpp streams the state, and through
+// a staged plaintext file (node-llama-cpp's own file calls, as without the addon). Then the AEAD
+// pass alone over a staged file, on one thread and on the default count.
 import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -19,7 +21,11 @@ import { loadHost } from "./harness.js";
 export interface SealingResult {
   stateMiB: number;
   sealed: { hibernateMs: number[]; rehydrateMs: number[] };
+  /** Sealed through a staged file; empty where the addon is not built (then `sealed` is staged too). */
+  staged: { hibernateMs: number[]; rehydrateMs: number[] };
   plain: { hibernateMs: number[]; rehydrateMs: number[] };
+  /** true where `sealed` sealed in the addon; else why not. */
+  nativeSealing: true | string;
   /** Where a sealed hibernate's and rehydrate's extra goes: the AEAD pass alone (staged file to volume with fsync, and back), by thread count. */
   aead: Array<{ threads: number; sealMs: number[]; openMs: number[] }>;
 }
@@ -30,24 +36,31 @@ export async function sealingCost(model: TestModelParams | ModelHost, tokens: nu
   const base = await mkdtemp(path.join(os.tmpdir(), "torpor-bench-seal-"));
   // Where the runtime would stage (TORPOR_STAGING_DIR): a disk-backed or a memory-backed emptyDir.
   const staging = await mkdtemp(path.join(process.env.TORPOR_STAGING_DIR || os.tmpdir(), "torpor-bench-staging-"));
-  for (const d of ["sealed", "plain"]) await mkdir(path.join(base, d));
+  for (const d of ["sealed", "staged", "plain"]) await mkdir(path.join(base, d));
   const keys = SealingKeys.parse(`k1:${randomBytes(32).toString("base64")}`);
   const stores = {
     sealed: new HibernationStore(path.join(base, "sealed"), { sealing: { keys, stagingDir: staging } }),
+    staged: new HibernationStore(path.join(base, "staged"), { sealing: { keys, stagingDir: staging } }),
     plain: new HibernationStore(path.join(base, "plain")),
   };
-  const mk = (sealed: boolean) => new SessionManager(host, stores[sealed ? "sealed" : "plain"],
+  const stagedHost = Object.create(host, { sealedState: { value: { ok: false, reason: "bench: staged" } } }) as ModelHost;
+  type Mode = "sealed" | "staged" | "plain";
+  const mk = (mode: Mode) => new SessionManager(mode === "staged" ? stagedHost : host, stores[mode],
     new ManualClock(), new RuntimeMetrics(false), createLogger("bench", "silent"),
     { maxResident: 4, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 65536, podName: "bench" });
+  const nativeSealing = host.sealedState.ok ? true : host.sealedState.reason;
+  const modes: Mode[] = nativeSealing === true ? ["sealed", "staged", "plain"] : ["sealed", "plain"];
   const pools = [...new Set([1, defaultSealingThreads()])].map((n) => new SealingThreads(n));
-  const out: SealingResult = { stateMiB: 0, sealed: { hibernateMs: [], rehydrateMs: [] }, plain: { hibernateMs: [], rehydrateMs: [] }, aead: pools.map((p) => ({ threads: p.threads, sealMs: [], openMs: [] })) };
+  const out: SealingResult = { stateMiB: 0, nativeSealing, sealed: { hibernateMs: [], rehydrateMs: [] }, staged: { hibernateMs: [], rehydrateMs: [] }, plain: { hibernateMs: [], rehydrateMs: [] }, aead: pools.map((p) => ({ threads: p.threads, sealMs: [], openMs: [] })) };
   const text = Array.from({ length: tokens }, (_, i) => String.fromCharCode(97 + ((i * 7) % 26))).join("");
   try {
-    const sessions = { sealed: await mk(true).register({ namespace: "bench", name: "s", contextSize: tokens + 256 }), plain: await mk(false).register({ namespace: "bench", name: "s", contextSize: tokens + 256 }) };
-    for (const s of Object.values(sessions)) await s.submit(text, { maxTokens: 1, temperature: 0 });
+    const sessions = new Map<Mode, Awaited<ReturnType<SessionManager["register"]>>>();
+    for (const m of modes) sessions.set(m, await mk(m).register({ namespace: "bench", name: "s", contextSize: tokens + 256 }));
+    for (const s of sessions.values()) await s.submit(text, { maxTokens: 1, temperature: 0 });
     for (let i = 0; i < runs; i++) {
-      for (const mode of (i % 2 ? ["plain", "sealed"] : ["sealed", "plain"]) as Array<"sealed" | "plain">) {
-        const s = sessions[mode];
+      // Each run starts with the next mode, so none always goes first.
+      for (const mode of modes.map((_, k) => modes[(i + k) % modes.length]!)) {
+        const s = sessions.get(mode)!;
         const h = await s.hibernate("bench");
         out.stateMiB = h.record!.bytes / 2 ** 20;
         out[mode].hibernateMs.push(h.record!.durationMs);

@@ -10,6 +10,7 @@ import type { MemoryCost } from "./memory-cost.js";
 import { cpuAllowance } from "./cpu-allowance.js";
 import { modelFingerprint } from "./model-fingerprint.js";
 import { resolveModelSource } from "./model-source.js";
+import { sealedStateSupport } from "./sealed-sequence-state.js";
 
 /** A context's flash attention: "auto" lets llama.cpp choose (on where the backend supports it). */
 export type FlashAttention = "auto" | boolean;
@@ -19,6 +20,9 @@ export const NODE_LLAMA_CPP_VERSION: string = (JSON.parse(readFileSync(
   path.join(path.dirname(fileURLToPath(import.meta.resolve("node-llama-cpp"))), "..", "package.json"), "utf8")) as { version: string }).version;
 
 export class ModelHost {
+  /** Whether sealed states are sealed and opened in the addon as llama.cpp streams them (sealed-sequence-state.ts), or why not. */
+  readonly sealedState: { ok: true } | { ok: false; reason: string };
+
   private constructor(
     readonly llama: Llama,
     readonly model: LlamaModel,
@@ -32,9 +36,12 @@ export class ModelHost {
      * default); a rehydrate uses what its state was saved with.
      */
     readonly flashAttention: FlashAttention,
-  ) {}
+    nativeSealing: boolean,
+  ) {
+    this.sealedState = nativeSealing ? sealedStateSupport(llama) : { ok: false, reason: "TORPOR_NATIVE_SEALING=false" };
+  }
 
-  static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads"> & { flashAttention?: RuntimeConfig["flashAttention"] }): Promise<ModelHost> {
+  static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads"> & Partial<Pick<RuntimeConfig, "flashAttention" | "nativeSealing">>): Promise<ModelHost> {
     const modelPath = await resolveModelSource(cfg.model, cfg.modelCacheDir);
     // Threads: what was asked, else the CPUs the container may use (cpu-allowance.ts). All
     // contexts together stay within that too (node-llama-cpp splits maxThreads among contexts
@@ -50,7 +57,7 @@ export class ModelHost {
       await llama.dispose();
       throw new Error("TORPOR_FLASH_ATTENTION=on, but this model does not support flash attention in llama.cpp; set it to auto or off");
     }
-    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, threads, asked);
+    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, threads, asked, cfg.nativeSealing ?? true);
   }
 
   get name(): string {

@@ -9,6 +9,7 @@ import type { EpochWindow, HibernationRecord, HibernationStore, SessionRef, Veri
 import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
 import { NODE_LLAMA_CPP_VERSION, type FlashAttention, type ModelHost } from "../model/model-host.js";
+import { openSequenceState, sealSequenceState } from "../model/sealed-sequence-state.js";
 import { ResidentContext, type SpareContext } from "./resident-context.js";
 import type { ContextPool } from "./context-pool.js";
 import { checkRestore, type RestoreCheck } from "./restore-check.js";
@@ -299,7 +300,8 @@ export class Session {
     const { store, host } = this.deps;
     const seq = this.resident!.sequence;
     try {
-      return await store.save(this.ref, this.window, async (tmp) => { await seq.saveStateToFile(tmp); }, {
+      const toFile = async (tmp: string) => { await seq.saveStateToFile(tmp); };
+      return await store.save(this.ref, this.window, host.sealedState?.ok ? { toFile, sealed: sealSequenceState(seq) } : toFile, {
         modelFingerprint: host.fingerprint,
         contextSize: this.spec.contextSize,
         contextSequences: this.resident!.sequences,
@@ -432,7 +434,8 @@ export class Session {
       // No setting recorded: saved under "auto", which llama.cpp resolves the same way again for
       // the same model on the same backend.
       await this.allocateEvicting(resident, need, m.contextSequences ?? 1, m.flashAttention ?? "auto");
-    });
+    // A sealed state is opened straight into the sequence (allocated by then), unless it is not to be loaded at all (restore()).
+    }, (m) => host.sealedState?.ok && m.runtime?.nodeLlamaCpp === NODE_LLAMA_CPP_VERSION ? (source) => openSequenceState(resident.sequence)(source) : undefined);
     if (!verified) return undefined;
     try {
       return await this.restore(resident, verified, t0, need);
@@ -449,7 +452,9 @@ export class Session {
     // time the saved history is evaluated again.
     let replayed: string | undefined = verified.modelChanged ? "model_changed"
       : manifest.runtime?.nodeLlamaCpp !== NODE_LLAMA_CPP_VERSION ? "runtime_version" : undefined;
-    const loading = replayed ? Promise.resolve(undefined) : resident.sequence.loadStateFromFile(statePath, { acceptRisk: true }).then(() => undefined, (err: unknown) => err);
+    const loading = replayed || verified.loaded ? Promise.resolve(undefined)
+      : verified.loadError !== undefined ? Promise.resolve(verified.loadError)
+      : resident.sequence.loadStateFromFile(statePath, { acceptRisk: true }).then(() => undefined, (err: unknown) => err);
     // A state that fails its integrity check is refused (and kept), whether or not it loaded: the
     // caller frees the sequence it went into.
     const loadError = await loading;

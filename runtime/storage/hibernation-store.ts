@@ -21,7 +21,7 @@ import path from "node:path";
 import type { ChatHistoryItem } from "node-llama-cpp";
 import { StaleEpochError, StateRejectedError, TorporError } from "../../contract/errors.js";
 import { resolveSessionDir, validateName } from "./hibernation-path.js";
-import { openJson, openSealedFile, SealError, sealFile, sealJson, type SealedEnvelope, type SealingKeys, type SealIdentity } from "./sealing.js";
+import { openJson, openSealedFile, SealError, sealFile, sealJson, type ChunkOpener, type ChunkSealer, type SealedEnvelope, type SealingKeys, type SealIdentity } from "./sealing.js";
 import { SealingThreads } from "./sealing-threads.js";
 import { digestFile, digestHandle, type StateDigests } from "./state-digest.js";
 import { openedPath, openRegular, readRegularFile, UNEXPECTED_FILE, UnexpectedFileError } from "./volume-file.js";
@@ -96,11 +96,24 @@ export interface HibernationManifest {
   runtime: { nodeLlamaCpp: string; pod?: string };
 }
 
+/**
+ * What a hibernate writes: llama.cpp's state file at a path it is given or, where the runtime can
+ * (sealed-sequence-state.ts), the state sealed straight into the file's chunks.
+ */
+export type StateWriter = ((tmpPath: string) => Promise<void>) | { toFile(tmpPath: string): Promise<void>; sealed?: ChunkSealer };
+
 export interface VerifiedState {
   manifest: HibernationManifest;
   manifestFile: string;
-  /** The plaintext state to load: on the volume when unsealed, a node-local staging file when sealed. */
+  /**
+   * The plaintext state to load: on the volume when unsealed, a node-local staging file when
+   * sealed; the sealed file on the volume when `loaded`.
+   */
   statePath: string;
+  /** Sealed and opened straight into the caller's sequence (verify's `opener`): there is nothing left to load. */
+  loaded?: boolean;
+  /** The opener's failure on an authentic file (llama.cpp refused the state): the caller rebuilds from the history. */
+  loadError?: unknown;
   /** Removes the staging plaintext, if any; call it once the state is loaded (or not). */
   release(): Promise<void>;
   /**
@@ -225,13 +238,13 @@ export class HibernationStore {
 
   /**
    * Writes state + manifest durably, as placement `window.epoch`. `writeState` fills the given temp
-   * path (llama.cpp writes it itself); everything after is ours: fsync, checksum, rename, manifest
-   * commit, dir fsync. Refuses (StaleEpochError) when a newer placement has claimed the session.
+   * path (llama.cpp writes it itself), or seals the state itself; everything after is ours: fsync,
+   * checksum, rename, manifest commit, dir fsync. Refuses (StaleEpochError) when a newer placement has claimed the session.
    */
   async save(
     ref: SessionRef,
     window: EpochWindow,
-    writeState: (tmpPath: string) => Promise<void>,
+    writeState: StateWriter,
     fields: Omit<HibernationManifest, "format" | "version" | "namespace" | "name" | "path" | "stateFile" | "stateBytes" | "stateSha256" | "stateXxh64" | "hibernatedAt" | "epoch">,
   ): Promise<HibernationRecord> {
     const dir = await this.dirFor(ref);
@@ -253,18 +266,22 @@ export class HibernationStore {
       .map((m) => m && path.join(dir, path.basename(m.stateFile))).filter((f): f is string => !!f && f !== finalState);
     let manifest: HibernationManifest;
     const identity: SealIdentity = { namespace: ref.namespace, name: ref.name, path: ref.path ?? "", modelFingerprint: fields.modelFingerprint };
-    const staging = this.sealing && this.stagingPath(ref);
+    const writer = typeof writeState === "function" ? { toFile: writeState, sealed: undefined } : writeState;
+    const staging = this.sealing && !writer.sealed ? this.stagingPath(ref) : undefined;
     try {
       let bytes: number, digests: StateDigests = {};
-      if (this.sealing && staging) {
+      if (this.sealing && writer.sealed) {
+        // Sealed as llama.cpp streams it out: no plaintext anywhere.
+        bytes = await sealFile(this.sealing.keys, identity, stateName, writer.sealed, tmpState, this.sealing.threads);
+      } else if (this.sealing && staging) {
         // llama.cpp writes plaintext node-locally; only the sealed stream reaches the volume.
-        await writeState(staging);
+        await writer.toFile(staging);
         bytes = await sealFile(this.sealing.keys, identity, stateName, staging, tmpState, this.sealing.threads);
         this.removeLater(staging);
       } else {
         const fh = await open(tmpState, "wx", 0o600);
         try {
-          await writeState(tmpState);
+          await writer.toFile(tmpState);
           // fsync waits on the disk, hashing on the CPU (the file is still in the page cache): overlap them.
           [, digests] = await Promise.all([fh.sync(), digestFile(tmpState, { xxh64: true })]);
           bytes = (await fh.stat()).size;
@@ -371,14 +388,19 @@ export class HibernationStore {
    * once the manifest checks out, concurrently with the checksum (the caller allocates its context
    * meanwhile); if the checksum then fails, the caller undoes it.
    */
-  async verify(ref: SessionRef, modelFingerprint: string, window: EpochWindow = UNFENCED, whileHashing?: (m: HibernationManifest) => Promise<void>): Promise<VerifiedState | undefined> {
+  /**
+   * `opener`, given the manifest, may return a ChunkOpener: a sealed state is then opened straight
+   * into the caller's sequence after `whileHashing` (which allocates it), and comes back `loaded`.
+   */
+  async verify(ref: SessionRef, modelFingerprint: string, window: EpochWindow = UNFENCED, whileHashing?: (m: HibernationManifest) => Promise<void>,
+    opener?: (m: HibernationManifest) => ChunkOpener | undefined): Promise<VerifiedState | undefined> {
     const dir = await this.dirFor(ref);
     const files = await this.scan(dir, ref.name);
     const newest = HibernationStore.newest(files);
     if (window.epoch > 0 && newest > window.epoch) throw new StaleEpochError(window.epoch, newest, `cannot load ${ref.namespace}/${ref.name}`);
     const picked = HibernationStore.pick(files, window);
     if (!picked) return undefined;
-    if (picked[0] < window.epoch && await this.adopt(ref, window)) return this.verify(ref, modelFingerprint, window, whileHashing);
+    if (picked[0] < window.epoch && await this.adopt(ref, window)) return this.verify(ref, modelFingerprint, window, whileHashing, opener);
     const manifestFile = path.join(dir, picked[1]);
     // Relative to the volume: error bodies and status must not reveal the node's mount layout.
     const reject = (reason: ConstructorParameters<typeof StateRejectedError>[0], msg: string): never => {
@@ -439,6 +461,20 @@ export class HibernationStore {
       });
       sizeChecked.catch(() => undefined); // observed below
       await sizeChecked;
+      const into = opener?.(m);
+      if (into) {
+        // Opened as llama.cpp reads it: each chunk authenticated before any byte of it is loaded.
+        if (whileHashing) await whileHashing(m);
+        try {
+          await openSealedFile(this.sealing.keys, identity, m.stateFile, volumeState, into, this.sealing.threads);
+        } catch (err) {
+          if (err instanceof SealError) reject("seal_invalid", err.message);
+          if (err instanceof UnexpectedFileError) reject("unexpected_file", `state: ${err.message}`);
+          if ((err as NodeJS.ErrnoException).code === "ENOENT") reject("truncated", `state file is missing, manifest says ${m.stateBytes}`);
+          return { manifest: m, manifestFile, statePath: volumeState, release: async () => undefined, integrity: Promise.resolve(), loadError: err };
+        }
+        return { manifest: m, manifestFile, statePath: volumeState, loaded: true, release: async () => undefined, integrity: Promise.resolve() };
+      }
       const staging = this.stagingPath(ref);
       const release = async () => this.removeLater(staging);
       const opening = openSealedFile(this.sealing.keys, identity, m.stateFile, volumeState, staging, this.sealing.threads);

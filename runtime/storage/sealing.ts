@@ -68,22 +68,44 @@ function splitJobs(threads: SealingThreads, base: Omit<RangeJob, "from" | "to">)
   return Array.from({ length: n }, (_, k) => ({ ...base, from: Math.floor((k * base.chunks) / n), to: Math.floor(((k + 1) * base.chunks) / n) }));
 }
 
+/** What seals or opens a file's chunks in place of the threads: an open file and its keys. */
+export interface SealedChunks {
+  /** The sealed file, open; its header is written (or read) by the caller. */
+  fd: number;
+  key: Buffer;
+  prefix: Buffer;
+  fileAad: Buffer;
+  headerBytes: number;
+}
+
 /**
- * Encrypts `src` (plaintext, node-local) into `dst` (on the volume), its ranges on `threads`, and
- * syncs it. Returns the sealed size.
+ * Seals the plaintext itself, straight into the file's chunks, and returns how many plaintext
+ * bytes it sealed: the runtime addon, as llama.cpp writes the state (sealed-sequence-state.ts).
  */
-export async function sealFile(keys: SealingKeys, identity: SealIdentity, stateName: string, src: string, dst: string, threads: SealingThreads): Promise<number> {
+export type ChunkSealer = (target: SealedChunks) => Promise<number>;
+/** Opens the file's chunks itself (the addon, as llama.cpp reads the state); rejects with code TORPOR_SEAL_INVALID on any mismatch. */
+export type ChunkOpener = (source: SealedChunks & { chunks: number; plainBytes: number }) => Promise<void>;
+
+/**
+ * Encrypts `src` (a node-local plaintext file, its ranges on `threads`, or a ChunkSealer that
+ * produces and seals the plaintext itself) into `dst` (on the volume), and syncs it. Returns the
+ * sealed size.
+ */
+export async function sealFile(keys: SealingKeys, identity: SealIdentity, stateName: string, src: string | ChunkSealer, dst: string, threads: SealingThreads): Promise<number> {
   const key = keys.namespaceKey(keys.currentId, identity.namespace);
   const idBuf = Buffer.from(keys.currentId);
   const prefix = randomBytes(8);
   const fileAad = Buffer.concat([identityAad(identity, `state:${stateName}`), idBuf]);
   const header = Buffer.concat([MAGIC, Buffer.from([idBuf.length]), idBuf, prefix]);
-  const plainBytes = (await stat(src)).size;
-  const chunks = chunkCount(plainBytes);
+  let plainBytes = typeof src === "string" ? (await stat(src)).size : 0;
   const output = await open(dst, "wx", 0o600);
   try {
     await output.write(header);
-    await threads.run(splitJobs(threads, { op: "seal", key, prefix, fileAad, src, dst, chunks, headerBytes: header.length, plainBytes }));
+    if (typeof src === "string") {
+      await threads.run(splitJobs(threads, { op: "seal", key, prefix, fileAad, src, dst, chunks: chunkCount(plainBytes), headerBytes: header.length, plainBytes }));
+    } else {
+      plainBytes = await src({ fd: output.fd, key, prefix, fileAad, headerBytes: header.length });
+    }
     await output.sync();
   } finally {
     await output.close();
@@ -91,8 +113,11 @@ export async function sealFile(keys: SealingKeys, identity: SealIdentity, stateN
   return sealedSize(plainBytes, header.length);
 }
 
-/** Decrypts a sealed state file from the volume into `dst` (node-local), its ranges on `threads`; SealError on any mismatch. */
-export async function openSealedFile(keys: SealingKeys, identity: SealIdentity, stateName: string, src: string, dst: string, threads: SealingThreads): Promise<void> {
+/**
+ * Decrypts a sealed state file from the volume into `dst` (a node-local file, its ranges on
+ * `threads`), or has a ChunkOpener open it; SealError on any mismatch.
+ */
+export async function openSealedFile(keys: SealingKeys, identity: SealIdentity, stateName: string, src: string, dst: string | ChunkOpener, threads: SealingThreads): Promise<void> {
   const { fh: input, size } = await openRegular(src);
   let header: { id: string; prefix: Buffer; bytes: number; size: number };
   try {
@@ -103,12 +128,27 @@ export async function openSealedFile(keys: SealingKeys, identity: SealIdentity, 
     const rest = Buffer.alloc(idLen + 8);
     if ((await input.read(rest, 0, rest.length, head.length)).bytesRead !== rest.length) throw new SealError("truncated header");
     header = { id: rest.subarray(0, idLen).toString(), prefix: rest.subarray(idLen), bytes: head.length + rest.length, size };
+  } catch (err) {
+    await input.close();
+    throw err;
+  }
+  let key: Buffer, fileAad: Buffer, layout: { chunks: number; plainBytes: number };
+  try {
+    key = keys.namespaceKey(header.id, identity.namespace);
+    fileAad = Buffer.concat([identityAad(identity, `state:${stateName}`), Buffer.from(header.id)]);
+    layout = plainSizeOf(header.size, header.bytes);
+    if (typeof dst !== "string") {
+      // The opener reads the file this handle has open: the one checked above, whatever the path names now.
+      await dst({ fd: input.fd, key, prefix: header.prefix, fileAad, headerBytes: header.bytes, ...layout }).catch((err: unknown) => {
+        if ((err as NodeJS.ErrnoException)?.code === "TORPOR_SEAL_INVALID") throw new SealError((err as Error).message);
+        throw err;
+      });
+      return;
+    }
   } finally {
     await input.close();
   }
-  const key = keys.namespaceKey(header.id, identity.namespace);
-  const fileAad = Buffer.concat([identityAad(identity, `state:${stateName}`), Buffer.from(header.id)]);
-  const { chunks, plainBytes } = plainSizeOf(header.size, header.bytes);
+  const { chunks, plainBytes } = layout;
   const output = await open(dst, "w", 0o600);
   try { await output.truncate(plainBytes); } finally { await output.close(); }
   await threads.run(splitJobs(threads, { op: "open", key, prefix: header.prefix, fileAad, src, dst, chunks, headerBytes: header.bytes, plainBytes }));

@@ -14,6 +14,7 @@ import { ManualClock } from "../../common/clock.js";
 import { StateRejectedError } from "../../contract/errors.js";
 import { RuntimeMetrics } from "../../runtime/metrics.js";
 import { SessionManager } from "../../runtime/sessions/session-manager.js";
+import type { ModelHost } from "../../runtime/model/model-host.js";
 import { HibernationStore } from "../../runtime/storage/hibernation-store.js";
 import { CHUNK, SEALED_CHUNK } from "../../runtime/storage/sealed-chunks.js";
 import { openSealedFile, SealError, sealFile, SealingKeys, type SealIdentity } from "../../runtime/storage/sealing.js";
@@ -25,12 +26,15 @@ import { greedy, sharedHost } from "../helpers/in-process-runtime.js";
 const key = (id: string) => `${id}:${randomBytes(32).toString("base64")}`;
 const OLD = key("k0"), NEW = key("k1");
 
+/** A host that seals through staged plaintext files, as a runtime without the addon's sealed states does. */
+const staged = (host: ModelHost): ModelHost => Object.create(host, { sealedState: { value: { ok: false, reason: "test: staged files" } } }) as ModelHost;
+
 /** `keys` "" gives an unsealed store. */
-async function sealedRuntime(keys: string, dir?: string, model?: () => Promise<string>) {
+async function sealedRuntime(keys: string, dir?: string, model?: () => Promise<string>, hostAs: (h: ModelHost) => ModelHost = (h) => h) {
   const root = dir ?? await tempDir("torpor-sealed-");
   const staging = await tempDir("torpor-staging-");
   const store = new HibernationStore(root, keys ? { sealing: { keys: SealingKeys.parse(keys), stagingDir: staging } } : {});
-  const manager = new SessionManager(await sharedHost(model), store, new ManualClock(1), new RuntimeMetrics(false), createLogger("test", "silent"), {
+  const manager = new SessionManager(hostAs(await sharedHost(model)), store, new ManualClock(1), new RuntimeMetrics(false), createLogger("test", "silent"), {
     maxResident: 8, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 8192, podName: "test",
   });
   return { root, staging, store, manager };
@@ -38,10 +42,13 @@ async function sealedRuntime(keys: string, dir?: string, model?: () => Promise<s
 
 const SECRET = "my passport number is X1234567";
 
-async function hibernated(keys: string, namespace = "t1", name = "chat", dir?: string) {
+/** A conversation whose state spans several 1 MiB chunks. */
+const LONG = Array.from({ length: 60 }, (_, i) => `line ${i}: ${SECRET}`).join("\n");
+
+async function hibernated(keys: string, namespace = "t1", name = "chat", dir?: string, text = SECRET) {
   const rt = await sealedRuntime(keys, dir);
-  const s = await rt.manager.register({ namespace, name });
-  await s.submit(SECRET, greedy(6));
+  const s = await rt.manager.register({ namespace, name, ...(text === SECRET ? {} : { contextSize: 4096 }) });
+  await s.submit(text, greedy(6));
   const out = await s.hibernate("test");
   return { ...rt, s, manifest: out.record!.manifestFile, state: out.record!.stateFile };
 }
@@ -74,6 +81,77 @@ describe("sealed hibernation files", () => {
     assert.equal(r.text, (await t.submit("What did I tell you?", greedy(8))).text);
     await rt.store.settled(); // staged plaintext is deleted after the answer
     assert.deepEqual(await readdir(rt.staging), [], "staging plaintext removed");
+  });
+
+  it("the addon seals and opens as llama.cpp streams (nothing staged), and reads and writes the same files as a runtime that stages them", async (t) => {
+    const host = await sharedHost();
+    // Where `npm install` builds the addon, it must have been built: a broken build fails here.
+    const buildable = process.platform === "linux" && process.arch === "x64" && spawnSync("c++", ["--version"]).status === 0 && process.env.TORPOR_SKIP_ADDON_BUILD !== "1";
+    if (!host.sealedState.ok) {
+      assert.ok(!buildable, `the addon should have been built here: ${host.sealedState.reason}`);
+      return t.skip(host.sealedState.reason);
+    }
+    // A conversation of several 1 MiB chunks, so chunk boundaries fall inside llama.cpp's tensors.
+    const long = LONG;
+    const twin = await sealedRuntime(NEW);
+    const want = await twin.manager.register({ namespace: "t1", name: "twin", contextSize: 4096 });
+    await want.submit(long, greedy(6));
+    const answers = [(await want.submit("What did I tell you?", greedy(8))).text, (await want.submit("And then?", greedy(8))).text];
+
+    const dir = await tempDir("torpor-sealed-");
+    const [native, files] = [await sealedRuntime(NEW, dir), await sealedRuntime(NEW, dir, undefined, staged)];
+    const a = await native.manager.register({ namespace: "t1", name: "chat", contextSize: 4096 });
+    await a.submit(long, greedy(6));
+    const first = await a.hibernate("test");
+    assert.ok(first.record!.bytes > 2 * CHUNK, `a state of ${first.record!.bytes} bytes spans several chunks`);
+    assert.deepEqual(await readdir(native.staging), [], "nothing staged by the hibernate, even before the background clean-up");
+    assert.ok(!(await readFile(first.record!.stateFile)).includes("passport"), "sealed");
+    // Sealed in the addon, opened through a staged file.
+    const b = await files.manager.register({ namespace: "t1", name: "chat", contextSize: 4096 });
+    const r = await b.submit("What did I tell you?", greedy(8));
+    assert.equal(r.rehydrated, true);
+    assert.ok(r.cachedTokens > 100, `the restored tokens are reused (${r.cachedTokens})`);
+    assert.equal(r.text, answers[0], "sealed in the addon, opened through a staged file: the same continuation");
+    // Sealed through a staged file, opened in the addon.
+    await b.hibernate("test");
+    const again = await a.submit("And then?", greedy(8));
+    assert.equal(again.rehydrated, true);
+    assert.ok(again.cachedTokens > 100, `the restored tokens are reused (${again.cachedTokens})`);
+    assert.equal(again.text, answers[1], "sealed through a staged file, opened in the addon: the same continuation");
+    assert.deepEqual(await readdir(native.staging), [], "nothing staged by the rehydrate");
+  });
+
+  it("a state of several chunks with chunks reordered, dropped, duplicated, cut, appended or taken from another session is refused by the runtime, and kept", async () => {
+    const base = await hibernated(NEW, "t1", "multi", undefined, LONG);
+    const other = await hibernated(NEW, "t1", "neighbour", base.root, LONG);
+    const [file, otherFile] = [await readFile(base.state), await readFile(other.state)];
+    const chunks = Math.floor(file.length / SEALED_CHUNK);
+    assert.ok(chunks >= 2, `${file.length} bytes: several chunks`);
+    // The header is what precedes chunk 0: magic, key id, prefix (sealing.ts).
+    const h = 8 + 1 + file[8]! + 8;
+    const chunk = (f: Buffer, i: number) => f.subarray(h + i * SEALED_CHUNK, h + (i + 1) * SEALED_CHUNK);
+    const forgeries: Record<string, Buffer> = {
+      reordered: Buffer.concat([file.subarray(0, h), chunk(file, 1), chunk(file, 0), file.subarray(h + 2 * SEALED_CHUNK)]),
+      dropped: Buffer.concat([file.subarray(0, h + SEALED_CHUNK), file.subarray(h + 2 * SEALED_CHUNK)]),
+      duplicated: Buffer.concat([file.subarray(0, h + SEALED_CHUNK), chunk(file, 0), file.subarray(h + 2 * SEALED_CHUNK)]),
+      "cut at a chunk boundary": file.subarray(0, h + SEALED_CHUNK),
+      "cut inside a chunk": file.subarray(0, file.length - 9),
+      appended: Buffer.concat([file, chunk(file, 0)]),
+      "a chunk of another session": Buffer.concat([file.subarray(0, h), chunk(otherFile, 0), file.subarray(h + SEALED_CHUNK)]),
+      "a flipped bit in a middle chunk": (() => { const x = Buffer.from(file); x[h + SEALED_CHUNK + 1000]! ^= 4; return x; })(),
+    };
+    for (const [what, bytes] of Object.entries(forgeries)) {
+      await writeFile(base.state, bytes);
+      // The manifest's size check refuses a file of another size first; the seal refuses the rest.
+      await refuses(base.s.submit("hi", greedy(2)), (e) => e instanceof StateRejectedError && ["seal_invalid", "truncated"].includes(e.reason)).catch((err: unknown) => {
+        throw new Error(`${what}: ${String(err)}`);
+      });
+      assert.ok((await readFile(base.state)).equals(bytes), `${what}: kept for inspection`);
+    }
+    // The authentic file still opens: nothing of the refusals stuck.
+    await writeFile(base.state, file);
+    const r = await base.s.submit("What did I tell you?", greedy(4));
+    assert.equal(r.rehydrated, true);
   });
 
   it("at startup, removes staged plaintext a killed runtime left, and keeps a live neighbour's", async () => {

@@ -1,0 +1,101 @@
+// A context sequence's state sealed straight into a hibernation file and opened straight from one,
+// through the methods scripts/build-runtime-addon.sh adds to node-llama-cpp's addon
+// (runtime/native/AddonContextSealedState.cpp): llama.cpp streams the state through AES-256-GCM
+// in 1 MiB chunks, so no plaintext is staged on the node and no extra pass is made over it.
+//
+// node-llama-cpp keeps a sequence's tokens and serialises state calls with its own locks, both
+// internal: this does what its saveStateToFile/loadStateFromFile do with them, and
+// `sealedStateSupport` checks every piece it relies on once, at start-up. Where anything is
+// missing the runtime stages plaintext files as before; the sealed files are the same either way.
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+import { acquireLock } from "lifecycle-utils";
+import type { Llama, LlamaContextSequence } from "node-llama-cpp";
+import type { ChunkOpener, ChunkSealer, SealedChunks } from "../storage/sealing.js";
+
+interface AddonContext {
+  saveSequenceStateSealed(sequenceId: number, target: SealedChunks, tokens: Uint32Array): Promise<number>;
+  loadSequenceStateSealed(sequenceId: number, source: SealedChunks, layout: { chunks: number; plainBytes: number; maxTokens: number }): Promise<Uint32Array>;
+}
+
+/** The internals of node-llama-cpp's LlamaContextSequence that its own state calls use. */
+interface SequenceInternals {
+  _sequenceId: number;
+  _lock: object;
+  _context: { _ctx: AddonContext };
+  _contextTokens: number[];
+  _nextTokenIndex: number;
+  _loadedTokenPredictions: unknown[];
+  _tokenPredictorOwner: object;
+  _abortTokenPredictor(skipClearingPredictionsFromState?: boolean): Promise<void>;
+  _ensureNotDisposed(): void;
+  contextTokens: readonly number[];
+  contextSize: number;
+}
+
+/**
+ * Whether this process seals states in the addon, or why not (said once, at start-up). Checks the
+ * addon's methods and that node-llama-cpp's locks are the ones imported here (one lifecycle-utils
+ * module, or the locks would exclude nothing).
+ */
+export function sealedStateSupport(llama: Llama): { ok: true } | { ok: false; reason: string } {
+  const bindings = (llama as unknown as { _bindings?: { AddonContext?: { prototype: Partial<AddonContext> } } })._bindings;
+  const proto = bindings?.AddonContext?.prototype;
+  if (typeof proto?.saveSequenceStateSealed !== "function" || typeof proto.loadSequenceStateSealed !== "function") {
+    return { ok: false, reason: "node-llama-cpp's addon has no sealed sequence states (scripts/build-runtime-addon.sh did not build it here)" };
+  }
+  const ours = fileURLToPath(import.meta.resolve("lifecycle-utils"));
+  const theirs = createRequire(fileURLToPath(import.meta.resolve("node-llama-cpp"))).resolve("lifecycle-utils");
+  if (ours !== theirs) return { ok: false, reason: `node-llama-cpp uses another lifecycle-utils (${theirs}) than the runtime (${ours})` };
+  return { ok: true };
+}
+
+function internals(sequence: LlamaContextSequence): SequenceInternals {
+  const s = sequence as unknown as SequenceInternals;
+  if (typeof s._sequenceId !== "number" || !Array.isArray(s._contextTokens) || typeof s._context?._ctx?.saveSequenceStateSealed !== "function"
+    || typeof s._abortTokenPredictor !== "function" || !Array.isArray(s._loadedTokenPredictions)) {
+    throw new Error("this node-llama-cpp's sequences lack the internals sealed states rely on");
+  }
+  return s;
+}
+
+/** Both of node-llama-cpp's locks for a state call on this sequence, taken in its order. */
+async function locked<T>(s: SequenceInternals, body: () => Promise<T>): Promise<T> {
+  const evaluatorLock = await acquireLock([s._lock, "evaluate"]);
+  try {
+    const contextLock = await acquireLock([s._context, "context"]);
+    try {
+      s._ensureNotDisposed();
+      return await body();
+    } finally { contextLock.dispose(); }
+  } finally { evaluatorLock.dispose(); }
+}
+
+/** Seals the sequence's state into the file's chunks (sealing.ts's sealFile). */
+export function sealSequenceState(sequence: LlamaContextSequence): ChunkSealer {
+  return (target) => {
+    const s = internals(sequence);
+    return locked(s, () => s._context._ctx.saveSequenceStateSealed(s._sequenceId, target, Uint32Array.from(s.contextTokens)));
+  };
+}
+
+/**
+ * Opens the file's chunks into the sequence, replacing what it held, as loadStateFromFile does
+ * (sealing.ts's openSealedFile). A refusal leaves the sequence empty.
+ */
+export function openSequenceState(sequence: LlamaContextSequence): ChunkOpener {
+  return (source) => {
+    const s = internals(sequence);
+    return locked(s, async () => {
+      s._tokenPredictorOwner = {};
+      await s._abortTokenPredictor(true);
+      s._ensureNotDisposed();
+      s._loadedTokenPredictions.length = 0;
+      s._nextTokenIndex = 0;
+      s._contextTokens = [];
+      const tokens = Array.from(await s._context._ctx.loadSequenceStateSealed(s._sequenceId, source, { chunks: source.chunks, plainBytes: source.plainBytes, maxTokens: s.contextSize }));
+      s._contextTokens = tokens;
+      s._nextTokenIndex = tokens.length;
+    });
+  };
+}

@@ -1,0 +1,406 @@
+// Torpor's addition to node-llama-cpp's addon: a sequence's state sealed into, and opened from, a
+// torpor sealed state file as llama.cpp streams it, so no plaintext exists anywhere but the KV
+// cache and a 1 MiB chunk buffer.
+//
+// node-llama-cpp 3.22.1 saves and loads a sequence only through a file llama.cpp opens itself, so
+// a sealed hibernation had to stage the plaintext in a file, read it back to encrypt it, and do the
+// reverse to rehydrate: two more passes over every state, and plaintext on the node's disk. Here
+// llama.cpp's own state writer and reader (llama_memory_i::state_write/state_read, the calls its
+// llama_state_seq_save_file/load_file make) talk to an io that encrypts or decrypts 1 MiB chunks.
+//
+// The plaintext is byte for byte llama.cpp's sequence-state file (magic, version, token count,
+// tokens, then the state), and the sealed layout is runtime/storage/sealed-chunks.ts's: per chunk
+// a u32 (big-endian) plaintext length, the AES-256-GCM ciphertext, the 16-byte tag; chunk i at
+// headerBytes + i * (4 + CHUNK + 16); nonce = the file's 8-byte prefix and i (big-endian u32);
+// associated data = the file's identity, i (big-endian u32) and a last-chunk flag. Files sealed
+// here open there and the reverse (tests), so runtimes with and without this addon share volumes.
+//
+// Every chunk is authenticated before any byte of it reaches llama.cpp. A chunk that does not
+// authenticate, a missing or extra chunk, or a length that disagrees fails the load with code
+// TORPOR_SEAL_INVALID, and whatever the sequence had received is removed.
+//
+// The caller serialises these with the sequence's evaluation and the context's batch, as
+// node-llama-cpp's own saveStateToFile does (its "evaluate" and "context" locks), owns the file
+// descriptor (opened, checked, synced and closed in JavaScript) and writes the sealed file's header.
+#include "AddonContext.h"
+
+#include <openssl/evp.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+#include <unistd.h>
+
+#include "ggml-backend.h"
+#include "llama-io.h"
+#include "llama-memory.h"
+
+namespace {
+
+constexpr size_t CHUNK = 1 << 20;
+constexpr size_t LEN = 4;
+constexpr size_t TAG = 16;
+constexpr size_t SEALED_CHUNK = LEN + CHUNK + TAG;
+constexpr uint32_t FILE_MAGIC = 0x67677371u;  // LLAMA_STATE_SEQ_MAGIC ('ggsq')
+constexpr uint32_t FILE_VERSION = 3;          // LLAMA_STATE_SEQ_VERSION
+
+// A failure that says the file is not authentic (tampered, truncated, transplanted, wrong key).
+struct SealInvalid : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct SealParams {
+    int fd = -1;
+    std::vector<uint8_t> key;
+    std::vector<uint8_t> prefix;
+    std::vector<uint8_t> fileAad;
+    uint64_t headerBytes = 0;
+};
+
+std::vector<uint8_t> bytesOf(const Napi::Value& value, const char* what, size_t exactLength = 0) {
+    if (!value.IsTypedArray()) throw std::invalid_argument(std::string(what) + " must be a Uint8Array");
+    Napi::Uint8Array array = value.As<Napi::Uint8Array>();
+    if (exactLength != 0 && array.ByteLength() != exactLength) throw std::invalid_argument(std::string(what) + " has the wrong length");
+    return std::vector<uint8_t>(array.Data(), array.Data() + array.ByteLength());
+}
+
+void putU32BE(uint8_t* at, uint32_t v) {
+    at[0] = uint8_t(v >> 24); at[1] = uint8_t(v >> 16); at[2] = uint8_t(v >> 8); at[3] = uint8_t(v);
+}
+
+uint32_t getU32BE(const uint8_t* at) {
+    return (uint32_t(at[0]) << 24) | (uint32_t(at[1]) << 16) | (uint32_t(at[2]) << 8) | uint32_t(at[3]);
+}
+
+// One AES-256-GCM context, reused for every chunk of a file.
+class ChunkCipher {
+    public:
+        ChunkCipher(const SealParams& params) : params(params), ctx(EVP_CIPHER_CTX_new()) {
+            if (ctx == nullptr) throw std::runtime_error("EVP_CIPHER_CTX_new failed");
+            aad.assign(params.fileAad.begin(), params.fileAad.end());
+            aad.resize(params.fileAad.size() + 5);
+        }
+        ~ChunkCipher() { EVP_CIPHER_CTX_free(ctx); }
+        ChunkCipher(const ChunkCipher&) = delete;
+        ChunkCipher& operator=(const ChunkCipher&) = delete;
+
+        // Seals `length` bytes of `plain` as chunk `index` into `out`: length, ciphertext, tag.
+        size_t seal(const uint8_t* plain, size_t length, uint32_t index, bool last, uint8_t* out) {
+            start(true, index, last);
+            putU32BE(out, uint32_t(length));
+            int n = 0, fin = 0;
+            if (length > 0 && EVP_EncryptUpdate(ctx, out + LEN, &n, plain, int(length)) != 1) throw std::runtime_error("EVP_EncryptUpdate failed");
+            if (EVP_EncryptFinal_ex(ctx, out + LEN + n, &fin) != 1) throw std::runtime_error("EVP_EncryptFinal_ex failed");
+            if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, int(TAG), out + LEN + length) != 1) throw std::runtime_error("EVP_CTRL_GCM_GET_TAG failed");
+            return LEN + length + TAG;
+        }
+
+        // Opens sealed chunk `index` (`length` plaintext bytes expected) from `in` into `plain`.
+        void open(const uint8_t* in, size_t length, uint32_t index, bool last, uint8_t* plain) {
+            if (getU32BE(in) != length) throw SealInvalid("corrupt chunk length");
+            start(false, index, last);
+            int n = 0, fin = 0;
+            if (length > 0 && EVP_DecryptUpdate(ctx, plain, &n, in + LEN, int(length)) != 1) throw std::runtime_error("EVP_DecryptUpdate failed");
+            if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, int(TAG), const_cast<uint8_t*>(in + LEN + length)) != 1) throw std::runtime_error("EVP_CTRL_GCM_SET_TAG failed");
+            if (EVP_DecryptFinal_ex(ctx, plain + n, &fin) != 1) {
+                throw SealInvalid("chunk " + std::to_string(index) + " does not authenticate (tampered, truncated, or sealed for another session, namespace or model)");
+            }
+        }
+
+    private:
+        void start(bool encrypt, uint32_t index, bool last) {
+            uint8_t nonce[12];
+            std::memcpy(nonce, params.prefix.data(), 8);
+            putU32BE(nonce + 8, index);
+            const EVP_CIPHER* cipher = EVP_aes_256_gcm();
+            int ok = encrypt ? EVP_EncryptInit_ex(ctx, cipher, nullptr, params.key.data(), nonce)
+                             : EVP_DecryptInit_ex(ctx, cipher, nullptr, params.key.data(), nonce);
+            if (ok != 1) throw std::runtime_error("AES-256-GCM init failed");
+            putU32BE(aad.data() + params.fileAad.size(), index);
+            aad[params.fileAad.size() + 4] = last ? 1 : 0;
+            int n = 0;
+            ok = encrypt ? EVP_EncryptUpdate(ctx, nullptr, &n, aad.data(), int(aad.size()))
+                         : EVP_DecryptUpdate(ctx, nullptr, &n, aad.data(), int(aad.size()));
+            if (ok != 1) throw std::runtime_error("AES-256-GCM associated data failed");
+        }
+
+        const SealParams& params;
+        EVP_CIPHER_CTX* ctx;
+        std::vector<uint8_t> aad;
+};
+
+void pwriteAll(int fd, const uint8_t* data, size_t length, uint64_t offset) {
+    while (length > 0) {
+        ssize_t n = pwrite(fd, data, length, off_t(offset));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            throw std::runtime_error(std::string("write failed: ") + std::strerror(errno));
+        }
+        data += n; length -= size_t(n); offset += uint64_t(n);
+    }
+}
+
+size_t preadAll(int fd, uint8_t* data, size_t length, uint64_t offset) {
+    size_t got = 0;
+    while (got < length) {
+        ssize_t n = pread(fd, data + got, length - got, off_t(offset + got));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            throw std::runtime_error(std::string("read failed: ") + std::strerror(errno));
+        }
+        if (n == 0) break;
+        got += size_t(n);
+    }
+    return got;
+}
+
+// llama.cpp's state writer into sealed chunks. A full chunk is sealed only once a byte after it
+// arrives, so the one sealed by finish() is the last, whatever the size.
+class SealingWriter : public llama_io_write_i {
+    public:
+        explicit SealingWriter(const SealParams& params) : params(params), cipher(params), plain(CHUNK), sealed(SEALED_CHUNK) {}
+
+        void write(const void* src, size_t size) override {
+            const uint8_t* from = static_cast<const uint8_t*>(src);
+            while (size > 0) {
+                const size_t piece = room(size);
+                std::memcpy(plain.data() + fill, from, piece);
+                fill += piece; from += piece; size -= piece; total += piece;
+            }
+        }
+
+        void write_tensor(ggml_tensor* tensor, size_t offset, size_t size) override {
+            while (size > 0) {
+                const size_t piece = room(size);
+                ggml_backend_tensor_get(tensor, plain.data() + fill, offset, piece);
+                fill += piece; offset += piece; size -= piece; total += piece;
+            }
+        }
+
+        size_t n_bytes() override { return total; }
+
+        void finish() { flush(true); }
+
+    private:
+        size_t room(size_t want) {
+            if (fill == CHUNK) flush(false);
+            return std::min(want, CHUNK - fill);
+        }
+
+        void flush(bool last) {
+            const size_t n = cipher.seal(plain.data(), fill, index, last, sealed.data());
+            pwriteAll(params.fd, sealed.data(), n, params.headerBytes + uint64_t(index) * SEALED_CHUNK);
+            index++;
+            fill = 0;
+        }
+
+        const SealParams& params;
+        ChunkCipher cipher;
+        std::vector<uint8_t> plain;
+        std::vector<uint8_t> sealed;
+        size_t fill = 0;
+        size_t total = 0;
+        uint32_t index = 0;
+};
+
+// llama.cpp's state reader from sealed chunks, each opened and authenticated before it is served.
+class OpeningReader : public llama_io_read_i {
+    public:
+        OpeningReader(const SealParams& params, uint32_t chunks, uint64_t plainBytes)
+            : params(params), cipher(params), chunks(chunks), plainBytes(plainBytes), plain(CHUNK), sealed(SEALED_CHUNK) {}
+
+        void read(void* dst, size_t size) override {
+            uint8_t* to = static_cast<uint8_t*>(dst);
+            while (size > 0) {
+                const size_t piece = available(size);
+                std::memcpy(to, plain.data() + pos, piece);
+                pos += piece; to += piece; size -= piece; total += piece;
+            }
+        }
+
+        void read_tensor(ggml_tensor* tensor, size_t offset, size_t size) override {
+            while (size > 0) {
+                const size_t piece = available(size);
+                ggml_backend_tensor_set(tensor, plain.data() + pos, offset, piece);
+                pos += piece; offset += piece; size -= piece; total += piece;
+            }
+        }
+
+        size_t n_bytes() override { return total; }
+
+        // Every authenticated byte was consumed: a state with bytes after it is not one llama.cpp wrote.
+        bool consumedAll() const { return next == chunks && pos == fill; }
+
+        // Why the file did not authenticate, if it did not: llama.cpp catches what its reader
+        // throws and throws its own error, so the reason is kept here too.
+        std::string sealError;
+
+    private:
+        size_t available(size_t want) {
+            if (pos == fill) load();
+            return std::min(want, fill - pos);
+        }
+
+        void load() {
+            try {
+                if (next >= chunks) throw SealInvalid("the state continues past the file's last chunk");
+                const bool last = next == chunks - 1;
+                const size_t length = last ? size_t(plainBytes - uint64_t(chunks - 1) * CHUNK) : CHUNK;
+                if (preadAll(params.fd, sealed.data(), LEN + length + TAG, params.headerBytes + uint64_t(next) * SEALED_CHUNK) != LEN + length + TAG) {
+                    throw SealInvalid("truncated chunk");
+                }
+                cipher.open(sealed.data(), length, next, last, plain.data());
+                fill = length;
+            } catch (const SealInvalid& e) {
+                sealError = e.what();
+                throw;
+            }
+            next++;
+            pos = 0;
+        }
+
+        const SealParams& params;
+        ChunkCipher cipher;
+        const uint32_t chunks;
+        const uint64_t plainBytes;
+        std::vector<uint8_t> plain;
+        std::vector<uint8_t> sealed;
+        size_t fill = 0;
+        size_t pos = 0;
+        size_t total = 0;
+        uint32_t next = 0;
+};
+
+class SealedStateWorker : public Napi::AsyncWorker {
+    public:
+        SealedStateWorker(const Napi::CallbackInfo& info, AddonContext* context, bool load)
+            : Napi::AsyncWorker(info.Env(), load ? "TorporLoadSequenceStateSealed" : "TorporSaveSequenceStateSealed"),
+              context(context), load(load), deferred(Napi::Promise::Deferred::New(info.Env())) {
+            // (sequenceId, params { fd, key, prefix, fileAad, headerBytes }, save: tokens | load: { chunks, plainBytes, maxTokens })
+            sequenceId = info[0].As<Napi::Number>().Int32Value();
+            Napi::Object p = info[1].As<Napi::Object>();
+            params.fd = p.Get("fd").As<Napi::Number>().Int32Value();
+            params.key = bytesOf(p.Get("key"), "key", 32);
+            params.prefix = bytesOf(p.Get("prefix"), "prefix", 8);
+            params.fileAad = bytesOf(p.Get("fileAad"), "fileAad");
+            params.headerBytes = uint64_t(p.Get("headerBytes").As<Napi::Number>().Int64Value());
+            if (load) {
+                Napi::Object l = info[2].As<Napi::Object>();
+                chunks = l.Get("chunks").As<Napi::Number>().Uint32Value();
+                plainBytes = uint64_t(l.Get("plainBytes").As<Napi::Number>().Int64Value());
+                maxTokens = l.Get("maxTokens").As<Napi::Number>().Uint32Value();
+            } else {
+                Napi::Uint32Array t = info[2].As<Napi::Uint32Array>();
+                tokens.assign(t.Data(), t.Data() + t.ElementLength());
+            }
+            context->Ref();
+        }
+        ~SealedStateWorker() { context->Unref(); }
+
+        Napi::Promise GetPromise() { return deferred.Promise(); }
+
+    protected:
+        void Execute() override {
+            try {
+                if (context->disposed || context->ctx == nullptr) throw std::runtime_error("Context is disposed");
+                llama_synchronize(context->ctx);
+                llama_memory_t memory = llama_get_memory(context->ctx);
+                if (memory == nullptr) throw std::runtime_error("the context has no memory module");
+                if (load) loadState(memory);
+                else saveState(memory);
+            } catch (const SealInvalid& e) {
+                sealInvalid = true;
+                SetError(e.what());
+            } catch (const std::exception& e) {
+                SetError(e.what());
+            } catch (...) {
+                SetError("unknown error in a sealed state call");
+            }
+        }
+
+        void OnOK() override {
+            if (load) {
+                Napi::Uint32Array out = Napi::Uint32Array::New(Env(), tokens.size());
+                std::memcpy(out.Data(), tokens.data(), tokens.size() * sizeof(uint32_t));
+                deferred.Resolve(out);
+            } else {
+                deferred.Resolve(Napi::Number::New(Env(), double(plainBytes)));
+            }
+        }
+
+        void OnError(const Napi::Error& err) override {
+            Napi::Error e = Napi::Error::New(Env(), err.Message());
+            if (sealInvalid) e.Set("code", Napi::String::New(Env(), "TORPOR_SEAL_INVALID"));
+            deferred.Reject(e.Value());
+        }
+
+    private:
+        void saveState(llama_memory_t memory) {
+            SealingWriter writer(params);
+            const uint32_t header[3] = {FILE_MAGIC, FILE_VERSION, uint32_t(tokens.size())};
+            writer.write(header, sizeof(header));
+            writer.write(tokens.data(), tokens.size() * sizeof(uint32_t));
+            memory->state_write(writer, sequenceId, 0);
+            writer.finish();
+            plainBytes = writer.n_bytes();
+        }
+
+        void loadState(llama_memory_t memory) {
+            OpeningReader reader(params, chunks, plainBytes);
+            uint32_t header[3];
+            reader.read(header, sizeof(header));
+            if (header[0] != FILE_MAGIC || header[1] != FILE_VERSION) throw std::runtime_error("not a llama.cpp sequence state of this version");
+            if (header[2] > maxTokens) throw std::runtime_error("the state holds " + std::to_string(header[2]) + " tokens, more than the context's " + std::to_string(maxTokens));
+            tokens.resize(header[2]);
+            reader.read(tokens.data(), tokens.size() * sizeof(uint32_t));
+            try {
+                memory->state_read(reader, sequenceId, 0);
+                if (!reader.consumedAll()) throw std::runtime_error("the state has bytes after it");
+            } catch (...) {
+                // Whatever llama.cpp took of a refused state is not this sequence's any more.
+                llama_memory_seq_rm(memory, sequenceId, -1, -1);
+                if (!reader.sealError.empty()) throw SealInvalid(reader.sealError);
+                throw;
+            }
+        }
+
+        AddonContext* context;
+        bool load;
+        Napi::Promise::Deferred deferred;
+        llama_seq_id sequenceId = 0;
+        SealParams params;
+        std::vector<uint32_t> tokens;
+        uint32_t chunks = 0;
+        uint64_t plainBytes = 0;
+        uint32_t maxTokens = 0;
+        bool sealInvalid = false;
+};
+
+Napi::Value queue(const Napi::CallbackInfo& info, AddonContext* context, bool load) {
+    if (context->disposed) {
+        Napi::Error::New(info.Env(), "Context is disposed").ThrowAsJavaScriptException();
+        return info.Env().Undefined();
+    }
+    SealedStateWorker* worker;
+    try {
+        worker = new SealedStateWorker(info, context, load);
+    } catch (const std::exception& e) {
+        Napi::TypeError::New(info.Env(), e.what()).ThrowAsJavaScriptException();
+        return info.Env().Undefined();
+    }
+    worker->Queue();
+    return worker->GetPromise();
+}
+
+}  // namespace
+
+Napi::Value AddonContext::SaveSequenceStateSealed(const Napi::CallbackInfo& info) {
+    return queue(info, this, false);
+}
+
+Napi::Value AddonContext::LoadSequenceStateSealed(const Napi::CallbackInfo& info) {
+    return queue(info, this, true);
+}
