@@ -32,6 +32,7 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "ggml-backend.h"
@@ -210,7 +211,12 @@ class SealingWriter : public llama_io_write_i {
 class OpeningReader : public llama_io_read_i {
     public:
         OpeningReader(const SealParams& params, uint32_t chunks, uint64_t plainBytes)
-            : params(params), cipher(params), chunks(chunks), plainBytes(plainBytes), plain(CHUNK), sealed(SEALED_CHUNK) {}
+            : params(params), cipher(params), chunks(chunks), plainBytes(plainBytes), plain(CHUNK), sealed(SEALED_CHUNK) {
+            // A cold file is read ahead by the kernel while chunks are opened, instead of one
+            // 1 MiB read at a time between decryptions. Advice only: failure changes nothing.
+            posix_fadvise(params.fd, off_t(params.headerBytes), 0, POSIX_FADV_SEQUENTIAL);
+            posix_fadvise(params.fd, off_t(params.headerBytes), 0, POSIX_FADV_WILLNEED);
+        }
 
         void read(void* dst, size_t size) override {
             uint8_t* to = static_cast<uint8_t*>(dst);
