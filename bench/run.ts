@@ -2,9 +2,11 @@
 // machine. Every figure is a median of several runs with min and max; every comparison is a ratio
 // measured in the same run. Benchmarks report against goals; they never fail.
 import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { DEFAULT_TEST_MODEL, ensureTestModel, type TestModelParams } from "../fixtures/gguf/test-model.js";
 import { MODEL_DIR } from "../testbed/paths.js";
@@ -375,6 +377,11 @@ if (want("checkpoints")) {
     ]);
   results.checkpoints = { ...r, withP50: pct(r.withMs, 0.5), withP99: pct(r.withMs, 0.99), withoutP50: pct(r.withoutMs, 0.5), withoutP99: pct(r.withoutMs, 0.99) };
 }
+/** Whether `npm install` built the runtime addon here (the runtimes the benchmarks start then seal in it). */
+function addonBuilt(): boolean {
+  return existsSync(path.join(path.dirname(fileURLToPath(import.meta.resolve("node-llama-cpp"))), "..", "llama", "localBuilds", "linux-x64", "Release", "torpor-addon.digest"));
+}
+
 if (want("peer")) {
   const binary = await llamaServerBinary();
   if (binary) {
@@ -396,7 +403,7 @@ if (want("peer")) {
         row("decode tokens/s of that turn, first token to last (llama-server: its own timings; torpor: streamed)", L.decodeTokPerSec, T.decodeTokPerSec, "tok/s"),
         row("durable floor (write the same bytes + fsync) vs hibernate (goal <= 1.2x)", r.fsyncFloorMs, T.hibernateMs),
         ...(r.torporSealed ? [
-          row("sealed: save vs hibernate (AES-256-GCM, staged node-locally)", L.saveMs, r.torporSealed.hibernateMs),
+          row(`sealed: save vs hibernate (AES-256-GCM, ${addonBuilt() ? "in the runtime addon" : "staged node-locally"})`, L.saveMs, r.torporSealed.hibernateMs),
           row("sealed: durable floor vs hibernate", r.fsyncFloorMs, r.torporSealed.hibernateMs),
           row("sealed: restore vs rehydrate", L.restoreMs, r.torporSealed.rehydrateMs),
         ] : []),
