@@ -185,6 +185,10 @@ class SealingWriter : public llama_io_write_i {
 
         void finish() { flush(true); }
 
+        // Why a write failed (a full disk, say), if one did: llama.cpp may catch what its writer
+        // throws and throw its own error, so the reason is kept here too.
+        std::string writeError;
+
     private:
         size_t room(size_t want) {
             if (fill == CHUNK) flush(false);
@@ -193,7 +197,12 @@ class SealingWriter : public llama_io_write_i {
 
         void flush(bool last) {
             const size_t n = cipher.seal(plain.data(), fill, index, last, sealed.data());
-            pwriteAll(params.fd, sealed.data(), n, params.headerBytes + uint64_t(index) * SEALED_CHUNK);
+            try {
+                pwriteAll(params.fd, sealed.data(), n, params.headerBytes + uint64_t(index) * SEALED_CHUNK);
+            } catch (const std::exception& e) {
+                writeError = e.what();
+                throw;
+            }
             index++;
             fill = 0;
         }
@@ -246,7 +255,8 @@ class OpeningReader : public llama_io_read_i {
 
     private:
         size_t available(size_t want) {
-            if (pos == fill) load();
+            // A loop: an empty chunk serves nothing, and the next one is due.
+            while (pos == fill) load();
             return std::min(want, fill - pos);
         }
 
@@ -349,8 +359,13 @@ class SealedStateWorker : public Napi::AsyncWorker {
             const uint32_t header[3] = {FILE_MAGIC, FILE_VERSION, uint32_t(tokens.size())};
             writer.write(header, sizeof(header));
             writer.write(tokens.data(), tokens.size() * sizeof(uint32_t));
-            memory->state_write(writer, sequenceId, 0);
-            writer.finish();
+            try {
+                memory->state_write(writer, sequenceId, 0);
+                writer.finish();
+            } catch (...) {
+                if (!writer.writeError.empty()) throw std::runtime_error(writer.writeError);
+                throw;
+            }
             plainBytes = writer.n_bytes();
         }
 

@@ -1,6 +1,7 @@
 // Faults with nothing lost: SIGKILL in the middle of hibernate writes, a full disk, and fuzzed
 // request bodies. Prints a summary of faults tried, survived and data lost at the end.
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { spawn } from "node:child_process";
 import { readdir } from "node:fs/promises";
 import path from "node:path";
@@ -95,28 +96,33 @@ describe("faults", () => {
     console.log(`# kill during checkpoint: ${newest} had committed the newest checkpoint, ${previous} came back from the previous one (one turn lost, as designed)`);
   });
 
-  it("a full disk during hibernate keeps the session in memory, cleans temp files, reports the error", async () => {
-    summary.tried++;
-    const dir = await tmp("torpor-full-");
-    // A 1 MiB filesystem for the volume, in a private mount namespace of the runtime process.
-    const probe = spawn("unshare", ["-m", "true"]);
-    const ok = await new Promise<boolean>((r) => { probe.once("exit", (c) => r(c === 0)); probe.once("error", () => r(false)); });
-    assert.ok(ok, "this test needs unshare (root) to mount a small tmpfs");
-    const rt = await startRuntime({ TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: dir }, { wrap: ["unshare", "-m", "--propagation", "private", "sh", "-c", `mount -t tmpfs -o size=1m tmpfs ${dir} && exec "$@"`, "runtime"] });
-    try {
-      await rt.client.register("default", "big", { contextSize: 2048 });
-      await rt.client.submit("default", "big", "y".repeat(1500), { max_tokens: 2 });
-      await assert.rejects(rt.client.hibernate("default", "big"), (e: RuntimeApiError) => e.status === 507 && e.code === "storage_failed");
-      const st = await rt.client.status("default", "big");
-      assert.equal(st.residency, "InMemory");
-      assert.equal(st.lastError?.code, "storage_failed");
-      const r = await rt.client.submit("default", "big", "still usable?", { max_tokens: 2 });
-      assert.equal(r.torpor.rehydrated, false);
-      const files = await rt.client.request<{ entries?: string[] }>("GET", "/v1/hibernation-files");
-      assert.deepEqual(files, { files: [] });
-      summary.survived++;
-    } finally { await rt.stop(); }
-  });
+  for (const sealed of [false, true]) {
+    it(`a full disk during ${sealed ? "a sealed" : "an unsealed"} hibernate keeps the session in memory, cleans temp files, reports the error`, async () => {
+      summary.tried++;
+      const dir = await tmp("torpor-full-");
+      // A 1 MiB filesystem for the volume, in a private mount namespace of the runtime process.
+      const probe = spawn("unshare", ["-m", "true"]);
+      const ok = await new Promise<boolean>((r) => { probe.once("exit", (c) => r(c === 0)); probe.once("error", () => r(false)); });
+      assert.ok(ok, "this test needs unshare (root) to mount a small tmpfs");
+      // Sealed: in the runtime addon where it is built (the write fails inside llama.cpp's own state writer).
+      const sealing: Record<string, string> = sealed ? { TORPOR_SEALING_KEYS: `k1:${randomBytes(32).toString("base64")}`, TORPOR_STAGING_DIR: await tmp("torpor-full-staging-") } : {};
+      const rt = await startRuntime({ TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: dir, ...sealing }, { wrap: ["unshare", "-m", "--propagation", "private", "sh", "-c", `mount -t tmpfs -o size=1m tmpfs ${dir} && exec "$@"`, "runtime"] });
+      try {
+        await rt.client.register("default", "big", { contextSize: 2048 });
+        await rt.client.submit("default", "big", "y".repeat(1500), { max_tokens: 2 });
+        // Sealed in the addon, the error names the cause; node-llama-cpp's own save only says it failed.
+        await assert.rejects(rt.client.hibernate("default", "big"), (e: RuntimeApiError) => e.status === 507 && e.code === "storage_failed" && (!sealed || /No space left/.test(e.message)));
+        const st = await rt.client.status("default", "big");
+        assert.equal(st.residency, "InMemory");
+        assert.equal(st.lastError?.code, "storage_failed");
+        const r = await rt.client.submit("default", "big", "still usable?", { max_tokens: 2 });
+        assert.equal(r.torpor.rehydrated, false);
+        const files = await rt.client.request<{ entries?: string[] }>("GET", "/v1/hibernation-files");
+        assert.deepEqual(files, { files: [] });
+        summary.survived++;
+      } finally { await rt.stop(); }
+    });
+  }
 
   it("fuzzed request bodies always get a 4xx JSON error or a 200, never a 5xx", async () => {
     const rt = await startRuntime({ TORPOR_MODEL: await smallModel(), TORPOR_HIBERNATION_DIR: await tmp("torpor-fuzz-"), TORPOR_DEFAULT_MAX_TOKENS: "2" });
