@@ -353,7 +353,7 @@ if (want("sealing")) {
   const staged = r.staged.hibernateMs.length ? { h: stat(r.staged.hibernateMs), r: stat(r.staged.rehydrateMs) } : undefined;
   const aead = r.aead.map((a) => ({ threads: a.threads, seal: stat(a.sealMs), open: stat(a.openMs) }));
   const stagedIn = process.env.TORPOR_STAGING_DIR || os.tmpdir();
-  const how = r.nativeSealing === true ? "in the runtime addon as llama.cpp streams the state" : `through plaintext staged in ${stagedIn} (${r.nativeSealing})`;
+  const how = r.nativeStateIo === true ? "in the runtime addon as llama.cpp streams the state" : `through plaintext staged in ${stagedIn} (${r.nativeStateIo})`;
   table(`Figure 9: sealing (AES-256-GCM in 1 MiB chunks, ${how}) vs unsealed (xxHash64), ${r.stateMiB.toFixed(0)} MiB state, interleaved (goal: <= 1.3x)`,
     ["operation", "sealed", "unsealed", "sealed / unsealed"], [
       ["hibernate", fmt(SH), fmt(PH), `${(SH.median / PH.median).toFixed(2)}x`],

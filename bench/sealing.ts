@@ -25,7 +25,7 @@ export interface SealingResult {
   staged: { hibernateMs: number[]; rehydrateMs: number[] };
   plain: { hibernateMs: number[]; rehydrateMs: number[] };
   /** true where `sealed` sealed in the addon; else why not. */
-  nativeSealing: true | string;
+  nativeStateIo: true | string;
   /** Where a sealed hibernate's and rehydrate's extra goes: the AEAD pass alone (staged file to volume with fsync, and back), by thread count. */
   aead: Array<{ threads: number; sealMs: number[]; openMs: number[] }>;
 }
@@ -43,15 +43,15 @@ export async function sealingCost(model: TestModelParams | ModelHost, tokens: nu
     staged: new HibernationStore(path.join(base, "staged"), { sealing: { keys, stagingDir: staging } }),
     plain: new HibernationStore(path.join(base, "plain")),
   };
-  const stagedHost = Object.create(host, { sealedState: { value: { ok: false, reason: "bench: staged" } } }) as ModelHost;
+  const stagedHost = Object.create(host, { stateFiles: { value: { ok: false, reason: "bench: staged" } } }) as ModelHost;
   type Mode = "sealed" | "staged" | "plain";
   const mk = (mode: Mode) => new SessionManager(mode === "staged" ? stagedHost : host, stores[mode],
     new ManualClock(), new RuntimeMetrics(false), createLogger("bench", "silent"),
     { maxResident: 4, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 65536, podName: "bench" });
-  const nativeSealing = host.sealedState.ok ? true : host.sealedState.reason;
-  const modes: Mode[] = nativeSealing === true ? ["sealed", "staged", "plain"] : ["sealed", "plain"];
+  const nativeStateIo = host.stateFiles.ok ? true : host.stateFiles.reason;
+  const modes: Mode[] = nativeStateIo === true ? ["sealed", "staged", "plain"] : ["sealed", "plain"];
   const pools = [...new Set([1, defaultSealingThreads()])].map((n) => new SealingThreads(n));
-  const out: SealingResult = { stateMiB: 0, nativeSealing, sealed: { hibernateMs: [], rehydrateMs: [] }, staged: { hibernateMs: [], rehydrateMs: [] }, plain: { hibernateMs: [], rehydrateMs: [] }, aead: pools.map((p) => ({ threads: p.threads, sealMs: [], openMs: [] })) };
+  const out: SealingResult = { stateMiB: 0, nativeStateIo, sealed: { hibernateMs: [], rehydrateMs: [] }, staged: { hibernateMs: [], rehydrateMs: [] }, plain: { hibernateMs: [], rehydrateMs: [] }, aead: pools.map((p) => ({ threads: p.threads, sealMs: [], openMs: [] })) };
   const text = Array.from({ length: tokens }, (_, i) => String.fromCharCode(97 + ((i * 7) % 26))).join("");
   try {
     const sessions = new Map<Mode, Awaited<ReturnType<SessionManager["register"]>>>();

@@ -53,11 +53,11 @@ export interface RuntimeConfig {
   /** Reuse an evicted session's context for the session that needed the room. */
   contextHandover: boolean;
   /**
-   * Seal and open state files in node-llama-cpp's addon as llama.cpp streams the state, where it
-   * was built with torpor's methods (sealed-sequence-state.ts): no staged plaintext, no extra pass.
-   * false stages plaintext files through node-llama-cpp's file calls, as before.
+   * Write state files (and open sealed ones) in node-llama-cpp's addon as llama.cpp streams the
+   * state, where it was built with torpor's methods (sequence-state-files.ts): no staged
+   * plaintext, no pass that reads a file back. false uses node-llama-cpp's file calls, as before.
    */
-  nativeSealing: boolean;
+  nativeStateIo: boolean;
   /** Sequences per llama context: resident sessions sharing a context decode in one batch. */
   sequencesPerContext: number;
   /** How long a context no session uses stays allocated, so the next rehydrate skips the allocation. */
@@ -143,7 +143,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     maxBodyBytes: int(env, "TORPOR_MAX_BODY_BYTES", 1 << 20, 1024),
     ...(env.TORPOR_MODEL_NAME ? { modelName: env.TORPOR_MODEL_NAME } : {}),
     contextHandover: bool(env, "TORPOR_CONTEXT_HANDOVER", true),
-    nativeSealing: bool(env, "TORPOR_NATIVE_SEALING", true),
+    nativeStateIo: bool(env, "TORPOR_NATIVE_STATE_IO", true),
     preemptAfterMs: int(env, "TORPOR_PREEMPT_AFTER_MS", 2000),
     sequencesPerContext: intAtMost(env, "TORPOR_SEQUENCES_PER_CONTEXT", 1, 1, MAX_CONTEXT_SEQUENCES),
     contextGraceMs: int(env, "TORPOR_CONTEXT_GRACE_MS", 5000),

@@ -40,12 +40,12 @@ trap 'rm -rf "$work"' EXIT
 t0=$(date +%s)
 git clone -q --bare "$nlc/llama/gitRelease.bundle" "$work/llama.git"
 mkdir -p "$work/src"
-git --git-dir="$work/llama.git" archive HEAD include ggml/include common src | tar -x -C "$work/src"
+git --git-dir="$work/llama.git" archive HEAD include ggml/include common src vendor/hash/xxhash | tar -x -C "$work/src"
 cp -r "$nlc/llama/addon" "$work/addon"
 cp "$here/runtime/native/"*.cpp "$work/addon/"
 (cd "$work" && git apply "$here/runtime/native/addon.patch") || skip "runtime/native/addon.patch does not apply to this node-llama-cpp's addon"
 flags=(-c -O2 -fPIC -fexceptions -std=c++17 -DNAPI_VERSION=7 -w -I"$napi" -I"$node_inc"
-  -I"$work/src/include" -I"$work/src/ggml/include" -I"$work/src" -I"$work/src/common" -I"$work/src/src")
+  -I"$work/src/include" -I"$work/src/ggml/include" -I"$work/src" -I"$work/src/common" -I"$work/src/src" -I"$work/src/vendor/hash/xxhash")
 if ! (cd "$work" && ls addon/*.cpp addon/globals/*.cpp | xargs -P "$(nproc)" -I{} c++ "${flags[@]}" {} -o {}.o); then
   skip "the addon did not compile (see the errors above)"
 fi
@@ -73,7 +73,7 @@ for lib in "$prebuilt"/*.so; do ln -s "$(realpath -m --relative-to="$out/Release
 echo "$digest" > "$stage/Release/torpor-addon.digest"
 echo done > "$stage/buildDone.status"
 # Refuse an addon this Node cannot load: node-llama-cpp would fall back to its own, but say so here.
-(cd "$stage/Release" && node -e "const a = require('./llama-addon.node'); if (typeof a.AddonContext?.prototype?.saveSequenceStateSealed !== 'function') process.exit(1)") \
+(cd "$stage/Release" && node -e "const a = require('./llama-addon.node'); if (typeof a.AddonContext?.prototype?.saveSequenceStatePlain !== 'function') process.exit(1)") \
   || { rm -rf "$stage"; skip "the built addon does not load"; }
 rm -rf "$out"
 mv "$stage" "$out"

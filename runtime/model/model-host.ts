@@ -10,7 +10,7 @@ import type { MemoryCost } from "./memory-cost.js";
 import { cpuAllowance } from "./cpu-allowance.js";
 import { modelFingerprint } from "./model-fingerprint.js";
 import { resolveModelSource } from "./model-source.js";
-import { sealedStateSupport } from "./sealed-sequence-state.js";
+import { stateFileSupport } from "./sequence-state-files.js";
 
 /** A context's flash attention: "auto" lets llama.cpp choose (on where the backend supports it). */
 export type FlashAttention = "auto" | boolean;
@@ -20,8 +20,8 @@ export const NODE_LLAMA_CPP_VERSION: string = (JSON.parse(readFileSync(
   path.join(path.dirname(fileURLToPath(import.meta.resolve("node-llama-cpp"))), "..", "package.json"), "utf8")) as { version: string }).version;
 
 export class ModelHost {
-  /** Whether sealed states are sealed and opened in the addon as llama.cpp streams them (sealed-sequence-state.ts), or why not. */
-  readonly sealedState: { ok: true } | { ok: false; reason: string };
+  /** Whether state files are written (and sealed ones opened) in the addon as llama.cpp streams them (sequence-state-files.ts), or why not. */
+  readonly stateFiles: { ok: true } | { ok: false; reason: string };
 
   private constructor(
     readonly llama: Llama,
@@ -36,12 +36,12 @@ export class ModelHost {
      * default); a rehydrate uses what its state was saved with.
      */
     readonly flashAttention: FlashAttention,
-    nativeSealing: boolean,
+    nativeStateIo: boolean,
   ) {
-    this.sealedState = nativeSealing ? sealedStateSupport(llama) : { ok: false, reason: "TORPOR_NATIVE_SEALING=false" };
+    this.stateFiles = nativeStateIo ? stateFileSupport(llama) : { ok: false, reason: "TORPOR_NATIVE_STATE_IO=false" };
   }
 
-  static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads"> & Partial<Pick<RuntimeConfig, "flashAttention" | "nativeSealing">>): Promise<ModelHost> {
+  static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads"> & Partial<Pick<RuntimeConfig, "flashAttention" | "nativeStateIo">>): Promise<ModelHost> {
     const modelPath = await resolveModelSource(cfg.model, cfg.modelCacheDir);
     // Threads: what was asked, else the CPUs the container may use (cpu-allowance.ts). All
     // contexts together stay within that too (node-llama-cpp splits maxThreads among contexts
@@ -57,7 +57,7 @@ export class ModelHost {
       await llama.dispose();
       throw new Error("TORPOR_FLASH_ATTENTION=on, but this model does not support flash attention in llama.cpp; set it to auto or off");
     }
-    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, threads, asked, cfg.nativeSealing ?? true);
+    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, threads, asked, cfg.nativeStateIo ?? true);
   }
 
   get name(): string {

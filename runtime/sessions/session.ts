@@ -9,7 +9,7 @@ import type { EpochWindow, HibernationRecord, HibernationStore, SessionRef, Veri
 import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
 import { NODE_LLAMA_CPP_VERSION, type FlashAttention, type ModelHost } from "../model/model-host.js";
-import { openSequenceState, sealSequenceState } from "../model/sealed-sequence-state.js";
+import { openSequenceState, sealSequenceState, writeSequenceState } from "../model/sequence-state-files.js";
 import { ResidentContext, type SpareContext } from "./resident-context.js";
 import type { ContextPool } from "./context-pool.js";
 import { checkRestore, type RestoreCheck } from "./restore-check.js";
@@ -301,7 +301,7 @@ export class Session {
     const seq = this.resident!.sequence;
     try {
       const toFile = async (tmp: string) => { await seq.saveStateToFile(tmp); };
-      return await store.save(this.ref, this.window, host.sealedState?.ok ? { toFile, sealed: sealSequenceState(seq) } : toFile, {
+      return await store.save(this.ref, this.window, host.stateFiles?.ok ? { toFile, plain: writeSequenceState(seq), sealed: sealSequenceState(seq) } : toFile, {
         modelFingerprint: host.fingerprint,
         contextSize: this.spec.contextSize,
         contextSequences: this.resident!.sequences,
@@ -435,7 +435,7 @@ export class Session {
       // the same model on the same backend.
       await this.allocateEvicting(resident, need, m.contextSequences ?? 1, m.flashAttention ?? "auto");
     // A sealed state is opened straight into the sequence (allocated by then), unless it is not to be loaded at all (restore()).
-    }, (m) => host.sealedState?.ok && m.runtime?.nodeLlamaCpp === NODE_LLAMA_CPP_VERSION ? (source) => openSequenceState(resident.sequence)(source) : undefined);
+    }, (m) => host.stateFiles?.ok && m.runtime?.nodeLlamaCpp === NODE_LLAMA_CPP_VERSION ? (source) => openSequenceState(resident.sequence)(source) : undefined);
     if (!verified) return undefined;
     try {
       return await this.restore(resident, verified, t0, need);

@@ -98,9 +98,14 @@ export interface HibernationManifest {
 
 /**
  * What a hibernate writes: llama.cpp's state file at a path it is given or, where the runtime can
- * (sealed-sequence-state.ts), the state sealed straight into the file's chunks.
+ * (sequence-state-files.ts), the same file written into an open descriptor with its xxHash64, or
+ * the state sealed straight into the file's chunks.
  */
-export type StateWriter = ((tmpPath: string) => Promise<void>) | { toFile(tmpPath: string): Promise<void>; sealed?: ChunkSealer };
+export type StateWriter = ((tmpPath: string) => Promise<void>) | {
+  toFile(tmpPath: string): Promise<void>;
+  plain?: (fd: number) => Promise<{ bytes: number; xxh64: string }>;
+  sealed?: ChunkSealer;
+};
 
 export interface VerifiedState {
   manifest: HibernationManifest;
@@ -266,7 +271,7 @@ export class HibernationStore {
       .map((m) => m && path.join(dir, path.basename(m.stateFile))).filter((f): f is string => !!f && f !== finalState);
     let manifest: HibernationManifest;
     const identity: SealIdentity = { namespace: ref.namespace, name: ref.name, path: ref.path ?? "", modelFingerprint: fields.modelFingerprint };
-    const writer = typeof writeState === "function" ? { toFile: writeState, sealed: undefined } : writeState;
+    const writer = typeof writeState === "function" ? { toFile: writeState, plain: undefined, sealed: undefined } : writeState;
     const staging = this.sealing && !writer.sealed ? this.stagingPath(ref) : undefined;
     try {
       let bytes: number, digests: StateDigests = {};
@@ -278,6 +283,15 @@ export class HibernationStore {
         await writer.toFile(staging);
         bytes = await sealFile(this.sealing.keys, identity, stateName, staging, tmpState, this.sealing.threads);
         this.removeLater(staging);
+      } else if (writer.plain) {
+        // Written with its checksum on the way: only the fsync is left.
+        const fh = await open(tmpState, "wx", 0o600);
+        try {
+          const written = await writer.plain(fh.fd);
+          await fh.sync();
+          digests = { xxh64: written.xxh64 };
+          bytes = written.bytes;
+        } finally { await fh.close(); }
       } else {
         const fh = await open(tmpState, "wx", 0o600);
         try {

@@ -80,7 +80,7 @@ export interface SealedChunks {
 
 /**
  * Seals the plaintext itself, straight into the file's chunks, and returns how many plaintext
- * bytes it sealed: the runtime addon, as llama.cpp writes the state (sealed-sequence-state.ts).
+ * bytes it sealed: the runtime addon, as llama.cpp writes the state (sequence-state-files.ts).
  */
 export type ChunkSealer = (target: SealedChunks) => Promise<number>;
 /** Opens the file's chunks itself (the addon, as llama.cpp reads the state); rejects with code TORPOR_SEAL_INVALID on any mismatch. */

@@ -27,7 +27,7 @@ const key = (id: string) => `${id}:${randomBytes(32).toString("base64")}`;
 const OLD = key("k0"), NEW = key("k1");
 
 /** A host that seals through staged plaintext files, as a runtime without the addon's sealed states does. */
-const staged = (host: ModelHost): ModelHost => Object.create(host, { sealedState: { value: { ok: false, reason: "test: staged files" } } }) as ModelHost;
+const staged = (host: ModelHost): ModelHost => Object.create(host, { stateFiles: { value: { ok: false, reason: "test: staged files" } } }) as ModelHost;
 
 /** `keys` "" gives an unsealed store. */
 async function sealedRuntime(keys: string, dir?: string, model?: () => Promise<string>, hostAs: (h: ModelHost) => ModelHost = (h) => h) {
@@ -87,9 +87,9 @@ describe("sealed hibernation files", () => {
     const host = await sharedHost();
     // Where `npm install` builds the addon, it must have been built: a broken build fails here.
     const buildable = process.platform === "linux" && process.arch === "x64" && spawnSync("c++", ["--version"]).status === 0 && process.env.TORPOR_SKIP_ADDON_BUILD !== "1";
-    if (!host.sealedState.ok) {
-      assert.ok(!buildable, `the addon should have been built here: ${host.sealedState.reason}`);
-      return t.skip(host.sealedState.reason);
+    if (!host.stateFiles.ok) {
+      assert.ok(!buildable, `the addon should have been built here: ${host.stateFiles.reason}`);
+      return t.skip(host.stateFiles.reason);
     }
     // A conversation of several 1 MiB chunks, so chunk boundaries fall inside llama.cpp's tensors.
     const long = LONG;

@@ -1,6 +1,10 @@
-// Torpor's addition to node-llama-cpp's addon: a sequence's state sealed into, and opened from, a
-// torpor sealed state file as llama.cpp streams it, so no plaintext exists anywhere but the KV
-// cache and a 1 MiB chunk buffer.
+// Torpor's addition to node-llama-cpp's addon: a sequence's state written to a hibernation file as
+// llama.cpp streams it out, sealed or plain, and a sealed one opened as llama.cpp streams it in.
+//
+// Sealed, no plaintext exists anywhere but the KV cache and a 1 MiB chunk buffer. Plain, the file
+// is written in 1 MiB writes with its xxHash64 computed on the way: llama.cpp's own file writer
+// sends a state without flash attention (V stored transposed) as one small write per row, tens of
+// thousands for 100 MB, and the checksum then needed a second pass that read the file back.
 //
 // node-llama-cpp 3.22.1 saves and loads a sequence only through a file llama.cpp opens itself, so
 // a sealed hibernation had to stage the plaintext in a file, read it back to encrypt it, and do the
@@ -38,6 +42,9 @@
 #include "ggml-backend.h"
 #include "llama-io.h"
 #include "llama-memory.h"
+
+#define XXH_INLINE_ALL
+#include "xxhash.h"
 
 namespace {
 
@@ -158,11 +165,21 @@ size_t preadAll(int fd, uint8_t* data, size_t length, uint64_t offset) {
     return got;
 }
 
-// llama.cpp's state writer into sealed chunks. A full chunk is sealed only once a byte after it
-// arrives, so the one sealed by finish() is the last, whatever the size.
-class SealingWriter : public llama_io_write_i {
+// llama.cpp's state writer into a file in 1 MiB pieces: sealed chunks when there is a cipher (a
+// full chunk is sealed only once a byte after it arrives, so the one sealed by finish() is the
+// last, whatever the size), else the plaintext as it is, with its xxHash64.
+class StateFileWriter : public llama_io_write_i {
     public:
-        explicit SealingWriter(const SealParams& params) : params(params), cipher(params), plain(CHUNK), sealed(SEALED_CHUNK) {}
+        StateFileWriter(const SealParams& params, bool sealed)
+            : params(params), plain(CHUNK), hash(XXH64_createState()) {
+            if (hash == nullptr) throw std::runtime_error("XXH64_createState failed");
+            XXH64_reset(hash, 0);
+            if (sealed) {
+                cipher = std::make_unique<ChunkCipher>(params);
+                out.resize(SEALED_CHUNK);
+            }
+        }
+        ~StateFileWriter() override { XXH64_freeState(hash); }
 
         void write(const void* src, size_t size) override {
             const uint8_t* from = static_cast<const uint8_t*>(src);
@@ -185,6 +202,16 @@ class SealingWriter : public llama_io_write_i {
 
         void finish() { flush(true); }
 
+        /** The plaintext's xxHash64 as hex, big-endian (what hash-wasm prints). */
+        std::string xxh64() const {
+            XXH64_canonical_t canonical;
+            XXH64_canonicalFromHash(&canonical, XXH64_digest(hash));
+            static const char digits[] = "0123456789abcdef";
+            std::string hex;
+            for (unsigned char b : canonical.digest) { hex += digits[b >> 4]; hex += digits[b & 15]; }
+            return hex;
+        }
+
         // Why a write failed (a full disk, say), if one did: llama.cpp may catch what its writer
         // throws and throw its own error, so the reason is kept here too.
         std::string writeError;
@@ -196,9 +223,14 @@ class SealingWriter : public llama_io_write_i {
         }
 
         void flush(bool last) {
-            const size_t n = cipher.seal(plain.data(), fill, index, last, sealed.data());
             try {
-                pwriteAll(params.fd, sealed.data(), n, params.headerBytes + uint64_t(index) * SEALED_CHUNK);
+                if (cipher) {
+                    const size_t n = cipher->seal(plain.data(), fill, index, last, out.data());
+                    pwriteAll(params.fd, out.data(), n, params.headerBytes + uint64_t(index) * SEALED_CHUNK);
+                } else {
+                    XXH64_update(hash, plain.data(), fill);
+                    pwriteAll(params.fd, plain.data(), fill, params.headerBytes + uint64_t(index) * CHUNK);
+                }
             } catch (const std::exception& e) {
                 writeError = e.what();
                 throw;
@@ -208,9 +240,10 @@ class SealingWriter : public llama_io_write_i {
         }
 
         const SealParams& params;
-        ChunkCipher cipher;
+        std::unique_ptr<ChunkCipher> cipher;
         std::vector<uint8_t> plain;
-        std::vector<uint8_t> sealed;
+        std::vector<uint8_t> out;
+        XXH64_state_t* hash;
         size_t fill = 0;
         size_t total = 0;
         uint32_t index = 0;
@@ -290,19 +323,23 @@ class OpeningReader : public llama_io_read_i {
         uint32_t next = 0;
 };
 
-class SealedStateWorker : public Napi::AsyncWorker {
+enum class Mode { SaveSealed, LoadSealed, SavePlain };
+
+class StateFileWorker : public Napi::AsyncWorker {
     public:
-        SealedStateWorker(const Napi::CallbackInfo& info, AddonContext* context, bool load)
-            : Napi::AsyncWorker(info.Env(), load ? "TorporLoadSequenceStateSealed" : "TorporSaveSequenceStateSealed"),
-              context(context), load(load), deferred(Napi::Promise::Deferred::New(info.Env())) {
-            // (sequenceId, params { fd, key, prefix, fileAad, headerBytes }, save: tokens | load: { chunks, plainBytes, maxTokens })
+        StateFileWorker(const Napi::CallbackInfo& info, AddonContext* context, Mode mode)
+            : Napi::AsyncWorker(info.Env(), "TorporSequenceStateFile"),
+              context(context), mode(mode), load(mode == Mode::LoadSealed), deferred(Napi::Promise::Deferred::New(info.Env())) {
+            // (sequenceId, params { fd, and sealed: key, prefix, fileAad, headerBytes }, save: tokens | load: { chunks, plainBytes, maxTokens })
             sequenceId = info[0].As<Napi::Number>().Int32Value();
             Napi::Object p = info[1].As<Napi::Object>();
             params.fd = p.Get("fd").As<Napi::Number>().Int32Value();
-            params.key = bytesOf(p.Get("key"), "key", 32);
-            params.prefix = bytesOf(p.Get("prefix"), "prefix", 8);
-            params.fileAad = bytesOf(p.Get("fileAad"), "fileAad");
-            params.headerBytes = uint64_t(p.Get("headerBytes").As<Napi::Number>().Int64Value());
+            if (mode != Mode::SavePlain) {
+                params.key = bytesOf(p.Get("key"), "key", 32);
+                params.prefix = bytesOf(p.Get("prefix"), "prefix", 8);
+                params.fileAad = bytesOf(p.Get("fileAad"), "fileAad");
+                params.headerBytes = uint64_t(p.Get("headerBytes").As<Napi::Number>().Int64Value());
+            }
             if (load) {
                 Napi::Object l = info[2].As<Napi::Object>();
                 chunks = l.Get("chunks").As<Napi::Number>().Uint32Value();
@@ -314,7 +351,7 @@ class SealedStateWorker : public Napi::AsyncWorker {
             }
             context->Ref();
         }
-        ~SealedStateWorker() { context->Unref(); }
+        ~StateFileWorker() { context->Unref(); }
 
         Napi::Promise GetPromise() { return deferred.Promise(); }
 
@@ -342,6 +379,11 @@ class SealedStateWorker : public Napi::AsyncWorker {
                 Napi::Uint32Array out = Napi::Uint32Array::New(Env(), tokens.size());
                 std::memcpy(out.Data(), tokens.data(), tokens.size() * sizeof(uint32_t));
                 deferred.Resolve(out);
+            } else if (mode == Mode::SavePlain) {
+                Napi::Object out = Napi::Object::New(Env());
+                out.Set("bytes", Napi::Number::New(Env(), double(plainBytes)));
+                out.Set("xxh64", Napi::String::New(Env(), digest));
+                deferred.Resolve(out);
             } else {
                 deferred.Resolve(Napi::Number::New(Env(), double(plainBytes)));
             }
@@ -355,7 +397,7 @@ class SealedStateWorker : public Napi::AsyncWorker {
 
     private:
         void saveState(llama_memory_t memory) {
-            SealingWriter writer(params);
+            StateFileWriter writer(params, mode == Mode::SaveSealed);
             const uint32_t header[3] = {FILE_MAGIC, FILE_VERSION, uint32_t(tokens.size())};
             writer.write(header, sizeof(header));
             writer.write(tokens.data(), tokens.size() * sizeof(uint32_t));
@@ -367,6 +409,7 @@ class SealedStateWorker : public Napi::AsyncWorker {
                 throw;
             }
             plainBytes = writer.n_bytes();
+            if (mode == Mode::SavePlain) digest = writer.xxh64();
         }
 
         void loadState(llama_memory_t memory) {
@@ -389,8 +432,10 @@ class SealedStateWorker : public Napi::AsyncWorker {
         }
 
         AddonContext* context;
+        Mode mode;
         bool load;
         Napi::Promise::Deferred deferred;
+        std::string digest;
         llama_seq_id sequenceId = 0;
         SealParams params;
         std::vector<uint32_t> tokens;
@@ -400,14 +445,14 @@ class SealedStateWorker : public Napi::AsyncWorker {
         bool sealInvalid = false;
 };
 
-Napi::Value queue(const Napi::CallbackInfo& info, AddonContext* context, bool load) {
+Napi::Value queue(const Napi::CallbackInfo& info, AddonContext* context, Mode mode) {
     if (context->disposed) {
         Napi::Error::New(info.Env(), "Context is disposed").ThrowAsJavaScriptException();
         return info.Env().Undefined();
     }
-    SealedStateWorker* worker;
+    StateFileWorker* worker;
     try {
-        worker = new SealedStateWorker(info, context, load);
+        worker = new StateFileWorker(info, context, mode);
     } catch (const std::exception& e) {
         Napi::TypeError::New(info.Env(), e.what()).ThrowAsJavaScriptException();
         return info.Env().Undefined();
@@ -419,9 +464,13 @@ Napi::Value queue(const Napi::CallbackInfo& info, AddonContext* context, bool lo
 }  // namespace
 
 Napi::Value AddonContext::SaveSequenceStateSealed(const Napi::CallbackInfo& info) {
-    return queue(info, this, false);
+    return queue(info, this, Mode::SaveSealed);
 }
 
 Napi::Value AddonContext::LoadSequenceStateSealed(const Napi::CallbackInfo& info) {
-    return queue(info, this, true);
+    return queue(info, this, Mode::LoadSealed);
+}
+
+Napi::Value AddonContext::SaveSequenceStatePlain(const Napi::CallbackInfo& info) {
+    return queue(info, this, Mode::SavePlain);
 }

@@ -1,12 +1,14 @@
-// A context sequence's state sealed straight into a hibernation file and opened straight from one,
-// through the methods scripts/build-runtime-addon.sh adds to node-llama-cpp's addon
-// (runtime/native/AddonContextSealedState.cpp): llama.cpp streams the state through AES-256-GCM
-// in 1 MiB chunks, so no plaintext is staged on the node and no extra pass is made over it.
+// A context sequence's state written straight into a hibernation file (sealed or plain) and a
+// sealed one opened straight from one, through the methods scripts/build-runtime-addon.sh adds to
+// node-llama-cpp's addon (runtime/native/AddonContextStateFiles.cpp): llama.cpp streams the state
+// through 1 MiB buffers (AES-256-GCM chunks when sealed, the xxHash64 when plain), so no plaintext
+// is staged on the node, no pass reads a file back, and no state goes out in tens of thousands
+// of small writes (llama.cpp's own writer, for a state stored transposed).
 //
 // node-llama-cpp keeps a sequence's tokens and serialises state calls with its own locks, both
 // internal: this does what its saveStateToFile/loadStateFromFile do with them, and
-// `sealedStateSupport` checks every piece it relies on once, at start-up. Where anything is
-// missing the runtime stages plaintext files as before; the sealed files are the same either way.
+// `stateFileSupport` checks every piece it relies on once, at start-up. Where anything is
+// missing the runtime uses node-llama-cpp's file calls as before; the files are the same either way.
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { acquireLock } from "lifecycle-utils";
@@ -14,6 +16,7 @@ import type { Llama, LlamaContextSequence } from "node-llama-cpp";
 import type { ChunkOpener, ChunkSealer, SealedChunks } from "../storage/sealing.js";
 
 interface AddonContext {
+  saveSequenceStatePlain(sequenceId: number, target: { fd: number }, tokens: Uint32Array): Promise<{ bytes: number; xxh64: string }>;
   saveSequenceStateSealed(sequenceId: number, target: SealedChunks, tokens: Uint32Array): Promise<number>;
   loadSequenceStateSealed(sequenceId: number, source: SealedChunks, layout: { chunks: number; plainBytes: number; maxTokens: number }): Promise<Uint32Array>;
 }
@@ -34,15 +37,15 @@ interface SequenceInternals {
 }
 
 /**
- * Whether this process seals states in the addon, or why not (said once, at start-up). Checks the
+ * Whether this process writes (and opens sealed) state files in the addon, or why not (said once, at start-up). Checks the
  * addon's methods and that node-llama-cpp's locks are the ones imported here (one lifecycle-utils
  * module, or the locks would exclude nothing).
  */
-export function sealedStateSupport(llama: Llama): { ok: true } | { ok: false; reason: string } {
+export function stateFileSupport(llama: Llama): { ok: true } | { ok: false; reason: string } {
   const bindings = (llama as unknown as { _bindings?: { AddonContext?: { prototype: Partial<AddonContext> } } })._bindings;
   const proto = bindings?.AddonContext?.prototype;
-  if (typeof proto?.saveSequenceStateSealed !== "function" || typeof proto.loadSequenceStateSealed !== "function") {
-    return { ok: false, reason: "node-llama-cpp's addon has no sealed sequence states (scripts/build-runtime-addon.sh did not build it here)" };
+  if (typeof proto?.saveSequenceStateSealed !== "function" || typeof proto.loadSequenceStateSealed !== "function" || typeof proto.saveSequenceStatePlain !== "function") {
+    return { ok: false, reason: "node-llama-cpp's addon has no torpor state-file methods (scripts/build-runtime-addon.sh did not build it here)" };
   }
   const ours = fileURLToPath(import.meta.resolve("lifecycle-utils"));
   const theirs = createRequire(fileURLToPath(import.meta.resolve("node-llama-cpp"))).resolve("lifecycle-utils");
@@ -69,6 +72,14 @@ async function locked<T>(s: SequenceInternals, body: () => Promise<T>): Promise<
       return await body();
     } finally { contextLock.dispose(); }
   } finally { evaluatorLock.dispose(); }
+}
+
+/** Writes the sequence's state, as llama.cpp's saveStateToFile would, into an open file from its start; returns its size and xxHash64. */
+export function writeSequenceState(sequence: LlamaContextSequence): (fd: number) => Promise<{ bytes: number; xxh64: string }> {
+  return (fd) => {
+    const s = internals(sequence);
+    return locked(s, () => s._context._ctx.saveSequenceStatePlain(s._sequenceId, { fd }, Uint32Array.from(s.contextTokens)));
+  };
 }
 
 /** Seals the sequence's state into the file's chunks (sealing.ts's sealFile). */
