@@ -55,6 +55,7 @@ export async function bulkheadSwap(rounds: number): Promise<SwapResult> {
     }
   } finally {
     for (const m of modes) for (const s of m.manager.list()) await m.manager.remove(s.ref.namespace, s.ref.name).catch(() => undefined);
+    for (const m of modes) await m.manager.close();
     await host.dispose();
     for (const d of dirs) await rm(d, { recursive: true, force: true });
   }

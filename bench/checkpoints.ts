@@ -32,6 +32,7 @@ export async function checkpointCost(model: TestModelParams, historyTokens: numb
     out.stateMiB = (withCkpt.status().lastCheckpoint?.bytes ?? 0) / 2 ** 20;
   } finally {
     for (const s of manager.list()) await manager.remove(s.ref.namespace, s.ref.name).catch(() => undefined);
+    await manager.close();
     await host.dispose();
     await rm(dir, { recursive: true, force: true });
   }

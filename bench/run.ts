@@ -144,6 +144,7 @@ async function stateIo(): Promise<void> {
     ["state", "torpor hibernate", "bare save + dispose", "torpor rehydrate (warm)", "bare create + load", "ratio"], floorRows);
   table("Figure 4: memory freed by hibernate, process RSS (goal: >= 90% of the state size)", ["state", "RSS freed", "of state"], memRows);
   results.stateIo = out;
+  await manager.close();
   await host.dispose();
   await rm(dir, { recursive: true, force: true });
 }
@@ -180,6 +181,7 @@ async function rehydrateVsRebuild(): Promise<void> {
     ["history tokens", "rehydrate TTFT", "rebuild TTFT", "speedup"], rows);
   results.rehydrateVsRebuild = out;
   await writeSvg(out as Array<{ tokens: number; rehydrateTtftMs: Stat; rebuildTtftMs: Stat }>);
+  await manager.close();
   await host.dispose();
   await rm(dir, { recursive: true, force: true });
 }
@@ -324,6 +326,7 @@ async function density(): Promise<void> {
     rows.push([mode, turnsPerMin.toFixed(0), `${p50.toFixed(1)} ms`, `${p99.toFixed(1)} ms`, `${((peakRss - rss0) / MiB).toFixed(0)} MiB`]);
     out[mode] = { sessions, rounds, turnsPerMinute: turnsPerMin, ttftP50Ms: p50, ttftP99Ms: p99, peakRssGrowthMiB: (peakRss - rss0) / MiB };
     for (const sess of manager.list()) await manager.remove(sess.ref.namespace, sess.ref.name);
+    await manager.close();
     await host.dispose();
     await rm(dir, { recursive: true, force: true });
   }
@@ -332,6 +335,11 @@ async function density(): Promise<void> {
   results.density = out;
 }
 
+// A host disposed while its manager still kept contexts (the grace pool) never finished disposing,
+// and with nothing else pending the process exited with status 0 in the middle of the run, without
+// the rest or the JSON. Managers are closed first now (as the runtime does); this timer makes any
+// such wait show as a hang instead of a silent exit.
+const keepAlive = setInterval(() => undefined, 60_000);
 if (want("rebuild")) await rehydrateVsRebuild();
 if (want("io")) await stateIo();
 if (want("testbed")) await testbedStartup();
@@ -451,3 +459,4 @@ if (args.only?.split(",").includes("operator")) { // minutes and GiB of contexts
 }
 await writeFile(args.out!, JSON.stringify(results, null, 2) + "\n");
 console.log(`wrote ${args.out}`);
+clearInterval(keepAlive);

@@ -45,9 +45,10 @@ export async function sealingCost(model: TestModelParams | ModelHost, tokens: nu
   };
   const stagedHost = Object.create(host, { stateFiles: { value: { ok: false, reason: "bench: staged" } } }) as ModelHost;
   type Mode = "sealed" | "staged" | "plain";
-  const mk = (mode: Mode) => new SessionManager(mode === "staged" ? stagedHost : host, stores[mode],
+  const managers: SessionManager[] = [];
+  const mk = (mode: Mode) => managers[managers.push(new SessionManager(mode === "staged" ? stagedHost : host, stores[mode],
     new ManualClock(), new RuntimeMetrics(false), createLogger("bench", "silent"),
-    { maxResident: 4, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 65536, podName: "bench" });
+    { maxResident: 4, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 65536, podName: "bench" })) - 1]!;
   const nativeStateIo = host.stateFiles.ok ? true : host.stateFiles.reason;
   const modes: Mode[] = nativeStateIo === true ? ["sealed", "staged", "plain"] : ["sealed", "plain"];
   const pools = [...new Set([1, defaultSealingThreads()])].map((n) => new SealingThreads(n));
@@ -84,6 +85,7 @@ export async function sealingCost(model: TestModelParams | ModelHost, tokens: nu
       }
     }
   } finally {
+    for (const m of managers) await m.close();
     await Promise.all([...Object.values(stores), ...pools].map((x) => x.close()));
     if (host !== model) await host.dispose();
     await rm(base, { recursive: true, force: true });

@@ -180,7 +180,12 @@ export class ContextPool {
 
   async close(): Promise<void> {
     this.closed = true;
-    for (const c of [...this.contexts]) await this.free(c, true);
+    // In the take queue, so after a refill in flight: a spare it was still allocating (a freed
+    // context starts one) is freed too, instead of outliving the pool, which made the model's
+    // dispose wait forever.
+    await this.takes.run(async () => {
+      for (const c of [...this.contexts]) await this.free(c, true);
+    });
   }
 
   counts(): { leased: number; idle: number } {
