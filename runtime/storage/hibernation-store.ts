@@ -243,8 +243,9 @@ export class HibernationStore {
 
   /**
    * Writes state + manifest durably, as placement `window.epoch`. `writeState` fills the given temp
-   * path (llama.cpp writes it itself), or seals the state itself; everything after is ours: fsync,
-   * checksum, rename, manifest commit, dir fsync. Refuses (StaleEpochError) when a newer placement has claimed the session.
+   * path (llama.cpp writes it itself), or writes or seals the state into an open file itself;
+   * everything after is ours: fsync, checksum, rename, manifest commit, dir fsync. Refuses
+   * (StaleEpochError) when a newer placement has claimed the session.
    */
   async save(
     ref: SessionRef,
@@ -400,11 +401,9 @@ export class HibernationStore {
    * touching the files. A hand-off commit from the previous placement is first adopted: renamed
    * (atomically) to this epoch's name, so its writer can no longer replace it. `whileHashing` runs
    * once the manifest checks out, concurrently with the checksum (the caller allocates its context
-   * meanwhile); if the checksum then fails, the caller undoes it.
-   */
-  /**
-   * `opener`, given the manifest, may return a ChunkOpener: a sealed state is then opened straight
-   * into the caller's sequence after `whileHashing` (which allocates it), and comes back `loaded`.
+   * meanwhile); if the checksum then fails, the caller undoes it. `opener`, given the manifest,
+   * may return a ChunkOpener: a sealed state is then opened straight into the caller's sequence
+   * after `whileHashing` (which allocates it), and comes back `loaded`.
    */
   async verify(ref: SessionRef, modelFingerprint: string, window: EpochWindow = UNFENCED, whileHashing?: (m: HibernationManifest) => Promise<void>,
     opener?: (m: HibernationManifest) => ChunkOpener | undefined): Promise<VerifiedState | undefined> {
