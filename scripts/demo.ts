@@ -71,7 +71,8 @@ try {
   await tb.kubectl(["delete", "pod", "-n", RELEASE_NAMESPACE, before.status!.pod!, "--wait=false"]);
   console.log("3. the next message goes through the gateway as usual:");
   const next = await ask("Remind me: who am I and where am I going?");
-  const after = await eventually("the rehydrate in status", async () => { const s = await get("trip"); return s.status?.lastRehydrate && s.status.pod !== before.status!.pod ? s : undefined; }, 30_000);
+  // restoreVerified comes with the first evaluation after the rehydrate, a status update later.
+  const after = await eventually("the rehydrate in status", async () => { const s = await get("trip"); return s.status?.lastRehydrate?.restoreVerified !== undefined && s.status.pod !== before.status!.pod ? s : undefined; }, 30_000);
   console.log(`   answered in ${next.ms.toFixed(0)} ms by pod ${after.status!.pod} on node ${after.status!.node} (was ${before.status!.node}); rehydrated=${next.rehydrated} in ${after.status!.lastRehydrate!.durationMs} ms;`);
   console.log(`   ${next.usage.prompt_tokens_details.cached_tokens} of ${next.usage.prompt_tokens} prompt tokens reused from the restored state (restore verified: ${after.status!.lastRehydrate!.restoreVerified})`);
   console.log("\ndemo: every step succeeded");
