@@ -32,6 +32,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <future>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -171,21 +172,27 @@ size_t preadAll(int fd, uint8_t* data, size_t length, uint64_t offset) {
 class StateFileWriter : public llama_io_write_i {
     public:
         StateFileWriter(const SealParams& params, bool sealed)
-            : params(params), plain(CHUNK), hash(XXH64_createState()) {
+            : params(params), hash(XXH64_createState()) {
             if (hash == nullptr) throw std::runtime_error("XXH64_createState failed");
             XXH64_reset(hash, 0);
+            plain[0].resize(CHUNK);
             if (sealed) {
                 cipher = std::make_unique<ChunkCipher>(params);
-                out.resize(SEALED_CHUNK);
+                plain[1].resize(CHUNK);
+                out[0].resize(SEALED_CHUNK);
+                out[1].resize(SEALED_CHUNK);
             }
         }
-        ~StateFileWriter() override { XXH64_freeState(hash); }
+        ~StateFileWriter() override {
+            if (encrypting.valid()) encrypting.wait();
+            XXH64_freeState(hash);
+        }
 
         void write(const void* src, size_t size) override {
             const uint8_t* from = static_cast<const uint8_t*>(src);
             while (size > 0) {
                 const size_t piece = room(size);
-                std::memcpy(plain.data() + fill, from, piece);
+                std::memcpy(plain[current].data() + fill, from, piece);
                 fill += piece; from += piece; size -= piece; total += piece;
             }
         }
@@ -193,14 +200,17 @@ class StateFileWriter : public llama_io_write_i {
         void write_tensor(ggml_tensor* tensor, size_t offset, size_t size) override {
             while (size > 0) {
                 const size_t piece = room(size);
-                ggml_backend_tensor_get(tensor, plain.data() + fill, offset, piece);
+                ggml_backend_tensor_get(tensor, plain[current].data() + fill, offset, piece);
                 fill += piece; offset += piece; size -= piece; total += piece;
             }
         }
 
         size_t n_bytes() override { return total; }
 
-        void finish() { flush(true); }
+        void finish() {
+            flush(true);
+            if (cipher) guarded([&] { writeSealed(); });
+        }
 
         /** The plaintext's xxHash64 as hex, big-endian (what hash-wasm prints). */
         std::string xxh64() const {
@@ -222,31 +232,60 @@ class StateFileWriter : public llama_io_write_i {
             return std::min(want, CHUNK - fill);
         }
 
-        void flush(bool last) {
+        template <typename F> void guarded(F&& f) {
             try {
-                if (cipher) {
-                    const size_t n = cipher->seal(plain.data(), fill, index, last, out.data());
-                    pwriteAll(params.fd, out.data(), n, params.headerBytes + uint64_t(index) * SEALED_CHUNK);
-                } else {
-                    XXH64_update(hash, plain.data(), fill);
-                    pwriteAll(params.fd, plain.data(), fill, params.headerBytes + uint64_t(index) * CHUNK);
-                }
+                f();
             } catch (const std::exception& e) {
                 writeError = e.what();
                 throw;
             }
-            index++;
+        }
+
+        // Sealed: the chunk is encrypted on a second thread while this one writes the chunk before
+        // it and goes on copying the next out of the KV cache (two cores do the AES and the rest
+        // side by side). Plain: written here, with its hash.
+        void flush(bool last) {
+            guarded([&] {
+                if (!cipher) {
+                    XXH64_update(hash, plain[0].data(), fill);
+                    pwriteAll(params.fd, plain[0].data(), fill, params.headerBytes + uint64_t(index) * CHUNK);
+                    index++;
+                    return;
+                }
+                const bool previous = encrypting.valid();
+                if (previous) sealedLength = encrypting.get();
+                const int slot = current;
+                const uint8_t* chunk = plain[slot].data();
+                uint8_t* into = out[slot].data();
+                const size_t length = fill;
+                const uint32_t i = index++;
+                encrypting = std::async(std::launch::async, [this, chunk, into, length, i, last] {
+                    return cipher->seal(chunk, length, i, last, into);
+                });
+                if (previous) pwriteAll(params.fd, out[slot ^ 1].data(), sealedLength, params.headerBytes + uint64_t(i - 1) * SEALED_CHUNK);
+                current ^= 1;
+            });
             fill = 0;
+        }
+
+        // The last chunk, once its encryption is done.
+        void writeSealed() {
+            const size_t n = encrypting.get();
+            pwriteAll(params.fd, out[current ^ 1].data(), n, params.headerBytes + uint64_t(index - 1) * SEALED_CHUNK);
         }
 
         const SealParams& params;
         std::unique_ptr<ChunkCipher> cipher;
-        std::vector<uint8_t> plain;
-        std::vector<uint8_t> out;
+        std::vector<uint8_t> plain[2];
+        std::vector<uint8_t> out[2];
         XXH64_state_t* hash;
+        int current = 0;
         size_t fill = 0;
         size_t total = 0;
+        size_t sealedLength = 0;
         uint32_t index = 0;
+        // Last: destroyed (waited for) before the buffers it uses.
+        std::future<size_t> encrypting;
 };
 
 // llama.cpp's state reader from sealed chunks, each opened and authenticated before it is served.
