@@ -46,9 +46,13 @@ export async function sealingCost(model: TestModelParams | ModelHost, tokens: nu
   const stagedHost = Object.create(host, { stateFiles: { value: { ok: false, reason: "bench: staged" } } }) as ModelHost;
   type Mode = "sealed" | "staged" | "plain";
   const managers: SessionManager[] = [];
-  const mk = (mode: Mode) => managers[managers.push(new SessionManager(mode === "staged" ? stagedHost : host, stores[mode],
-    new ManualClock(), new RuntimeMetrics(false), createLogger("bench", "silent"),
-    { maxResident: 4, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 65536, podName: "bench" })) - 1]!;
+  const mk = (mode: Mode) => {
+    const manager = new SessionManager(mode === "staged" ? stagedHost : host, stores[mode],
+      new ManualClock(), new RuntimeMetrics(false), createLogger("bench", "silent"),
+      { maxResident: 4, idleAfterMs: 0, defaultContextSize: 1024, maxContextSize: 65536, podName: "bench" });
+    managers.push(manager);
+    return manager;
+  };
   const nativeStateIo = host.stateFiles.ok ? true : host.stateFiles.reason;
   const modes: Mode[] = nativeStateIo === true ? ["sealed", "staged", "plain"] : ["sealed", "plain"];
   const pools = [...new Set([1, defaultSealingThreads()])].map((n) => new SealingThreads(n));

@@ -30,9 +30,9 @@ napi="$here/$napi"
 node_inc="$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")/include/node"
 [ -f "$node_inc/node_api.h" ] || skip "Node.js headers not found at $node_inc"
 
-# Rebuilt only when an input changes: node-llama-cpp's addon and libraries, our additions, Node's headers.
+# Rebuilt only when an input changes: node-llama-cpp's addon and libraries, our additions and this script, Node's headers.
 digest=$( (cd "$nlc/llama" && cat addon/*.cpp addon/*.h addon/globals/* llama.cpp.info.json; \
-  sha256sum "$prebuilt"/lib*.so; cat "$here/runtime/native/"*; cat "$node_inc/node_version.h") | sha256sum | cut -c1-16)
+  sha256sum "$prebuilt"/lib*.so; cat "$here/runtime/native/"* "$here/scripts/build-runtime-addon.sh"; cat "$node_inc/node_version.h") | sha256sum | cut -c1-16)
 if [ "${1:-}" != "--force" ] && [ "$(cat "$out/Release/torpor-addon.digest" 2>/dev/null)" = "$digest" ]; then exit 0; fi
 
 work=$(mktemp -d)
@@ -49,8 +49,12 @@ flags=(-c -O2 -fPIC -fexceptions -std=c++17 -DNAPI_VERSION=7 -w -I"$napi" -I"$no
 if ! (cd "$work" && ls addon/*.cpp addon/globals/*.cpp | xargs -P "$(nproc)" -I{} c++ "${flags[@]}" {} -o {}.o); then
   skip "the addon did not compile (see the errors above)"
 fi
+# The libraries node-llama-cpp's own addon links, by their names in this release (libllama.v0.5.0.so...).
+libs=()
+for lib in $(readelf -d "$prebuilt/llama-addon.node" 2>/dev/null | sed -n 's/.*Shared library: \[\(lib\(llama\|ggml\)[^]]*\)\].*/\1/p'); do libs+=("-l:$lib"); done
+[ ${#libs[@]} -gt 0 ] || skip "could not read which llama.cpp libraries the prebuilt addon links (readelf)"
 c++ -shared -o "$work/llama-addon.node" "$work"/addon/*.o "$work"/addon/globals/*.o -L"$prebuilt" \
-  -l:libllama-common.so -l:libllama.v0.5.0.so -l:libggml.v0.5.0.so -l:libggml-base.so -Wl,-rpath,'$ORIGIN' \
+  "${libs[@]}" -Wl,-rpath,'$ORIGIN' \
   || skip "the addon did not link against node-llama-cpp's prebuilt libraries"
 
 # node-llama-cpp's layout for a local build: Release/ with the addon, its build metadata and the

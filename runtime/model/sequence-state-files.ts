@@ -37,9 +37,9 @@ interface SequenceInternals {
 }
 
 /**
- * Whether this process writes (and opens sealed) state files in the addon, or why not (said once, at start-up). Checks the
- * addon's methods and that node-llama-cpp's locks are the ones imported here (one lifecycle-utils
- * module, or the locks would exclude nothing).
+ * Whether this process writes (and opens sealed) state files in the addon, or why not (said once,
+ * at start-up). Checks the addon's methods and that node-llama-cpp's locks are the ones imported
+ * here (one lifecycle-utils module, or the locks would exclude nothing).
  */
 export function stateFileSupport(llama: Llama): { ok: true } | { ok: false; reason: string } {
   const bindings = (llama as unknown as { _bindings?: { AddonContext?: { prototype: Partial<AddonContext> } } })._bindings;
@@ -57,7 +57,7 @@ function internals(sequence: LlamaContextSequence): SequenceInternals {
   const s = sequence as unknown as SequenceInternals;
   if (typeof s._sequenceId !== "number" || !Array.isArray(s._contextTokens) || typeof s._context?._ctx?.saveSequenceStateSealed !== "function"
     || typeof s._abortTokenPredictor !== "function" || !Array.isArray(s._loadedTokenPredictions)) {
-    throw new Error("this node-llama-cpp's sequences lack the internals sealed states rely on");
+    throw new Error("this node-llama-cpp's sequences lack the internals the addon's state files rely on");
   }
   return s;
 }

@@ -465,6 +465,12 @@ export class HibernationStore {
       if (whileHashing) await whileHashing(m);
       return { manifest: m, manifestFile, statePath: volumeState, release: async () => undefined, integrity: Promise.resolve(), modelChanged: true };
     }
+    // A state that does not open as a sealed, regular file is refused (and kept), not an error.
+    // (By its code: from a sealing thread an error arrives as its message and code only.)
+    const refuseOpen = (err: unknown): void => {
+      if (err instanceof SealError) reject("seal_invalid", err.message);
+      if ((err as NodeJS.ErrnoException)?.code === UNEXPECTED_FILE) reject("unexpected_file", `state: ${(err as Error).message}`);
+    };
     if (this.sealing) {
       // Checked beside the context's allocation; nothing opens the file before it passed. Not
       // followed if a symlink, and a regular file only: what reads it next would block on a FIFO.
@@ -481,8 +487,7 @@ export class HibernationStore {
         try {
           await openSealedFile(this.sealing.keys, identity, m.stateFile, volumeState, into, this.sealing.threads);
         } catch (err) {
-          if (err instanceof SealError) reject("seal_invalid", err.message);
-          if (err instanceof UnexpectedFileError) reject("unexpected_file", `state: ${err.message}`);
+          refuseOpen(err);
           if ((err as NodeJS.ErrnoException).code === "ENOENT") reject("truncated", `state file is missing, manifest says ${m.stateBytes}`);
           return { manifest: m, manifestFile, statePath: volumeState, release: async () => undefined, integrity: Promise.resolve(), loadError: err };
         }
@@ -498,8 +503,7 @@ export class HibernationStore {
       } catch (err) {
         await opening.catch(() => undefined);
         await release();
-        if (err instanceof SealError) reject("seal_invalid", err.message);
-        if ((err as NodeJS.ErrnoException).code === UNEXPECTED_FILE) reject("unexpected_file", `state: ${(err as Error).message}`);
+        refuseOpen(err);
         throw err;
       }
       return { manifest: m, manifestFile, statePath: staging, release, integrity: Promise.resolve() };
@@ -515,7 +519,7 @@ export class HibernationStore {
       }
       return fh;
     }, (err: unknown) => {
-      if (err instanceof UnexpectedFileError) reject("unexpected_file", `state: ${err.message}`);
+      refuseOpen(err);
       if ((err as NodeJS.ErrnoException).code === "ENOENT") reject("truncated", `state file is missing, manifest says ${m.stateBytes}`);
       throw err;
     });

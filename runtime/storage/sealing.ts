@@ -119,7 +119,6 @@ export async function sealFile(keys: SealingKeys, identity: SealIdentity, stateN
  */
 export async function openSealedFile(keys: SealingKeys, identity: SealIdentity, stateName: string, src: string, dst: string | ChunkOpener, threads: SealingThreads): Promise<void> {
   const { fh: input, size } = await openRegular(src);
-  let header: { id: string; prefix: Buffer; bytes: number; size: number };
   try {
     const head = Buffer.alloc(MAGIC.length + 1);
     await input.read(head, 0, head.length, 0);
@@ -127,31 +126,24 @@ export async function openSealedFile(keys: SealingKeys, identity: SealIdentity, 
     const idLen = head[MAGIC.length]!;
     const rest = Buffer.alloc(idLen + 8);
     if ((await input.read(rest, 0, rest.length, head.length)).bytesRead !== rest.length) throw new SealError("truncated header");
-    header = { id: rest.subarray(0, idLen).toString(), prefix: rest.subarray(idLen), bytes: head.length + rest.length, size };
-  } catch (err) {
-    await input.close();
-    throw err;
-  }
-  let key: Buffer, fileAad: Buffer, layout: { chunks: number; plainBytes: number };
-  try {
-    key = keys.namespaceKey(header.id, identity.namespace);
-    fileAad = Buffer.concat([identityAad(identity, `state:${stateName}`), Buffer.from(header.id)]);
-    layout = plainSizeOf(header.size, header.bytes);
+    const id = rest.subarray(0, idLen).toString(), prefix = rest.subarray(idLen), headerBytes = head.length + rest.length;
+    const key = keys.namespaceKey(id, identity.namespace);
+    const fileAad = Buffer.concat([identityAad(identity, `state:${stateName}`), Buffer.from(id)]);
+    const { chunks, plainBytes } = plainSizeOf(size, headerBytes);
     if (typeof dst !== "string") {
       // The opener reads the file this handle has open: the one checked above, whatever the path names now.
-      await dst({ fd: input.fd, key, prefix: header.prefix, fileAad, headerBytes: header.bytes, ...layout }).catch((err: unknown) => {
+      await dst({ fd: input.fd, key, prefix, fileAad, headerBytes, chunks, plainBytes }).catch((err: unknown) => {
         if ((err as NodeJS.ErrnoException)?.code === "TORPOR_SEAL_INVALID") throw new SealError((err as Error).message);
         throw err;
       });
       return;
     }
+    const output = await open(dst, "w", 0o600);
+    try { await output.truncate(plainBytes); } finally { await output.close(); }
+    await threads.run(splitJobs(threads, { op: "open", key, prefix, fileAad, src, dst, chunks, headerBytes, plainBytes }));
   } finally {
     await input.close();
   }
-  const { chunks, plainBytes } = layout;
-  const output = await open(dst, "w", 0o600);
-  try { await output.truncate(plainBytes); } finally { await output.close(); }
-  await threads.run(splitJobs(threads, { op: "open", key, prefix: header.prefix, fileAad, src, dst, chunks, headerBytes: header.bytes, plainBytes }));
 }
 
 export interface SealedEnvelope { format: string; version: 2; sealed: { keyId: string; iv: string; tag: string; data: string }; modelFingerprint: string }

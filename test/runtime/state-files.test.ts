@@ -2,7 +2,6 @@
 // node-llama-cpp: the bytes it writes are llama.cpp's own saveStateToFile's, its xxHash64 is the
 // one the store checks on rehydrate, and a session hibernated with it continues exactly.
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { open, readFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -12,9 +11,7 @@ import type { ModelHost } from "../../runtime/model/model-host.js";
 import { digestFile } from "../../runtime/storage/state-digest.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { greedy, harness, sharedHost } from "../helpers/in-process-runtime.js";
-
-/** Where `npm install` builds the addon, it must have been: a broken build fails here instead of going unnoticed. */
-const buildable = process.platform === "linux" && process.arch === "x64" && spawnSync("c++", ["--version"]).status === 0 && process.env.TORPOR_SKIP_ADDON_BUILD !== "1";
+import { addonBuildable } from "../helpers/runtime-addon.js";
 
 describe("state files written by the runtime addon", () => {
   let host: ModelHost;
@@ -29,7 +26,7 @@ describe("state files written by the runtime addon", () => {
   after(async () => { await context?.dispose(); });
 
   it("are available where the addon builds, and say why where not", () => {
-    if (buildable) assert.deepEqual(host.stateFiles, { ok: true });
+    if (addonBuildable) assert.deepEqual(host.stateFiles, { ok: true });
     else assert.ok(!host.stateFiles.ok && host.stateFiles.reason.length > 0);
   });
 
