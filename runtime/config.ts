@@ -58,6 +58,12 @@ export interface RuntimeConfig {
    * plaintext, no pass that reads a file back. false uses node-llama-cpp's file calls, as before.
    */
   nativeStateIo: boolean;
+  /**
+   * Keep each context's CPU threads alive between its decodes, as llama-server does, where the
+   * addon was built with torpor's method (context-threadpool.ts). false: ggml starts and joins
+   * them on every decode, as node-llama-cpp's own contexts do.
+   */
+  cpuThreadpool: boolean;
   /** Sequences per llama context: resident sessions sharing a context decode in one batch. */
   sequencesPerContext: number;
   /** How long a context no session uses stays allocated, so the next rehydrate skips the allocation. */
@@ -144,6 +150,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     ...(env.TORPOR_MODEL_NAME ? { modelName: env.TORPOR_MODEL_NAME } : {}),
     contextHandover: bool(env, "TORPOR_CONTEXT_HANDOVER", true),
     nativeStateIo: bool(env, "TORPOR_NATIVE_STATE_IO", true),
+    cpuThreadpool: bool(env, "TORPOR_CPU_THREADPOOL", true),
     preemptAfterMs: int(env, "TORPOR_PREEMPT_AFTER_MS", 2000),
     sequencesPerContext: intAtMost(env, "TORPOR_SEQUENCES_PER_CONTEXT", 1, 1, MAX_CONTEXT_SEQUENCES),
     contextGraceMs: int(env, "TORPOR_CONTEXT_GRACE_MS", 5000),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds node-llama-cpp's addon with torpor's sealed sequence-state methods (runtime/native/) and
+# Builds node-llama-cpp's addon with torpor's state-file and threadpool methods (runtime/native/) and
 # installs it where node-llama-cpp looks for a local build first (llama/localBuilds/linux-x64).
 #
 # Only the addon's own C++ (about 20 files, 15-30 s on 2 cores) is compiled: it links against the
@@ -8,7 +8,8 @@
 # libraries were built from), and OpenSSL's from Node's own headers (the addon uses the OpenSSL
 # inside Node). The methods it adds seal a sequence's state into a hibernation file as llama.cpp
 # streams it out, and open it as llama.cpp streams it in, instead of staging plaintext in a file,
-# reading it back and encrypting it (docs/benchmarks.md).
+# reading it back and encrypting it, and keep a context's CPU threads between its decodes
+# (docs/benchmarks.md).
 #
 # Run by `npm install` (postinstall). Never fails the install: where it cannot build (not Linux x64,
 # no C++ compiler or git), it says so and exits 0, and the runtime uses node-llama-cpp's prebuilt
@@ -18,7 +19,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 nlc="$here/node_modules/node-llama-cpp"
 prebuilt="$here/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64"
 out="$nlc/llama/localBuilds/linux-x64"
-skip() { echo "torpor: not building the runtime addon: $1; the runtime stages sealed state in files instead (slower, same files)" >&2; exit 0; }
+skip() { echo "torpor: not building the runtime addon: $1; the runtime stages sealed state in files instead (slower, same files) and decodes as node-llama-cpp does" >&2; exit 0; }
 
 [ "${TORPOR_SKIP_ADDON_BUILD:-}" = "1" ] && skip "TORPOR_SKIP_ADDON_BUILD=1"
 [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] || skip "only built on Linux x64 (this is $(uname -s)-$(uname -m))"
@@ -71,14 +72,14 @@ for lib in "$prebuilt"/*.so; do ln -s "$(realpath -m --relative-to="$out/Release
   const { getPlatformInfo } = await import('$nlc/dist/bindings/utils/getPlatformInfo.js');
   const meta = JSON.parse(fs.readFileSync('$prebuilt/_nlcBuildMetadata.json', 'utf8'));
   meta.buildOptions.platformInfo = await getPlatformInfo();
-  meta.buildOptions.torpor = 'sealed sequence states (runtime/native)';
+  meta.buildOptions.torpor = 'state files and threadpools (runtime/native)';
   fs.writeFileSync('$stage/Release/_nlcBuildMetadata.json', JSON.stringify(meta));
 ") || skip "could not write the build metadata"
 echo "$digest" > "$stage/Release/torpor-addon.digest"
 echo done > "$stage/buildDone.status"
 # Refuse an addon this Node cannot load: node-llama-cpp would fall back to its own, but say so here.
-(cd "$stage/Release" && node -e "const a = require('./llama-addon.node'); if (typeof a.AddonContext?.prototype?.saveSequenceStatePlain !== 'function') process.exit(1)") \
+(cd "$stage/Release" && node -e "const a = require('./llama-addon.node'); const p = a.AddonContext?.prototype; if (typeof p?.saveSequenceStatePlain !== 'function' || typeof p.attachThreadpool !== 'function') process.exit(1)") \
   || { rm -rf "$stage"; skip "the built addon does not load"; }
 rm -rf "$out"
 mv "$stage" "$out"
-echo "torpor: built node-llama-cpp's addon with sealed sequence states in $(( $(date +%s) - t0 )) s ($out)" >&2
+echo "torpor: built node-llama-cpp's addon with torpor's state files and threadpools in $(( $(date +%s) - t0 )) s ($out)" >&2

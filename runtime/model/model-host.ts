@@ -10,6 +10,7 @@ import type { MemoryCost } from "./memory-cost.js";
 import { cpuAllowance } from "./cpu-allowance.js";
 import { modelFingerprint } from "./model-fingerprint.js";
 import { resolveModelSource } from "./model-source.js";
+import { attachThreadpool, threadpoolSupport } from "./context-threadpool.js";
 import { stateFileSupport } from "./sequence-state-files.js";
 
 /** A context's flash attention: "auto" lets llama.cpp choose (on where the backend supports it). */
@@ -22,6 +23,8 @@ export const NODE_LLAMA_CPP_VERSION: string = (JSON.parse(readFileSync(
 export class ModelHost {
   /** Whether state files are written (and sealed ones opened) in the addon as llama.cpp streams them (sequence-state-files.ts), or why not. */
   readonly stateFiles: { ok: true } | { ok: false; reason: string };
+  /** Whether each context keeps its CPU threads between decodes (context-threadpool.ts), or why not. */
+  readonly cpuThreadpool: { ok: true } | { ok: false; reason: string };
 
   private constructor(
     readonly llama: Llama,
@@ -37,11 +40,13 @@ export class ModelHost {
      */
     readonly flashAttention: FlashAttention,
     nativeStateIo: boolean,
+    cpuThreadpool: boolean,
   ) {
     this.stateFiles = nativeStateIo ? stateFileSupport(llama) : { ok: false, reason: "TORPOR_NATIVE_STATE_IO=false" };
+    this.cpuThreadpool = cpuThreadpool ? threadpoolSupport(llama) : { ok: false, reason: "TORPOR_CPU_THREADPOOL=false" };
   }
 
-  static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads"> & Partial<Pick<RuntimeConfig, "flashAttention" | "nativeStateIo">>): Promise<ModelHost> {
+  static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads"> & Partial<Pick<RuntimeConfig, "flashAttention" | "nativeStateIo" | "cpuThreadpool">>): Promise<ModelHost> {
     const modelPath = await resolveModelSource(cfg.model, cfg.modelCacheDir);
     // Threads: what was asked, else the CPUs the container may use (cpu-allowance.ts). All
     // contexts together stay within that too (node-llama-cpp splits maxThreads among contexts
@@ -57,7 +62,7 @@ export class ModelHost {
       await llama.dispose();
       throw new Error("TORPOR_FLASH_ATTENTION=on, but this model does not support flash attention in llama.cpp; set it to auto or off");
     }
-    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, threads, asked, cfg.nativeStateIo ?? true);
+    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, threads, asked, cfg.nativeStateIo ?? true, cfg.cpuThreadpool ?? true);
   }
 
   get name(): string {
@@ -79,8 +84,9 @@ export class ModelHost {
 
   /** A context of `sequences` sequences of `contextSize` tokens each. */
   async createContext(contextSize: number, sequences = 1, flashAttention: FlashAttention = this.flashAttention): Promise<LlamaContext> {
+    let context: LlamaContext;
     try {
-      return await this.model.createContext({
+      context = await this.model.createContext({
         contextSize,
         sequences,
         flashAttention,
@@ -89,6 +95,8 @@ export class ModelHost {
     } catch (err) {
       throw new TorporError("capacity_exhausted", `cannot allocate a context of ${contextSize} tokens: ${(err as Error).message}`);
     }
+    if (this.cpuThreadpool.ok) attachThreadpool(context, this.threads);
+    return context;
   }
 
   private readonly estimates = new Map<string, MemoryCost>();
