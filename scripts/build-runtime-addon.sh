@@ -78,7 +78,7 @@ for lib in "$prebuilt"/*.so; do ln -s "$(realpath -m --relative-to="$out/Release
 echo "$digest" > "$stage/Release/torpor-addon.digest"
 echo done > "$stage/buildDone.status"
 # Refuse an addon this Node cannot load: node-llama-cpp would fall back to its own, but say so here.
-(cd "$stage/Release" && node -e "const a = require('./llama-addon.node'); const p = a.AddonContext?.prototype; if (typeof p?.saveSequenceStatePlain !== 'function' || typeof p.attachThreadpool !== 'function') process.exit(1)") \
+(cd "$stage/Release" && node -e "const a = require('./llama-addon.node'); const p = a.AddonContext?.prototype; if (!['saveSequenceStatePlain', 'loadSequenceStatePlain', 'attachThreadpool'].every((m) => typeof p?.[m] === 'function')) process.exit(1)") \
   || { rm -rf "$stage"; skip "the built addon does not load"; }
 rm -rf "$out"
 mv "$stage" "$out"

@@ -1,9 +1,10 @@
-// A context sequence's state written straight into a hibernation file (sealed or plain) and a
-// sealed one opened straight from one, through the methods scripts/build-runtime-addon.sh adds to
-// node-llama-cpp's addon (runtime/native/AddonContextStateFiles.cpp): llama.cpp streams the state
-// through 1 MiB buffers (AES-256-GCM chunks when sealed, the xxHash64 when plain), so no plaintext
-// is staged on the node, no pass reads a file back, and no state goes out in tens of thousands
-// of small writes (llama.cpp's own writer, for a state stored transposed).
+// A context sequence's state written straight into a hibernation file and read straight from one
+// (sealed or plain), through the methods scripts/build-runtime-addon.sh adds to node-llama-cpp's
+// addon (runtime/native/AddonContextStateFiles.cpp): llama.cpp streams the state through 1 MiB
+// buffers (AES-256-GCM chunks when sealed, the xxHash64 when plain), so no plaintext is staged on
+// the node, no pass reads a file a second time, no state goes out in tens of thousands of small
+// writes (llama.cpp's own writer, for a state stored transposed), and none is read into a buffer
+// of its whole size first (llama.cpp's own loader).
 //
 // node-llama-cpp keeps a sequence's tokens and serialises state calls with its own locks, both
 // internal: this does what its saveStateToFile/loadStateFromFile do with them, and
@@ -13,12 +14,14 @@ import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { acquireLock } from "lifecycle-utils";
 import type { Llama, LlamaContextSequence } from "node-llama-cpp";
+import type { PlainLoader } from "../storage/hibernation-store.js";
 import type { ChunkOpener, ChunkSealer, SealedChunks } from "../storage/sealing.js";
 
 interface AddonContext {
   saveSequenceStatePlain(sequenceId: number, target: { fd: number }, tokens: Uint32Array): Promise<{ bytes: number; xxh64: string }>;
   saveSequenceStateSealed(sequenceId: number, target: SealedChunks, tokens: Uint32Array): Promise<number>;
   loadSequenceStateSealed(sequenceId: number, source: SealedChunks, layout: { chunks: number; plainBytes: number; maxTokens: number }): Promise<Uint32Array>;
+  loadSequenceStatePlain(sequenceId: number, source: { fd: number }, expect: { plainBytes: number; maxTokens: number; xxh64: string }): Promise<Uint32Array>;
 }
 
 /** The internals of node-llama-cpp's LlamaContextSequence that its own state calls use. */
@@ -44,7 +47,8 @@ interface SequenceInternals {
 export function stateFileSupport(llama: Llama): { ok: true } | { ok: false; reason: string } {
   const bindings = (llama as unknown as { _bindings?: { AddonContext?: { prototype: Partial<AddonContext> } } })._bindings;
   const proto = bindings?.AddonContext?.prototype;
-  if (typeof proto?.saveSequenceStateSealed !== "function" || typeof proto.loadSequenceStateSealed !== "function" || typeof proto.saveSequenceStatePlain !== "function") {
+  if (typeof proto?.saveSequenceStateSealed !== "function" || typeof proto.loadSequenceStateSealed !== "function" || typeof proto.saveSequenceStatePlain !== "function"
+    || typeof proto.loadSequenceStatePlain !== "function") {
     return { ok: false, reason: "node-llama-cpp's addon has no torpor state-file methods (scripts/build-runtime-addon.sh did not build it here)" };
   }
   const ours = fileURLToPath(import.meta.resolve("lifecycle-utils"));
@@ -90,23 +94,32 @@ export function sealSequenceState(sequence: LlamaContextSequence): ChunkSealer {
   };
 }
 
-/**
- * Opens the file's chunks into the sequence, replacing what it held, as loadStateFromFile does
- * (sealing.ts's openSealedFile). A refusal leaves the sequence empty.
- */
+/** Replaces what the sequence held with the tokens `load` puts into it, as loadStateFromFile does; a refusal leaves it empty. */
+function replaceState(sequence: LlamaContextSequence, load: (s: SequenceInternals) => Promise<Uint32Array>): Promise<void> {
+  const s = internals(sequence);
+  return locked(s, async () => {
+    s._tokenPredictorOwner = {};
+    await s._abortTokenPredictor(true);
+    s._ensureNotDisposed();
+    s._loadedTokenPredictions.length = 0;
+    s._nextTokenIndex = 0;
+    s._contextTokens = [];
+    const tokens = Array.from(await load(s));
+    s._contextTokens = tokens;
+    s._nextTokenIndex = tokens.length;
+  });
+}
+
+/** Opens the file's chunks into the sequence (sealing.ts's openSealedFile). */
 export function openSequenceState(sequence: LlamaContextSequence): ChunkOpener {
-  return (source) => {
-    const s = internals(sequence);
-    return locked(s, async () => {
-      s._tokenPredictorOwner = {};
-      await s._abortTokenPredictor(true);
-      s._ensureNotDisposed();
-      s._loadedTokenPredictions.length = 0;
-      s._nextTokenIndex = 0;
-      s._contextTokens = [];
-      const tokens = Array.from(await s._context._ctx.loadSequenceStateSealed(s._sequenceId, source, { chunks: source.chunks, plainBytes: source.plainBytes, maxTokens: s.contextSize }));
-      s._contextTokens = tokens;
-      s._nextTokenIndex = tokens.length;
-    });
-  };
+  return (source) => replaceState(sequence, (s) => s._context._ctx.loadSequenceStateSealed(s._sequenceId, source, { chunks: source.chunks, plainBytes: source.plainBytes, maxTokens: s.contextSize }));
+}
+
+/**
+ * Loads an unsealed state from an open file into the sequence in one pass, its xxHash64 checked
+ * on the way; a file whose checksum differs fails with code CHECKSUM_MISMATCH, and one that does
+ * not load with the reason, both leaving the sequence empty (hibernation-store.ts's PlainLoader).
+ */
+export function loadSequenceState(sequence: LlamaContextSequence): PlainLoader {
+  return (fd, expect) => replaceState(sequence, (s) => s._context._ctx.loadSequenceStatePlain(s._sequenceId, { fd }, { plainBytes: expect.bytes, maxTokens: s.contextSize, xxh64: expect.xxh64 }));
 }

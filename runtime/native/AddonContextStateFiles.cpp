@@ -84,6 +84,21 @@ uint32_t getU32BE(const uint8_t* at) {
     return (uint32_t(at[0]) << 24) | (uint32_t(at[1]) << 16) | (uint32_t(at[2]) << 8) | uint32_t(at[3]);
 }
 
+// An xxHash64 as hex, big-endian (what hash-wasm prints, and the manifests hold).
+std::string hexDigest(XXH64_state_t* hash) {
+    XXH64_canonical_t canonical;
+    XXH64_canonicalFromHash(&canonical, XXH64_digest(hash));
+    static const char digits[] = "0123456789abcdef";
+    std::string hex;
+    for (unsigned char b : canonical.digest) { hex += digits[b >> 4]; hex += digits[b & 15]; }
+    return hex;
+}
+
+// A state file whose bytes are not the ones its manifest recorded (the checksum differs).
+struct ChecksumMismatch : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
 // One AES-256-GCM context, reused for every chunk of a file.
 class ChunkCipher {
     public:
@@ -212,15 +227,8 @@ class StateFileWriter : public llama_io_write_i {
             if (cipher) guarded([&] { writeSealed(); });
         }
 
-        /** The plaintext's xxHash64 as hex, big-endian (what hash-wasm prints). */
-        std::string xxh64() const {
-            XXH64_canonical_t canonical;
-            XXH64_canonicalFromHash(&canonical, XXH64_digest(hash));
-            static const char digits[] = "0123456789abcdef";
-            std::string hex;
-            for (unsigned char b : canonical.digest) { hex += digits[b >> 4]; hex += digits[b & 15]; }
-            return hex;
-        }
+        /** The plaintext's xxHash64 as hex. */
+        std::string xxh64() const { return hexDigest(hash); }
 
         // Why a write failed (a full disk, say), if one did: llama.cpp may catch what its writer
         // throws and throw its own error, so the reason is kept here too.
@@ -362,18 +370,111 @@ class OpeningReader : public llama_io_read_i {
         uint32_t next = 0;
 };
 
-enum class Mode { SaveSealed, LoadSealed, SavePlain };
+// llama.cpp's state reader from an unsealed file, its xxHash64 computed on the way: one pass over
+// the file. llama.cpp's own loader reads the whole state into a buffer of its size first (an
+// allocation and a copy the size of the state), and the checksum needed a second read. Large
+// pieces go straight from the file into the KV cache where it is in host memory, in 1 MiB reads,
+// each hashed while it is still in the CPU's cache.
+//
+// The checksum is known only at the end: a state that does not match has been loaded by then,
+// and the caller removes it from the sequence before failing (llama.cpp places it in cells it
+// chose for this sequence, and checks every size against its own, as for its own loader).
+class PlainReader : public llama_io_read_i {
+    public:
+        PlainReader(int fd, uint64_t fileBytes) : fd(fd), fileBytes(fileBytes), hash(XXH64_createState()), buffer(CHUNK) {
+            if (hash == nullptr) throw std::runtime_error("XXH64_createState failed");
+            XXH64_reset(hash, 0);
+            // A cold file is read ahead by the kernel while llama.cpp copies what came before.
+            posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+            posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+        }
+        ~PlainReader() override { XXH64_freeState(hash); }
+        PlainReader(const PlainReader&) = delete;
+        PlainReader& operator=(const PlainReader&) = delete;
+
+        void read(void* dst, size_t size) override {
+            uint8_t* to = static_cast<uint8_t*>(dst);
+            while (size > 0) {
+                const size_t piece = available(size);
+                std::memcpy(to, buffer.data() + pos, piece);
+                pos += piece; to += piece; size -= piece; total += piece;
+            }
+        }
+
+        void read_tensor(ggml_tensor* tensor, size_t offset, size_t size) override {
+            if (offset + size > ggml_nbytes(tensor)) throw std::runtime_error("the state does not fit the context's tensors");
+            // What is buffered first, in order; then what is left straight from the file.
+            while (size > 0 && pos < fill) {
+                const size_t piece = std::min(size, fill - pos);
+                ggml_backend_tensor_set(tensor, buffer.data() + pos, offset, piece);
+                pos += piece; offset += piece; size -= piece; total += piece;
+            }
+            if (size >= DIRECT && tensor->buffer != nullptr && ggml_backend_buffer_is_host(tensor->buffer)) {
+                uint8_t* to = static_cast<uint8_t*>(tensor->data) + offset;
+                for (size_t done = 0; done < size; done += CHUNK) readFile(to + done, std::min(CHUNK, size - done));
+                total += size;
+                return;
+            }
+            while (size > 0) {
+                const size_t piece = available(size);
+                ggml_backend_tensor_set(tensor, buffer.data() + pos, offset, piece);
+                pos += piece; offset += piece; size -= piece; total += piece;
+            }
+        }
+
+        size_t n_bytes() override { return total; }
+
+        // The whole file was read and served: a state with bytes after it is not one llama.cpp wrote.
+        bool consumedAll() const { return cursor == fileBytes && pos == fill; }
+
+        std::string xxh64() const { return hexDigest(hash); }
+
+    private:
+        // Below this, a piece is copied through the buffer: llama.cpp reads a state stored
+        // transposed (without flash attention) one short row at a time.
+        static constexpr size_t DIRECT = 64 << 10;
+
+        size_t available(size_t want) {
+            if (pos == fill) {
+                const size_t n = size_t(std::min<uint64_t>(CHUNK, fileBytes - cursor));
+                if (n == 0) throw std::runtime_error("the state continues past the end of the file");
+                readFile(buffer.data(), n);
+                fill = n;
+                pos = 0;
+            }
+            return std::min(want, fill - pos);
+        }
+
+        void readFile(uint8_t* to, size_t n) {
+            if (n > fileBytes - cursor) throw std::runtime_error("the state continues past the end of the file");
+            if (preadAll(fd, to, n, cursor) != n) throw std::runtime_error("the state file is shorter than its manifest says");
+            XXH64_update(hash, to, n);
+            cursor += n;
+        }
+
+        const int fd;
+        const uint64_t fileBytes;
+        XXH64_state_t* hash;
+        std::vector<uint8_t> buffer;
+        size_t fill = 0;
+        size_t pos = 0;
+        size_t total = 0;
+        uint64_t cursor = 0;
+};
+
+enum class Mode { SaveSealed, LoadSealed, SavePlain, LoadPlain };
 
 class StateFileWorker : public Napi::AsyncWorker {
     public:
         StateFileWorker(const Napi::CallbackInfo& info, AddonContext* context, Mode mode)
             : Napi::AsyncWorker(info.Env(), "TorporSequenceStateFile"),
-              context(context), mode(mode), load(mode == Mode::LoadSealed), deferred(Napi::Promise::Deferred::New(info.Env())) {
-            // (sequenceId, params { fd, and sealed: key, prefix, fileAad, headerBytes }, save: tokens | load: { chunks, plainBytes, maxTokens })
+              context(context), mode(mode), load(mode == Mode::LoadSealed || mode == Mode::LoadPlain), deferred(Napi::Promise::Deferred::New(info.Env())) {
+            // (sequenceId, params { fd, and sealed: key, prefix, fileAad, headerBytes },
+            //  save: tokens | load: { plainBytes, maxTokens, and sealed: chunks | plain: xxh64 })
             sequenceId = info[0].As<Napi::Number>().Int32Value();
             Napi::Object p = info[1].As<Napi::Object>();
             params.fd = p.Get("fd").As<Napi::Number>().Int32Value();
-            if (mode != Mode::SavePlain) {
+            if (mode == Mode::SaveSealed || mode == Mode::LoadSealed) {
                 params.key = bytesOf(p.Get("key"), "key", 32);
                 params.prefix = bytesOf(p.Get("prefix"), "prefix", 8);
                 params.fileAad = bytesOf(p.Get("fileAad"), "fileAad");
@@ -381,7 +482,8 @@ class StateFileWorker : public Napi::AsyncWorker {
             }
             if (load) {
                 Napi::Object l = info[2].As<Napi::Object>();
-                chunks = l.Get("chunks").As<Napi::Number>().Uint32Value();
+                if (mode == Mode::LoadSealed) chunks = l.Get("chunks").As<Napi::Number>().Uint32Value();
+                else expectedXxh64 = l.Get("xxh64").As<Napi::String>().Utf8Value();
                 plainBytes = uint64_t(l.Get("plainBytes").As<Napi::Number>().Int64Value());
                 maxTokens = l.Get("maxTokens").As<Napi::Number>().Uint32Value();
             } else {
@@ -404,12 +506,15 @@ class StateFileWorker : public Napi::AsyncWorker {
                 if (load) loadState(memory);
                 else saveState(memory);
             } catch (const SealInvalid& e) {
-                sealInvalid = true;
+                errorCode = "TORPOR_SEAL_INVALID";
+                SetError(e.what());
+            } catch (const ChecksumMismatch& e) {
+                errorCode = "TORPOR_CHECKSUM_MISMATCH";
                 SetError(e.what());
             } catch (const std::exception& e) {
                 SetError(e.what());
             } catch (...) {
-                SetError("unknown error in a sealed state call");
+                SetError("unknown error in a state file call");
             }
         }
 
@@ -430,7 +535,7 @@ class StateFileWorker : public Napi::AsyncWorker {
 
         void OnError(const Napi::Error& err) override {
             Napi::Error e = Napi::Error::New(Env(), err.Message());
-            if (sealInvalid) e.Set("code", Napi::String::New(Env(), "TORPOR_SEAL_INVALID"));
+            if (!errorCode.empty()) e.Set("code", Napi::String::New(Env(), errorCode));
             deferred.Reject(e.Value());
         }
 
@@ -452,7 +557,24 @@ class StateFileWorker : public Napi::AsyncWorker {
         }
 
         void loadState(llama_memory_t memory) {
+            if (mode == Mode::LoadPlain) {
+                PlainReader reader(params.fd, plainBytes);
+                readInto(memory, reader, [&] {
+                    if (!reader.consumedAll()) throw std::runtime_error("the state file has bytes after the state");
+                    if (reader.xxh64() != expectedXxh64) throw ChecksumMismatch("state file xxHash64 does not match the manifest");
+                }, "");
+                return;
+            }
             OpeningReader reader(params, chunks, plainBytes);
+            readInto(memory, reader, [&] {
+                if (!reader.consumedAll()) throw std::runtime_error("the state has bytes after it");
+            }, reader.sealError);
+        }
+
+        // The header and tokens, then llama.cpp's state; `check` runs once it is read. Whatever
+        // llama.cpp took of a refused state is not this sequence's any more.
+        template <typename Reader, typename Check>
+        void readInto(llama_memory_t memory, Reader& reader, Check check, const std::string& sealError) {
             uint32_t header[3];
             reader.read(header, sizeof(header));
             if (header[0] != FILE_MAGIC || header[1] != FILE_VERSION) throw std::runtime_error("not a llama.cpp sequence state of this version");
@@ -461,11 +583,10 @@ class StateFileWorker : public Napi::AsyncWorker {
             reader.read(tokens.data(), tokens.size() * sizeof(uint32_t));
             try {
                 memory->state_read(reader, sequenceId, 0);
-                if (!reader.consumedAll()) throw std::runtime_error("the state has bytes after it");
+                check();
             } catch (...) {
-                // Whatever llama.cpp took of a refused state is not this sequence's any more.
                 llama_memory_seq_rm(memory, sequenceId, -1, -1);
-                if (!reader.sealError.empty()) throw SealInvalid(reader.sealError);
+                if (!sealError.empty()) throw SealInvalid(sealError);
                 throw;
             }
         }
@@ -481,7 +602,8 @@ class StateFileWorker : public Napi::AsyncWorker {
         uint32_t chunks = 0;
         uint64_t plainBytes = 0;
         uint32_t maxTokens = 0;
-        bool sealInvalid = false;
+        std::string expectedXxh64;
+        std::string errorCode;
 };
 
 Napi::Value queue(const Napi::CallbackInfo& info, AddonContext* context, Mode mode) {
@@ -512,4 +634,8 @@ Napi::Value AddonContext::LoadSequenceStateSealed(const Napi::CallbackInfo& info
 
 Napi::Value AddonContext::SaveSequenceStatePlain(const Napi::CallbackInfo& info) {
     return queue(info, this, Mode::SavePlain);
+}
+
+Napi::Value AddonContext::LoadSequenceStatePlain(const Napi::CallbackInfo& info) {
+    return queue(info, this, Mode::LoadPlain);
 }

@@ -9,7 +9,7 @@ import type { EpochWindow, HibernationRecord, HibernationStore, SessionRef, Veri
 import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
 import { NODE_LLAMA_CPP_VERSION, type FlashAttention, type ModelHost } from "../model/model-host.js";
-import { openSequenceState, sealSequenceState, writeSequenceState } from "../model/sequence-state-files.js";
+import { loadSequenceState, openSequenceState, sealSequenceState, writeSequenceState } from "../model/sequence-state-files.js";
 import { ResidentContext, type SpareContext } from "./resident-context.js";
 import type { ContextPool } from "./context-pool.js";
 import { checkRestore, type RestoreCheck } from "./restore-check.js";
@@ -434,8 +434,12 @@ export class Session {
       // No setting recorded: saved under "auto", which llama.cpp resolves the same way again for
       // the same model on the same backend.
       await this.allocateEvicting(resident, need, m.contextSequences ?? 1, m.flashAttention ?? "auto");
-    // A sealed state is opened straight into the sequence (allocated by then), unless it is not to be loaded at all (restore()).
-    }, (m) => host.stateFiles?.ok && m.runtime?.nodeLlamaCpp === NODE_LLAMA_CPP_VERSION ? (source) => openSequenceState(resident.sequence)(source) : undefined);
+    // Loaded straight into the sequence (allocated by then, hence resolved late), unless it is not
+    // to be loaded at all (restore()).
+    }, (m) => host.stateFiles?.ok && m.runtime?.nodeLlamaCpp === NODE_LLAMA_CPP_VERSION ? {
+      sealed: (source) => openSequenceState(resident.sequence)(source),
+      plain: (fd, expect) => loadSequenceState(resident.sequence)(fd, expect),
+    } : undefined);
     if (!verified) return undefined;
     try {
       return await this.restore(resident, verified, t0, need);

@@ -107,6 +107,23 @@ export type StateWriter = ((tmpPath: string) => Promise<void>) | {
   sealed?: ChunkSealer;
 };
 
+/**
+ * Loads an unsealed state from an open file straight into the caller's sequence, checking its
+ * xxHash64 on the way (sequence-state-files.ts). Rejects with code CHECKSUM_MISMATCH when the bytes
+ * are not the manifest's, and with llama.cpp's reason when the state does not load; either way
+ * the sequence is left empty.
+ */
+export type PlainLoader = (fd: number, expect: { bytes: number; xxh64: string }) => Promise<void>;
+
+/** The error code a PlainLoader rejects with when the file's checksum is not the manifest's. */
+export const CHECKSUM_MISMATCH = "TORPOR_CHECKSUM_MISMATCH";
+
+/** What verify() may load a state into, given its manifest: sealed chunks as they are opened, or an unsealed file in one pass. */
+export interface StateLoaders {
+  sealed?: ChunkOpener;
+  plain?: PlainLoader;
+}
+
 export interface VerifiedState {
   manifest: HibernationManifest;
   manifestFile: string;
@@ -115,9 +132,9 @@ export interface VerifiedState {
    * sealed; the sealed file on the volume when `loaded`.
    */
   statePath: string;
-  /** Sealed and opened straight into the caller's sequence (verify's `opener`): there is nothing left to load. */
+  /** Loaded straight into the caller's sequence (verify's `loaders`): there is nothing left to load. */
   loaded?: boolean;
-  /** The opener's failure on an authentic file (llama.cpp refused the state): the caller rebuilds from the history. */
+  /** A loader's failure on an authentic file (llama.cpp refused the state): the caller rebuilds from the history. */
   loadError?: unknown;
   /** Removes the staging plaintext, if any; call it once the state is loaded (or not). */
   release(): Promise<void>;
@@ -401,19 +418,20 @@ export class HibernationStore {
    * touching the files. A hand-off commit from the previous placement is first adopted: renamed
    * (atomically) to this epoch's name, so its writer can no longer replace it. `whileHashing` runs
    * once the manifest checks out, concurrently with the checksum (the caller allocates its context
-   * meanwhile); if the checksum then fails, the caller undoes it. `opener`, given the manifest,
-   * may return a ChunkOpener: a sealed state is then opened straight into the caller's sequence
-   * after `whileHashing` (which allocates it), and comes back `loaded`.
+   * meanwhile); if the checksum then fails, the caller undoes it. `loaders`, given the manifest,
+   * may say how to load it straight into the caller's sequence after `whileHashing` (which
+   * allocates it): a sealed state opened chunk by chunk, an unsealed one (with an xxHash64) read
+   * once; it then comes back `loaded`, its integrity already known.
    */
   async verify(ref: SessionRef, modelFingerprint: string, window: EpochWindow = UNFENCED, whileHashing?: (m: HibernationManifest) => Promise<void>,
-    opener?: (m: HibernationManifest) => ChunkOpener | undefined): Promise<VerifiedState | undefined> {
+    loaders?: (m: HibernationManifest) => StateLoaders | undefined): Promise<VerifiedState | undefined> {
     const dir = await this.dirFor(ref);
     const files = await this.scan(dir, ref.name);
     const newest = HibernationStore.newest(files);
     if (window.epoch > 0 && newest > window.epoch) throw new StaleEpochError(window.epoch, newest, `cannot load ${ref.namespace}/${ref.name}`);
     const picked = HibernationStore.pick(files, window);
     if (!picked) return undefined;
-    if (picked[0] < window.epoch && await this.adopt(ref, window)) return this.verify(ref, modelFingerprint, window, whileHashing, opener);
+    if (picked[0] < window.epoch && await this.adopt(ref, window)) return this.verify(ref, modelFingerprint, window, whileHashing, loaders);
     const manifestFile = path.join(dir, picked[1]);
     // Relative to the volume: error bodies and status must not reveal the node's mount layout.
     const reject = (reason: ConstructorParameters<typeof StateRejectedError>[0], msg: string): never => {
@@ -480,7 +498,7 @@ export class HibernationStore {
       });
       sizeChecked.catch(() => undefined); // observed below
       await sizeChecked;
-      const into = opener?.(m);
+      const into = loaders?.(m)?.sealed;
       if (into) {
         // Opened as llama.cpp reads it: each chunk authenticated before any byte of it is loaded.
         if (whileHashing) await whileHashing(m);
@@ -524,6 +542,8 @@ export class HibernationStore {
       throw err;
     });
     opened.catch(() => undefined); // observed below
+    const plain = m.stateXxh64 !== undefined ? loaders?.(m)?.plain : undefined;
+    if (plain) return this.loadPlain(m, manifestFile, volumeState, opened, plain, reject, whileHashing);
     const fast = m.stateXxh64 !== undefined;
     const integrity = opened.then((fh) => digestHandle(fh, fast ? { xxh64: true } : { sha256: true })).then((d) => {
       if (fast ? d.xxh64 !== m.stateXxh64 : d.sha256 !== m.stateSha256) reject("checksum_mismatch", `state file ${fast ? "xxHash64" : "SHA-256"} does not match the manifest`);
@@ -543,6 +563,33 @@ export class HibernationStore {
       throw err;
     }
     return { manifest: m, manifestFile, statePath: openedPath(fh, volumeState), release: async () => loaded(), integrity };
+  }
+
+  /**
+   * An unsealed state loaded into the caller's sequence in one pass, its checksum on the way. A
+   * load that fails for another reason is told apart from a corrupt file by hashing the file, as
+   * the separate check would have: corrupt is refused (and kept), authentic is a load error.
+   */
+  private async loadPlain(m: HibernationManifest, manifestFile: string, volumeState: string, opened: Promise<FileHandle>, plain: PlainLoader,
+    reject: (reason: "checksum_mismatch", msg: string) => never, whileHashing?: (m: HibernationManifest) => Promise<void>): Promise<VerifiedState> {
+    const done = { manifest: m, manifestFile, statePath: volumeState, release: async () => undefined, integrity: Promise.resolve() };
+    try {
+      if (whileHashing) await whileHashing(m);
+    } catch (err) {
+      await opened.then((fh) => fh.close(), () => undefined);
+      throw err;
+    }
+    const fh = await opened;
+    try {
+      await plain(fh.fd, { bytes: m.stateBytes, xxh64: m.stateXxh64! });
+      return { ...done, loaded: true };
+    } catch (err) {
+      const mismatch = (err as NodeJS.ErrnoException).code === CHECKSUM_MISMATCH || (await digestHandle(fh, { xxh64: true })).xxh64 !== m.stateXxh64;
+      if (mismatch) reject("checksum_mismatch", "state file xxHash64 does not match the manifest");
+      return { ...done, loadError: err };
+    } finally {
+      await fh.close();
+    }
   }
 
   /**

@@ -128,7 +128,7 @@ describe("runtime process", () => {
       assert.equal((await c.submit("default", "bystander", "still alive?", { max_tokens: 2 })).usage.completion_tokens, 2);
     });
 
-    it("checks a restored state beside the next prompt's evaluation: a state that loads but fails its check answers 422 (streaming too), sends nothing, keeps the file and stays Hibernated", async () => {
+    it("checks a restored state as it loads (runtime addon) or beside the next prompt's evaluation: a state that loads but fails its check answers 422 (streaming too), sends nothing, keeps the file and stays Hibernated", async () => {
       // Damage deep in the KV cells: llama.cpp loads it, only the checksum can tell.
       const f = await hibernated("late-corrupt");
       const size = (await stat(f.state)).size;
@@ -142,7 +142,11 @@ describe("runtime process", () => {
       assert.equal(streamed.status, 422, "no stream was started for a state that failed its check");
       assert.match(await streamed.text(), /checksum_mismatch/);
       assert.ok(!rt.output().includes("rebuilt from its saved history"), "refused, not replayed");
-      assert.match(rt.output(), /failed its integrity check; the turn is discarded/, "llama.cpp loaded it: the check caught it beside the prompt");
+      if (rt.output().includes('"nativeStateIo":true')) {
+        assert.ok(!rt.output().includes("failed its integrity check; the turn is discarded"), "checked in the one pass that loaded it, before any prompt");
+      } else {
+        assert.match(rt.output(), /failed its integrity check; the turn is discarded/, "llama.cpp loaded it: the check caught it beside the prompt");
+      }
       // A good neighbour rehydrates and answers as usual.
       const g = await hibernated("late-good");
       assert.ok(g.state);

@@ -2,11 +2,12 @@
 // node-llama-cpp: the bytes it writes are llama.cpp's own saveStateToFile's, its xxHash64 is the
 // one the store checks on rehydrate, and a session hibernated with it continues exactly.
 import assert from "node:assert/strict";
-import { open, readFile } from "node:fs/promises";
+import { appendFile, open, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { LlamaContext, Token } from "node-llama-cpp";
-import { writeSequenceState } from "../../runtime/model/sequence-state-files.js";
+import { loadSequenceState, writeSequenceState } from "../../runtime/model/sequence-state-files.js";
+import { CHECKSUM_MISMATCH } from "../../runtime/storage/hibernation-store.js";
 import type { ModelHost } from "../../runtime/model/model-host.js";
 import { digestFile } from "../../runtime/storage/state-digest.js";
 import { tempDir } from "../../testbed/temp-dir.js";
@@ -49,6 +50,90 @@ describe("state files written by the runtime addon", () => {
     }
     sequence.dispose();
   });
+
+  /** Loads `file` with the addon's one-pass loader into a new sequence of `into`. */
+  async function loadPlain(into: LlamaContext, file: string, xxh64?: string) {
+    const sequence = into.getSequence();
+    const bytes = await readFile(file);
+    const fh = await open(file, "r");
+    try {
+      await loadSequenceState(sequence)(fh.fd, { bytes: bytes.length, xxh64: xxh64 ?? (await digestFile(file, { xxh64: true })).xxh64! });
+      return { sequence };
+    } catch (err) {
+      return { sequence, err: err as NodeJS.ErrnoException };
+    } finally { await fh.close(); }
+  }
+
+  async function next(sequence: ReturnType<LlamaContext["getSequence"]>, n: number): Promise<number[]> {
+    const out: number[] = [];
+    for await (const token of sequence.evaluate([17 as Token], { temperature: 0 })) { out.push(token); if (out.length >= n) break; }
+    return out;
+  }
+
+  for (const flashAttention of [false, true]) {
+    it(`an unsealed state loads in one pass with its checksum and continues exactly (flash attention ${flashAttention ? "on: pieces straight into the KV cache" : "off: rows through the buffer"})`, async (t) => {
+      if (!host.stateFiles.ok) return t.skip(host.stateFiles.reason);
+      const [from, into] = [await host.createContext(4096, 1, flashAttention), await host.createContext(4096, 1, flashAttention)];
+      try {
+        const original = from.getSequence();
+        await original.evaluateWithoutGeneratingNewTokens(Array.from({ length: 2500 }, (_, i) => 10 + ((i * 37) % 200)) as Token[]);
+        const file = path.join(dir, `load-${flashAttention}.state`);
+        await original.saveStateToFile(file);
+        const { sequence, err } = await loadPlain(into, file);
+        assert.equal(err, undefined);
+        assert.deepEqual(sequence.contextTokens, original.contextTokens);
+        assert.deepEqual(await next(sequence, 8), await next(original, 8), "greedy continuation identical");
+      } finally {
+        await from.dispose();
+        await into.dispose();
+      }
+    });
+  }
+
+  it("an unsealed state with a byte changed, a wrong checksum or bytes after it is refused and leaves the sequence empty", async (t) => {
+    if (!host.stateFiles.ok) return t.skip(host.stateFiles.reason);
+    const sequence = context.getSequence();
+    await sequence.evaluateWithoutGeneratingNewTokens(Array.from({ length: 1500 }, (_, i) => 10 + ((i * 37) % 200)) as Token[]);
+    const good = path.join(dir, "refused.state");
+    await sequence.saveStateToFile(good);
+    sequence.dispose();
+    const bytes = await readFile(good);
+    const flipped = Buffer.from(bytes);
+    flipped[Math.floor(flipped.length * 0.8)]! ^= 0x40;
+    await writeFile(path.join(dir, "flipped.state"), flipped);
+    await writeFile(path.join(dir, "longer.state"), bytes);
+    await appendFile(path.join(dir, "longer.state"), Buffer.alloc(100, 1));
+    const into = await host.createContext(4096, 1);
+    try {
+      const goodHash = (await digestFile(good, { xxh64: true })).xxh64!;
+      for (const [name, file, xxh64, code] of [
+        ["a byte changed in the KV cache", "flipped.state", goodHash, CHECKSUM_MISMATCH],
+        ["the checksum of another file", "refused.state", "0123456789abcdef", CHECKSUM_MISMATCH],
+        ["bytes after the state (its own checksum)", "longer.state", undefined, undefined],
+      ] as const) {
+        const { sequence: s, err } = await loadPlain(into, path.join(dir, file), xxh64);
+        assert.ok(err, `${name}: refused`);
+        assert.equal(err.code, code, `${name}: ${err.message}`);
+        assert.deepEqual(s.contextTokens, [], `${name}: nothing left in the sequence`);
+        s.dispose();
+      }
+    } finally { await into.dispose(); }
+  });
+
+  for (const addon of [true, false]) {
+    it(`a state corrupt deep in its KV cells is refused (checksum_mismatch), kept, and the session stays Hibernated (${addon ? "checked as the addon loads it" : "without the addon: checked beside the prompt"})`, async (t) => {
+      if (addon && !host.stateFiles.ok) return t.skip(host.stateFiles.reason);
+      const h = await harness({}, undefined, undefined, addon ? undefined : (x) => Object.create(x, { stateFiles: { value: { ok: false, reason: "test: llama.cpp's loader" } } }) as ModelHost);
+      const s = await h.manager.register({ namespace: "t1", name: `deep-${addon}`, contextSize: 4096 });
+      await s.submit(Array.from({ length: 30 }, (_, i) => `note ${i}: keep this`).join("\n"), greedy(2));
+      const { record } = await s.hibernate("test");
+      const fh = await open(record!.stateFile, "r+");
+      try { await fh.write(Buffer.from([0xde, 0xad, 0xbe, 0xef]), 0, 4, record!.bytes - 4096); } finally { await fh.close(); }
+      await assert.rejects(s.submit("what did I say?", greedy(4)), (e: NodeJS.ErrnoException & { reason?: string }) => e.reason === "checksum_mismatch");
+      assert.equal(s.status().residency, "Hibernated");
+      assert.equal((await readFile(record!.stateFile)).length, record!.bytes, "the file is kept");
+    });
+  }
 
   it("an unsealed hibernate written by the addon rehydrates and continues exactly", async (t) => {
     if (!host.stateFiles.ok) return t.skip(host.stateFiles.reason);
