@@ -49,7 +49,7 @@ FROM runtime-${VARIANT}
 ENV NODE_ENV=production
 # Return a hibernated context's memory to the OS, and keep a generation's decodes on one thread
 # pool thread (see runtime/model/process-tuning.ts). The operator and gateway do not mind either.
-ENV MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072 UV_THREADPOOL_SIZE=2
+ENV MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072 UV_THREADPOOL_SIZE=2 GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 WORKDIR /app
 COPY --from=build /src/node_modules node_modules
 COPY --from=build /src/dist dist

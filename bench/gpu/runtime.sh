@@ -73,7 +73,7 @@ step "runtime check"
 left=$(( ${TORPOR_DEADLINE_S:-575} - ($(date +%s) - started) )); [ "$left" -lt 60 ] && left=60
 echo "the check has $left s"
 # The process settings the chart gives the runtime (runtime/model/process-tuning.ts).
-cd "$root" && MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072 UV_THREADPOOL_SIZE=2 timeout "$left" node dist/bench/gpu/runtime-check.js "$model" "$out/runtime.json" 2>&1 | tee "$out/runtime.log"
+cd "$root" && MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072 UV_THREADPOOL_SIZE=2 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 timeout "$left" node dist/bench/gpu/runtime-check.js "$model" "$out/runtime.json" 2>&1 | tee "$out/runtime.log"
 status=${PIPESTATUS[0]}
 echo; echo "done: status $status; JSON in $out/runtime.json"
 exit "$status"

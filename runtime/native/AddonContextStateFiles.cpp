@@ -213,6 +213,16 @@ class StateFileWriter : public llama_io_write_i {
         }
 
         void write_tensor(ggml_tensor* tensor, size_t offset, size_t size) override {
+            // Plain, a large piece of a tensor in host memory is written from where it lies, after
+            // what is buffered: no copy of the KV cache. (Sealed, every byte goes through AES.)
+            if (!cipher && size >= DIRECT && tensor->buffer != nullptr && ggml_backend_buffer_is_host(tensor->buffer)) {
+                if (offset + size > ggml_nbytes(tensor)) throw std::runtime_error("a state piece past its tensor");
+                flush(false);
+                const uint8_t* from = static_cast<const uint8_t*>(tensor->data) + offset;
+                for (size_t done = 0; done < size; done += CHUNK) writePlain(from + done, std::min(CHUNK, size - done));
+                total += size;
+                return;
+            }
             while (size > 0) {
                 const size_t piece = room(size);
                 ggml_backend_tensor_get(tensor, plain[current].data() + fill, offset, piece);
@@ -255,9 +265,7 @@ class StateFileWriter : public llama_io_write_i {
         void flush(bool last) {
             guarded([&] {
                 if (!cipher) {
-                    XXH64_update(hash, plain[0].data(), fill);
-                    pwriteAll(params.fd, plain[0].data(), fill, params.headerBytes + uint64_t(index) * CHUNK);
-                    index++;
+                    writePlain(plain[0].data(), fill);
                     return;
                 }
                 const bool previous = encrypting.valid();
@@ -276,6 +284,19 @@ class StateFileWriter : public llama_io_write_i {
             fill = 0;
         }
 
+        // Plain: the file is the plaintext, written in order from `written` on, hashed on the way.
+        void writePlain(const uint8_t* data, size_t length) {
+            guarded([&] {
+                XXH64_update(hash, data, length);
+                pwriteAll(params.fd, data, length, params.headerBytes + written);
+                written += length;
+            });
+        }
+
+        // Below this, a piece is copied into the buffer: llama.cpp writes a state stored transposed
+        // (without flash attention) one short row at a time.
+        static constexpr size_t DIRECT = 64 << 10;
+
         // The last chunk, once its encryption is done.
         void writeSealed() {
             const size_t n = encrypting.get();
@@ -291,6 +312,7 @@ class StateFileWriter : public llama_io_write_i {
         size_t fill = 0;
         size_t total = 0;
         size_t sealedLength = 0;
+        uint64_t written = 0;
         uint32_t index = 0;
         // Last: destroyed (waited for) before the buffers it uses.
         std::future<size_t> encrypting;

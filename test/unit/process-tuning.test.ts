@@ -6,7 +6,7 @@ import { PROCESS_TUNING_ENV, PROCESS_TUNING_REASONS, missingProcessTuning } from
 test("the runtime names each process setting it was started without, and keeps a user's own value", () => {
   assert.deepEqual(missingProcessTuning({}), Object.keys(PROCESS_TUNING_ENV));
   assert.deepEqual(missingProcessTuning({ ...PROCESS_TUNING_ENV, UV_THREADPOOL_SIZE: "8" }), []);
-  assert.deepEqual(missingProcessTuning({ MALLOC_ARENA_MAX: "2", MALLOC_MMAP_THRESHOLD_: "131072" }), ["UV_THREADPOOL_SIZE"]);
+  assert.deepEqual(missingProcessTuning({ MALLOC_ARENA_MAX: "2", MALLOC_MMAP_THRESHOLD_: "131072" }), ["UV_THREADPOOL_SIZE", "GLIBC_TUNABLES"]);
   for (const name of Object.keys(PROCESS_TUNING_ENV)) assert.ok(PROCESS_TUNING_REASONS[name], `${name} has no reason for the warning`);
 });
 
