@@ -1,10 +1,12 @@
 // Torpor's addition to node-llama-cpp's addon: a sequence's state written to a hibernation file as
-// llama.cpp streams it out, sealed or plain, and a sealed one opened as llama.cpp streams it in.
+// llama.cpp streams it out, sealed or plain, and read back as llama.cpp streams it in.
 //
 // Sealed, no plaintext exists anywhere but the KV cache and a 1 MiB chunk buffer. Plain, the file
-// is written in 1 MiB writes with its xxHash64 computed on the way: llama.cpp's own file writer
-// sends a state without flash attention (V stored transposed) as one small write per row, tens of
-// thousands for 100 MB, and the checksum then needed a second pass that read the file back.
+// is written in 1 MiB writes with its xxHash64 computed on the way, large pieces straight from the
+// KV cache: llama.cpp's own file writer sends a state without flash attention (V stored
+// transposed) as one small write per row, tens of thousands for 100 MB, and the checksum then
+// needed a second pass that read the file back. A plain state is read back in one pass too, its
+// xxHash64 on a second thread (PlainReader).
 //
 // node-llama-cpp 3.22.1 saves and loads a sequence only through a file llama.cpp opens itself, so
 // a sealed hibernation had to stage the plaintext in a file, read it back to encrypt it, and do the
@@ -31,8 +33,12 @@
 #include <openssl/evp.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <future>
+#include <mutex>
+#include <thread>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -392,6 +398,72 @@ class OpeningReader : public llama_io_read_i {
         uint32_t next = 0;
 };
 
+// An xxHash64 over pieces of memory, in the order they are given, on a thread of its own: the
+// reader goes on reading (or copying) the next piece while the last one is hashed. A piece's
+// memory must stay as it is until waitFor(its number) returns.
+class OrderedHasher {
+    public:
+        OrderedHasher() : hash(XXH64_createState()) {
+            if (hash == nullptr) throw std::runtime_error("XXH64_createState failed");
+            XXH64_reset(hash, 0);
+            worker = std::thread([this] { run(); });
+        }
+        ~OrderedHasher() {
+            {
+                std::lock_guard<std::mutex> lock(mutex);
+                stopping = true;
+            }
+            wake.notify_all();
+            worker.join();
+            XXH64_freeState(hash);
+        }
+        OrderedHasher(const OrderedHasher&) = delete;
+        OrderedHasher& operator=(const OrderedHasher&) = delete;
+
+        uint64_t submit(const uint8_t* data, size_t length) {
+            std::lock_guard<std::mutex> lock(mutex);
+            pieces.push_back({data, length});
+            wake.notify_all();
+            return ++submitted;
+        }
+
+        void waitFor(uint64_t piece) {
+            std::unique_lock<std::mutex> lock(mutex);
+            done.wait(lock, [&] { return hashed >= piece; });
+        }
+
+        // Every piece given so far, hashed: the digest as hex.
+        std::string digest() {
+            waitFor(submitted);
+            return hexDigest(hash);
+        }
+
+    private:
+        void run() {
+            std::unique_lock<std::mutex> lock(mutex);
+            for (;;) {
+                wake.wait(lock, [&] { return stopping || !pieces.empty(); });
+                if (pieces.empty()) return;
+                const auto piece = pieces.front();
+                pieces.pop_front();
+                lock.unlock();
+                XXH64_update(hash, piece.first, piece.second);
+                lock.lock();
+                hashed++;
+                done.notify_all();
+            }
+        }
+
+        XXH64_state_t* hash;
+        std::mutex mutex;
+        std::condition_variable wake, done;
+        std::deque<std::pair<const uint8_t*, size_t>> pieces;
+        uint64_t submitted = 0;
+        uint64_t hashed = 0;
+        bool stopping = false;
+        std::thread worker;
+};
+
 // llama.cpp's state reader from an unsealed file, its xxHash64 computed on the way: one pass over
 // the file. llama.cpp's own loader reads the whole state into a buffer of its size first (an
 // allocation and a copy the size of the state), and the checksum needed a second read. Large
@@ -403,14 +475,13 @@ class OpeningReader : public llama_io_read_i {
 // chose for this sequence, and checks every size against its own, as for its own loader).
 class PlainReader : public llama_io_read_i {
     public:
-        PlainReader(int fd, uint64_t fileBytes) : fd(fd), fileBytes(fileBytes), hash(XXH64_createState()), buffer(CHUNK) {
-            if (hash == nullptr) throw std::runtime_error("XXH64_createState failed");
-            XXH64_reset(hash, 0);
+        PlainReader(int fd, uint64_t fileBytes) : fd(fd), fileBytes(fileBytes) {
+            buffers[0].resize(CHUNK);
+            buffers[1].resize(CHUNK);
             // A cold file is read ahead by the kernel while llama.cpp copies what came before.
             posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
             posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
         }
-        ~PlainReader() override { XXH64_freeState(hash); }
         PlainReader(const PlainReader&) = delete;
         PlainReader& operator=(const PlainReader&) = delete;
 
@@ -418,7 +489,7 @@ class PlainReader : public llama_io_read_i {
             uint8_t* to = static_cast<uint8_t*>(dst);
             while (size > 0) {
                 const size_t piece = available(size);
-                std::memcpy(to, buffer.data() + pos, piece);
+                std::memcpy(to, buffers[current].data() + pos, piece);
                 pos += piece; to += piece; size -= piece; total += piece;
             }
         }
@@ -428,7 +499,7 @@ class PlainReader : public llama_io_read_i {
             // What is buffered first, in order; then what is left straight from the file.
             while (size > 0 && pos < fill) {
                 const size_t piece = std::min(size, fill - pos);
-                ggml_backend_tensor_set(tensor, buffer.data() + pos, offset, piece);
+                ggml_backend_tensor_set(tensor, buffers[current].data() + pos, offset, piece);
                 pos += piece; offset += piece; size -= piece; total += piece;
             }
             if (size >= DIRECT && tensor->buffer != nullptr && ggml_backend_buffer_is_host(tensor->buffer)) {
@@ -439,7 +510,7 @@ class PlainReader : public llama_io_read_i {
             }
             while (size > 0) {
                 const size_t piece = available(size);
-                ggml_backend_tensor_set(tensor, buffer.data() + pos, offset, piece);
+                ggml_backend_tensor_set(tensor, buffers[current].data() + pos, offset, piece);
                 pos += piece; offset += piece; size -= piece; total += piece;
             }
         }
@@ -449,7 +520,7 @@ class PlainReader : public llama_io_read_i {
         // The whole file was read and served: a state with bytes after it is not one llama.cpp wrote.
         bool consumedAll() const { return cursor == fileBytes && pos == fill; }
 
-        std::string xxh64() const { return hexDigest(hash); }
+        std::string xxh64() { return hasher.digest(); }
 
     private:
         // Below this, a piece is copied through the buffer: llama.cpp reads a state stored
@@ -460,28 +531,34 @@ class PlainReader : public llama_io_read_i {
             if (pos == fill) {
                 const size_t n = size_t(std::min<uint64_t>(CHUNK, fileBytes - cursor));
                 if (n == 0) throw std::runtime_error("the state continues past the end of the file");
-                readFile(buffer.data(), n);
+                // The other buffer: the one just served may still be being hashed.
+                current ^= 1;
+                hasher.waitFor(pending[current]);
+                pending[current] = readFile(buffers[current].data(), n);
                 fill = n;
                 pos = 0;
             }
             return std::min(want, fill - pos);
         }
 
-        void readFile(uint8_t* to, size_t n) {
+        uint64_t readFile(uint8_t* to, size_t n) {
             if (n > fileBytes - cursor) throw std::runtime_error("the state continues past the end of the file");
             if (preadAll(fd, to, n, cursor) != n) throw std::runtime_error("the state file is shorter than its manifest says");
-            XXH64_update(hash, to, n);
             cursor += n;
+            return hasher.submit(to, n);
         }
 
         const int fd;
         const uint64_t fileBytes;
-        XXH64_state_t* hash;
-        std::vector<uint8_t> buffer;
+        std::vector<uint8_t> buffers[2];
+        uint64_t pending[2] = {0, 0};
+        int current = 1;
         size_t fill = 0;
         size_t pos = 0;
         size_t total = 0;
         uint64_t cursor = 0;
+        // Last: destroyed (its thread joined) before the buffers it reads.
+        OrderedHasher hasher;
 };
 
 enum class Mode { SaveSealed, LoadSealed, SavePlain, LoadPlain };

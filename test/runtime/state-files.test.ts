@@ -31,13 +31,15 @@ describe("state files written by the runtime addon", () => {
     else assert.ok(!host.stateFiles.ok && host.stateFiles.reason.length > 0);
   });
 
-  it("hold llama.cpp's own bytes and the xxHash64 the store checks, across several 1 MiB pieces", async (t) => {
+  for (const flashAttention of [false, true]) it(`hold llama.cpp's own bytes and the xxHash64 the store checks, across several 1 MiB pieces (flash attention ${flashAttention ? "on: pieces straight from the KV cache" : "off: rows through the buffer"})`, async (t) => {
     if (!host.stateFiles.ok) return t.skip(host.stateFiles.reason);
-    const sequence = context.getSequence();
+    const own = await host.createContext(4096, 1, flashAttention);
+    t.after(() => own.dispose());
+    const sequence = own.getSequence();
     for (const length of [0, 5, 2500]) {
       await sequence.clearHistory();
       if (length) await sequence.evaluateWithoutGeneratingNewTokens(Array.from({ length }, (_, i) => 10 + ((i * 37) % 200)) as Token[]);
-      const theirs = path.join(dir, `llama-${length}.state`), ours = path.join(dir, `addon-${length}.state`);
+      const theirs = path.join(dir, `llama-${length}-${flashAttention}.state`), ours = path.join(dir, `addon-${length}-${flashAttention}.state`);
       await sequence.saveStateToFile(theirs);
       const fh = await open(ours, "wx", 0o600);
       let written: { bytes: number; xxh64: string };
