@@ -53,9 +53,9 @@ export interface RuntimeConfig {
   /** Reuse an evicted session's context for the session that needed the room. */
   contextHandover: boolean;
   /**
-   * Write state files (and open sealed ones) in node-llama-cpp's addon as llama.cpp streams the
-   * state, where it was built with torpor's methods (sequence-state-files.ts): no staged
-   * plaintext, no pass that reads a file back. false uses node-llama-cpp's file calls, as before.
+   * Write and read state files in node-llama-cpp's addon as llama.cpp streams the state, where it
+   * was built with torpor's methods (sequence-state-files.ts): no staged plaintext, no second pass
+   * over a file for its checksum. false uses node-llama-cpp's file calls, as before.
    */
   nativeStateIo: boolean;
   /**

@@ -139,10 +139,10 @@ export interface VerifiedState {
   /** Removes the staging plaintext, if any; call it once the state is loaded (or not). */
   release(): Promise<void>;
   /**
-   * Settles once the state's integrity is known: sealed states are authenticated before verify()
-   * returns; an unsealed state's SHA-256 is checked while llama.cpp loads it (the hash and the
-   * load each cost about as much as the other), and a mismatch rejects here with the reason.
-   * Whoever loads the state awaits it before the loaded state is used.
+   * Settles once the state's integrity is known: sealed states, and unsealed ones the caller's
+   * loader read, are checked before verify() returns; otherwise an unsealed state's checksum is
+   * computed while llama.cpp loads it, and a mismatch rejects here with the reason. Whoever loads
+   * the state awaits it before the loaded state is used.
    */
   integrity: Promise<void>;
   /**
