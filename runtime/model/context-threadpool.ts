@@ -4,7 +4,7 @@
 // node-llama-cpp never attaches a ggml threadpool, so each CPU decode starts its worker threads and
 // joins them again; llama-server keeps one pool per context. Attached, SmolLM2 decoded one stream
 // at 7.7 ms a token in process against 10.4 without (llama-server: 7.4-7.9), and four sessions
-// sharing a context 134 tok/s against 86 (docs/benchmarks.md).
+// sharing a context 115-150 tok/s against 70-101 (docs/benchmarks.md).
 import type { Llama, LlamaContext } from "node-llama-cpp";
 
 /**

@@ -219,26 +219,90 @@ size_t preadAll(int fd, uint8_t* data, size_t length, uint64_t offset) {
     return got;
 }
 
+// An xxHash64 over pieces of memory, in the order they are given, on a thread of its own: the
+// reader goes on reading (or copying) the next piece while the last one is hashed. A piece's
+// memory must stay as it is until waitFor(its number) returns.
+class OrderedHasher {
+    public:
+        OrderedHasher() : hash(XXH64_createState()) {
+            if (hash == nullptr) throw std::runtime_error("XXH64_createState failed");
+            XXH64_reset(hash, 0);
+            worker = std::thread([this] { run(); });
+        }
+        ~OrderedHasher() {
+            {
+                std::lock_guard<std::mutex> lock(mutex);
+                stopping = true;
+            }
+            wake.notify_all();
+            worker.join();
+            XXH64_freeState(hash);
+        }
+        OrderedHasher(const OrderedHasher&) = delete;
+        OrderedHasher& operator=(const OrderedHasher&) = delete;
+
+        uint64_t submit(const uint8_t* data, size_t length) {
+            std::lock_guard<std::mutex> lock(mutex);
+            pieces.push_back({data, length});
+            wake.notify_all();
+            return ++submitted;
+        }
+
+        void waitFor(uint64_t piece) {
+            std::unique_lock<std::mutex> lock(mutex);
+            done.wait(lock, [&] { return hashed >= piece; });
+        }
+
+        // Every piece given so far, hashed: the digest as hex.
+        std::string digest() {
+            waitFor(submitted);
+            return hexDigest(hash);
+        }
+
+    private:
+        void run() {
+            std::unique_lock<std::mutex> lock(mutex);
+            for (;;) {
+                wake.wait(lock, [&] { return stopping || !pieces.empty(); });
+                if (pieces.empty()) return;
+                const auto piece = pieces.front();
+                pieces.pop_front();
+                lock.unlock();
+                XXH64_update(hash, piece.first, piece.second);
+                lock.lock();
+                hashed++;
+                done.notify_all();
+            }
+        }
+
+        XXH64_state_t* hash;
+        std::mutex mutex;
+        std::condition_variable wake, done;
+        std::deque<std::pair<const uint8_t*, size_t>> pieces;
+        uint64_t submitted = 0;
+        uint64_t hashed = 0;
+        bool stopping = false;
+        std::thread worker;
+};
+
 // llama.cpp's state writer into a file in 1 MiB pieces: sealed chunks when there is a cipher (a
 // full chunk is sealed only once a byte after it arrives, so the one sealed by finish() is the
 // last, whatever the size), else the plaintext as it is, with its xxHash64.
 class StateFileWriter : public llama_io_write_i {
     public:
-        StateFileWriter(const SealParams& params, bool sealed)
-            : params(params), hash(XXH64_createState()) {
-            if (hash == nullptr) throw std::runtime_error("XXH64_createState failed");
-            XXH64_reset(hash, 0);
+        StateFileWriter(const SealParams& params, bool sealed) : params(params) {
             plain[0].resize(CHUNK);
+            plain[1].resize(CHUNK);
             if (sealed) {
                 cipher = std::make_unique<ChunkCipher>(params);
-                plain[1].resize(CHUNK);
                 out[0].resize(SEALED_CHUNK);
                 out[1].resize(SEALED_CHUNK);
+            } else {
+                hasher = std::make_unique<OrderedHasher>();
             }
         }
         ~StateFileWriter() override {
             if (encrypting.valid()) encrypting.wait();
-            XXH64_freeState(hash);
         }
 
         void write(const void* src, size_t size) override {
@@ -275,8 +339,8 @@ class StateFileWriter : public llama_io_write_i {
             if (cipher) guarded([&] { writeSealed(); });
         }
 
-        /** The plaintext's xxHash64 as hex. */
-        std::string xxh64() const { return hexDigest(hash); }
+        /** The plaintext's xxHash64 as hex (plain). */
+        std::string xxh64() { return hasher->digest(); }
 
         // Why a write failed (a full disk, say), if one did: llama.cpp may catch what its writer
         // throws and throw its own error, so the reason is kept here too.
@@ -299,11 +363,15 @@ class StateFileWriter : public llama_io_write_i {
 
         // Sealed: the chunk is encrypted on a second thread while this one writes the chunk before
         // it and goes on copying the next out of the KV cache (two cores do the AES and the rest
-        // side by side). Plain: written here, with its hash.
+        // side by side). Plain: written here and hashed on the hasher's thread, the next chunk
+        // filled in the other buffer once that one's hash is done.
         void flush(bool last) {
             guarded([&] {
                 if (!cipher) {
-                    writePlain(plain[0].data(), fill);
+                    if (fill == 0) return;
+                    pending[current] = writePlain(plain[current].data(), fill);
+                    current ^= 1;
+                    hasher->waitFor(pending[current]);
                     return;
                 }
                 const bool previous = encrypting.valid();
@@ -322,13 +390,13 @@ class StateFileWriter : public llama_io_write_i {
             fill = 0;
         }
 
-        // Plain: the file is the plaintext, written in order from `written` on, hashed on the way.
-        void writePlain(const uint8_t* data, size_t length) {
-            guarded([&] {
-                XXH64_update(hash, data, length);
-                pwriteAll(params.fd, data, length, params.headerBytes + written);
-                written += length;
-            });
+        // Plain: the file is the plaintext, written in order from `written` on; returns the piece's
+        // number at the hasher (its memory must stay until the hash has passed it).
+        uint64_t writePlain(const uint8_t* data, size_t length) {
+            const uint64_t piece = hasher->submit(data, length);
+            guarded([&] { pwriteAll(params.fd, data, length, params.headerBytes + written); });
+            written += length;
+            return piece;
         }
 
         // Below this, a piece is copied into the buffer: llama.cpp writes a state stored transposed
@@ -345,14 +413,15 @@ class StateFileWriter : public llama_io_write_i {
         std::unique_ptr<ChunkCipher> cipher;
         Scratch plain[2];
         Scratch out[2];
-        XXH64_state_t* hash;
+        uint64_t pending[2] = {0, 0};
         int current = 0;
         size_t fill = 0;
         size_t total = 0;
         size_t sealedLength = 0;
         uint64_t written = 0;
         uint32_t index = 0;
-        // Last: destroyed (waited for) before the buffers it uses.
+        // Last: destroyed (joined, waited for) before the buffers they use.
+        std::unique_ptr<OrderedHasher> hasher;
         std::future<size_t> encrypting;
 };
 
@@ -430,72 +499,6 @@ class OpeningReader : public llama_io_read_i {
         size_t pos = 0;
         size_t total = 0;
         uint32_t next = 0;
-};
-
-// An xxHash64 over pieces of memory, in the order they are given, on a thread of its own: the
-// reader goes on reading (or copying) the next piece while the last one is hashed. A piece's
-// memory must stay as it is until waitFor(its number) returns.
-class OrderedHasher {
-    public:
-        OrderedHasher() : hash(XXH64_createState()) {
-            if (hash == nullptr) throw std::runtime_error("XXH64_createState failed");
-            XXH64_reset(hash, 0);
-            worker = std::thread([this] { run(); });
-        }
-        ~OrderedHasher() {
-            {
-                std::lock_guard<std::mutex> lock(mutex);
-                stopping = true;
-            }
-            wake.notify_all();
-            worker.join();
-            XXH64_freeState(hash);
-        }
-        OrderedHasher(const OrderedHasher&) = delete;
-        OrderedHasher& operator=(const OrderedHasher&) = delete;
-
-        uint64_t submit(const uint8_t* data, size_t length) {
-            std::lock_guard<std::mutex> lock(mutex);
-            pieces.push_back({data, length});
-            wake.notify_all();
-            return ++submitted;
-        }
-
-        void waitFor(uint64_t piece) {
-            std::unique_lock<std::mutex> lock(mutex);
-            done.wait(lock, [&] { return hashed >= piece; });
-        }
-
-        // Every piece given so far, hashed: the digest as hex.
-        std::string digest() {
-            waitFor(submitted);
-            return hexDigest(hash);
-        }
-
-    private:
-        void run() {
-            std::unique_lock<std::mutex> lock(mutex);
-            for (;;) {
-                wake.wait(lock, [&] { return stopping || !pieces.empty(); });
-                if (pieces.empty()) return;
-                const auto piece = pieces.front();
-                pieces.pop_front();
-                lock.unlock();
-                XXH64_update(hash, piece.first, piece.second);
-                lock.lock();
-                hashed++;
-                done.notify_all();
-            }
-        }
-
-        XXH64_state_t* hash;
-        std::mutex mutex;
-        std::condition_variable wake, done;
-        std::deque<std::pair<const uint8_t*, size_t>> pieces;
-        uint64_t submitted = 0;
-        uint64_t hashed = 0;
-        bool stopping = false;
-        std::thread worker;
 };
 
 // llama.cpp's state reader from an unsealed file, its xxHash64 computed on the way: one pass over
