@@ -3,8 +3,8 @@
 // addon (runtime/native/AddonContextStateFiles.cpp): llama.cpp streams the state through 1 MiB
 // buffers (AES-256-GCM chunks when sealed, the xxHash64 when plain), so no plaintext is staged on
 // the node, no pass reads a file a second time, no state goes out in tens of thousands of small
-// writes (llama.cpp's own writer, for a state stored transposed), and none is read into a buffer
-// of its whole size first (llama.cpp's own loader).
+// writes (llama.cpp's own writer, for a state stored transposed), and large pieces go between the
+// file and the KV cache without a copy through a buffer (llama.cpp's own loader copies each).
 //
 // node-llama-cpp keeps a sequence's tokens and serialises state calls with its own locks, both
 // internal: this does what its saveStateToFile/loadStateFromFile do with them, and

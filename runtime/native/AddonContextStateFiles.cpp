@@ -219,6 +219,16 @@ size_t preadAll(int fd, uint8_t* data, size_t length, uint64_t offset) {
     return got;
 }
 
+// Where a piece of a tensor lies in host memory, for reading or writing it in place; nullptr when
+// it should go through a chunk buffer: a short piece (llama.cpp sends a state stored transposed,
+// without flash attention, one row at a time) or a tensor outside host memory.
+constexpr size_t IN_PLACE = 64 << 10;
+uint8_t* inPlace(ggml_tensor* tensor, size_t offset, size_t size) {
+    if (offset + size > ggml_nbytes(tensor)) throw std::runtime_error("a state piece past its tensor");
+    if (size < IN_PLACE || tensor->buffer == nullptr || !ggml_backend_buffer_is_host(tensor->buffer)) return nullptr;
+    return static_cast<uint8_t*>(tensor->data) + offset;
+}
+
 // An xxHash64 over pieces of memory, in the order they are given, on a thread of its own: the
 // reader goes on reading (or copying) the next piece while the last one is hashed. A piece's
 // memory must stay as it is until waitFor(its number) returns.
@@ -315,12 +325,10 @@ class StateFileWriter : public llama_io_write_i {
         }
 
         void write_tensor(ggml_tensor* tensor, size_t offset, size_t size) override {
-            // Plain, a large piece of a tensor in host memory is written from where it lies, after
-            // what is buffered: no copy of the KV cache. (Sealed, every byte goes through AES.)
-            if (!cipher && size >= DIRECT && tensor->buffer != nullptr && ggml_backend_buffer_is_host(tensor->buffer)) {
-                if (offset + size > ggml_nbytes(tensor)) throw std::runtime_error("a state piece past its tensor");
+            // Plain, a large piece is written from where it lies, after what is buffered: no copy of
+            // the KV cache. (Sealed, every byte goes through AES.)
+            if (const uint8_t* from = cipher ? nullptr : inPlace(tensor, offset, size)) {
                 flush(false);
-                const uint8_t* from = static_cast<const uint8_t*>(tensor->data) + offset;
                 for (size_t done = 0; done < size; done += CHUNK) writePlain(from + done, std::min(CHUNK, size - done));
                 total += size;
                 return;
@@ -398,10 +406,6 @@ class StateFileWriter : public llama_io_write_i {
             written += length;
             return piece;
         }
-
-        // Below this, a piece is copied into the buffer: llama.cpp writes a state stored transposed
-        // (without flash attention) one short row at a time.
-        static constexpr size_t DIRECT = 64 << 10;
 
         // The last chunk, once its encryption is done.
         void writeSealed() {
@@ -502,10 +506,9 @@ class OpeningReader : public llama_io_read_i {
 };
 
 // llama.cpp's state reader from an unsealed file, its xxHash64 computed on the way: one pass over
-// the file. llama.cpp's own loader reads the whole state into a buffer of its size first (an
-// allocation and a copy the size of the state), and the checksum needed a second read. Large
-// pieces go straight from the file into the KV cache where it is in host memory, in 1 MiB reads,
-// each hashed while it is still in the CPU's cache.
+// the file. llama.cpp's own loader copies every piece through a buffer, and the checksum needed a
+// second read of the file. Large pieces go straight from the file into the KV cache where it is in
+// host memory, in 1 MiB reads, and the hash runs on a second thread as the pieces arrive.
 //
 // The checksum is known only at the end: a state that does not match has been loaded by then,
 // and the caller removes it from the sequence before failing (llama.cpp places it in cells it
@@ -532,16 +535,16 @@ class PlainReader : public llama_io_read_i {
         }
 
         void read_tensor(ggml_tensor* tensor, size_t offset, size_t size) override {
-            if (offset + size > ggml_nbytes(tensor)) throw std::runtime_error("the state does not fit the context's tensors");
-            const bool direct = size >= DIRECT && tensor->buffer != nullptr && ggml_backend_buffer_is_host(tensor->buffer);
+            uint8_t* to = inPlace(tensor, offset, size);
+            const size_t whole = size;
             // What is buffered first, in order; then what is left straight from the file.
             while (size > 0 && pos < fill) {
                 const size_t piece = std::min(size, fill - pos);
                 ggml_backend_tensor_set(tensor, buffers[current].data() + pos, offset, piece);
                 pos += piece; offset += piece; size -= piece; total += piece;
             }
-            if (direct) {
-                uint8_t* to = static_cast<uint8_t*>(tensor->data) + offset;
+            if (to != nullptr) {
+                to += whole - size;
                 for (size_t done = 0; done < size; done += CHUNK) readFile(to + done, std::min(CHUNK, size - done));
                 total += size;
                 return;
@@ -561,9 +564,6 @@ class PlainReader : public llama_io_read_i {
         std::string xxh64() { return hasher.digest(); }
 
     private:
-        // Below this, a piece is copied through the buffer: llama.cpp reads a state stored
-        // transposed (without flash attention) one short row at a time.
-        static constexpr size_t DIRECT = 64 << 10;
         // What a small read (a header, a size, the token list) buffers ahead: a large piece that
         // follows is read straight into its tensor, not copied out of a full buffer.
         static constexpr size_t AHEAD_SMALL = 16 << 10;
