@@ -27,7 +27,7 @@ export interface PeerResult {
   /** Writing the hibernated state's bytes to a new file on the same volume, with fsync: the durable floor. */
   fsyncFloorMs: number[];
   /** Aggregate decode of 4 concurrent streams: llama-server -np 4, torpor with a context per session, torpor with 4 sequences per context. */
-  streams4?: { llamaServer: number[]; torporContextEach: number[]; torporShared: number[] };
+  streams4?: { llamaServer: number[]; torporContextEach: number[]; torporShared: number[]; promptTokens: { llamaServer: number; torpor: number } };
 }
 
 /** The peer could not be run here: the figure is skipped with this reason, not failed. */
@@ -241,9 +241,33 @@ export async function startServer(binary: string, args: string[]): Promise<{ bas
 const STREAM_TOKENS = 48;
 const streamPrompt = (i: number) => `Write a short story about a lighthouse keeper number ${i}.`;
 
-/** Tokens per second over 4 generations running at once (completion tokens / wall time). */
+/**
+ * The tokens a torpor session evaluates for a first turn: the model's chat template around the
+ * question, rendered as the runtime renders it. llama-server's raw /completion gets these token ids,
+ * so both sides decode the same prompt (the raw question alone is 13 tokens against the template's
+ * 22; its own chat route adds a default system prompt torpor's lacks: 42).
+ */
+async function chatPromptTokens(model: string, prompts: string[]): Promise<number[][]> {
+  const { getLlama, resolveChatWrapper } = await import("node-llama-cpp");
+  const llama = await getLlama({ gpu: false, build: "never" });
+  const vocab = await llama.loadModel({ modelPath: model, vocabOnly: true });
+  try {
+    const wrapper = resolveChatWrapper(vocab);
+    return prompts.map((text) => wrapper.generateContextState({ chatHistory: [{ type: "user", text }, { type: "model", response: [] }] })
+      .contextText.tokenize(vocab.tokenizer).map(Number));
+  } finally {
+    await vocab.dispose();
+    await llama.dispose();
+  }
+}
+
+/**
+ * Tokens per second over 4 first turns running at once (completion tokens / wall time), each side
+ * given the same prompt tokens and asked for the same number of tokens: fresh sessions each round.
+ */
 async function fourStreams(binary: string, model: string, runs: number): Promise<PeerResult["streams4"]> {
-  const out = { llamaServer: [] as number[], torporContextEach: [] as number[], torporShared: [] as number[] };
+  const out = { llamaServer: [] as number[], torporContextEach: [] as number[], torporShared: [] as number[], promptTokens: { llamaServer: 0, torpor: 0 } };
+  const prompts = await chatPromptTokens(model, Array.from({ length: 4 * (runs + 1) }, (_, i) => streamPrompt(i)));
   const server = await startServer(binary, ["-m", model, "-c", String(4 * 1024), "-np", "4", "-t", "2"]);
   const dirs = await Promise.all([0, 1].map(() => mkdtemp(path.join(os.tmpdir(), "torpor-streams-"))));
   const runtimes = await Promise.all(["1", "4"].map((seqs, i) => startRuntime({
@@ -251,20 +275,25 @@ async function fourStreams(binary: string, model: string, runs: number): Promise
     TORPOR_SEQUENCES_PER_CONTEXT: seqs, TORPOR_LOG_LEVEL: "warn",
   })));
   try {
-    for (const [i, rt] of runtimes.entries()) for (let s = 0; s < 4; s++) await rt.client.register("bench", `s${i}-${s}`, { contextSize: 1024 });
     // Round 0 warms up (torpor allocates its contexts on the first turn); it is not counted.
     for (let r = 0; r <= runs; r++) {
+      const ids = [0, 1, 2, 3].map((s) => 4 * r + s);
       let t0 = performance.now();
-      // Without a chat template the raw prompt often ends at once: ignore_eos makes the server
-      // decode all the tokens, as torpor's chat turns do (they end at max_tokens).
-      const peer = await Promise.all([0, 1, 2, 3].map((s) => post(`${server.base}/completion`, { prompt: streamPrompt(s + r), n_predict: STREAM_TOKENS, id_slot: s, temperature: 0, cache_prompt: false, ignore_eos: true })));
+      // ignore_eos: the server decodes all the tokens, as torpor's turns do here (they end at max_tokens).
+      const peer = await Promise.all(ids.map((id, s) => post(`${server.base}/completion`, { prompt: prompts[id], n_predict: STREAM_TOKENS, id_slot: s, temperature: 0, cache_prompt: false, ignore_eos: true })));
       const peerTps = peer.reduce((n, p) => n + Number((p.json.timings as { predicted_n?: number }).predicted_n ?? 0), 0) / ((performance.now() - t0) / 1000);
       if (r > 0) out.llamaServer.push(peerTps);
+      out.promptTokens.llamaServer = Number((peer[0]!.json.timings as { prompt_n?: number }).prompt_n ?? 0);
       for (const [i, rt] of runtimes.entries()) {
+        for (let s = 0; s < 4; s++) {
+          if (r > 0) await rt.client.delete("bench", `s${i}-${s}-${r - 1}`);
+          await rt.client.register("bench", `s${i}-${s}-${r}`, { contextSize: 1024 });
+        }
         t0 = performance.now();
-        const done = await Promise.all([0, 1, 2, 3].map((s) => rt.client.submit("bench", `s${i}-${s}`, streamPrompt(s + r), { max_tokens: STREAM_TOKENS, temperature: 0 })));
+        const done = await Promise.all(ids.map((id, s) => rt.client.submit("bench", `s${i}-${s}-${r}`, streamPrompt(id), { max_tokens: STREAM_TOKENS, temperature: 0 })));
         const tps = done.reduce((n, d) => n + d.usage.completion_tokens, 0) / ((performance.now() - t0) / 1000);
         if (r > 0) (i === 0 ? out.torporContextEach : out.torporShared).push(tps);
+        out.promptTokens.torpor = done[0]!.usage.prompt_tokens;
       }
     }
   } finally {

@@ -421,6 +421,7 @@ if (want("peer")) {
         ] : []),
       ]);
     console.log(`torpor reused ${stat(T.reused).median} of ${r.tokens} tokens after each rehydrate`);
+    if (r.streams4) console.log(`4 streams: each a first turn of 48 tokens; prompt tokens per stream: llama-server ${r.streams4.promptTokens.llamaServer}, torpor ${r.streams4.promptTokens.torpor}`);
     results.peer = r;
     }
     // The same by state size, on a generated model whose KV cache is 128 KiB a token (8 layers of

@@ -72,8 +72,8 @@ export interface RuntimeConfig {
   spareContexts: number;
   /**
    * Wait one event-loop turn after each decode so that every session of a shared context joins the
-   * next batch (sessions/batch-gathering.ts). "auto": on a GPU, where a batch of 4 costs about what
-   * 1 does; off on a CPU, where larger batches cost more per token and it measured slower.
+   * next batch (sessions/batch-composition.ts). "auto": on where a decode's threads are kept (a GPU,
+   * or the addon's CPU threadpool); off on a CPU without the threadpool, where it measured slower.
    */
   batchGathering: "auto" | boolean;
   /** Wait for an idle resident session this long before taking a busy one's slot between its turns. */

@@ -64,7 +64,10 @@ async function main(): Promise<void> {
     defaultContextSize: cfg.defaultContextSize, maxContextSize: cfg.maxContextSize, podName: cfg.podName,
     contextHandover: cfg.contextHandover, preemptAfterMs: cfg.preemptAfterMs,
     sequencesPerContext: cfg.sequencesPerContext, contextGraceMs: cfg.contextGraceMs, spareContexts: cfg.spareContexts,
-    gatherBatches: cfg.batchGathering === "auto" ? host.onGpu : cfg.batchGathering,
+    // Where a decode's threads are kept (GPU, or the addon's CPU threadpool), a batch of all the
+    // generating sessions costs less than a batch short of one plus a batch of one; without the
+    // threadpool each decode starts its threads anyway, and gathering measured slower (README).
+    gatherBatches: cfg.batchGathering === "auto" ? host.onGpu || host.cpuThreadpool.ok : cfg.batchGathering,
     namespaceLimits: NamespaceLimits.parse(cfg.namespaceLimits),
   });
   if (cfg.spareContexts > 0) void manager.replenishSpares().then((made) => log.info({ spares: made, contextSize: cfg.defaultContextSize }, "spare contexts allocated"));

@@ -1,18 +1,21 @@
 // What each llama_decode carried: a ModelHost whose contexts record, per decode, how many
 // sequences' tokens node-llama-cpp put in the batch (its native context is wrapped; nothing else
-// changes). For tests and benchmarks of batching (runtime/sessions/batch-gathering.ts).
+// changes). For tests and benchmarks of batching (runtime/sessions/batch-composition.ts).
 import type { ModelHost } from "../runtime/model/model-host.js";
 
 /** Where a generation step's time went: llama_decode calls, and token sampling (a native call per sequence, on libuv's pool). */
 export interface StepTimes { decodes: number; decodeMs: number; samples: number; sampleMs: number }
 
-/** `host`, with each new context appending to `log` the number of batch items of every decode, and adding to `times`. */
-export function recordingDecodeBatches(host: ModelHost, log: number[], times?: StepTimes): ModelHost {
+/**
+ * `host`, with each new context appending to `log` the number of batch items of every decode, to
+ * `orders` (if given) the sequence ids of those items in batch order, and adding to `times`.
+ */
+export function recordingDecodeBatches(host: ModelHost, log: number[], times?: StepTimes, orders?: number[][]): ModelHost {
   return Object.create(host, { createContext: { value: async (...a: Parameters<ModelHost["createContext"]>) => {
     const context = await host.createContext(...a);
     const internals = context as unknown as { _ctx: Record<string, (...x: unknown[]) => unknown> };
     const native = internals._ctx;
-    let items = 0;
+    let items = 0, order: number[] = [];
     const timed = <T>(p: Promise<T>, what: "decode" | "sample"): Promise<T> => {
       if (!times) return p;
       const t0 = performance.now();
@@ -21,8 +24,8 @@ export function recordingDecodeBatches(host: ModelHost, log: number[], times?: S
       });
     };
     internals._ctx = new Proxy(native, { get: (t, k) => {
-      if (k === "addToBatch") return (...x: unknown[]) => { items++; return t.addToBatch!(...x); };
-      if (k === "decodeBatch") return () => { log.push(items); items = 0; return timed(t.decodeBatch!() as Promise<unknown>, "decode"); };
+      if (k === "addToBatch") return (...x: unknown[]) => { items++; order.push(Number(x[0])); return t.addToBatch!(...x); };
+      if (k === "decodeBatch") return () => { log.push(items); orders?.push(order); items = 0; order = []; return timed(t.decodeBatch!() as Promise<unknown>, "decode"); };
       if (k === "sampleToken" && times) return (...x: unknown[]) => timed(t.sampleToken!(...x) as Promise<unknown>, "sample");
       const v = t[k as string];
       return typeof v === "function" ? v.bind(t) : v;

@@ -11,7 +11,7 @@ import type { Logger } from "../../common/logger.js";
 import type { RuntimeMetrics } from "../metrics.js";
 import { addCosts, NO_COST, type MemoryCost } from "../model/memory-cost.js";
 import type { FlashAttention, ModelHost } from "../model/model-host.js";
-import { gatherBatches } from "./batch-gathering.js";
+import { composeBatches } from "./batch-composition.js";
 import { SerialQueue } from "./serial-queue.js";
 
 export interface ContextPoolOptions {
@@ -19,7 +19,7 @@ export interface ContextPoolOptions {
   sequencesPerContext: number;
   /** How long an unused context stays allocated for the next session; 0 frees it at once. */
   graceMs: number;
-  /** Make every generating sequence of a context join each decode batch (batch-gathering.ts). */
+  /** Make every generating sequence of a context join each decode batch (batch-composition.ts). */
   gatherBatches?: boolean;
   /** Unused contexts of `spareContextSize` (and the pool's default shape) kept allocated ahead of need (default 0). */
   spares?: number;
@@ -87,7 +87,7 @@ export class ContextPool {
       this.contexts.find((x) => hasRoomFor(x, contextSize, sequences, flashAttention));
     if (c) {
       this.stopTimer(c);
-      const kept = c.free.pop();
+      const kept = takeLowest(c.free);
       if (kept || c.leased === 0) this.metrics.contextReuses.inc();
       return this.lease(c, kept ?? c.context.getSequence());
     }
@@ -98,7 +98,7 @@ export class ContextPool {
   /** A new context, owned by the pool from now on (unused until leased). */
   private async allocate(contextSize: number, sequences: number, flashAttention: FlashAttention, cost: MemoryCost): Promise<PooledContext> {
     const context = await this.host.createContext(contextSize, sequences, flashAttention);
-    if (sequences > 1 && this.opts.gatherBatches && !gatherBatches(context)) this.log.warn("node-llama-cpp's batching internals changed: sessions sharing a context may decode in more batches than needed");
+    if (sequences > 1 && !composeBatches(context, { gather: this.opts.gatherBatches ?? false })) this.log.warn("node-llama-cpp's batching internals changed: sessions sharing a context may decode in more batches than needed");
     const pooled: PooledContext = { context, contextSize, sequences, flashAttention, free: [], leased: 0, cost };
     this.contexts.push(pooled);
     return pooled;
@@ -228,3 +228,19 @@ export class ContextPool {
     c.timer = undefined;
   }
 }
+
+/**
+ * The kept sequence of the lowest id, out of `free`. llama.cpp decodes the sequences of one batch in
+ * a single compute only where their ids follow each other (batch-composition.ts), so the sessions
+ * of a context keep the lowest ids, without holes where it can be helped. Ids node-llama-cpp has not
+ * handed out yet are all higher than any it has.
+ */
+function takeLowest(free: LlamaContextSequence[]): LlamaContextSequence | undefined {
+  if (free.length === 0) return undefined;
+  let best = 0;
+  for (let i = 1; i < free.length; i++) if (sequenceId(free[i]!) < sequenceId(free[best]!)) best = i;
+  return free.splice(best, 1)[0];
+}
+
+/** node-llama-cpp keeps a sequence's id internal; unknown reads as 0 (then the first kept one is taken). */
+const sequenceId = (s: LlamaContextSequence): number => (s as unknown as { _sequenceId?: number })._sequenceId ?? 0;

@@ -34,7 +34,7 @@ export interface ManagerOptions {
   sequencesPerContext?: number;
   /** How long a context no session uses stays allocated for the next rehydrate (default 0: freed at once). */
   contextGraceMs?: number;
-  /** Make every session of a shared context join each decode batch (sessions/batch-gathering.ts; default off). */
+  /** Make every session of a shared context join each decode batch (sessions/batch-composition.ts; default off). */
   gatherBatches?: boolean;
   /** Unused contexts of defaultContextSize kept allocated ahead of need, within the memory budget (default 0). */
   spareContexts?: number;

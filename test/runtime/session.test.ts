@@ -474,24 +474,36 @@ describe("context pool", () => {
     assert.equal(await counterValue(copy.metrics, "torpor_runtime_state_replays_total"), 0);
   });
 
-  it("with batch gathering, every session of a shared context generating at once joins each decode", async () => {
+  it("batch composition: the sessions of a shared context decode in sequence order, and with gathering all join each step", async () => {
     // Each decode's batch, as node-llama-cpp made it (testbed/decode-batches.ts).
     const run = async (gatherBatches: boolean) => {
-      const log: number[] = [];
-      const h = await harness({ sequencesPerContext: 4, gatherBatches }, undefined, undefined, (host) => recordingDecodeBatches(host, log));
+      const log: number[] = [], orders: number[][] = [];
+      const h = await harness({ sequencesPerContext: 4, gatherBatches }, undefined, undefined, (host) => recordingDecodeBatches(host, log, undefined, orders));
       const sessions = await Promise.all(["a", "b", "c", "d"].map((n) => h.manager.register({ namespace: "default", name: n })));
       const outs = await Promise.all(sessions.map((s, i) => s.submit(`Tell me about day ${i}.`, greedy(16))));
-      return { texts: outs.map((o) => o.text), tokens: outs.map((o) => o.completionTokens), decodes: log };
+      // A session that leaves gives its sequence back; the next one takes the lowest kept id.
+      await sessions[1]!.hibernate("test");
+      await sessions[2]!.hibernate("test");
+      const e = await h.manager.register({ namespace: "default", name: "e" });
+      const moreLog = log.length;
+      await Promise.all([sessions[0]!.submit("And then?", greedy(6)), e.submit("Hello.", greedy(6)), sessions[3]!.submit("And then?", greedy(6))]);
+      return { texts: outs.map((o) => o.text), tokens: outs.map((o) => o.completionTokens), decodes: log.slice(0, moreLog), orders, laterOrders: orders.slice(moreLog) };
     };
     const plain = await run(false);
     const gathered = await run(true);
     assert.deepEqual(gathered.texts, plain.texts, "gathering changes when a batch runs, never what it computes");
+    // llama.cpp decodes in one compute only sequences whose ids follow each other in batch order.
+    for (const r of [plain, gathered]) {
+      for (const o of r.orders) assert.deepEqual(o, [...o].sort((a, b) => a - b), `batch in sequence order: ${JSON.stringify(r.orders)}`);
+      assert.ok(r.laterOrders.some((o) => o.includes(1)) && !r.laterOrders.some((o) => o.includes(2)), `the new session took the lowest kept id: ${JSON.stringify(r.laterOrders)}`);
+    }
+    assert.ok(gathered.laterOrders.some((o) => o.length === 3), `three sessions in one batch: ${JSON.stringify(gathered.laterOrders)}`);
     const steps = Math.max(...gathered.tokens);
     // One decode for the four prompts, then one per step while all four generate.
     assert.ok(gathered.decodes.length <= steps + 1, `${gathered.decodes.length} decodes for ${steps} steps: ${gathered.decodes.join(",")}`);
     assert.ok(gathered.decodes.slice(1, Math.min(...gathered.tokens)).every((n) => n === 4), `each step carries all four: ${gathered.decodes.join(",")}`);
-    // Why the hook exists: node-llama-cpp alone leaves a sequence out of most steps. If this stops
-    // failing to batch, node-llama-cpp fixed it and batch-gathering.ts can go.
+    // Why gathering exists: node-llama-cpp alone leaves a sequence out of most steps. If this stops
+    // failing to batch, node-llama-cpp fixed it and the gathering in batch-composition.ts can go.
     assert.ok(plain.decodes.length > gathered.decodes.length, `without gathering: ${plain.decodes.join(",")}`);
   });
 
