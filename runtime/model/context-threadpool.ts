@@ -12,7 +12,7 @@ import type { Llama, LlamaContext } from "node-llama-cpp";
  * once. Four sessions with a context each, 2 cores: 158 tok/s with 0, 78 with 10 (the spinning
  * workers of idle contexts took the cores from the decoding ones); one stream the same either way.
  */
-const POLL = Number(process.env.TORPOR_CPU_POLL ?? 0);
+const POLL = 0;
 
 interface AddonContext {
   attachThreadpool(threads: number, poll: number): boolean;
