@@ -205,6 +205,19 @@ void pwriteAll(int fd, const uint8_t* data, size_t length, uint64_t offset) {
     }
 }
 
+// Starts the disk writing what was just written, without waiting for it: the fsync that commits
+// the file then waits only for the tail and the journal, not for the whole state, most of which
+// went to the disk while llama.cpp streamed the rest (RocksDB's bytes_per_sync, PostgreSQL's
+// checkpoint flushing). Linux only; a volume that does not support it (EINVAL, ESPIPE, ENOSYS: a
+// FUSE or network file system, say) is simply synced at the end, as before.
+void startWriteback(int fd, uint64_t offset, size_t length) {
+#if defined(__linux__)
+    sync_file_range(fd, off_t(offset), off_t(length), SYNC_FILE_RANGE_WRITE);
+#else
+    (void)fd; (void)offset; (void)length;
+#endif
+}
+
 size_t preadAll(int fd, uint8_t* data, size_t length, uint64_t offset) {
     size_t got = 0;
     while (got < length) {
@@ -392,7 +405,11 @@ class StateFileWriter : public llama_io_write_i {
                 encrypting = std::async(std::launch::async, [this, chunk, into, length, i, last] {
                     return cipher->seal(chunk, length, i, last, into);
                 });
-                if (previous) pwriteAll(params.fd, out[slot ^ 1].data(), sealedLength, params.headerBytes + uint64_t(i - 1) * SEALED_CHUNK);
+                if (previous) {
+                    const uint64_t at = params.headerBytes + uint64_t(i - 1) * SEALED_CHUNK;
+                    pwriteAll(params.fd, out[slot ^ 1].data(), sealedLength, at);
+                    startWriteback(params.fd, at, sealedLength);
+                }
                 current ^= 1;
             });
             fill = 0;
@@ -403,6 +420,7 @@ class StateFileWriter : public llama_io_write_i {
         uint64_t writePlain(const uint8_t* data, size_t length) {
             const uint64_t piece = hasher->submit(data, length);
             guarded([&] { pwriteAll(params.fd, data, length, params.headerBytes + written); });
+            startWriteback(params.fd, params.headerBytes + written, length);
             written += length;
             return piece;
         }

@@ -293,6 +293,9 @@ export class HibernationStore {
     const staging = this.sealing && !writer.sealed ? this.stagingPath(ref) : undefined;
     try {
       let bytes: number, digests: StateDigests = {};
+      // Settles when the state is on the disk: the manifest is written meanwhile where that is
+      // possible (its digest is known before the fsync), so the two fsyncs overlap.
+      let stateDurable: Promise<void> = Promise.resolve();
       if (this.sealing && writer.sealed) {
         // Sealed as llama.cpp streams it out: no plaintext anywhere.
         bytes = await sealFile(this.sealing.keys, identity, stateName, writer.sealed, tmpState, this.sealing.threads);
@@ -302,14 +305,12 @@ export class HibernationStore {
         bytes = await sealFile(this.sealing.keys, identity, stateName, staging, tmpState, this.sealing.threads);
         this.removeLater(staging);
       } else if (writer.plain) {
-        // Written with its checksum on the way: only the fsync is left.
+        // Written with its checksum on the way: only the fsync is left, and it overlaps the manifest's.
         const fh = await open(tmpState, "wx", 0o600);
-        try {
-          const written = await writer.plain(fh.fd);
-          await fh.sync();
-          digests = { xxh64: written.xxh64 };
-          bytes = written.bytes;
-        } finally { await fh.close(); }
+        const written = await writer.plain(fh.fd).catch(async (err: unknown) => { await fh.close(); throw err; });
+        stateDurable = fh.sync().finally(() => fh.close());
+        digests = { xxh64: written.xxh64 };
+        bytes = written.bytes;
       } else {
         const fh = await open(tmpState, "wx", 0o600);
         try {
@@ -319,7 +320,6 @@ export class HibernationStore {
           bytes = (await fh.stat()).size;
         } finally { await fh.close(); }
       }
-      await rename(tmpState, finalState);
       manifest = {
         format: MANIFEST_FORMAT, version: MANIFEST_VERSION,
         namespace: ref.namespace, name: ref.name, path: ref.path ?? "",
@@ -327,7 +327,14 @@ export class HibernationStore {
         hibernatedAt: new Date().toISOString(), epoch,
         ...fields,
       };
-      await writeDurably(tmpManifest, this.manifestBody(identity, manifest));
+      // Both settle before either error is thrown, so the cleanup below never races an open file.
+      const [state, written] = await Promise.allSettled([
+        stateDurable.then(() => rename(tmpState, finalState)),
+        writeDurably(tmpManifest, this.manifestBody(identity, manifest)),
+      ]);
+      if (state.status === "rejected") throw state.reason;
+      if (written.status === "rejected") throw written.reason;
+      // The commit point: after the state is durable under its final name and the manifest is too.
       await rename(tmpManifest, manifestFile);
     } catch (err) {
       await Promise.all([tmpState, tmpManifest, finalState, ...(staging ? [staging] : [])].map((p) => rm(p, { force: true })));
