@@ -11,7 +11,7 @@ import { cpuAllowance } from "./cpu-allowance.js";
 import { modelFingerprint } from "./model-fingerprint.js";
 import { resolveModelSource } from "./model-source.js";
 import { attachThreadpool, threadpoolSupport } from "./context-threadpool.js";
-import { stateFileSupport } from "./sequence-state-files.js";
+import { stateFilePrefetcher, stateFileSupport } from "./sequence-state-files.js";
 
 /** A context's flash attention: "auto" lets llama.cpp choose (on where the backend supports it). */
 export type FlashAttention = "auto" | boolean;
@@ -25,6 +25,8 @@ export class ModelHost {
   readonly stateFiles: { ok: true } | { ok: false; reason: string };
   /** Whether each context keeps its CPU threads between decodes (context-threadpool.ts), or why not. */
   readonly cpuThreadpool: { ok: true } | { ok: false; reason: string };
+  /** Starts reading an open state file ahead (the addon's, with its state files); undefined without. */
+  readonly prefetchStateFile: ((fd: number, bytes: number) => void) | undefined;
 
   private constructor(
     readonly llama: Llama,
@@ -44,6 +46,7 @@ export class ModelHost {
   ) {
     this.stateFiles = nativeStateIo ? stateFileSupport(llama) : { ok: false, reason: "TORPOR_NATIVE_STATE_IO=false" };
     this.cpuThreadpool = cpuThreadpool ? threadpoolSupport(llama) : { ok: false, reason: "TORPOR_CPU_THREADPOOL=false" };
+    this.prefetchStateFile = this.stateFiles.ok ? stateFilePrefetcher(llama) : undefined;
   }
 
   static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads"> & Partial<Pick<RuntimeConfig, "flashAttention" | "nativeStateIo" | "cpuThreadpool">>): Promise<ModelHost> {

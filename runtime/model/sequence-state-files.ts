@@ -57,6 +57,18 @@ export function stateFileSupport(llama: Llama): { ok: true } | { ok: false; reas
   return { ok: true };
 }
 
+/**
+ * Starts reading an open state file into the page cache on a native thread and returns at once
+ * (the addon's prefetchStateFile): a rehydrate calls it as it opens the file, so the disk reads
+ * while the context is allocated. Undefined where the addon lacks it.
+ */
+export function stateFilePrefetcher(llama: Llama): ((fd: number, bytes: number) => void) | undefined {
+  const AddonContext = (llama as unknown as { _bindings?: { AddonContext?: { prefetchStateFile?: (fd: number, bytes: number) => boolean } } })._bindings?.AddonContext;
+  const prefetch = AddonContext?.prefetchStateFile;
+  if (typeof prefetch !== "function") return undefined;
+  return (fd, bytes) => { prefetch.call(AddonContext, fd, bytes); };
+}
+
 function internals(sequence: LlamaContextSequence): SequenceInternals {
   const s = sequence as unknown as SequenceInternals;
   if (typeof s._sequenceId !== "number" || !Array.isArray(s._contextTokens) || typeof s._context?._ctx?.saveSequenceStateSealed !== "function"

@@ -439,6 +439,7 @@ export class Session {
     }, (m) => host.stateFiles?.ok && m.runtime?.nodeLlamaCpp === NODE_LLAMA_CPP_VERSION ? {
       sealed: (source) => openSequenceState(resident.sequence)(source),
       plain: (fd, expect) => loadSequenceState(resident.sequence)(fd, expect),
+      ...(host.prefetchStateFile ? { prefetch: host.prefetchStateFile } : {}),
     } : undefined);
     if (!verified) return undefined;
     try {

@@ -122,6 +122,8 @@ export const CHECKSUM_MISMATCH = "TORPOR_CHECKSUM_MISMATCH";
 export interface StateLoaders {
   sealed?: ChunkOpener;
   plain?: PlainLoader;
+  /** Asked to read an unsealed state ahead as soon as it is open, beside the context's allocation (a hint: returns at once). */
+  prefetch?: (fd: number, bytes: number) => void;
 }
 
 export interface VerifiedState {
@@ -537,11 +539,13 @@ export class HibernationStore {
     // symlink, of the size the manifest says; its checksum is read from it, and llama.cpp loads it
     // through /proc/self/fd. What is checked is what loads, and a file swapped for a FIFO after
     // the check cannot block the load. Opened beside the context's allocation.
+    const prefetch = loaders?.(m)?.prefetch;
     const opened = openRegular(volumeState).then(async ({ fh, size }) => {
       if (size !== m.stateBytes) {
         await fh.close();
         reject("truncated", `state file is ${size} bytes, manifest says ${m.stateBytes}`);
       }
+      prefetch?.(fh.fd, size);
       return fh;
     }, (err: unknown) => {
       refuseOpen(err);

@@ -152,4 +152,33 @@ describe("state files written by the runtime addon", () => {
     assert.ok(rx.cachedTokens > 100, `restored tokens reused (${rx.cachedTokens})`);
     assert.equal(rx.text, ry.text);
   });
+
+  it("a rehydrate asks for its unsealed state to be read ahead as the file opens, and continues exactly; bad arguments are refused", async (t) => {
+    if (!host.stateFiles.ok || !host.prefetchStateFile) return t.skip(host.stateFiles.ok ? "this addon has no prefetchStateFile" : host.stateFiles.reason);
+    const asked: Array<{ fd: number; bytes: number }> = [];
+    const a = await harness({}, undefined, undefined, (h) => Object.create(h, { prefetchStateFile: { value: (fd: number, bytes: number) => { asked.push({ fd, bytes }); h.prefetchStateFile!(fd, bytes); } } }) as ModelHost);
+    const b = await harness();
+    const text = Array.from({ length: 30 }, (_, i) => `item ${i}: the parcel left the depot`).join("\n");
+    const [x, y] = [await a.manager.register({ namespace: "t1", name: "p", contextSize: 4096 }), await b.manager.register({ namespace: "t1", name: "p", contextSize: 4096 })];
+    await x.submit(text, greedy(4));
+    await y.submit(text, greedy(4));
+    const hx = await x.hibernate("test");
+    const rx = await x.submit("Where is the parcel?", greedy(8));
+    const ry = await y.submit("Where is the parcel?", greedy(8));
+    assert.equal(rx.rehydrated, true);
+    assert.equal(rx.text, ry.text, "read ahead or not, the same continuation");
+    assert.deepEqual(asked.map((c) => c.bytes), [hx.record!.bytes], "asked once, for the whole file");
+    assert.ok(asked[0]!.fd >= 0);
+    // The addon reads through its own copy of the descriptor: closing ours at once is safe.
+    const prefetch = (host.llama as unknown as { _bindings: { AddonContext: { prefetchStateFile: (fd: unknown, bytes: unknown) => boolean } } })._bindings.AddonContext.prefetchStateFile;
+    const file = path.join(dir, "prefetch.bin");
+    await writeFile(file, Buffer.alloc(3 << 20, 1));
+    const fh = await open(file, "r");
+    assert.equal(prefetch(fh.fd, 3 << 20), true);
+    await fh.close();
+    assert.equal(prefetch(1 << 20, 10), false, "a descriptor that is not open is a hint not taken");
+    assert.throws(() => prefetch("3", 10), TypeError);
+    assert.throws(() => prefetch(-1, 10), RangeError);
+    assert.throws(() => prefetch(3, -5), RangeError);
+  });
 });
