@@ -59,15 +59,16 @@ async function main(): Promise<void> {
   log.info({ memoryBudgetMiB: Math.round(memoryBudgetBytes / 2 ** 20), derived: cfg.memoryBudgetBytes < 0 }, memoryBudgetBytes ? "RAM budget for resident contexts" : "no RAM budget (no container memory limit and TORPOR_MEMORY_BUDGET_MIB unset)");
   if (host.onGpu) log.info({ vramBudgetMiB: Math.round(vramBudgetBytes / 2 ** 20), vramFreeMiB: Math.round(vram.free / 2 ** 20), vramTotalMiB: Math.round(vram.total / 2 ** 20), derived: cfg.vramBudgetBytes < 0 }, "VRAM budget for resident contexts");
   const metrics = new RuntimeMetrics();
+  // Where a decode's threads are kept (GPU, or the addon's CPU threadpool), a batch of all the
+  // generating sessions costs less than a batch short of one plus a batch of one; without the
+  // threadpool each decode starts its threads anyway, and gathering measured slower (README).
+  const gatherBatches = cfg.batchGathering === "auto" ? host.onGpu || host.cpuThreadpool.ok : cfg.batchGathering;
   const manager = new SessionManager(host, store, systemClock, metrics, log, {
     maxResident: cfg.maxResident, memoryBudget: { ram: memoryBudgetBytes, vram: vramBudgetBytes }, idleAfterMs: cfg.idleAfterMs,
     defaultContextSize: cfg.defaultContextSize, maxContextSize: cfg.maxContextSize, podName: cfg.podName,
     contextHandover: cfg.contextHandover, preemptAfterMs: cfg.preemptAfterMs,
     sequencesPerContext: cfg.sequencesPerContext, contextGraceMs: cfg.contextGraceMs, spareContexts: cfg.spareContexts,
-    // Where a decode's threads are kept (GPU, or the addon's CPU threadpool), a batch of all the
-    // generating sessions costs less than a batch short of one plus a batch of one; without the
-    // threadpool each decode starts its threads anyway, and gathering measured slower (README).
-    gatherBatches: cfg.batchGathering === "auto" ? host.onGpu || host.cpuThreadpool.ok : cfg.batchGathering,
+    gatherBatches,
     namespaceLimits: NamespaceLimits.parse(cfg.namespaceLimits),
   });
   if (cfg.spareContexts > 0) void manager.replenishSpares().then((made) => log.info({ spares: made, contextSize: cfg.defaultContextSize }, "spare contexts allocated"));
@@ -85,7 +86,7 @@ async function main(): Promise<void> {
     mountHealthRoutes(m, { registry: metrics.registry });
     return m.listen(cfg.metricsPort, cfg.host);
   })() : undefined;
-  log.info({ host: addr.address, port: addr.port, maxResident: cfg.maxResident, idleAfterMs: cfg.idleAfterMs }, "runtime listening");
+  log.info({ host: addr.address, port: addr.port, maxResident: cfg.maxResident, idleAfterMs: cfg.idleAfterMs, sequencesPerContext: cfg.sequencesPerContext, batchGathering: gatherBatches }, "runtime listening");
 
   const idleTimer = setInterval(() => {
     manager.sweepIdle().catch((err) => log.error({ err }, "idle sweep failed"));
