@@ -39,7 +39,12 @@ async function main(): Promise<void> {
   const port = Number(process.env.TORPOR_GATEWAY_PORT ?? 8000);
   const server = app.listen(port, process.env.TORPOR_HOST ?? "0.0.0.0", () => log.info({ port, auth: !authDisabled }, "gateway listening"));
   // In-flight requests (streams included) finish; idle keep-alive connections close now.
-  const stop = () => { server.close(() => process.exit(0)); server.closeIdleConnections(); setTimeout(() => process.exit(0), 10_000).unref(); };
+  const stop = (signal: NodeJS.Signals) => {
+    log.info({ signal }, "shutting down: no new connections; requests in flight finish (10 s at most)");
+    server.close(() => process.exit(0));
+    server.closeIdleConnections();
+    setTimeout(() => process.exit(0), 10_000).unref();
+  };
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);
 }

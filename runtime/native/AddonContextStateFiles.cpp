@@ -8,6 +8,10 @@
 // needed a second pass that read the file back. A plain state is read back in one pass too, its
 // xxHash64 on a second thread (PlainReader).
 //
+// Both writers have the disk start on each chunk as it is written (startWriteback), so the fsync
+// that commits the file waits for its tail; the reader keeps a readahead 16 MiB ahead of itself,
+// and prefetchStateFile starts one for a whole file while the rehydrate allocates its context.
+//
 // node-llama-cpp 3.22.1 saves and loads a sequence only through a file llama.cpp opens itself, so
 // a sealed hibernation had to stage the plaintext in a file, read it back to encrypt it, and do the
 // reverse to rehydrate: two more passes over every state, and plaintext on the node's disk. Here

@@ -7,8 +7,9 @@
 // other in batch order (llama_batch_allocr::split_equal, "sequential"): a batch queued as
 // 0, 2, 1, 3 runs as two graph computes ({0, 1} and {2, 3}), and 0, 3, 2, 1 as three. node-llama-cpp
 // queues in the order the sequences' tokens arrive, which varies from step to step. Sorted by
-// sequence id, four generating sessions decoded each step in one compute: in process, 2 cores,
-// steps of 21.6-30 ms sorted against 26-42 ms as queued (llama-server adds its slots in order).
+// sequence id, four generating sessions decoded every step in one compute: in process, 2 cores,
+// 24-34 ms a step sorted, 22-42 ms as queued, the slow rounds mostly out of order (llama-server
+// adds its slots in order).
 //
 // Gathering. The sequence whose continuation is a few promise hops longer misses the batch that
 // node-llama-cpp composes in the same microtask run in which the previous decode's results are
