@@ -480,8 +480,11 @@ describe("context pool", () => {
       const log: number[] = [], orders: number[][] = [];
       const h = await harness({ sequencesPerContext: 4, gatherBatches }, undefined, undefined, (host) => recordingDecodeBatches(host, log, undefined, orders));
       const sessions = await Promise.all(["a", "b", "c", "d"].map((n) => h.manager.register({ namespace: "default", name: n })));
+      // Made resident one after another, so a to d hold sequences 0 to 3 (no decode yet).
+      for (const s of sessions) await s.warm();
       const outs = await Promise.all(sessions.map((s, i) => s.submit(`Tell me about day ${i}.`, greedy(16))));
-      // A session that leaves gives its sequence back; the next one takes the lowest kept id.
+      // A session that leaves gives its sequence back; the next one takes the lowest kept id:
+      // b's 1, not c's 2 (returned last).
       await sessions[1]!.hibernate("test");
       await sessions[2]!.hibernate("test");
       const e = await h.manager.register({ namespace: "default", name: "e" });
