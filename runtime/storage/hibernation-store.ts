@@ -16,6 +16,7 @@
 // epoch older than the newest claim is ignored by every reader and cleaned up, whenever it lands.
 // '@' cannot occur in a Kubernetes name, so no session's files can be mistaken for another's.
 import { randomBytes } from "node:crypto";
+import { constants as fsConstants } from "node:fs";
 import { lstat, open, readdir, realpath, rename, rm, rmdir, stat, unlink, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 import type { ChatHistoryItem } from "node-llama-cpp";
@@ -162,6 +163,20 @@ async function writeDurably(file: string, body: unknown): Promise<void> {
     await fh.writeFile(JSON.stringify(body));
     await fh.sync();
   } finally { await fh.close(); }
+}
+
+/**
+ * Asks for `file` to be read ahead, if it opens as a regular file: not following a symlink, and
+ * without blocking on a FIFO swapped in since its check (O_NONBLOCK). A hint: failures are ignored.
+ */
+async function prefetchRegular(file: string, bytes: number, prefetch: (fd: number, bytes: number) => void): Promise<void> {
+  const fh = await open(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK).catch(() => undefined);
+  if (!fh) return;
+  try {
+    if ((await fh.stat()).isFile()) prefetch(fh.fd, bytes);
+  } catch { /* a hint not taken */ } finally {
+    await fh.close().catch(() => undefined);
+  }
 }
 
 async function fsyncPath(p: string): Promise<void> {
@@ -507,6 +522,9 @@ export class HibernationStore {
       });
       sizeChecked.catch(() => undefined); // observed below
       await sizeChecked;
+      // Read ahead beside the allocation, as unsealed states are; only what passed the check.
+      const prefetch = loaders?.(m)?.prefetch;
+      if (prefetch) void prefetchRegular(volumeState, m.stateBytes, prefetch);
       const into = loaders?.(m)?.sealed;
       if (into) {
         // Opened as llama.cpp reads it: each chunk authenticated before any byte of it is loaded.

@@ -120,6 +120,29 @@ describe("sealed hibernation files", () => {
     assert.deepEqual(await readdir(native.staging), [], "nothing staged by the rehydrate");
   });
 
+  it("a sealed rehydrate asks for its file to be read ahead once it passed its check, and continues exactly", async (t) => {
+    const host = await sharedHost();
+    if (!host.stateFiles.ok || !host.prefetchStateFile) return t.skip(host.stateFiles.ok ? "this addon has no prefetchStateFile" : host.stateFiles.reason);
+    const asked: number[] = [];
+    const recording = (h: ModelHost) => Object.create(h, { prefetchStateFile: { value: (fd: number, bytes: number) => { asked.push(bytes); h.prefetchStateFile!(fd, bytes); } } }) as ModelHost;
+    const rt = await sealedRuntime(NEW, undefined, undefined, recording);
+    const twin = await sealedRuntime(NEW);
+    const [x, y] = [await rt.manager.register({ namespace: "t1", name: "ahead", contextSize: 4096 }), await twin.manager.register({ namespace: "t1", name: "ahead", contextSize: 4096 })];
+    await x.submit(LONG, greedy(4));
+    await y.submit(LONG, greedy(4));
+    const h = await x.hibernate("test");
+    const [rx, ry] = [await x.submit("What did I tell you?", greedy(8)), await y.submit("What did I tell you?", greedy(8))];
+    assert.equal(rx.rehydrated, true);
+    assert.equal(rx.text, ry.text);
+    assert.deepEqual(asked, [h.record!.bytes], "asked once, for the whole sealed file");
+    // A file that fails its check is not read ahead: nothing past the size check opens it.
+    const again = await x.hibernate("test");
+    await writeFile(again.record!.stateFile, "more", { flag: "a" });
+    asked.length = 0;
+    await x.submit("Again?", greedy(2)).catch(() => undefined);
+    assert.deepEqual(asked, [], "a file of the wrong size is not opened for read-ahead");
+  });
+
   it("a state of several chunks with chunks reordered, dropped, duplicated, cut, appended or taken from another session is refused by the runtime, and kept", async () => {
     const base = await hibernated(NEW, "t1", "multi", undefined, LONG);
     const other = await hibernated(NEW, "t1", "neighbour", base.root, LONG);
