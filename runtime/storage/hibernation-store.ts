@@ -16,7 +16,6 @@
 // epoch older than the newest claim is ignored by every reader and cleaned up, whenever it lands.
 // '@' cannot occur in a Kubernetes name, so no session's files can be mistaken for another's.
 import { randomBytes } from "node:crypto";
-import { constants as fsConstants } from "node:fs";
 import { lstat, open, readdir, realpath, rename, rm, rmdir, stat, unlink, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 import type { ChatHistoryItem } from "node-llama-cpp";
@@ -123,7 +122,7 @@ export const CHECKSUM_MISMATCH = "TORPOR_CHECKSUM_MISMATCH";
 export interface StateLoaders {
   sealed?: ChunkOpener;
   plain?: PlainLoader;
-  /** Asked to read an unsealed state ahead as soon as it is open, beside the context's allocation (a hint: returns at once). */
+  /** Asked to read the state ahead as soon as it is open (sealed: once its size checked), beside the context's allocation; a hint that returns at once. */
   prefetch?: (fd: number, bytes: number) => void;
 }
 
@@ -165,17 +164,12 @@ async function writeDurably(file: string, body: unknown): Promise<void> {
   } finally { await fh.close(); }
 }
 
-/**
- * Asks for `file` to be read ahead, if it opens as a regular file: not following a symlink, and
- * without blocking on a FIFO swapped in since its check (O_NONBLOCK). A hint: failures are ignored.
- */
+/** Asks for `file` to be read ahead if it opens as a regular file (openRegular's checks). A hint: failures are ignored. */
 async function prefetchRegular(file: string, bytes: number, prefetch: (fd: number, bytes: number) => void): Promise<void> {
-  const fh = await open(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK).catch(() => undefined);
-  if (!fh) return;
-  try {
-    if ((await fh.stat()).isFile()) prefetch(fh.fd, bytes);
-  } catch { /* a hint not taken */ } finally {
-    await fh.close().catch(() => undefined);
+  const opened = await openRegular(file).catch(() => undefined);
+  if (!opened) return;
+  try { prefetch(opened.fh.fd, bytes); } catch { /* a hint not taken */ } finally {
+    await opened.fh.close().catch(() => undefined);
   }
 }
 
@@ -503,6 +497,7 @@ export class HibernationStore {
       reject("epoch_too_old", `written by placement epoch ${m.epoch ?? 0}; this placement accepts ${window.min} and newer`);
     }
     const volumeState = path.join(dir, m.stateFile);
+    const use = loaders?.(m);
     if (modelChanged) {
       if (whileHashing) await whileHashing(m);
       return { manifest: m, manifestFile, statePath: volumeState, release: async () => undefined, integrity: Promise.resolve(), modelChanged: true };
@@ -523,9 +518,8 @@ export class HibernationStore {
       sizeChecked.catch(() => undefined); // observed below
       await sizeChecked;
       // Read ahead beside the allocation, as unsealed states are; only what passed the check.
-      const prefetch = loaders?.(m)?.prefetch;
-      if (prefetch) void prefetchRegular(volumeState, m.stateBytes, prefetch);
-      const into = loaders?.(m)?.sealed;
+      if (use?.prefetch) void prefetchRegular(volumeState, m.stateBytes, use.prefetch);
+      const into = use?.sealed;
       if (into) {
         // Opened as llama.cpp reads it: each chunk authenticated before any byte of it is loaded.
         if (whileHashing) await whileHashing(m);
@@ -557,13 +551,12 @@ export class HibernationStore {
     // symlink, of the size the manifest says; its checksum is read from it, and llama.cpp loads it
     // through /proc/self/fd. What is checked is what loads, and a file swapped for a FIFO after
     // the check cannot block the load. Opened beside the context's allocation.
-    const prefetch = loaders?.(m)?.prefetch;
     const opened = openRegular(volumeState).then(async ({ fh, size }) => {
       if (size !== m.stateBytes) {
         await fh.close();
         reject("truncated", `state file is ${size} bytes, manifest says ${m.stateBytes}`);
       }
-      prefetch?.(fh.fd, size);
+      use?.prefetch?.(fh.fd, size);
       return fh;
     }, (err: unknown) => {
       refuseOpen(err);
@@ -571,7 +564,7 @@ export class HibernationStore {
       throw err;
     });
     opened.catch(() => undefined); // observed below
-    const plain = m.stateXxh64 !== undefined ? loaders?.(m)?.plain : undefined;
+    const plain = m.stateXxh64 !== undefined ? use?.plain : undefined;
     if (plain) return this.loadPlain(m, manifestFile, volumeState, opened, plain, reject, whileHashing);
     const fast = m.stateXxh64 !== undefined;
     const integrity = opened.then((fh) => digestHandle(fh, fast ? { xxh64: true } : { sha256: true })).then((d) => {
