@@ -205,6 +205,7 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
       ? { status: "False" as const, reason: err.reason, message: err.message }
       : { status: "True" as const, reason: residency === "NotCreated" ? "Placed" : residency, message: `served by pod ${o.pod?.name} on node ${o.pod?.node}` };
   const h = rt?.lastHibernation ?? o.committed?.record;
+  const desired = s.spec.residency ?? "InMemory";
   // Saved by the pod that held it in memory as it went, and no runtime has it since: it goes
   // back into memory on its next pod, as a session moved in memory does (handedOffInMemory).
   const handedOffReason = !rt && residency === "Hibernated" && (o.committed ? o.committed.outcome === "hibernated" && prev.residency === "InMemory" : handedOffInMemory(s));
@@ -213,11 +214,15 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
       status: "True" as const, reason: handedOffReason ? HANDED_OFF : "Hibernated",
       message: `${h || prev.lastHibernation ? `state on the volume (${h?.bytes ?? prev.lastHibernation?.bytes} bytes)` : "state on the volume"}${handedOffReason ? ": the pod that held it in memory saved it as it went; it goes back into memory on its next pod" : ""}`,
     }
-    : { status: "False" as const, reason: residency, message: "" };
+    // Asked to sleep before its first request: it holds no memory, so the ask is met (a
+    // `kubectl wait --for=condition=Hibernated` after the patch returns) and the first request
+    // creates its context as for any new session.
+    : residency === "NotCreated" && desired === "Hibernated" && !lost
+      ? { status: "True" as const, reason: "NotCreated", message: "the session has no context yet, so nothing is in memory; its first request creates one" }
+      : { status: "False" as const, reason: residency, message: "" };
   const lastHibernation = h
     ? { file: h.manifestFile, bytes: h.bytes, size: formatBytes(h.bytes), tokenCount: h.tokenCount, ...(h.sha256 ? { sha256: h.sha256 } : {}), time: h.hibernatedAt, durationMs: Math.round(h.durationMs * 10) / 10 }
     : prev.lastHibernation;
-  const desired = s.spec.residency ?? "InMemory";
   const matches = desired === "Hibernated" ? residency !== "InMemory" : residency !== "Hibernated";
   const applied = rt && matches && gen !== undefined ? gen : prev.appliedGeneration;
   const out: InferenceSessionStatus = {

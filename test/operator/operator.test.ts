@@ -112,6 +112,10 @@ describe("operator on the testbed", () => {
     await tb.kubectl(["apply", "-f", "-"], session("pool-sized").replace("  contextSize: 1024\n", ""));
     assert.equal((await eventually("its context size in status", async () => (await get("pool-sized")).status?.contextSize, 20_000)), 4096);
     assert.equal((await get("pool-sized")).spec.contextSize, undefined, "no default written into the spec");
+    // Asked to sleep before its first request: nothing is in memory, so the wait a user scripts returns.
+    await setResidency("pool-sized", "Hibernated");
+    await tb.kubectl(["wait", "--for=condition=Hibernated", "isess/pool-sized", "--timeout=30s"]);
+    assert.equal((await get("pool-sized")).status!.residency, "NotCreated");
     await tb.kubectl(["delete", "isess", "pool-sized", "--wait=false"]);
 
     const rt = runtimeFor(placed);

@@ -252,6 +252,21 @@ describe("status", () => {
     assert.equal(c.Ready!.status, "False");
   });
 
+  it("a session asked to hibernate before its first request says Hibernated (nothing to wait for), and not once it is lost", () => {
+    const asleep = session({ spec: { model: "m", residency: "Hibernated" } });
+    const st = computeStatus(asleep, { now, pod: pod("a"), runtime: runtime("NotCreated") });
+    const hib = st.conditions!.find((c) => c.type === "Hibernated")!;
+    assert.equal(st.residency, "NotCreated", "status still says what the runtime holds");
+    assert.equal(hib.status, "True");
+    assert.equal(hib.reason, "NotCreated");
+    assert.equal(st.appliedGeneration, 3);
+    const awake = computeStatus(session(), { now, pod: pod("a"), runtime: runtime("NotCreated") });
+    assert.equal(awake.conditions!.find((c) => c.type === "Hibernated")!.status, "False", "not asked to sleep: False as before");
+    const prev = computeStatus(session(), { now, pod: pod("a"), runtime: runtime("InMemory") });
+    const lost = computeStatus({ ...asleep, status: prev }, { now, pod: pod("b"), runtime: runtime("NotCreated"), liveStateLost: true });
+    assert.equal(lost.conditions!.find((c) => c.type === "Hibernated")!.status, "False", "a conversation lost is not one saved");
+  });
+
   it("reports Pending with the reason when no pod serves the model", () => {
     const st = computeStatus(session(), { now, waiting: { reason: "NoRuntimePod", message: "none" } });
     assert.equal(st.phase, "Pending");
