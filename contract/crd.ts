@@ -1,6 +1,6 @@
 // The CRD, built in code so the schema sits next to the types; `node dist/scripts/generate-crd.js`
 // writes crds/inferencesessions.torpor.dev.yaml and a test fails if the committed file is stale.
-import { GROUP, KIND, MAX_CONTEXT_SIZE, MIN_CONTEXT_SIZE, PLURAL, VERSION } from "./inference-session.js";
+import { GROUP, KIND, MAX_CONTEXT_SIZE, MAX_SESSION_NAME_LENGTH, MIN_CONTEXT_SIZE, PLURAL, VERSION } from "./inference-session.js";
 
 const str = (extra: Record<string, unknown> = {}) => ({ type: "string", ...extra });
 const int = (extra: Record<string, unknown> = {}) => ({ type: "integer", format: "int64", ...extra });
@@ -154,6 +154,10 @@ export function inferenceSessionCrd() {
             type: "object",
             description: "A hibernatable LLM chat session.",
             required: ["spec"],
+            "x-kubernetes-validations": [{
+              rule: `self.metadata.name.size() <= ${MAX_SESSION_NAME_LENGTH}`,
+              message: `name must be at most ${MAX_SESSION_NAME_LENGTH} characters: the session's hibernation files are named after it`,
+            }],
             properties: {
               apiVersion: str(d("The API version: torpor.dev/v1alpha1.")), kind: str(d("InferenceSession.")), metadata: { type: "object" },
               spec: specSchema,

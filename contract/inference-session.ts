@@ -130,6 +130,13 @@ export const STATUS_FIELDS = {
 } satisfies Record<keyof InferenceSessionStatus, true>;
 export const LAST_HIBERNATION_FIELDS = { file: true, bytes: true, size: true, tokenCount: true, sha256: true, time: true, durationMs: true } satisfies Record<keyof LastHibernation, true>;
 
+/**
+ * Longest InferenceSession name. Kubernetes allows 253 characters, but a session's hibernation
+ * files are named after it (`.<name>.<id>.state.tmp`, `<name>@e<epoch>.torpor.json`: up to 30
+ * characters more) and a file name stops at 255 bytes: a longer name would serve but never save.
+ */
+export const MAX_SESSION_NAME_LENGTH = 200;
+
 /** A pool's context size for sessions that name none, unless the chart's defaultContextSize says otherwise. */
 export const DEFAULT_CONTEXT_SIZE = 4096;
 export const MIN_CONTEXT_SIZE = 256;

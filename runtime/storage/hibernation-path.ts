@@ -3,14 +3,21 @@
 import { lstat, mkdir, realpath } from "node:fs/promises";
 import path from "node:path";
 import { TorporError } from "../../contract/errors.js";
+import { MAX_SESSION_NAME_LENGTH } from "../../contract/inference-session.js";
 
 const NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 const SEGMENT = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
 
-/** Kubernetes-style names (DNS subdomain), so a name can never be a path of its own. */
+/**
+ * Kubernetes-style names (DNS subdomain), so a name can never be a path of its own; a session's
+ * name short enough for the file names made from it (MAX_SESSION_NAME_LENGTH, as the CRD says).
+ */
 export function validateName(kind: "namespace" | "name", value: string): void {
   if (!NAME.test(value) || value.includes("..")) {
     throw new TorporError("bad_request", `${kind} "${value}" is not a valid Kubernetes name (lowercase alphanumerics, '-' and '.', at most 253 characters)`);
+  }
+  if (kind === "name" && value.length > MAX_SESSION_NAME_LENGTH) {
+    throw new TorporError("bad_request", `session name "${value.slice(0, 32)}..." is ${value.length} characters; at most ${MAX_SESSION_NAME_LENGTH}, because its hibernation files are named after it`);
   }
 }
 

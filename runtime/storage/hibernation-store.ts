@@ -301,7 +301,7 @@ export class HibernationStore {
     let manifest: HibernationManifest;
     const identity: SealIdentity = { namespace: ref.namespace, name: ref.name, path: ref.path ?? "", modelFingerprint: fields.modelFingerprint };
     const writer = typeof writeState === "function" ? { toFile: writeState, plain: undefined, sealed: undefined } : writeState;
-    const staging = this.sealing && !writer.sealed ? this.stagingPath(ref) : undefined;
+    const staging = this.sealing && !writer.sealed ? this.stagingPath() : undefined;
     try {
       let bytes: number, digests: StateDigests = {};
       // Settles when the state is on the disk: the manifest is written meanwhile where that is
@@ -532,7 +532,7 @@ export class HibernationStore {
         }
         return { manifest: m, manifestFile, statePath: volumeState, loaded: true, release: async () => undefined, integrity: Promise.resolve() };
       }
-      const staging = this.stagingPath(ref);
+      const staging = this.stagingPath();
       const release = async () => this.removeLater(staging);
       const opening = openSealedFile(this.sealing.keys, identity, m.stateFile, volumeState, staging, this.sealing.threads);
       opening.catch(() => undefined); // observed below
@@ -647,9 +647,13 @@ export class HibernationStore {
     return manifests.length > 0;
   }
 
-  /** A new staging file's path, named by this process so that a restarted runtime knows what a crash left. */
-  private stagingPath(ref: SessionRef): string {
-    return path.join(this.sealing!.stagingDir, `${process.pid}.${ref.namespace}.${ref.name}.${randomBytes(6).toString("hex")}${STAGED_SUFFIX}`);
+  /**
+   * A new staging file's path, named by this process so that a restarted runtime knows what a crash
+   * left; not by the session (a namespace and a 200-character name would pass 255 bytes, and a
+   * shared /tmp need not list whose conversations are being sealed).
+   */
+  private stagingPath(): string {
+    return path.join(this.sealing!.stagingDir, `${process.pid}.${randomBytes(8).toString("hex")}${STAGED_SUFFIX}`);
   }
 
   /**

@@ -84,6 +84,8 @@ describe("operator on the testbed", () => {
       [session("bad-path", "\n  hibernation: {path: ../other-tenant}"), /must not contain '\.\.'|should match/],
       [session("bad-idle", "\n  hibernation: {idleAfter: soon}"), /idleAfter/],
       [session("no-model").replace("model: tiny", ""), /spec.model: Required value/],
+      // Valid for Kubernetes (253), too long for the file names made from it.
+      [session("n".repeat(201)), /name must be at most 200 characters/],
     ];
     for (const [manifest, message] of cases) {
       await assert.rejects(tb.kubectl(["apply", "-f", "-"], manifest), (e: Error) => message.test(e.message), manifest);

@@ -70,6 +70,7 @@ describe("runtime process", () => {
     }
     await rejectsWith(c.submit("default", "unknown-session", "hi"), 404, "session_not_found");
     await rejectsWith(c.register("default", "Bad_Name"), 400, "bad_request");
+    await rejectsWith(c.register("default", "n".repeat(201)), 400, "bad_request");
     await rejectsWith(c.register("default", "ctx", { contextSize: 10 }), 400, "bad_request");
     await rejectsWith(c.register("default", "ctx", { lastActivity: "yesterday" }), 400, "bad_request");
     for (const q of ["ifRoom=yes", "ifActive=1"]) {

@@ -180,9 +180,9 @@ describe("sealed hibernation files", () => {
     const rt = await sealedRuntime(NEW);
     const gone = spawnSync(process.execPath, ["-e", ""]).pid;
     const files = {
-      dead: `${gone}.t1.chat.0123456789ab.plain`,
-      mine: `${process.pid}.t1.chat.0123456789ab.plain`, // a restarted container's pid is often its predecessor's
-      live: `${process.ppid}.t1.other.0123456789ab.plain`,
+      dead: `${gone}.0123456789abcdef.plain`,
+      mine: `${process.pid}.0123456789abcdef.plain`, // a restarted container's pid is often its predecessor's
+      live: `${process.ppid}.fedcba9876543210.plain`,
       unrelated: "notes.txt",
     };
     for (const f of Object.values(files)) await writeFile(path.join(rt.staging, f), SECRET);

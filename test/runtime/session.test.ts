@@ -4,6 +4,7 @@ import { readdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { describe, it } from "node:test";
 import { TorporError } from "../../contract/errors.js";
+import { MAX_SESSION_NAME_LENGTH } from "../../contract/inference-session.js";
 import { cpuAllowance } from "../../runtime/model/cpu-allowance.js";
 import { ModelHost } from "../../runtime/model/model-host.js";
 import type { Session } from "../../runtime/sessions/session.js";
@@ -87,6 +88,22 @@ describe("session lifecycle", () => {
     assert.deepEqual((await readdir(dir)).filter((f) => f.endsWith(".torpor.json")), [], "the manifest is gone before the answer: nothing can load the state again");
     await h.store.settled();
     assert.deepEqual(await readdir(dir), [], "the state file follows once its blocks are freed");
+  });
+
+  it("the longest name a session may have hibernates and rehydrates under a large epoch; a longer one is refused", async () => {
+    const h = await harness();
+    // Kubernetes allows 253 characters; file names made from it stop at 255 bytes (MAX_SESSION_NAME_LENGTH).
+    const name = `${"a".repeat(98)}.${"b".repeat(100)}z`;
+    assert.equal(name.length, MAX_SESSION_NAME_LENGTH);
+    const s = await h.manager.register({ namespace: "default", name, epoch: 2 ** 52 });
+    const first = await s.submit("hi", greedy(4));
+    const out = await s.hibernate("test");
+    assert.equal(out.outcome, "hibernated");
+    const r = await s.submit("again", greedy(4));
+    assert.equal(r.rehydrated, true);
+    assert.ok(r.cachedTokens >= first.promptTokens, "the restored conversation was reused");
+    await assert.rejects(h.manager.register({ namespace: "default", name: "a".repeat(MAX_SESSION_NAME_LENGTH + 1) }),
+      (e: unknown) => e instanceof TorporError && e.code === "bad_request" && /at most 200/.test(e.message));
   });
 
   it("coalesces concurrent hibernates into one save", async () => {
