@@ -113,7 +113,7 @@ export interface SessionStatus {
   };
   lastCheckpoint?: HibernationRecord & { durationMs: number };
   /** The commit found on the volume when the session was registered here (what a crash left). */
-  foundOnVolume?: { tokenCount: number; hibernatedAt: string };
+  foundOnVolume?: { tokenCount: number; hibernatedAt: string; bytes?: number };
   lastError?: { code: string; message: string; at: string; reason?: string };
   /** settingsDigest() of the settings the runtime holds for the session (contract/session-settings.ts). */
   settings?: string;

@@ -205,6 +205,9 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
       ? { status: "False" as const, reason: err.reason, message: err.message }
       : { status: "True" as const, reason: residency === "NotCreated" ? "Placed" : residency, message: `served by pod ${o.pod?.name} on node ${o.pod?.node}` };
   const h = rt?.lastHibernation ?? o.committed?.record;
+  // Registered over a commit this status never recorded (saved on a SIGTERM while no operator ran:
+  // a helm uninstall and install): what the runtime read of it.
+  const found = residency === "Hibernated" && !h && !prev.lastHibernation ? rt?.foundOnVolume : undefined;
   const desired = s.spec.residency ?? "InMemory";
   // Saved by the pod that held it in memory as it went, and no runtime has it since: it goes
   // back into memory on its next pod, as a session moved in memory does (handedOffInMemory).
@@ -212,7 +215,7 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
   const hibernated = residency === "Hibernated"
     ? {
       status: "True" as const, reason: handedOffReason ? HANDED_OFF : "Hibernated",
-      message: `${h || prev.lastHibernation ? `state on the volume (${h?.bytes ?? prev.lastHibernation?.bytes} bytes)` : "state on the volume"}${handedOffReason ? ": the pod that held it in memory saved it as it went; it goes back into memory on its next pod" : ""}`,
+      message: `${h || prev.lastHibernation || found?.bytes ? `state on the volume (${h?.bytes ?? prev.lastHibernation?.bytes ?? found?.bytes} bytes)` : "state on the volume"}${handedOffReason ? ": the pod that held it in memory saved it as it went; it goes back into memory on its next pod" : ""}`,
     }
     // Asked to sleep before its first request: it holds no memory, so the ask is met (a
     // `kubectl wait --for=condition=Hibernated` after the patch returns) and the first request
@@ -246,6 +249,7 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
   // Nothing observed this round (a hand-off, an unreachable pod): what was last known stands.
   else if (!rt && prev.tokenCount !== undefined) out.tokenCount = prev.tokenCount;
   else if (lastHibernation) out.tokenCount = lastHibernation.tokenCount;
+  else if (found) out.tokenCount = found.tokenCount;
   const contextSize = rt?.contextSize ?? prev.contextSize;
   if (contextSize) out.contextSize = contextSize;
   if (lastHibernation) out.lastHibernation = lastHibernation;

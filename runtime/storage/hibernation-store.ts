@@ -424,11 +424,11 @@ export class HibernationStore {
   }
 
   /** The commit this window may load, read without verification (what a crash left behind). */
-  async peek(ref: SessionRef, window: EpochWindow = UNFENCED): Promise<{ tokenCount: number; hibernatedAt: string } | undefined> {
+  async peek(ref: SessionRef, window: EpochWindow = UNFENCED): Promise<{ tokenCount: number; hibernatedAt: string; bytes: number } | undefined> {
     const dir = await this.dirFor(ref);
     const picked = HibernationStore.pick(await this.scan(dir, ref.name), window);
     const m = picked && await this.readManifestLoose(path.join(dir, picked[1]));
-    return m ? { tokenCount: m.tokenCount, hibernatedAt: m.hibernatedAt } : undefined;
+    return m ? { tokenCount: m.tokenCount, hibernatedAt: m.hibernatedAt, bytes: m.stateBytes } : undefined;
   }
 
   /**

@@ -267,6 +267,16 @@ describe("status", () => {
     assert.equal(lost.conditions!.find((c) => c.type === "Hibernated")!.status, "False", "a conversation lost is not one saved");
   });
 
+  it("a session registered over a commit its status never recorded (saved while no operator ran) shows its tokens and bytes", () => {
+    const found = { tokenCount: 32, hibernatedAt: now.toISOString(), bytes: 738_600 };
+    const st = computeStatus(session({ status: { residency: "NotCreated" } }), { now, pod: pod("a"), runtime: runtime("Hibernated", { foundOnVolume: found }) });
+    assert.equal(st.tokenCount, 32);
+    assert.match(st.conditions!.find((c) => c.type === "Hibernated")!.message, /738600 bytes/);
+    // What the runtime hibernated itself, or status already knew, stands over it.
+    const own = computeStatus(session(), { now, pod: pod("a"), runtime: runtime("Hibernated", { foundOnVolume: found, lastHibernation: { manifestFile: "m", stateFile: "s", bytes: 99, tokenCount: 40, hibernatedAt: now.toISOString(), durationMs: 1, reason: "request" } }) });
+    assert.equal(own.tokenCount, 40);
+  });
+
   it("reports Pending with the reason when no pod serves the model", () => {
     const st = computeStatus(session(), { now, waiting: { reason: "NoRuntimePod", message: "none" } });
     assert.equal(st.phase, "Pending");
