@@ -12,6 +12,7 @@ import type { AccessControl } from "./access.js";
 import type { SessionRouter, SessionSource } from "./session-router.js";
 import { EPOCH_HEADER } from "../contract/runtime-api.js";
 import { RuntimeClient, sessionPath } from "../contract/runtime-client.js";
+import type { GracefulShutdown } from "./graceful-shutdown.js";
 
 export interface GatewayDeps {
   router: SessionRouter;
@@ -23,6 +24,8 @@ export interface GatewayDeps {
   wakeTimeoutMs: number;
   /** Peers whose X-Forwarded-For is believed (ingress controllers, load balancers). */
   trustedProxies?: string[];
+  /** How the process leaves on SIGTERM: readiness and connection reuse while it drains. */
+  shutdown?: GracefulShutdown;
 }
 
 export class GatewayMetrics {
@@ -41,7 +44,9 @@ const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "co
 export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics()): express.Express {
   const app = express();
   app.disable("x-powered-by");
-  mountHealthRoutes(app, { registry: metrics.registry });
+  const shutdown = d.shutdown;
+  if (shutdown) app.use(shutdown.closeConnections);
+  mountHealthRoutes(app, { registry: metrics.registry, ...(shutdown ? { ready: () => ({ ready: shutdown.ready, ...(shutdown.ready ? {} : { draining: true }) }) } : {}) });
   // Parsed only after the caller is authenticated and authorised: an anonymous megabyte costs
   // nothing but the socket.
   const json = express.json({ limit: d.maxBodyBytes, type: () => true });

@@ -5,6 +5,7 @@ import { createLogger } from "../common/logger.js";
 import { EventRecorder } from "../common/events.js";
 import { KubernetesAccessControl, allowEveryone } from "./access.js";
 import { createGatewayApp } from "./app.js";
+import { GracefulShutdown } from "./graceful-shutdown.js";
 import { runtimePodScope } from "../common/runtime-pods.js";
 import { RuntimePodCache } from "./runtime-pod-cache.js";
 import { InformerSessionSource, SessionRouter } from "./session-router.js";
@@ -26,6 +27,11 @@ async function main(): Promise<void> {
   const router = new SessionRouter(kc, source, new EventRecorder(kc, "torpor-gateway", log), log, {
     wakeTimeoutMs, runtimePort: Number(process.env.TORPOR_RUNTIME_PORT ?? 8080),
   }, pods);
+  // Long enough for the longest answer a client waits for (a wake from zero, then a generation).
+  const shutdown = new GracefulShutdown({
+    drainMs: Number(process.env.TORPOR_GATEWAY_DRAIN_SECONDS ?? 5) * 1000,
+    inFlightMs: Number(process.env.TORPOR_GATEWAY_SHUTDOWN_SECONDS ?? 300) * 1000,
+  }, log);
   const app = createGatewayApp({
     router, source, access: authDisabled ? allowEveryone : new KubernetesAccessControl(kc, {
       audiences: (process.env.TORPOR_GATEWAY_AUDIENCES ?? "torpor").split(",").map((a) => a.trim()).filter(Boolean),
@@ -34,19 +40,12 @@ async function main(): Promise<void> {
     }),
     runtimeToken, log,
     trustedProxies: (process.env.TORPOR_GATEWAY_TRUSTED_PROXIES ?? "").split(",").map((a) => a.trim()).filter(Boolean),
-    maxBodyBytes: Number(process.env.TORPOR_MAX_BODY_BYTES ?? 1 << 20), wakeTimeoutMs,
+    maxBodyBytes: Number(process.env.TORPOR_MAX_BODY_BYTES ?? 1 << 20), wakeTimeoutMs, shutdown,
   });
   const port = Number(process.env.TORPOR_GATEWAY_PORT ?? 8000);
   const server = app.listen(port, process.env.TORPOR_HOST ?? "0.0.0.0", () => log.info({ port, auth: !authDisabled }, "gateway listening"));
-  // In-flight requests (streams included) finish; idle keep-alive connections close now.
-  const stop = (signal: NodeJS.Signals) => {
-    log.info({ signal }, "shutting down: no new connections; requests in flight finish (10 s at most)");
-    server.close(() => process.exit(0));
-    server.closeIdleConnections();
-    setTimeout(() => process.exit(0), 10_000).unref();
-  };
-  process.on("SIGTERM", stop);
-  process.on("SIGINT", stop);
+  process.on("SIGTERM", (signal) => shutdown.begin(server, signal));
+  process.on("SIGINT", (signal) => shutdown.begin(server, signal));
 }
 
 main().catch((err) => { log.fatal({ err }, "gateway failed to start"); process.exit(1); });
