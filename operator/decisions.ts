@@ -197,8 +197,11 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
       : { status: "False" as const, reason: "AsExpected", message: "" };
   // An error only makes the session unready when it cannot be served: its state is on the volume
   // and was refused. A failed hibernate leaves it in memory and serving.
+  // A sleeping pool's session is servable: the gateway wakes the pool for the request and holds
+  // it meanwhile (as Knative says Ready of a service scaled to zero). False there made the
+  // quickstart's `kubectl wait --for=condition=Ready` on a new session time out on a sleeping pool.
   const ready = o.waiting
-    ? { status: "False" as const, reason: o.waiting.reason, message: o.waiting.message }
+    ? { status: o.waiting.reason === SCALED_TO_ZERO_REASON ? "True" as const : "False" as const, reason: o.waiting.reason, message: o.waiting.message }
     : o.handOffFrom
       ? { status: "False" as const, reason: "HandOff", message: `waiting for pod ${o.handOffFrom.name}, which held the session in memory and is no longer Ready, to save it` }
     : err && residency !== "InMemory"

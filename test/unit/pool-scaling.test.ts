@@ -95,14 +95,17 @@ describe("runtime pool scaling", () => {
     assert.equal(decidePoolScale(pool(), [forged], T0 + 200_000).kind, "sleep");
   });
 
-  it("a session of a sleeping pool says so in Ready, and is not Pending", () => {
+  it("a session of a sleeping pool is Ready (a request wakes the pool) and says why, and is not Pending", () => {
     const s = session("a", { residency: "Hibernated", pod: "gone" });
     const plan = decidePlacement(s, [], false, true);
     assert.equal(plan.kind === "wait" && plan.reason, SCALED_TO_ZERO_REASON);
     const st = computeStatus(s, { now: new Date(T0), waiting: plan as { reason: string; message: string } });
     const ready = st.conditions!.find((c) => c.type === "Ready")!;
     assert.equal(ready.reason, SCALED_TO_ZERO_REASON);
+    assert.equal(ready.status, "True", "kubectl wait --for=condition=Ready returns; the gateway wakes the pool for the request");
     assert.match(ready.message, /next request/);
+    const none = computeStatus(s, { now: new Date(T0), waiting: decidePlacement(s, [], false, false) as { reason: string; message: string } });
+    assert.equal(none.conditions!.find((c) => c.type === "Ready")!.status, "False", "no pool at all: not Ready");
     assert.equal(st.phase, "Idle");
     assert.equal(st.residency, "Hibernated");
     assert.equal((decidePlacement(s, [], false, false) as { reason: string }).reason, "NoRuntimePod");
