@@ -24,6 +24,16 @@ async function serve(shutdown: GracefulShutdown, streamMs: number): Promise<{ se
   return { server, port: (server.address() as AddressInfo).port };
 }
 
+/** A shutdown whose exits are recorded, its server, and a stream of `streamMs` under way for 50 ms. */
+async function streaming(times: { drainMs: number; inFlightMs: number }, streamMs: number) {
+  const exits: number[] = [];
+  const shutdown = new GracefulShutdown(times, createLogger("test", "silent"), (c) => { exits.push(c); });
+  const { server, port } = await serve(shutdown, streamMs);
+  const stream = get(port, "/stream");
+  await sleep(50);
+  return { exits, shutdown, server, port, stream };
+}
+
 /** A GET on a connection of its own: status, the connection header and the whole body, or the error. */
 const get = (port: number, path: string) => new Promise<{ status: number; connection?: string; body: string } | Error>((resolve) => {
   const req = request({ host: "127.0.0.1", port, path, agent: false }, (res) => {
@@ -36,11 +46,7 @@ const get = (port: number, path: string) => new Promise<{ status: number; connec
 
 describe("gateway graceful shutdown", () => {
   it("on SIGTERM serves new connections through the drain, then refuses them, and exits once the streams in flight are done", async () => {
-    const exits: number[] = [];
-    const shutdown = new GracefulShutdown({ drainMs: 300, inFlightMs: 10_000 }, createLogger("test", "silent"), (c) => { exits.push(c); });
-    const { server, port } = await serve(shutdown, 1200);
-    const streaming = get(port, "/stream");
-    await sleep(100);
+    const { exits, shutdown, server, port, stream: streamed } = await streaming({ drainMs: 300, inFlightMs: 10_000 }, 1200);
     shutdown.begin(server, "SIGTERM");
     assert.equal(shutdown.ready, false, "readiness fails at once, so the pod leaves the endpoints");
     const during = await get(port, "/ping");
@@ -51,33 +57,25 @@ describe("gateway graceful shutdown", () => {
     const after = await get(port, "/ping");
     assert.ok(after instanceof Error && /ECONNREFUSED/.test(after.message), "after the drain nothing new is accepted");
     assert.deepEqual(exits, [], "a stream is still under way");
-    const stream = await streaming;
+    const stream = await streamed;
     assert.ok(!(stream instanceof Error) && stream.body.endsWith("data: [DONE]\n\n"), "the stream started before SIGTERM ran to its end");
     for (let i = 0; i < 40 && exits.length === 0; i++) await sleep(50);
     assert.deepEqual(exits, [0]);
   });
 
   it("exits at the deadline when a request outlives it", async () => {
-    const exits: number[] = [];
-    const shutdown = new GracefulShutdown({ drainMs: 50, inFlightMs: 300 }, createLogger("test", "silent"), (c) => { exits.push(c); });
-    const { server, port } = await serve(shutdown, 5000);
-    const streaming = get(port, "/stream");
-    await sleep(50);
+    const { exits, shutdown, server, stream } = await streaming({ drainMs: 50, inFlightMs: 300 }, 5000);
     shutdown.begin(server, "SIGTERM");
     await sleep(200);
     assert.deepEqual(exits, []);
     await sleep(400);
     assert.deepEqual(exits, [0]);
     server.closeAllConnections();
-    await streaming;
+    await stream;
   });
 
   it("a Ctrl-C skips the drain, and a second one exits at once", async () => {
-    const exits: number[] = [];
-    const shutdown = new GracefulShutdown({ drainMs: 60_000, inFlightMs: 60_000 }, createLogger("test", "silent"), (c) => { exits.push(c); });
-    const { server, port } = await serve(shutdown, 5000);
-    const streaming = get(port, "/stream");
-    await sleep(50);
+    const { exits, shutdown, server, port, stream } = await streaming({ drainMs: 60_000, inFlightMs: 60_000 }, 5000);
     shutdown.begin(server, "SIGINT");
     await sleep(50);
     assert.ok((await get(port, "/ping")) instanceof Error, "no drain: nothing new is accepted");
@@ -85,6 +83,6 @@ describe("gateway graceful shutdown", () => {
     shutdown.begin(server, "SIGINT");
     assert.deepEqual(exits, [0]);
     server.closeAllConnections();
-    await streaming;
+    await stream;
   });
 });
