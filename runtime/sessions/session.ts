@@ -63,6 +63,8 @@ export class Session {
   private readonly queue = new SerialQueue();
   private pendingHibernate?: Promise<HibernateResult>;
   private deleted = false;
+  /** Aborted by delete(): stops a generation under way. */
+  private readonly deletion = new AbortController();
   /** The newer epoch that took the session over, once dropped. */
   private dropped = 0;
   /** Turns since the volume last held this session's exact state, and when the first of them ended. */
@@ -348,9 +350,10 @@ export class Session {
     this.spec = { ...this.spec, contextSize: want };
   }
 
-  /** Frees the context and removes the session's files, after in-flight work finishes. */
+  /** Frees the context and removes the session's files, once a generation under way has stopped. */
   delete(): Promise<void> {
     this.deleted = true;
+    this.deletion.abort();
     return this.queue.run(async () => {
       await this.releaseResident();
       await this.deps.store.remove(this.ref);
@@ -592,40 +595,51 @@ export class Session {
    * finishes, but nothing reaches the caller (not the start, not a token) until it has passed. A
    * failed check stops the generation, discards the turn and puts the session back where it was
    * before the restore, Hibernated, with its file kept: the caller gets the check's error.
+   * Deleting the session stops its generation too: the deletion (and a `kubectl delete` waiting on
+   * the finalizer) would otherwise wait for the rest of max_tokens; the caller is told why.
    */
   private async generateChecked(history: ChatHistoryItem[], opts: GenerateOptions, wake: Wake): Promise<Omit<GenerateResult, keyof Wake>> {
     const pending = this.unverified;
     this.unverified = undefined;
-    if (!pending) {
-      opts.onStart?.(wake);
-      return this.generate(history, opts);
-    }
+    const deletion = this.deletion.signal;
     const abort = new AbortController();
     const stop = () => abort.abort();
-    if (opts.signal?.aborted) abort.abort();
+    if (opts.signal?.aborted || deletion.aborted) abort.abort();
     opts.signal?.addEventListener("abort", stop, { once: true });
-    let open = false;
-    let failed: { err: unknown } | undefined;
-    const held: string[] = [];
-    const gate = pending.check.then(() => {
-      open = true;
-      opts.onStart?.(wake);
-      for (const text of held.splice(0)) opts.onText?.(text);
-    }, (err: unknown) => { failed = { err }; abort.abort(); });
-    try {
-      const result = await this.generate(history, { ...opts, signal: abort.signal, onText: (text) => { if (open) opts.onText?.(text); else held.push(text); } });
-      await gate;
-      if (failed) throw failed.err;
+    deletion.addEventListener("abort", stop, { once: true });
+    const stopped = <T>(result: T): T => {
+      if (deletion.aborted) throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} was deleted while it was generating; the answer stopped there`);
       return result;
-    } catch (err) {
-      await gate;
-      if (failed) {
-        await this.abandonRestore(pending.before, failed.err);
-        throw failed.err;
+    };
+    try {
+      if (!pending) {
+        opts.onStart?.(wake);
+        return stopped(await this.generate(history, { ...opts, signal: abort.signal }));
       }
-      throw err;
+      let open = false;
+      let failed: { err: unknown } | undefined;
+      const held: string[] = [];
+      const gate = pending.check.then(() => {
+        open = true;
+        opts.onStart?.(wake);
+        for (const text of held.splice(0)) opts.onText?.(text);
+      }, (err: unknown) => { failed = { err }; abort.abort(); });
+      try {
+        const result = await this.generate(history, { ...opts, signal: abort.signal, onText: (text) => { if (open) opts.onText?.(text); else held.push(text); } });
+        await gate;
+        if (failed) throw failed.err;
+        return stopped(result);
+      } catch (err) {
+        await gate;
+        if (failed) {
+          await this.abandonRestore(pending.before, failed.err);
+          throw failed.err;
+        }
+        throw err;
+      }
     } finally {
       opts.signal?.removeEventListener("abort", stop);
+      deletion.removeEventListener("abort", stop);
     }
   }
 

@@ -456,6 +456,21 @@ describe("bulkhead and idle policy", () => {
     assert.throws(() => h.manager.get("default", "gone"), (e: TorporError) => e.code === "session_not_found");
   });
 
+  it("deleting a session stops the generation under way: the caller is told, the deletion does not wait for max_tokens", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "cut-short", contextSize: 4096 });
+    let chunks = 0;
+    let first!: () => void;
+    const started = new Promise<void>((r) => { first = r; });
+    const answer = s.submit("Write a very long story.", { ...greedy(3000), onText: () => { if (++chunks === 1) first(); } });
+    await started;
+    await h.manager.remove("default", "cut-short");
+    await assert.rejects(answer, (e: unknown) => e instanceof TorporError && e.code === "session_deleted" && /deleted while it was generating/.test(e.message));
+    assert.ok(chunks < 1000, `stopped early (${chunks} chunks of up to 3000 tokens)`);
+    assert.equal(h.manager.residentCount, 0);
+    assert.deepEqual(await readdir(path.join(h.dir, "default")).catch(() => []), []);
+  });
+
   it("writes hibernation files owner-only", async () => {
     const h = await harness();
     const s = await h.manager.register({ namespace: "default", name: "perm" });
