@@ -68,6 +68,11 @@ export interface RuntimeConfig {
   sequencesPerContext: number;
   /** How long a context no session uses stays allocated, so the next rehydrate skips the allocation. */
   contextGraceMs: number;
+  /**
+   * After SIGTERM, how long generations under way may go on before they are stopped so that their
+   * sessions are saved within the pod's grace (the chart passes its shutdown.extraSeconds).
+   */
+  shutdownGenerationMs: number;
   /** Unused contexts of the default size kept allocated ahead of need, so a cold rehydrate skips the allocation too. */
   spareContexts: number;
   /**
@@ -154,6 +159,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     preemptAfterMs: int(env, "TORPOR_PREEMPT_AFTER_MS", 2000),
     sequencesPerContext: intAtMost(env, "TORPOR_SEQUENCES_PER_CONTEXT", 1, 1, MAX_CONTEXT_SEQUENCES),
     contextGraceMs: int(env, "TORPOR_CONTEXT_GRACE_MS", 5000),
+    shutdownGenerationMs: int(env, "TORPOR_SHUTDOWN_GENERATION_SECONDS", 30) * 1000,
     spareContexts: intAtMost(env, "TORPOR_SPARE_CONTEXTS", 0, 0, 64),
     batchGathering: autoOnOff(env, "TORPOR_BATCH_GATHERING"),
     podName: env.TORPOR_POD_NAME ?? env.HOSTNAME ?? "local",

@@ -105,7 +105,7 @@ async function main(): Promise<void> {
     clearInterval(idleTimer);
     clearInterval(orphanTimer);
     log.info({ signal }, "shutting down: finishing generations and hibernating resident sessions");
-    const result = await manager.shutdown();
+    const result = await manager.shutdown(cfg.shutdownGenerationMs);
     log.info(result, "sessions hibernated");
     server.close();
     server.closeAllConnections();

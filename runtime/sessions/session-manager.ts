@@ -326,8 +326,27 @@ export class SessionManager implements Admission {
   }
 
   /** Stop taking work, let in-flight generations finish, hibernate everything resident. */
-  async shutdown(): Promise<{ hibernated: number; failed: number }> {
+  /**
+   * SIGTERM: hibernates every resident session. Generations under way may go on for
+   * `generationMs`; then they are stopped, so that their sessions are saved within the pod's grace.
+   */
+  async shutdown(generationMs = Infinity): Promise<{ hibernated: number; failed: number }> {
     this.draining = true;
+    // Every session, not only the busy ones: a request queued before SIGTERM must not start a
+    // generation after the deadline either.
+    const deadline = Number.isFinite(generationMs) ? setTimeout(() => {
+      const busy = [...this.sessions.values()].filter((s) => s.busy).length;
+      if (busy) this.log.warn({ sessions: busy, generationMs }, "generations still under way at the shutdown deadline; stopping them so their sessions are saved");
+      for (const s of this.sessions.values()) s.stopForShutdown();
+    }, generationMs) : undefined;
+    try {
+      return await this.hibernateAll();
+    } finally {
+      clearTimeout(deadline);
+    }
+  }
+
+  private async hibernateAll(): Promise<{ hibernated: number; failed: number }> {
     let hibernated = 0, failed = 0;
     const failedSessions = new Set<Session>();
     // Requests accepted before SIGTERM may still be queued (waiting for admission, say) and make a

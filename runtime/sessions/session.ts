@@ -65,6 +65,8 @@ export class Session {
   private deleted = false;
   /** Aborted by delete(): stops a generation under way. */
   private readonly deletion = new AbortController();
+  /** Aborted by stopForShutdown(): the pod is going, the generation must end for the session to be saved. */
+  private readonly shutdown = new AbortController();
   /** The newer epoch that took the session over, once dropped. */
   private dropped = 0;
   /** Turns since the volume last held this session's exact state, and when the first of them ended. */
@@ -350,6 +352,15 @@ export class Session {
     this.spec = { ...this.spec, contextSize: want };
   }
 
+  /**
+   * Ends a generation under way so that the shutdown save can run (the pod's grace would otherwise
+   * run out first, and the conversation go with the process). The answer so far is kept in the
+   * history and saved; its caller is told (shutting_down).
+   */
+  stopForShutdown(): void {
+    this.shutdown.abort();
+  }
+
   /** Frees the context and removes the session's files, once a generation under way has stopped. */
   delete(): Promise<void> {
     this.deleted = true;
@@ -596,19 +607,22 @@ export class Session {
    * failed check stops the generation, discards the turn and puts the session back where it was
    * before the restore, Hibernated, with its file kept: the caller gets the check's error.
    * Deleting the session stops its generation too: the deletion (and a `kubectl delete` waiting on
-   * the finalizer) would otherwise wait for the rest of max_tokens; the caller is told why.
+   * the finalizer) would otherwise wait for the rest of max_tokens; so does a shutdown that cannot
+   * wait longer. The caller is told why.
    */
   private async generateChecked(history: ChatHistoryItem[], opts: GenerateOptions, wake: Wake): Promise<Omit<GenerateResult, keyof Wake>> {
     const pending = this.unverified;
     this.unverified = undefined;
-    const deletion = this.deletion.signal;
+    const deletion = this.deletion.signal, shutdown = this.shutdown.signal;
     const abort = new AbortController();
     const stop = () => abort.abort();
-    if (opts.signal?.aborted || deletion.aborted) abort.abort();
-    opts.signal?.addEventListener("abort", stop, { once: true });
-    deletion.addEventListener("abort", stop, { once: true });
+    if (opts.signal?.aborted || deletion.aborted || shutdown.aborted) abort.abort();
+    for (const signal of [opts.signal, deletion, shutdown]) signal?.addEventListener("abort", stop, { once: true });
     const stopped = <T>(result: T): T => {
       if (deletion.aborted) throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} was deleted while it was generating; the answer stopped there`);
+      if (shutdown.aborted) {
+        throw new TorporError("shutting_down", `the runtime pod serving ${this.ref.namespace}/${this.ref.name} is shutting down: the answer stopped here, and the conversation up to this point is saved; send the next turn (or this one again) and another pod continues it`);
+      }
       return result;
     };
     try {
@@ -638,8 +652,7 @@ export class Session {
         throw err;
       }
     } finally {
-      opts.signal?.removeEventListener("abort", stop);
-      deletion.removeEventListener("abort", stop);
+      for (const signal of [opts.signal, deletion, shutdown]) signal?.removeEventListener("abort", stop);
     }
   }
 

@@ -622,6 +622,30 @@ describe("shutdown", () => {
     await moved.submit("third", greedy(2));
     assert.ok(moved.messages().some((m) => m.type === "user" && m.text === "second turn of a"), "the turn answered during shutdown is in the saved conversation");
   });
+
+  it("stops a generation still under way at the deadline, so its session is saved with the answer so far", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "long-answer", contextSize: 4096 });
+    const other = await h.manager.register({ namespace: "default", name: "idle" });
+    await other.submit("hello", greedy(2));
+    let chunks = 0;
+    let first!: () => void;
+    const started = new Promise<void>((r) => { first = r; });
+    const answer = s.submit("Write a very long story.", { ...greedy(3000), onText: () => { if (++chunks === 1) first(); } });
+    await started;
+    const down = await h.manager.shutdown(300);
+    await assert.rejects(answer, (e: unknown) => e instanceof TorporError && e.code === "shutting_down" && /conversation up to this point is saved/.test(e.message));
+    assert.ok(chunks < 1000, `stopped at the deadline (${chunks} chunks of up to 3000 tokens)`);
+    assert.deepEqual(down, { hibernated: 2, failed: 0 });
+    // Another pod takes it over with the answer so far: the next turn continues after it.
+    const again = await harness({}, h.dir);
+    const moved = await again.manager.register({ namespace: "default", name: "long-answer" });
+    assert.equal(moved.residency, "Hibernated");
+    const r = await moved.submit("Go on.", greedy(2));
+    assert.equal(r.rehydrated, true);
+    const said = moved.messages().find((m) => m.type === "model");
+    assert.ok(said && said.type === "model" && String(said.response[0]).length > 0, "the partial answer is in the saved conversation");
+  });
 });
 
 describe("threads", () => {
