@@ -158,11 +158,23 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
       if (target.woken) res.setHeader("x-torpor-woken", "true");
       // A stream's head (with the rehydrate headers) goes out at once; a JSON reply goes in one write.
       if (replay) { res.end(replay); return; }
-      if (String(upstream.headers["content-type"]).startsWith("text/event-stream")) res.flushHeaders();
+      const events = String(upstream.headers["content-type"]).startsWith("text/event-stream");
+      if (events) res.flushHeaders();
       // Chunks pass through as they arrive: no buffering between the runtime and the caller.
       await new Promise<void>((resolve) => {
-        // The runtime going away mid-response ends ours too (a stream then lacks its [DONE]).
-        const done = () => { if (!res.writableEnded) res.end(); resolve(); };
+        // The runtime going away mid-response (SIGKILL, an OOM kill, its node lost) ends ours too.
+        // A stream says so in an error event: ended without one, OpenAI clients take the answer
+        // cut short for a whole one.
+        const done = () => {
+          if (!res.writableEnded) {
+            if (events && !upstream.complete) {
+              const e = new TorporError("runtime_unavailable", `runtime pod ${target.pod} went away in the middle of the answer; the turn may not be in the session's history: send it again`);
+              res.write(`data: ${JSON.stringify(e.toJSON())}\n\n`);
+            }
+            res.end();
+          }
+          resolve();
+        };
         upstream.once("error", done);
         upstream.once("close", done);
         res.once("close", () => { upstream.destroy(); resolve(); });
