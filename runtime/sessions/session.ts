@@ -618,10 +618,16 @@ export class Session {
     const stop = () => abort.abort();
     if (opts.signal?.aborted || deletion.aborted || shutdown.aborted) abort.abort();
     for (const signal of [opts.signal, deletion, shutdown]) signal?.addEventListener("abort", stop, { once: true });
+    const before = this.history;
     const stopped = <T>(result: T): T => {
       if (deletion.aborted) throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} was deleted while it was generating; the answer stopped there`);
       if (shutdown.aborted) {
-        throw new TorporError("shutting_down", `the runtime pod serving ${this.ref.namespace}/${this.ref.name} is shutting down: the answer stopped here, and the conversation up to this point is saved; send the next turn (or this one again) and another pod continues it`);
+        const who = `the runtime pod serving ${this.ref.namespace}/${this.ref.name} is shutting down`;
+        // Streamed, the caller has the answer so far: the saved conversation holds it too. Not
+        // streamed, the caller has nothing: the turn is dropped, so sending it again asks it once.
+        if (opts.onText) throw new TorporError("shutting_down", `${who}: the answer stopped here, and the conversation up to this point is saved; send the next turn and another pod continues it`);
+        this.history = before;
+        throw new TorporError("shutting_down", `${who} before the answer was finished: the turn is not kept; send it again and another pod answers it`);
       }
       return result;
     };

@@ -626,17 +626,23 @@ describe("shutdown", () => {
   it("stops a generation still under way at the deadline, so its session is saved with the answer so far", async () => {
     const h = await harness();
     const s = await h.manager.register({ namespace: "default", name: "long-answer", contextSize: 4096 });
+    const plain = await h.manager.register({ namespace: "default", name: "not-streamed", contextSize: 4096 });
     const other = await h.manager.register({ namespace: "default", name: "idle" });
     await other.submit("hello", greedy(2));
+    await plain.submit("hello", greedy(2));
     let chunks = 0;
     let first!: () => void;
     const started = new Promise<void>((r) => { first = r; });
     const answer = s.submit("Write a very long story.", { ...greedy(3000), onText: () => { if (++chunks === 1) first(); } });
+    const unstreamed = plain.submit("Write a very long poem.", greedy(3000));
     await started;
     const down = await h.manager.shutdown(300);
     await assert.rejects(answer, (e: unknown) => e instanceof TorporError && e.code === "shutting_down" && /conversation up to this point is saved/.test(e.message));
+    // Its caller got nothing: the turn is not kept, so sending it again does not ask it twice.
+    await assert.rejects(unstreamed, (e: unknown) => e instanceof TorporError && e.code === "shutting_down" && /turn is not kept/.test(e.message));
+    assert.deepEqual(plain.messages().map((m) => m.type), ["user", "model"]);
     assert.ok(chunks < 1000, `stopped at the deadline (${chunks} chunks of up to 3000 tokens)`);
-    assert.deepEqual(down, { hibernated: 2, failed: 0 });
+    assert.deepEqual(down, { hibernated: 3, failed: 0 });
     // Another pod takes it over with the answer so far: the next turn continues after it.
     const again = await harness({}, h.dir);
     const moved = await again.manager.register({ namespace: "default", name: "long-answer" });
