@@ -608,7 +608,7 @@ export class Session {
    * before the restore, Hibernated, with its file kept: the caller gets the check's error.
    * Deleting the session stops its generation too: the deletion (and a `kubectl delete` waiting on
    * the finalizer) would otherwise wait for the rest of max_tokens; so does a shutdown that cannot
-   * wait longer. The caller is told why.
+   * wait longer. The caller is told why. A turn is kept only if its caller saw some of the answer.
    */
   private async generateChecked(history: ChatHistoryItem[], opts: GenerateOptions, wake: Wake): Promise<Omit<GenerateResult, keyof Wake>> {
     const pending = this.unverified;
@@ -629,6 +629,9 @@ export class Session {
         this.history = before;
         throw new TorporError("shutting_down", `${who} before the answer was finished: the turn is not kept; send it again and another pod answers it`);
       }
+      // A caller that hung up before any of a non-streamed answer reached it (a client timeout)
+      // will send the turn again: keeping it would ask it twice.
+      if (opts.signal?.aborted && !opts.onText) this.history = before;
       return result;
     };
     try {

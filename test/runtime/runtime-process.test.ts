@@ -8,7 +8,7 @@ import { after, before, describe, it } from "node:test";
 import { RuntimeApiError, RuntimeClient } from "../../contract/runtime-client.js";
 import { otherModel, smallModel, wideKvModel } from "../../testbed/models.js";
 import { tempDir } from "../../testbed/temp-dir.js";
-import { startRuntime, type RuntimeProcess } from "../../testbed/local-runtime.js";
+import { startRuntime, TEST_TOKEN, type RuntimeProcess } from "../../testbed/local-runtime.js";
 
 const tmp = tempDir;
 
@@ -91,6 +91,32 @@ describe("runtime process", () => {
     await rejectsWith(c.register("default", "sym", { path: "evil" }), 400, "invalid_path");
     await rejectsWith(c.register("default", "sym2", { path: "evil/deeper" }), 400, "invalid_path");
     assert.deepEqual(await readdir(outside), []);
+  });
+
+  it("a caller that hangs up mid-answer: a turn it saw none of is not kept, one it saw part of is", async () => {
+    await c.register("default", "hung-up", { contextSize: 4096 });
+    await c.submit("default", "hung-up", "first", { max_tokens: 2 });
+    const idle = async () => { for (let i = 0; i < 200; i++) { const st = await c.status("default", "hung-up"); if (st.phase === "Idle" && st.queued === 0) return st; await new Promise((r) => setTimeout(r, 50)); } assert.fail("still generating"); };
+    const post = (body: object, signal: AbortSignal) => fetch(`${rt.url}/v1/sessions/default/hung-up/submit`, {
+      method: "POST", body: JSON.stringify(body), signal, headers: { "content-type": "application/json", authorization: `Bearer ${TEST_TOKEN}` },
+    });
+    const quiet = new AbortController();
+    const plain = post({ prompt: "a long story, not streamed", max_tokens: 3000 }, quiet.signal).catch(() => undefined);
+    // Hung up once the answer is under way (the prompt is about 15 tokens): an abort before the
+    // first token is node-llama-cpp's AbortError, which never kept the turn.
+    const start = (await c.status("default", "hung-up")).tokenCount;
+    for (let i = 0; i < 500 && (await c.status("default", "hung-up")).tokenCount <= start + 40; i++) await new Promise((r) => setTimeout(r, 10));
+    quiet.abort();
+    await plain;
+    assert.equal((await idle()).messages, 2, "the turn whose answer never reached its caller is not in the history");
+    const loud = new AbortController();
+    const r = await post({ prompt: "a long story, streamed", max_tokens: 3000, stream: true }, loud.signal);
+    const reader = r.body!.getReader();
+    await reader.read();
+    await reader.read();
+    loud.abort();
+    await reader.cancel().catch(() => undefined);
+    assert.equal((await idle()).messages, 4, "the streamed turn's caller saw part of the answer: it is kept");
   });
 
   it("streams OpenAI chunks and reports a rehydrate in a header", async () => {
