@@ -325,9 +325,8 @@ export class SessionManager implements Admission {
     await this.pool.close();
   }
 
-  /** Stop taking work, let in-flight generations finish, hibernate everything resident. */
   /**
-   * SIGTERM: hibernates every resident session. Generations under way may go on for
+   * SIGTERM: stops taking work and hibernates every resident session. Generations under way may go on for
    * `generationMs`; then they are stopped, so that their sessions are saved within the pod's grace.
    */
   async shutdown(generationMs = Infinity): Promise<{ hibernated: number; failed: number }> {

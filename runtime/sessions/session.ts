@@ -354,8 +354,8 @@ export class Session {
 
   /**
    * Ends a generation under way so that the shutdown save can run (the pod's grace would otherwise
-   * run out first, and the conversation go with the process). The answer so far is kept in the
-   * history and saved; its caller is told (shutting_down).
+   * run out first, and the conversation go with the process). A streamed answer so far is kept and
+   * saved; its caller is told (shutting_down).
    */
   stopForShutdown(): void {
     this.shutdown.abort();
@@ -619,7 +619,7 @@ export class Session {
     if (opts.signal?.aborted || deletion.aborted || shutdown.aborted) abort.abort();
     for (const signal of [opts.signal, deletion, shutdown]) signal?.addEventListener("abort", stop, { once: true });
     const before = this.history;
-    const stopped = <T>(result: T): T => {
+    const finish = <T>(result: T): T => {
       if (deletion.aborted) throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} was deleted while it was generating; the answer stopped there`);
       if (shutdown.aborted) {
         const who = `the runtime pod serving ${this.ref.namespace}/${this.ref.name} is shutting down`;
@@ -637,7 +637,7 @@ export class Session {
     try {
       if (!pending) {
         opts.onStart?.(wake);
-        return stopped(await this.generate(history, { ...opts, signal: abort.signal }));
+        return finish(await this.generate(history, { ...opts, signal: abort.signal }));
       }
       let open = false;
       let failed: { err: unknown } | undefined;
@@ -651,7 +651,7 @@ export class Session {
         const result = await this.generate(history, { ...opts, signal: abort.signal, onText: (text) => { if (open) opts.onText?.(text); else held.push(text); } });
         await gate;
         if (failed) throw failed.err;
-        return stopped(result);
+        return finish(result);
       } catch (err) {
         await gate;
         if (failed) {
