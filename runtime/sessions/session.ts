@@ -63,10 +63,12 @@ export class Session {
   private readonly queue = new SerialQueue();
   private pendingHibernate?: Promise<HibernateResult>;
   private deleted = false;
-  /** Aborted by delete(): stops a generation under way. */
-  private readonly deletion = new AbortController();
-  /** Aborted by stopForShutdown(): the pod is going, the generation must end for the session to be saved. */
-  private readonly shutdown = new AbortController();
+  /**
+   * Stops a generation under way, and any later one: the session was deleted, moved to a newer
+   * placement, or its pod is going and it must be saved (`interruption` says which, first wins).
+   */
+  private readonly interrupt = new AbortController();
+  private interruption?: "deleted" | "moved" | "shutdown";
   /** The newer epoch that took the session over, once dropped. */
   private dropped = 0;
   /** Turns since the volume last held this session's exact state, and when the first of them ended. */
@@ -147,6 +149,7 @@ export class Session {
    */
   drop(newer: number): Promise<void> {
     this.dropped = newer;
+    this.stopGenerating("moved");
     return this.queue.run(async () => {
       // Routine after a hand-off or a hibernate (nothing here but a record); worth a warning only
       // when an in-memory copy is given up unsaved, as after a partition.
@@ -358,13 +361,18 @@ export class Session {
    * saved; its caller is told (shutting_down).
    */
   stopForShutdown(): void {
-    this.shutdown.abort();
+    this.stopGenerating("shutdown");
+  }
+
+  private stopGenerating(why: NonNullable<Session["interruption"]>): void {
+    this.interruption ??= why;
+    this.interrupt.abort();
   }
 
   /** Frees the context and removes the session's files, once a generation under way has stopped. */
   delete(): Promise<void> {
     this.deleted = true;
-    this.deletion.abort();
+    this.stopGenerating("deleted");
     return this.queue.run(async () => {
       await this.releaseResident();
       await this.deps.store.remove(this.ref);
@@ -613,15 +621,17 @@ export class Session {
   private async generateChecked(history: ChatHistoryItem[], opts: GenerateOptions, wake: Wake): Promise<Omit<GenerateResult, keyof Wake>> {
     const pending = this.unverified;
     this.unverified = undefined;
-    const deletion = this.deletion.signal, shutdown = this.shutdown.signal;
+    const interrupt = this.interrupt.signal;
     const abort = new AbortController();
     const stop = () => abort.abort();
-    if (opts.signal?.aborted || deletion.aborted || shutdown.aborted) abort.abort();
-    for (const signal of [opts.signal, deletion, shutdown]) signal?.addEventListener("abort", stop, { once: true });
+    if (opts.signal?.aborted || interrupt.aborted) abort.abort();
+    for (const signal of [opts.signal, interrupt]) signal?.addEventListener("abort", stop, { once: true });
     const before = this.history;
     const finish = <T>(result: T): T => {
-      if (deletion.aborted) throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} was deleted while it was generating; the answer stopped there`);
-      if (shutdown.aborted) {
+      if (this.interruption === "deleted") throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} was deleted while it was generating; the answer stopped there`);
+      // The gateway follows a non-streamed request to the session's next pod and asks it there.
+      if (this.interruption === "moved") throw new StaleEpochError(this.window.epoch, this.dropped, `the answer for ${this.ref.namespace}/${this.ref.name} stopped here, since the session moved while it was generating; send the turn again`);
+      if (this.interruption === "shutdown") {
         const who = `the runtime pod serving ${this.ref.namespace}/${this.ref.name} is shutting down`;
         // Streamed, the caller has the answer so far: the saved conversation holds it too. Not
         // streamed, the caller has nothing: the turn is dropped, so sending it again asks it once.
@@ -661,7 +671,7 @@ export class Session {
         throw err;
       }
     } finally {
-      for (const signal of [opts.signal, deletion, shutdown]) signal?.removeEventListener("abort", stop);
+      for (const signal of [opts.signal, interrupt]) signal?.removeEventListener("abort", stop);
     }
   }
 

@@ -471,6 +471,20 @@ describe("bulkhead and idle policy", () => {
     assert.deepEqual(await readdir(path.join(h.dir, "default")).catch(() => []), []);
   });
 
+  it("a session moved to a newer placement stops generating here: its caller is told to send the turn again", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "moved-away", contextSize: 4096, epoch: 3 });
+    let chunks = 0;
+    let first!: () => void;
+    const started = new Promise<void>((r) => { first = r; });
+    const answer = s.submit("Write a very long story.", { ...greedy(3000), onText: () => { if (++chunks === 1) first(); } });
+    await started;
+    assert.equal(await h.manager.drop("default", "moved-away", 4), true);
+    await assert.rejects(answer, (e: unknown) => e instanceof TorporError && e.code === "stale_epoch" && /send the turn again/.test(e.message));
+    assert.ok(chunks < 1000, `stopped early (${chunks} chunks of up to 3000 tokens)`);
+    assert.equal(h.manager.residentCount, 0);
+  });
+
   it("writes hibernation files owner-only", async () => {
     const h = await harness();
     const s = await h.manager.register({ namespace: "default", name: "perm" });
