@@ -120,13 +120,14 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
    * it: wait for the new placement within the wake bound and try again.
    */
   async function proxy(req: Request, res: Response, namespace: string, name: string, suffix: string, body: unknown): Promise<void> {
-    const deadline = Date.now() + d.wakeTimeoutMs;
+    let deadline = Date.now() + d.wakeTimeoutMs;
     const abort = new AbortController();
     res.on("close", () => { if (!res.writableFinished) abort.abort(); });
     const payload = JSON.stringify(body);
     for (let attempt = 0; ; attempt++) {
       const target = await d.router.route(namespace, name);
       let upstream: IncomingMessage;
+      const sentAt = Date.now();
       try {
         const epoch = target.session.status?.epoch;
         upstream = await new RuntimeClient(target.url, d.runtimeToken, 0).send("POST", `${sessionPath(namespace, name)}/${suffix}`, payload, {
@@ -143,6 +144,9 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
       let replay: Buffer | undefined;
       if (upstream.statusCode === 409 || upstream.statusCode === 503) {
         replay = await readAll(upstream);
+        // The wake bound is for finding the session a pod, not for the answer a pod was writing
+        // when it had to let the session go (its shutdown deadline, a move): that time is added.
+        deadline += Date.now() - sentAt;
         if (MOVED_CODES.has(errorCode(replay)) && Date.now() < deadline) {
           await new Promise((r) => setTimeout(r, Math.min(1000, 100 * 2 ** attempt)));
           continue;
