@@ -670,6 +670,11 @@ export class Session {
         }
         throw err;
       }
+    } catch (err) {
+      // Stopped before its first token (still reading the prompt), node-llama-cpp throws an
+      // AbortError: the caller is told why instead (finish throws for every interruption).
+      if (this.interruption) finish(undefined);
+      throw err;
     } finally {
       for (const signal of [opts.signal, interrupt]) signal?.removeEventListener("abort", stop);
     }

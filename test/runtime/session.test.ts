@@ -485,6 +485,16 @@ describe("bulkhead and idle policy", () => {
     assert.equal(h.manager.residentCount, 0);
   });
 
+  it("stopped before its first token (still reading the prompt), a generation says why it stopped", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "early-stop", contextSize: 4096 });
+    const answer = s.submit("word ".repeat(600), { ...greedy(100), onText: () => undefined });
+    for (const end = performance.now() + 10_000; s.phase !== "Generating" && performance.now() < end;) await new Promise((r) => setImmediate(r));
+    assert.equal(s.phase, "Generating");
+    s.stopForShutdown();
+    await assert.rejects(answer, (e: unknown) => e instanceof TorporError && e.code === "shutting_down");
+  });
+
   it("writes hibernation files owner-only", async () => {
     const h = await harness();
     const s = await h.manager.register({ namespace: "default", name: "perm" });
