@@ -19,6 +19,7 @@ export type ErrorCode =
   | "rate_limited"
   | "runtime_unavailable"
   | "upstream_unavailable"
+  | "client_closed"
   | "internal";
 
 const STATUS: Record<ErrorCode, number> = {
@@ -40,6 +41,8 @@ const STATUS: Record<ErrorCode, number> = {
   rate_limited: 429,
   runtime_unavailable: 502,
   upstream_unavailable: 503,
+  // nginx's "client closed request": nobody reads it, but logs and the error metric tell it from a fault.
+  client_closed: 499,
   internal: 500,
 };
 

@@ -672,8 +672,10 @@ export class Session {
       }
     } catch (err) {
       // Stopped before its first token (still reading the prompt), node-llama-cpp throws an
-      // AbortError: the caller is told why instead (finish throws for every interruption).
+      // AbortError: the caller is told why instead (finish throws for every interruption), and a
+      // caller that hung up is not counted as a fault (an internal error, logged as one).
       if (this.interruption) finish(undefined);
+      if (opts.signal?.aborted) throw new TorporError("client_closed", `the caller of ${this.ref.namespace}/${this.ref.name} hung up before the answer began`);
       throw err;
     } finally {
       for (const signal of [opts.signal, interrupt]) signal?.removeEventListener("abort", stop);

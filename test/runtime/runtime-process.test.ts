@@ -117,6 +117,17 @@ describe("runtime process", () => {
     loud.abort();
     await reader.cancel().catch(() => undefined);
     assert.equal((await idle()).messages, 4, "the streamed turn's caller saw part of the answer: it is kept");
+    // Hung up while the prompt is still read (about 3,000 tokens): not a fault of ours.
+    const errors = async (code: string) => Number(/\d+$/.exec((await (await fetch(`${rt.url}/metrics`)).text()).split("\n").find((l) => l.startsWith(`torpor_runtime_errors_total{code="${code}"}`)) ?? "0")?.[0] ?? 0);
+    const internalBefore = await errors("internal"), closedBefore = await errors("client_closed");
+    const early = new AbortController();
+    const reading = post({ prompt: "word ".repeat(600), max_tokens: 50 }, early.signal).catch(() => undefined);
+    for (let i = 0; i < 1000 && (await c.status("default", "hung-up")).phase !== "Generating"; i++) await new Promise((r) => setTimeout(r, 2));
+    early.abort();
+    await reading;
+    await idle();
+    assert.equal(await errors("internal"), internalBefore, "a caller hanging up is not an internal error");
+    assert.equal(await errors("client_closed"), closedBefore + 1);
   });
 
   it("streams OpenAI chunks and reports a rehydrate in a header", async () => {
