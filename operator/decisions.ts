@@ -215,10 +215,11 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
   // Saved by the pod that held it in memory as it went, and no runtime has it since: it goes
   // back into memory on its next pod, as a session moved in memory does (handedOffInMemory).
   const handedOffReason = !rt && residency === "Hibernated" && (o.committed ? o.committed.outcome === "hibernated" && prev.residency === "InMemory" : handedOffInMemory(s));
+  const savedBytes = h?.bytes ?? prev.lastHibernation?.bytes ?? found?.bytes;
   const hibernated = residency === "Hibernated"
     ? {
       status: "True" as const, reason: handedOffReason ? HANDED_OFF : "Hibernated",
-      message: `${h || prev.lastHibernation || found?.bytes ? `state on the volume (${h?.bytes ?? prev.lastHibernation?.bytes ?? found?.bytes} bytes)` : "state on the volume"}${handedOffReason ? ": the pod that held it in memory saved it as it went; it goes back into memory on its next pod" : ""}`,
+      message: `${savedBytes !== undefined ? `state on the volume (${savedBytes} bytes)` : "state on the volume"}${handedOffReason ? ": the pod that held it in memory saved it as it went; it goes back into memory on its next pod" : ""}`,
     }
     // Asked to sleep before its first request: it holds no memory, so the ask is met (a
     // `kubectl wait --for=condition=Hibernated` after the patch returns) and the first request

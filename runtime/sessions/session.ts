@@ -627,21 +627,26 @@ export class Session {
     if (opts.signal?.aborted || interrupt.aborted) abort.abort();
     for (const signal of [opts.signal, interrupt]) signal?.addEventListener("abort", stop, { once: true });
     const before = this.history;
-    const finish = <T>(result: T): T => {
-      if (this.interruption === "deleted") throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} was deleted while it was generating; the answer stopped there`);
-      // The gateway follows a non-streamed request to the session's next pod and asks it there.
-      if (this.interruption === "moved") throw new StaleEpochError(this.window.epoch, this.dropped, `the answer for ${this.ref.namespace}/${this.ref.name} stopped here, since the session moved while it was generating; send the turn again`);
-      if (this.interruption === "shutdown") {
-        const who = `the runtime pod serving ${this.ref.namespace}/${this.ref.name} is shutting down`;
-        // Streamed, the caller has the answer so far: the saved conversation holds it too. Not
-        // streamed, the caller has nothing: the turn is dropped, so sending it again asks it once.
-        if (opts.onText) throw new TorporError("shutting_down", `${who}: the answer stopped here, and the conversation up to this point is saved; send the next turn and another pod continues it`);
-        this.history = before;
-        throw new TorporError("shutting_down", `${who} before the answer was finished: the turn is not kept; send it again and another pod answers it`);
+    /** Why the generation stopped when it was not its caller who stopped it. */
+    const interrupted = (): TorporError | undefined => {
+      const { namespace, name } = this.ref;
+      switch (this.interruption) {
+        case "deleted": return new TorporError("session_deleted", `session ${namespace}/${name} was deleted while it was generating; the answer stopped there`);
+        // The gateway follows a non-streamed request to the session's next pod and asks it there.
+        case "moved": return new StaleEpochError(this.window.epoch, this.dropped, `the answer for ${namespace}/${name} stopped here, since the session moved while it was generating; send the turn again`);
+        case "shutdown": return new TorporError("shutting_down", opts.onText
+          ? `the runtime pod serving ${namespace}/${name} is shutting down: the answer stopped here, and the conversation up to this point is saved; send the next turn and another pod continues it`
+          : `the runtime pod serving ${namespace}/${name} is shutting down before the answer was finished: the turn is not kept; send it again and another pod answers it`);
+        default: return undefined;
       }
-      // A caller that hung up before any of a non-streamed answer reached it (a client timeout)
-      // will send the turn again: keeping it would ask it twice.
-      if (opts.signal?.aborted && !opts.onText) this.history = before;
+    };
+    const finish = <T>(result: T): T => {
+      // Stopped before any of a non-streamed answer reached its caller (it hung up: a client
+      // timeout; a shutdown), the turn will be sent again: keeping it would ask it twice.
+      // Streamed, the caller has the answer so far, and so does the saved conversation.
+      if (!opts.onText && (opts.signal?.aborted || this.interruption === "shutdown")) this.history = before;
+      const e = interrupted();
+      if (e) throw e;
       return result;
     };
     try {
@@ -672,11 +677,9 @@ export class Session {
       }
     } catch (err) {
       // Stopped before its first token (still reading the prompt), node-llama-cpp throws an
-      // AbortError: the caller is told why instead (finish throws for every interruption), and a
-      // caller that hung up is not counted as a fault (an internal error, logged as one).
-      if (this.interruption) finish(undefined);
-      if (opts.signal?.aborted) throw new TorporError("client_closed", `the caller of ${this.ref.namespace}/${this.ref.name} hung up before the answer began`);
-      throw err;
+      // AbortError: the caller is told why instead, and a caller that hung up is not counted as a
+      // fault (an internal error, logged as one).
+      throw interrupted() ?? (opts.signal?.aborted ? new TorporError("client_closed", `the caller of ${this.ref.namespace}/${this.ref.name} hung up before the answer began`) : err);
     } finally {
       for (const signal of [opts.signal, interrupt]) signal?.removeEventListener("abort", stop);
     }
