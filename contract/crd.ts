@@ -30,7 +30,7 @@ export const specSchema = {
         idleAfter: str({ pattern: "^([0-9]+(ms|s|m|h))+$", maxLength: 32, description: "Hibernate after this long without requests (Go duration, e.g. 15m)." }),
         checkpoint: {
           type: "object",
-          description: "Write the state between turns while InMemory, so a crash loses at most this much. Off unless set; costs one state file per session on the volume.",
+          description: "Write the state between turns while InMemory, so a crash loses at most this much. Unset: the runtime pool's policy (the chart's checkpoint values, off by default); set, it replaces the pool's (interval: 0s and no afterTurns: none). Costs one state file per session on the volume.",
           properties: {
             afterTurns: int({ minimum: 1, maximum: 10000, description: "Checkpoint after this many turns." }),
             interval: str({ pattern: "^([0-9]+(ms|s|m|h))+$", maxLength: 32, description: "Checkpoint at most this long after an unsaved turn (Go duration)." }),

@@ -30,8 +30,9 @@ export interface HibernationPolicy {
   path?: string;
   /**
    * Write the state between turns while the session stays InMemory, so a crash (an OOM kill, a
-   * lost node) loses at most that much. Off unless set: each checkpointed session keeps one state
-   * file (its KV cache, tens of MB to GBs) on the volume.
+   * lost node) loses at most that much. Unset: its runtime pool's policy (off unless the chart sets
+   * one); set, it replaces the pool's, and `interval: 0s` without afterTurns turns checkpoints off.
+   * Each checkpointed session keeps one state file (its KV cache, tens of MB to GBs) on the volume.
    */
   checkpoint?: CheckpointPolicy;
 }

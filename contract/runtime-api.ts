@@ -34,8 +34,14 @@ export interface SessionSpec {
   systemPrompt?: string;
   /** Per-session idle policy; falls back to the runtime's default. 0 disables. */
   idleAfterMs?: number;
-  /** Checkpoints while resident (absent: none). */
-  checkpoint?: { afterTurns?: number; intervalMs?: number };
+  /** Checkpoints while resident (absent: none): the session's own policy, else its pool's. */
+  checkpoint?: CheckpointSettings;
+}
+
+/** When a resident session writes its state between turns; a field absent or 0 does not trigger. */
+export interface CheckpointSettings {
+  afterTurns?: number;
+  intervalMs?: number;
 }
 
 export interface GenerateOptions {

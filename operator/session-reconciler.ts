@@ -277,13 +277,15 @@ export class SessionReconciler {
   }
 }
 
-function registerBody(s: InferenceSession) {
+/** What a registration tells the runtime about the session: its spec's settings, and when it was last used. */
+export function registerBody(s: InferenceSession) {
   const idle = s.spec.hibernation?.idleAfter ? parseDuration(s.spec.hibernation.idleAfter) : undefined;
   const ckpt = s.spec.hibernation?.checkpoint;
   const ckptInterval = ckpt?.interval ? parseDuration(ckpt.interval) : undefined;
   return {
     ...(ckpt?.afterTurns ? { checkpointAfterTurns: ckpt.afterTurns } : {}),
-    ...(ckptInterval ? { checkpointIntervalSeconds: Math.max(1, Math.ceil(ckptInterval / 1000)) } : {}),
+    // `interval: 0s` is sent as 0: the session's own policy then turns its pool's off.
+    ...(ckptInterval !== undefined ? { checkpointIntervalSeconds: ckptInterval === 0 ? 0 : Math.max(1, Math.ceil(ckptInterval / 1000)) } : {}),
     // Unset: the pool's own default (the chart's defaultContextSize, the size its spare contexts have).
     ...(s.spec.contextSize ? { contextSize: s.spec.contextSize } : {}),
     ...(s.spec.systemPrompt ? { systemPrompt: s.spec.systemPrompt } : {}),

@@ -75,6 +75,9 @@ export interface RuntimeConfig {
   shutdownGenerationMs: number;
   /** Unused contexts of the default size kept allocated ahead of need, so a cold rehydrate skips the allocation too. */
   spareContexts: number;
+  /** Checkpoints for sessions whose spec sets none: after this many turns, or this long after an unsaved turn (0: not). */
+  checkpointAfterTurns: number;
+  checkpointIntervalMs: number;
   /**
    * Wait one event-loop turn after each decode so that every session of a shared context joins the
    * next batch (sessions/batch-composition.ts). "auto": on where a decode's threads are kept (a GPU,
@@ -161,6 +164,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     contextGraceMs: int(env, "TORPOR_CONTEXT_GRACE_MS", 5000),
     shutdownGenerationMs: int(env, "TORPOR_SHUTDOWN_GENERATION_SECONDS", 30) * 1000,
     spareContexts: intAtMost(env, "TORPOR_SPARE_CONTEXTS", 0, 0, 64),
+    checkpointAfterTurns: intAtMost(env, "TORPOR_CHECKPOINT_AFTER_TURNS", 0, 0, 10_000),
+    checkpointIntervalMs: intAtMost(env, "TORPOR_CHECKPOINT_INTERVAL_SECONDS", 0, 0, 365 * 86400) * 1000,
     batchGathering: autoOnOff(env, "TORPOR_BATCH_GATHERING"),
     podName: env.TORPOR_POD_NAME ?? env.HOSTNAME ?? "local",
     nodeName: env.TORPOR_NODE_NAME ?? "local",

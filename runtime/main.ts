@@ -70,6 +70,7 @@ async function main(): Promise<void> {
     sequencesPerContext: cfg.sequencesPerContext, contextGraceMs: cfg.contextGraceMs, spareContexts: cfg.spareContexts,
     gatherBatches,
     namespaceLimits: NamespaceLimits.parse(cfg.namespaceLimits),
+    checkpoint: { afterTurns: cfg.checkpointAfterTurns, intervalMs: cfg.checkpointIntervalMs },
   });
   if (cfg.spareContexts > 0) void manager.replenishSpares().then((made) => log.info({ spares: made, contextSize: cfg.defaultContextSize }, "spare contexts allocated"));
   const app = createRuntimeApp({
@@ -86,7 +87,11 @@ async function main(): Promise<void> {
     mountHealthRoutes(m, { registry: metrics.registry });
     return m.listen(cfg.metricsPort, cfg.host);
   })() : undefined;
-  log.info({ host: addr.address, port: addr.port, maxResident: cfg.maxResident, idleAfterMs: cfg.idleAfterMs, sequencesPerContext: cfg.sequencesPerContext, batchGathering: gatherBatches }, "runtime listening");
+  log.info({
+    host: addr.address, port: addr.port, maxResident: cfg.maxResident, idleAfterMs: cfg.idleAfterMs,
+    checkpointAfterTurns: cfg.checkpointAfterTurns, checkpointIntervalMs: cfg.checkpointIntervalMs,
+    sequencesPerContext: cfg.sequencesPerContext, batchGathering: gatherBatches,
+  }, "runtime listening");
 
   const idleTimer = setInterval(() => {
     manager.sweepIdle().catch((err) => log.error({ err }, "idle sweep failed"));

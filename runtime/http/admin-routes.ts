@@ -33,7 +33,8 @@ export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
     const idleAfterSeconds = optionalInt(body, "idleAfterSeconds", 0, 365 * 86400);
     const epoch = optionalInt(body, "epoch", 0, Number.MAX_SAFE_INTEGER);
     const checkpointAfterTurns = optionalInt(body, "checkpointAfterTurns", 1, 10_000);
-    const checkpointIntervalSeconds = optionalInt(body, "checkpointIntervalSeconds", 1, 365 * 86400);
+    // 0: this session checkpoints on turns only, or not at all, whatever its pool's policy.
+    const checkpointIntervalSeconds = optionalInt(body, "checkpointIntervalSeconds", 0, 365 * 86400);
     const lastActivityText = optionalString(body, "lastActivity", 64);
     const lastActivity = lastActivityText === undefined ? undefined : Date.parse(lastActivityText);
     if (lastActivity !== undefined && !Number.isFinite(lastActivity)) throw new TorporError("bad_request", "lastActivity: an RFC 3339 time, when the session was last used", { field: "lastActivity" });

@@ -12,8 +12,9 @@ import type { ModelHost } from "../model/model-host.js";
 import { SerialQueue } from "./serial-queue.js";
 import { ContextPool } from "./context-pool.js";
 import { Session, type Admission, type SpareContext } from "./session.js";
+import { effectiveCheckpoint } from "./checkpoint-policy.js";
 import { NoRoom } from "./no-room.js";
-import type { HibernateOutcome, SessionSpec } from "../../contract/runtime-api.js";
+import type { CheckpointSettings, HibernateOutcome, SessionSpec } from "../../contract/runtime-api.js";
 import type { NamespaceLimits } from "./namespace-limits.js";
 
 export interface ManagerOptions {
@@ -47,6 +48,8 @@ export interface ManagerOptions {
   podName: string;
   /** Per-namespace caps (largest context, resident sessions). */
   namespaceLimits?: NamespaceLimits;
+  /** Checkpoints for sessions whose spec sets none (default: none). */
+  checkpoint?: CheckpointSettings;
 }
 
 export interface RegisterRequest {
@@ -58,7 +61,8 @@ export interface RegisterRequest {
   idleAfterMs?: number;
   /** The operator's placement epoch (0 or absent: unfenced, for local use without an operator). */
   epoch?: number;
-  checkpoint?: { afterTurns?: number; intervalMs?: number };
+  /** The session's own checkpoint policy; absent: the pool's. Fields at 0: none, whatever the pool's. */
+  checkpoint?: CheckpointSettings;
   /** When the session was last used (epoch ms): a session registered after a move keeps its idle clock. */
   lastActivity?: number;
   /** settingsDigest() of the request's settings, reported back in the session's status. */
@@ -119,8 +123,9 @@ export class SessionManager implements Admission {
       contextSize,
       ...(req.systemPrompt ? { systemPrompt: req.systemPrompt } : {}),
       ...(req.idleAfterMs !== undefined ? { idleAfterMs: req.idleAfterMs } : {}),
-      ...(req.checkpoint ? { checkpoint: req.checkpoint } : {}),
     };
+    const checkpoint = effectiveCheckpoint(req.checkpoint, this.opts.checkpoint);
+    if (checkpoint) spec.checkpoint = checkpoint;
     const key = `${req.namespace}/${req.name}`;
     const epoch = req.epoch ?? 0;
     let existing = this.sessions.get(key);

@@ -86,6 +86,20 @@ describe("checkpoints", () => {
     assert.equal((await s.submit("again", greedy(4))).rehydrated, true);
   });
 
+  it("sessions whose spec sets no policy follow the pool's; one whose own policy is off does not", async () => {
+    const h = await harness({ checkpoint: { afterTurns: 1 } });
+    const pooled = await h.manager.register({ namespace: "default", name: "pooled" });
+    const off = await h.manager.register({ namespace: "default", name: "opted-out", checkpoint: { intervalMs: 0 } });
+    for (const s of [pooled, off]) {
+      await s.submit("The river is called Tejo.", greedy(6));
+      await s.warm(); // queued behind a checkpoint the turn scheduled, if any
+    }
+    assert.equal(pooled.status().lastCheckpoint?.tokenCount, pooled.status().tokenCount, "checkpointed under the pool's policy");
+    assert.equal(off.status().lastCheckpoint, undefined);
+    const states = (await readdir(path.join(h.dir, "default"))).filter((f) => f.endsWith(".state"));
+    assert.deepEqual(states.map((f) => f.split(".")[0]), ["pooled"]);
+  });
+
   it("an interval policy checkpoints on the runtime's timer, not before", async () => {
     const h = await harness();
     const s = await h.manager.register({ namespace: "default", name: "ckpt-timer", checkpoint: { intervalMs: 60_000 } });

@@ -6,6 +6,8 @@ import { choosePod, computeStatus, decidePlacement, decideTransition, handOffSou
 import type { SessionStatus } from "../../contract/runtime-api.js";
 import { ClusterView } from "../../operator/cluster-view.js";
 import { pollRuntimes, runtimeFingerprint } from "../../operator/runtime-monitor.js";
+import { registerBody } from "../../operator/session-reconciler.js";
+import { effectiveCheckpoint } from "../../runtime/sessions/checkpoint-policy.js";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 
@@ -405,3 +407,22 @@ describe("the runtime monitor", () => {
   });
 });
 
+
+describe("checkpoint policy", () => {
+  it("a session's own policy replaces its pool's; interval 0s without afterTurns turns the pool's off", () => {
+    const pool = { afterTurns: 4, intervalMs: 300_000 };
+    assert.deepEqual(effectiveCheckpoint(undefined, pool), pool);
+    assert.deepEqual(effectiveCheckpoint({ afterTurns: 2 }, pool), { afterTurns: 2 }, "not merged field by field");
+    assert.equal(effectiveCheckpoint({ intervalMs: 0 }, pool), undefined);
+    assert.equal(effectiveCheckpoint(undefined, { afterTurns: 0, intervalMs: 0 }), undefined, "the chart's zeros: off");
+    assert.equal(effectiveCheckpoint(undefined, undefined), undefined);
+  });
+
+  it("the operator sends interval 0s as 0, so that it reaches the runtime as the session's own policy", () => {
+    const spec = (checkpoint: object | undefined) => session({ spec: { model: "m", ...(checkpoint ? { hibernation: { checkpoint } } : {}) } });
+    assert.equal(registerBody(spec({ interval: "0s" })).checkpointIntervalSeconds, 0);
+    assert.equal(registerBody(spec({ interval: "1500ms" })).checkpointIntervalSeconds, 2);
+    assert.equal(registerBody(spec({ afterTurns: 3 })).checkpointIntervalSeconds, undefined);
+    assert.equal("checkpointIntervalSeconds" in registerBody(spec(undefined)), false);
+  });
+});
