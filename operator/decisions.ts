@@ -166,6 +166,20 @@ function condition(prev: Condition[] | undefined, c: Omit<Condition, "lastTransi
   return { ...c, lastTransitionTime: before && before.status === c.status ? before.lastTransitionTime : now.toISOString() };
 }
 
+/**
+ * Status when a placement failed on the way (the pod chosen did not answer: it was going too)
+ * after the previous pod committed the session. Only this reconcile knows of that commit: without
+ * this write, a pool left with no pod said InMemory, with nothing holding the session, until a pod
+ * came back (found scaling a pool to zero by hand on cluster-up).
+ */
+export function statusAfterFailedPlacement(s: InferenceSession, o: { now: Date; committed: HibernateOutcome; pod: RuntimePod; err: unknown }): InferenceSessionStatus {
+  const why = (o.err as Error)?.message ?? String(o.err);
+  return computeStatus(s, {
+    now: o.now, committed: o.committed,
+    error: { reason: "RuntimeUnavailable", message: `runtime pod ${o.pod.name} did not answer (${why}); the session is saved on the volume and is placed again` },
+  });
+}
+
 /** A runtime error code (state_rejected, checksum_mismatch) as a condition/Event reason (ChecksumMismatch). */
 export const reasonOf = (code: string) => code.split(/[_-]/).map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join("");
 
@@ -180,8 +194,10 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
   let phase: SessionPhase = o.waiting ? (o.waiting.reason === SCALED_TO_ZERO_REASON ? "Idle" : "Pending") : o.handOffFrom ? "HandingOff" : rt?.phase === "Hibernating" || rt?.phase === "Rehydrating" ? rt.phase : "Idle";
   if (o.liveStateLost) phase = "Lost";
   const err = o.error ?? (rt?.lastError ? { reason: reasonOf(rt.lastError.reason ?? rt.lastError.code), message: rt.lastError.message } : undefined);
-  // Reported until the conversation is back in memory somewhere.
-  const lost = !!liveStateLostAt && residency !== "InMemory";
+  const activity = rt?.lastActivity ?? prev.lastActivityTime;
+  // Reported until the conversation is back in memory somewhere, or has had a turn since (a
+  // new one, hibernated later, is not the loss again).
+  const lost = !!liveStateLostAt && residency !== "InMemory" && !(activity !== undefined && Date.parse(activity) > Date.parse(liveStateLostAt));
   const r = rt?.lastRehydrate;
   const lastRehydrate = r ? {
     time: r.at, durationMs: Math.round(r.durationMs * 10) / 10, ...(r.replayed ? { replayed: r.replayed } : {}),
@@ -258,7 +274,6 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
   if (contextSize) out.contextSize = contextSize;
   if (lastHibernation) out.lastHibernation = lastHibernation;
   if (lastRehydrate) out.lastRehydrate = lastRehydrate;
-  const activity = rt?.lastActivity ?? prev.lastActivityTime;
   if (activity) out.lastActivityTime = activity;
   if (liveStateLostAt) out.liveStateLostAt = liveStateLostAt;
   return out;

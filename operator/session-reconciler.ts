@@ -11,7 +11,7 @@ import { settingsDigest } from "../contract/session-settings.js";
 import { RuntimeApiError } from "../contract/runtime-client.js";
 import type { CleanupPods } from "./cleanup-pod.js";
 import type { ClusterView } from "./cluster-view.js";
-import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, reasonOf, sameStatus, droppedFields, type Placement, type RuntimePod } from "./decisions.js";
+import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, reasonOf, sameStatus, droppedFields, statusAfterFailedPlacement, type Placement, type RuntimePod } from "./decisions.js";
 import { Finalizer, type Requeue } from "./finalizer.js";
 import type { OperatorMetrics } from "./metrics.js";
 import { runtimeFingerprint } from "./runtime-monitor.js";
@@ -182,7 +182,10 @@ export class SessionReconciler {
         runtime = await c.status(namespace, name);
       }
     } catch (err) {
-      if (!(err instanceof RuntimeApiError)) throw err;
+      if (!(err instanceof RuntimeApiError)) {
+        if (committed) await this.writeStatus(s, statusAfterFailedPlacement(s, { now, committed, pod: plan.pod, err })).catch(() => undefined);
+        throw err;
+      }
       const error = { reason: reasonOf(String(err.details?.reason ?? err.code)), message: err.message };
       this.events.record(s, "Warning", error.reason, err.message);
       runtime = await c.status(namespace, name).catch(() => runtime);

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { InferenceSession } from "../../contract/inference-session.js";
-import { choosePod, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, sameStatus, droppedFields, type RuntimePod } from "../../operator/decisions.js";
+import { choosePod, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, sameStatus, droppedFields, statusAfterFailedPlacement, type RuntimePod } from "../../operator/decisions.js";
 import type { SessionStatus } from "../../contract/runtime-api.js";
 import { ClusterView } from "../../operator/cluster-view.js";
 import { pollRuntimes, runtimeFingerprint } from "../../operator/runtime-monitor.js";
@@ -93,6 +93,22 @@ describe("hand-off", () => {
     const deleting = session({ status: { pod: "old", residency: "InMemory" } });
     deleting.metadata.deletionTimestamp = now.toISOString();
     assert.equal(handOffSource(deleting, old, t), undefined);
+  });
+  it("what a hand-off committed is kept when the pod chosen next does not answer (a pool scaled to zero by hand: both pods going)", () => {
+    const s = session({ status: { pod: "old", residency: "InMemory", epoch: 5, tokenCount: 40 } });
+    const record = { manifestFile: "ns/s@e5.torpor.json", stateFile: "s.0123456789ab.state", bytes: 4096, tokenCount: 40, hibernatedAt: now.toISOString(), durationMs: 3, reason: "handoff" };
+    const st = statusAfterFailedPlacement(s, { now, committed: { outcome: "hibernated", record }, pod: pod("going"), err: new Error("socket hang up") });
+    assert.equal(st.residency, "Hibernated", "not InMemory: nothing holds it");
+    assert.equal(st.conditions!.find((c) => c.type === "Hibernated")!.reason, "HandedOff");
+    const ready = st.conditions!.find((c) => c.type === "Ready")!;
+    assert.equal(ready.status, "False");
+    assert.match(ready.message, /going did not answer \(socket hang up\)/);
+    // The next round, with no pod left, has only status to go by.
+    const later = computeStatus({ ...s, status: st }, { now, waiting: { reason: "NoRuntimePod", message: "none" } });
+    assert.equal(later.residency, "Hibernated");
+    assert.equal(later.conditions!.find((c) => c.type === "Degraded")!.status, "False", "the failed call is not held against it");
+    const placed = decidePlacement({ ...s, status: later }, [pod("new")], false);
+    assert.equal(placed.kind === "use" && placed.heldInMemory, true, "back into memory on its next pod");
   });
   it("what a hand-off committed shows in status though no pod can take the session yet (a pool scaled down by hand)", () => {
     const s = session({ status: { pod: "old", residency: "InMemory", epoch: 4, tokenCount: 321 } });
@@ -244,6 +260,15 @@ describe("status", () => {
     const degraded = st.conditions!.find((c) => c.type === "Degraded")!;
     assert.equal(degraded.reason, "LiveStateLost");
     assert.match(degraded.message, /from scratch/);
+    // Still lost while nothing new happened: a later round, not in memory yet.
+    const still = computeStatus(session({ status: st }), { now: new Date(now.getTime() + 5000), pod: pod("b"), runtime: runtime("NotCreated", { lastActivity: "2026-01-01T00:00:00.000Z" }) });
+    assert.equal(still.conditions!.find((c) => c.type === "Degraded")!.reason, "LiveStateLost");
+    // A new conversation since, hibernated later: that is not the loss again (found on cluster-up:
+    // every later hibernate turned the session Degraded LiveStateLost).
+    const after = new Date(now.getTime() + 60_000).toISOString();
+    const asleep = computeStatus(session({ status: st }), { now: new Date(now.getTime() + 120_000), pod: pod("b"), runtime: runtime("Hibernated", { lastActivity: after }) });
+    assert.equal(asleep.conditions!.find((c) => c.type === "Degraded")!.status, "False");
+    assert.equal(asleep.liveStateLostAt, now.toISOString(), "when it happened stays on record");
   });
 
   it("surfaces a refused state file as Degraded with its reason", () => {
