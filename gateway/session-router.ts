@@ -91,7 +91,10 @@ export class SessionRouter {
 
   private async resolve(namespace: string, name: string): Promise<Target> {
     let s = await this.source.get(namespace, name);
-    if (!s || s.metadata.deletionTimestamp) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} does not exist`);
+    if (!s) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} does not exist`);
+    // Still there while its finalizer removes its files (longer while no runtime pod runs): said
+    // as it is, since `kubectl get` still lists it.
+    if (s.metadata.deletionTimestamp) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} is being deleted (since ${new Date(String(s.metadata.deletionTimestamp)).toISOString()}); create a new session to go on chatting`);
     let woken = false;
     let poolWoken = false;
     if (s.spec.residency === "Hibernated") {

@@ -8,9 +8,16 @@ import { TorporError } from "../../contract/errors.js";
 import type { InferenceSession } from "../../contract/inference-session.js";
 import { allowEveryone } from "../../gateway/access.js";
 import { createGatewayApp, GatewayMetrics } from "../../gateway/app.js";
-import type { SessionRouter, SessionSource } from "../../gateway/session-router.js";
+import { SessionRouter, type SessionSource } from "../../gateway/session-router.js";
+import { KubeConfig } from "@kubernetes/client-node";
 
 const session = { apiVersion: "torpor.dev/v1alpha1", kind: "InferenceSession", metadata: { name: "s", namespace: "ns" }, spec: { model: "m" }, status: { epoch: 1, pod: "p" } } as InferenceSession;
+/** A KubeConfig for an API server nothing here calls: the deletion is refused before any call. */
+function offlineKubeConfig(): KubeConfig {
+  const kc = new KubeConfig();
+  kc.loadFromOptions({ clusters: [{ name: "c", server: "https://127.0.0.1:1" }], users: [{ name: "u" }], contexts: [{ name: "x", cluster: "c", user: "u" }], currentContext: "x" });
+  return kc;
+}
 const chunk = (text: string) => `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: text } }] })}\n\n`;
 
 describe("gateway proxy", () => {
@@ -73,5 +80,12 @@ describe("gateway proxy", () => {
     assert.equal(r.status, 200);
     assert.equal(((await r.json()) as { choices: Array<{ message: { content: string } }> }).choices[0]!.message.content, "whole");
     assert.equal(calls, 2);
+  });
+
+  it("a session being deleted is refused as such, not as one that does not exist (kubectl get still lists it)", async () => {
+    const deleting = { ...session, metadata: { ...session.metadata, deletionTimestamp: "2026-12-07T02:57:24Z", finalizers: ["torpor.dev/hibernation-files"] } } as InferenceSession;
+    const source = { get: async () => deleting } as unknown as SessionSource;
+    const router = new SessionRouter(offlineKubeConfig(), source, { record: () => undefined } as never, createLogger("test", "silent"), { wakeTimeoutMs: 1000, runtimePort: 8080 }, {} as never);
+    await assert.rejects(router.route("ns", "s"), (err: TorporError) => err.code === "session_not_found" && /is being deleted \(since 2026-12-07T02:57:24.000Z\)/.test(err.message));
   });
 });
