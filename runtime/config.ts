@@ -73,6 +73,8 @@ export interface RuntimeConfig {
    * sessions are saved within the pod's grace (the chart passes its shutdown.extraSeconds).
    */
   shutdownGenerationMs: number;
+  /** After the SIGTERM save, how long the runtime waits for the operator to ask for each saved session. */
+  shutdownHandOffWaitMs: number;
   /** Unused contexts of the default size kept allocated ahead of need, so a cold rehydrate skips the allocation too. */
   spareContexts: number;
   /** Checkpoints for sessions whose spec sets none: after this many turns, or this long after an unsaved turn (0: not). */
@@ -163,6 +165,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     sequencesPerContext: intAtMost(env, "TORPOR_SEQUENCES_PER_CONTEXT", 1, 1, MAX_CONTEXT_SEQUENCES),
     contextGraceMs: int(env, "TORPOR_CONTEXT_GRACE_MS", 5000),
     shutdownGenerationMs: int(env, "TORPOR_SHUTDOWN_GENERATION_SECONDS", 30) * 1000,
+    shutdownHandOffWaitMs: int(env, "TORPOR_SHUTDOWN_HANDOFF_WAIT_SECONDS", 5) * 1000,
     spareContexts: intAtMost(env, "TORPOR_SPARE_CONTEXTS", 0, 0, 64),
     checkpointAfterTurns: intAtMost(env, "TORPOR_CHECKPOINT_AFTER_TURNS", 0, 0, 10_000),
     checkpointIntervalMs: intAtMost(env, "TORPOR_CHECKPOINT_INTERVAL_SECONDS", 0, 0, 365 * 86400) * 1000,

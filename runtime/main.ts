@@ -112,6 +112,9 @@ async function main(): Promise<void> {
     log.info({ signal }, "shutting down: finishing generations and hibernating resident sessions");
     const result = await manager.shutdown(cfg.shutdownGenerationMs);
     log.info(result, "sessions hibernated");
+    const handOffs = await manager.handOffsCollected(cfg.shutdownHandOffWaitMs);
+    if (handOffs.unasked.length) log.warn({ ...handOffs, waitedMs: cfg.shutdownHandOffWaitMs }, "the operator did not ask for every session saved at shutdown; their status says so once a runtime pod reads the volume");
+    else if (handOffs.asked) log.info(handOffs, "every session saved at shutdown was handed off");
     server.close();
     server.closeAllConnections();
     metricsServer?.close();

@@ -14,6 +14,7 @@ import { ContextPool } from "./context-pool.js";
 import { Session, type Admission, type SpareContext } from "./session.js";
 import { effectiveCheckpoint } from "./checkpoint-policy.js";
 import { NoRoom } from "./no-room.js";
+import { ShutdownHandOffs } from "./shutdown-handoffs.js";
 import type { CheckpointSettings, HibernateOutcome, SessionSpec } from "../../contract/runtime-api.js";
 import type { NamespaceLimits } from "./namespace-limits.js";
 
@@ -80,6 +81,7 @@ export class SessionManager implements Admission {
   private readonly resident = new Map<Session, { since: number; pending: MemoryCost }>();
   private readonly admissions = new SerialQueue();
   private draining = false;
+  private readonly shutdownHandOffs = new ShutdownHandOffs();
   readonly pool: ContextPool;
 
   constructor(
@@ -181,7 +183,9 @@ export class SessionManager implements Admission {
   async handOff(namespace: string, name: string, newer: number): Promise<HibernateOutcome> {
     const s = this.get(namespace, name);
     if (s.epoch >= newer) throw new StaleEpochError(newer, s.epoch, `cannot hand ${namespace}/${name} off`);
-    return s.handOff(newer);
+    const out = await s.handOff(newer);
+    this.shutdownHandOffs.settled(`${namespace}/${name}`);
+    return out;
   }
 
   /** A newer placement owns the session elsewhere: forget this copy without saving it. */
@@ -190,6 +194,7 @@ export class SessionManager implements Admission {
     const s = this.sessions.get(key);
     if (!s || s.epoch >= newer) return false;
     this.sessions.delete(key);
+    this.shutdownHandOffs.settled(key);
     await s.drop(newer);
     return true;
   }
@@ -198,6 +203,7 @@ export class SessionManager implements Admission {
     const s = this.get(namespace, name);
     await s.delete();
     this.sessions.delete(`${namespace}/${name}`);
+    this.shutdownHandOffs.settled(`${namespace}/${name}`);
   }
 
   async acquire(session: Session, opts: { evict?: boolean } = {}): Promise<SpareContext | undefined> {
@@ -362,7 +368,11 @@ export class SessionManager implements Admission {
       await Promise.all(pending.map(async (s) => {
         try {
           const r = await s.hibernate("shutdown");
-          if (r.outcome === "hibernated") { hibernated++; this.metrics.evictions.inc({ reason: "shutdown" }); }
+          if (r.outcome === "hibernated") {
+            hibernated++;
+            this.metrics.evictions.inc({ reason: "shutdown" });
+            if (s.epoch > 0) this.shutdownHandOffs.saved(`${s.ref.namespace}/${s.ref.name}`);
+          }
         } catch (err) {
           failed++;
           failedSessions.add(s);
@@ -371,6 +381,14 @@ export class SessionManager implements Admission {
       }));
     }
     return { hibernated, failed };
+  }
+
+  /**
+   * After shutdown(): waits up to `timeoutMs` for the operator to ask for every session the
+   * shutdown saved from memory (shutdown-handoffs.ts), so that it learns of each save.
+   */
+  handOffsCollected(timeoutMs: number): Promise<{ asked: number; unasked: string[] }> {
+    return this.shutdownHandOffs.collected(timeoutMs);
   }
 
   /** Throws shutting_down once SIGTERM has been received. */

@@ -140,7 +140,12 @@ export class Session {
    */
   handOff(newer: number): Promise<HibernateOutcome> {
     if (!this.dropped || newer > this.dropped) this.dropped = newer;
-    return this.queue.run(async () => (await this.doHibernate("handoff", false)).outcome);
+    return this.queue.run(async () => {
+      const out = (await this.doHibernate("handoff", false)).outcome;
+      // Saved from memory by this pod's SIGTERM just before the ask: for its next placement it is a
+      // session that was in memory when its pod went (it goes back into memory there).
+      return out.outcome === "already-hibernated" && this.lastHibernation?.reason === "shutdown" ? { ...out, outcome: "hibernated" } : out;
+    });
   }
 
   /**

@@ -48,9 +48,10 @@ describe("helm chart", () => {
         }
       }
       const runtimeEnv = (deployments.find((d) => JSON.stringify(d).includes("TORPOR_MODEL"))!.spec!.template!.spec.containers[0] as unknown as { env: Array<{ name: string; value?: string }> }).env;
-      // The grace covers a shutdown's hibernates: sessions x state / bandwidth + 1 + 30 s.
+      // The grace covers a shutdown's hibernates: sessions x state / bandwidth + 1 + 30 s, and the 5 s
+      // in which the runtime waits for the operator to collect them.
       const grace = (deployments.find((d) => JSON.stringify(d).includes("TORPOR_MODEL"))!.spec!.template!.spec as unknown as { terminationGracePeriodSeconds: number }).terminationGracePeriodSeconds;
-      assert.equal(grace, v.length ? Math.floor(6 * 1024 / 100) + 31 : Math.floor(8 * 1024 / 100) + 31);
+      assert.equal(grace, v.length ? Math.floor(6 * 1024 / 100) + 36 : Math.floor(8 * 1024 / 100) + 36);
       for (const [name, value] of Object.entries(PROCESS_TUNING_ENV)) {
         assert.equal(runtimeEnv.find((e) => e.name === name)?.value, value, `runtime pods lack ${name}=${value}`);
       }

@@ -576,20 +576,30 @@ spec:
     assert.equal(st.history.length, 5);
   });
 
-  it("a session deleted while no runtime pod runs: a cleanup pod deletes its files and the finalizer goes", async () => {
+  it("a session deleted while no runtime pod runs: a cleanup pod deletes its files and the finalizer goes; one in memory when the pool went says Hibernated", async () => {
     const placed = await inMemorySession("orphaned", "Delete me later.");
     await hibernateAndWait("orphaned");
     assert.ok((await readdir(hibDir())).some((f) => f.startsWith("orphaned")));
+    await inMemorySession("awake", "Keep me.");
     await tb.kubectl(["scale", "deployment/runtime-tiny", "--replicas=0"]);
     // (A pod on the node an earlier test failed never goes away, as on a real cluster: it is not Ready.)
     const readyRuntimes = async () => (JSON.parse(await tb.kubectl(["get", "pods", "-l", "app.kubernetes.io/component=runtime", "-o", "json"])) as { items: Array<{ status?: { conditions?: Array<{ type: string; status: string }> } }> })
       .items.filter((p) => p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True")).length;
     await eventually("no Ready runtime pod", async () => ((await readyRuntimes()) === 0 ? true : undefined), 90_000);
+    // Its pod saved it as it went (a hand-off), and nothing holds it now: status must not say
+    // InMemory (found on cluster-up: the commit was lost when the placement on the other, also
+    // terminating, pod failed).
+    const asleep = await eventually("awake saved by its pod", async () => {
+      const s = await get("awake");
+      return s.status?.residency === "Hibernated" ? s : undefined;
+    }, 30_000);
+    assert.equal(asleep.status!.conditions!.find((c) => c.type === "Degraded")!.status, "False");
     await tb.kubectl(["delete", "isess", "orphaned", "--wait=true", "--timeout=90s"]);
     assert.deepEqual((await readdir(hibDir())).filter((f) => f.startsWith("orphaned")), [], "files removed, the claim included");
     assert.equal((await tb.kubectl(["get", "pods", "-l", "app.kubernetes.io/component=cleanup", "-o", "name"])).trim(), "", "the cleanup pod is gone");
     void placed;
     await tb.kubectl(["scale", "deployment/runtime-tiny", "--replicas=2"]);
     await tb.kubectl(["rollout", "status", "deployment/runtime-tiny", "--timeout=120s"]);
+    await tb.kubectl(["delete", "isess", "awake", "--wait=true", "--timeout=90s"]);
   });
 });

@@ -50,6 +50,35 @@ describe("hand-off between placements", () => {
   });
 });
 
+describe("shutdown", () => {
+  it("answers on after the SIGTERM save until the operator has asked for each saved session, and says it was in memory", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "leaving", epoch: 1 });
+    const idle = await h.manager.register({ namespace: "default", name: "asleep", epoch: 1 });
+    void idle; // never in memory: nothing to hand off
+    await s.submit("The code word is heron.", greedy(4));
+    assert.deepEqual(await h.manager.shutdown(), { hibernated: 1, failed: 0 });
+    const waiting = h.manager.handOffsCollected(30_000);
+    const t0 = performance.now();
+    const out = await h.manager.handOff("default", "leaving", 2);
+    assert.equal(out.outcome, "hibernated", "saved from memory by the shutdown: its next pod takes it back into memory");
+    assert.deepEqual(await waiting, { asked: 1, unasked: [] });
+    assert.ok(performance.now() - t0 < 5000, "no wait once every saved session was asked for");
+  });
+
+  it("stops waiting after its deadline when no operator asks", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "default", name: "unasked", epoch: 3 });
+    await s.submit("Hello.", greedy(2));
+    await h.manager.shutdown();
+    assert.deepEqual(await h.manager.handOffsCollected(50), { asked: 0, unasked: ["default/unasked"] });
+    const local = await harness();
+    await (await local.manager.register({ namespace: "default", name: "no-operator" })).submit("Hello.", greedy(2));
+    await local.manager.shutdown();
+    assert.deepEqual(await local.manager.handOffsCollected(60_000), { asked: 0, unasked: [] }, "no epoch, no operator: nothing to wait for");
+  });
+});
+
 describe("checkpoints", () => {
   it("writes the state between turns, keeps it after a restore, and a crash loses at most the turns since", async () => {
     const h = await harness();
