@@ -35,6 +35,12 @@ export class ClusterView {
     return new RuntimeClient(`http://${pod.ip}:${pod.port}`, this.runtimeToken, timeoutMs);
   }
 
+  /** Whether the pod is Ready in the latest view (a watch event may have come during a reconcile). */
+  stillReady(pod: RuntimePod): boolean {
+    const p = this.pods.get(`${pod.namespace}/${pod.name}`);
+    return !!p && isReadyPod(p);
+  }
+
   runtimePods(): RuntimePod[] {
     // Only a placement on a new pod reads the counts: the reconcile of a placed session (nearly
     // every one) must not walk the whole session cache for them.

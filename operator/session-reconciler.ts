@@ -56,7 +56,10 @@ export class SessionReconciler {
     const release = plan.kind === "use" && plan.register ? this.view.reserve(plan.pod) : undefined;
     try {
       return await this.finalizer.run(s,
-        () => this.apply(s, plan, pods, runtime, log),
+        // The pod it went to may have started going while it did (a pool scaled down: every pod
+        // at once). That pod's watch event came before status named it, so it queued nothing here,
+        // and the pod's SIGTERM save went unasked until the next resync: look again at once.
+        () => this.apply(s, plan, pods, runtime, log).then((requeue) => requeue ?? (plan.kind === "use" && !this.view.stillReady(plan.pod) ? 100 : undefined)),
         () => this.cleanup(s, plan, log));
     } finally {
       release?.();
