@@ -72,13 +72,13 @@ for lib in "$prebuilt"/*.so; do ln -s "$(realpath -m --relative-to="$out/Release
   const { getPlatformInfo } = await import('$nlc/dist/bindings/utils/getPlatformInfo.js');
   const meta = JSON.parse(fs.readFileSync('$prebuilt/_nlcBuildMetadata.json', 'utf8'));
   meta.buildOptions.platformInfo = await getPlatformInfo();
-  meta.buildOptions.torpor = 'state files and threadpools (runtime/native)';
+  meta.buildOptions.torpor = 'state files, threadpools and greedy sampling (runtime/native)';
   fs.writeFileSync('$stage/Release/_nlcBuildMetadata.json', JSON.stringify(meta));
 ") || skip "could not write the build metadata"
 echo "$digest" > "$stage/Release/torpor-addon.digest"
 echo done > "$stage/buildDone.status"
 # Refuse an addon this Node cannot load: node-llama-cpp would fall back to its own, but say so here.
-(cd "$stage/Release" && node -e "const a = require('./llama-addon.node'); const p = a.AddonContext?.prototype; if (!['saveSequenceStatePlain', 'loadSequenceStatePlain', 'attachThreadpool'].every((m) => typeof p?.[m] === 'function')) process.exit(1)") \
+(cd "$stage/Release" && node -e "const a = require('./llama-addon.node'); const p = a.AddonContext?.prototype; if (!['saveSequenceStatePlain', 'loadSequenceStatePlain', 'attachThreadpool', 'sampleGreedy'].every((m) => typeof p?.[m] === 'function')) process.exit(1)") \
   || { rm -rf "$stage"; skip "the built addon does not load"; }
 rm -rf "$out"
 mv "$stage" "$out"

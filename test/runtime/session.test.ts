@@ -532,21 +532,21 @@ describe("context pool", () => {
 
   it("batch composition: the sessions of a shared context decode in sequence order, and with gathering all join each step", async () => {
     // Each decode's batch, as node-llama-cpp made it (testbed/decode-batches.ts).
-    const run = async (gatherBatches: boolean) => {
-      const log: number[] = [], orders: number[][] = [];
-      const h = await harness({ sequencesPerContext: 4, gatherBatches }, undefined, undefined, (host) => recordingDecodeBatches(host, log, undefined, orders));
+    const run = async (gatherBatches: boolean, sampling: { temperature: number; seed?: number } = { temperature: 0 }) => {
+      const log: number[] = [], orders: number[][] = [], sampled: number[] = [];
+      const h = await harness({ sequencesPerContext: 4, gatherBatches }, undefined, undefined, (host) => recordingDecodeBatches(host, log, undefined, orders, sampled));
       const sessions = await Promise.all(["a", "b", "c", "d"].map((n) => h.manager.register({ namespace: "default", name: n })));
       // Made resident one after another, so a to d hold sequences 0 to 3 (no decode yet).
       for (const s of sessions) await s.warm();
-      const outs = await Promise.all(sessions.map((s, i) => s.submit(`Tell me about day ${i}.`, greedy(16))));
+      const outs = await Promise.all(sessions.map((s, i) => s.submit(`Tell me about day ${i}.`, { ...greedy(16), ...sampling })));
       // A session that leaves gives its sequence back; the next one takes the lowest kept id:
       // b's 1, not c's 2 (returned last).
       await sessions[1]!.hibernate("test");
       await sessions[2]!.hibernate("test");
       const e = await h.manager.register({ namespace: "default", name: "e" });
-      const moreLog = log.length;
+      const moreLog = log.length, moreSampled = sampled.length;
       await Promise.all([sessions[0]!.submit("And then?", greedy(6)), e.submit("Hello.", greedy(6)), sessions[3]!.submit("And then?", greedy(6))]);
-      return { texts: outs.map((o) => o.text), tokens: outs.map((o) => o.completionTokens), decodes: log.slice(0, moreLog), orders, laterOrders: orders.slice(moreLog) };
+      return { texts: outs.map((o) => o.text), tokens: outs.map((o) => o.completionTokens), decodes: log.slice(0, moreLog), orders, laterOrders: orders.slice(moreLog), sampled: sampled.slice(0, moreSampled) };
     };
     const plain = await run(false);
     const gathered = await run(true);
@@ -561,9 +561,16 @@ describe("context pool", () => {
     // One decode for the four prompts, then one per step while all four generate.
     assert.ok(gathered.decodes.length <= steps + 1, `${gathered.decodes.length} decodes for ${steps} steps: ${gathered.decodes.join(",")}`);
     assert.ok(gathered.decodes.slice(1, Math.min(...gathered.tokens)).every((n) => n === 4), `each step carries all four: ${gathered.decodes.join(",")}`);
-    // Why gathering exists: node-llama-cpp alone leaves a sequence out of most steps. If this stops
+    // Greedy tokens come off the logits a batch at a time (batch-sampling.ts): four at a time while
+    // all four generate. If none does, node-llama-cpp stopped calling sampleToken as the hook expects.
+    for (const r of [plain, gathered]) assert.ok(r.sampled.filter((n) => n === 4).length >= Math.min(...r.tokens) - 1, `greedy batches: ${r.sampled.join(",")}`);
+    // Why gathering exists: sampled by node-llama-cpp (a temperature), each sequence's token comes
+    // back on its own, and node-llama-cpp alone leaves a sequence out of most steps. If this stops
     // failing to batch, node-llama-cpp fixed it and the gathering in batch-composition.ts can go.
-    assert.ok(plain.decodes.length > gathered.decodes.length, `without gathering: ${plain.decodes.join(",")}`);
+    const hot = { temperature: 0.8, seed: 7 };
+    const [plainHot, gatheredHot] = [await run(false, hot), await run(true, hot)];
+    assert.ok(plainHot.decodes.length > gatheredHot.decodes.length, `without gathering: ${plainHot.decodes.join(",")}; with: ${gatheredHot.decodes.join(",")}`);
+    assert.deepEqual(gatheredHot.sampled, [], "sampled by node-llama-cpp");
   });
 
   it("records flash attention with the state: a state is restored with the setting it was saved with, whatever the runtime's now", async () => {
