@@ -180,6 +180,19 @@ export function statusAfterFailedPlacement(s: InferenceSession, o: { now: Date; 
   });
 }
 
+/**
+ * Why status.contextSize is not spec.contextSize for a session in memory. The runtime moves a
+ * session to a context of the new size before its next turn, but never below the conversation it
+ * holds (it keeps its context); without a word, a user who shrank the spec to free memory saw the
+ * old size stay with every condition green (found on cluster-up).
+ */
+export function contextSizeNote(want: number | undefined, rt: Pick<RuntimeSessionStatus, "residency" | "contextSize" | "tokenCount"> | undefined): string {
+  if (want === undefined || !rt || rt.residency !== "InMemory" || rt.contextSize === want) return "";
+  return want <= rt.tokenCount
+    ? `; keeps its context of ${rt.contextSize} tokens: spec.contextSize ${want} does not hold the ${rt.tokenCount} tokens of the conversation (start a new session for a smaller context)`
+    : `; moves to a context of ${want} tokens (spec.contextSize) before its next turn`;
+}
+
 /** A runtime error code (state_rejected, checksum_mismatch) as a condition/Event reason (ChecksumMismatch). */
 export const reasonOf = (code: string) => code.split(/[_-]/).map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join("");
 
@@ -222,7 +235,7 @@ export function computeStatus(s: InferenceSession, o: Observation): InferenceSes
       ? { status: "False" as const, reason: "HandOff", message: `waiting for pod ${o.handOffFrom.name}, which held the session in memory and is no longer Ready, to save it` }
     : err && residency !== "InMemory"
       ? { status: "False" as const, reason: err.reason, message: err.message }
-      : { status: "True" as const, reason: residency === "NotCreated" ? "Placed" : residency, message: `served by pod ${o.pod?.name} on node ${o.pod?.node}` };
+      : { status: "True" as const, reason: residency === "NotCreated" ? "Placed" : residency, message: `served by pod ${o.pod?.name} on node ${o.pod?.node}${contextSizeNote(s.spec.contextSize, rt)}` };
   const h = rt?.lastHibernation ?? o.committed?.record;
   // Registered over a commit this status never recorded (saved on a SIGTERM while no operator ran:
   // a helm uninstall and install): what the runtime read of it.

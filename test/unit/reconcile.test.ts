@@ -50,6 +50,19 @@ describe("placement", () => {
     assert.equal(liveStateLost(mem, "Hibernated"), false);
   });
 
+  it("says why a session in memory keeps a context size other than its spec's", () => {
+    const ready = (spec: number | undefined, rt: SessionStatus) =>
+      computeStatus(session({ spec: { model: "m", residency: "InMemory", ...(spec !== undefined ? { contextSize: spec } : {}) } }), { now, pod: pod("a"), runtime: rt }).conditions!.find((c) => c.type === "Ready")!;
+    assert.equal(ready(1024, runtime("InMemory")).message, "served by pod a on node node-a");
+    assert.equal(ready(undefined, runtime("InMemory")).message, "served by pod a on node node-a", "no spec size: the pool's default, nothing to compare");
+    const kept = ready(256, runtime("InMemory", { contextSize: 2048, tokenCount: 423 }));
+    assert.equal(kept.status, "True");
+    assert.match(kept.message, /keeps its context of 2048 tokens: spec.contextSize 256 does not hold the 423 tokens/);
+    assert.match(ready(4096, runtime("InMemory", { contextSize: 2048, tokenCount: 423 })).message, /moves to a context of 4096 tokens \(spec.contextSize\) before its next turn/);
+    assert.match(ready(512, runtime("InMemory", { contextSize: 2048, tokenCount: 423 })).message, /moves to a context of 512 tokens/);
+    assert.equal(ready(256, runtime("Hibernated", { contextSize: 2048, tokenCount: 423 })).message, "served by pod a on node node-a", "asleep: the size is chosen when it wakes");
+  });
+
   it("still knows a session was in memory after a round without any Ready pod cleared its pod", () => {
     const waited = computeStatus(session({ status: { pod: "b", residency: "InMemory" } }), { now, waiting: { reason: "NoRuntimePod", message: "none" } });
     assert.equal(waited.pod, undefined);
