@@ -13,3 +13,8 @@ export const WOKEN_AT_ANNOTATION = "torpor.dev/woken-at";
 
 /** The Ready condition's reason while a session's pool is scaled to zero: the next request wakes it. */
 export const SCALED_TO_ZERO_REASON = "ScaledToZero";
+/**
+ * Ready reason of a session whose model no runtime pool serves at all (a typo in spec.model, a pool
+ * not installed): waiting cannot help, so the gateway answers at once instead of holding the request.
+ */
+export const NO_RUNTIME_POOL_REASON = "NoRuntimePool";

@@ -8,7 +8,7 @@ import { keyOf, mergePatch } from "../common/kube.js";
 import { TorporError } from "../contract/errors.js";
 import type { Logger } from "../common/logger.js";
 import { GROUP, PLURAL, VERSION, WAKE_ANNOTATION, type InferenceSession } from "../contract/inference-session.js";
-import { SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
+import { NO_RUNTIME_POOL_REASON, SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
 import type { EventRecorder } from "../common/events.js";
 import type { RuntimePodLookup } from "./runtime-pod-cache.js";
 import { servingPod } from "./serving-pod.js";
@@ -113,6 +113,9 @@ export class SessionRouter {
       const serving = servingPod(s);
       const pod = serving ? this.pods.ready(serving) : undefined;
       if (pod && serving) return { session: s, url: `http://${pod.ip}:${this.opts.runtimePort}`, pod: serving, woken };
+      // No pool for its model at all: nothing is coming, so the caller is told now, not after the wake timeout.
+      const ready = readyCondition(s);
+      if (ready?.reason === NO_RUNTIME_POOL_REASON) throw new TorporError("model_not_found", `session ${namespace}/${name}: ${ready.message}`);
       // Its pool sleeps: this request is the one that wakes it (the operator scales it back up).
       if (!poolWoken && readyCondition(s)?.reason === SCALED_TO_ZERO_REASON) {
         await this.api.patchNamespacedCustomObject({

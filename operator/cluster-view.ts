@@ -17,6 +17,8 @@ export class ClusterView {
   readonly actedOn = new Map<string, string>();
   /** Models whose runtime pool the operator scaled to zero (pool-scaler.ts keeps it current). */
   readonly asleepModels = new Set<string>();
+  /** Models that have a runtime pool, a Deployment of the release (pool-scaler.ts keeps it current). */
+  readonly pooledModels = new Set<string>();
   /** Placements decided whose status is not written yet, per pod name (see load()). */
   private readonly placingCount = new Map<string, number>();
   /** Per session, the status of this operator's write under way (its echo may come before its response). */

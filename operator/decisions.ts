@@ -1,7 +1,7 @@
 // The controller's decisions as pure functions: (session, observed world) -> what to do, and
 // (session, results) -> the status to write. No I/O here, so every branch is unit-tested.
 import type { HibernateOutcome, SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
-import { SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
+import { NO_RUNTIME_POOL_REASON, SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
 import { FINALIZER, WAKE_ANNOTATION, formatBytes, parseDuration, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "../contract/inference-session.js";
 
 export interface RuntimePod {
@@ -24,7 +24,7 @@ export interface RuntimePod {
 
 export type Placement =
   | { kind: "finalize"; pod?: RuntimePod }
-  | { kind: "wait"; reason: "NoRuntimePod" | typeof SCALED_TO_ZERO_REASON; message: string }
+  | { kind: "wait"; reason: "NoRuntimePod" | typeof SCALED_TO_ZERO_REASON | typeof NO_RUNTIME_POOL_REASON; message: string }
   | {
     kind: "use"; pod: RuntimePod; register: boolean;
     /** The status says a runtime held the session in memory, and this pod is not known to hold it so (it must be registered again, or was found as the holder). */
@@ -52,7 +52,11 @@ export function handedOffInMemory(s: InferenceSession): boolean {
  * Where the session lives. `registered` says whether its pod already knows it (so a healthy,
  * registered session costs no runtime write).
  */
-export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registered: boolean, poolAsleep = false, holder?: string): Placement {
+/**
+ * @param pools the models that have a runtime pool (a Deployment), where known: a model outside it
+ * waits for a pool that nobody is starting.
+ */
+export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registered: boolean, poolAsleep = false, holder?: string, pools?: ReadonlySet<string>): Placement {
   // `holder`: the Ready pod found serving the session at its current epoch although status names
   // another (an operator died between its runtime calls and its status write): that is where it is.
   const onPod = (name: string | undefined) => pods.find((p) => p.name === name && p.ready && p.model === s.spec.model);
@@ -74,6 +78,11 @@ export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registe
   if (!next) {
     if (poolAsleep) {
       return { kind: "wait", reason: SCALED_TO_ZERO_REASON, message: `the runtime pool of model "${s.spec.model}" is scaled to zero while its sessions sleep; the next request (or spec.residency InMemory) wakes it` };
+    }
+    // Pods of the model that are not Ready yet mean something runs it (pods outside a Deployment, say).
+    if (pools && !pools.has(s.spec.model) && !pods.some((p) => p.model === s.spec.model)) {
+      const served = [...pools].sort().map((m) => `"${m}"`).join(", ") || "none";
+      return { kind: "wait", reason: NO_RUNTIME_POOL_REASON, message: `no runtime pool serves model "${s.spec.model}" (the pools here serve: ${served}); create the session with one of those models, or add a pool for it (the chart's models[])` };
     }
     return { kind: "wait", reason: "NoRuntimePod", message: `no Ready runtime pod serves model "${s.spec.model}" (pods labelled torpor.dev/model=${s.spec.model})` };
   }

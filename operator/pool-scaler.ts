@@ -47,16 +47,18 @@ export class PoolScaler {
     await this.informer?.stop();
   }
 
-  /** Models whose pool the operator has scaled to zero. */
+  /** Models that have a pool, and those whose pool the operator has scaled to zero. */
   private publish(): void {
-    const before = new Set(this.view.asleepModels);
+    const asleep = new Set(this.view.asleepModels), pooled = new Set(this.view.pooledModels);
     this.view.asleepModels.clear();
+    this.view.pooledModels.clear();
     for (const d of this.deployments.values()) {
       const p = poolOf(d);
+      if (p) this.view.pooledModels.add(p.model);
       if (p && isAsleep(p)) this.view.asleepModels.add(p.model);
     }
-    for (const m of new Set([...before, ...this.view.asleepModels])) {
-      if (before.has(m) !== this.view.asleepModels.has(m)) this.onPoolChanged(m);
+    for (const m of new Set([...asleep, ...this.view.asleepModels, ...pooled, ...this.view.pooledModels])) {
+      if (asleep.has(m) !== this.view.asleepModels.has(m) || pooled.has(m) !== this.view.pooledModels.has(m)) this.onPoolChanged(m);
     }
   }
 

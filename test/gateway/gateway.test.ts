@@ -157,6 +157,10 @@ describe("gateway on the testbed", () => {
     await expect(await post("guarded/chat/completions", "not-a-token", ok), 401, "unauthorized");
     await expect(await post("guarded/chat/completions", undefined, ok), 401, "unauthorized");
     await expect(await post("nope/chat/completions", alice, ok), 404, "session_not_found");
+    // A model no pool serves (a typo): told at once, not after the wake timeout.
+    await tb.kubectl(["apply", "-f", "-"], session("unserved").replace("model: tiny", "model: tiny-typo"));
+    await eventually("Ready says NoRuntimePool", async () => (await get("unserved")).status?.conditions?.find((c) => c.type === "Ready")?.reason === "NoRuntimePool" ? true : undefined, 30_000);
+    await expect(await post("unserved/chat/completions", alice, ok), 404, "model_not_found", /no runtime pool serves model "tiny-typo" \(the pools here serve: "tiny"\)/);
     await expect(await post("guarded/chat/completions", alice, { messages: "hi" }), 400, "bad_request", /^messages/);
     await expect(await post("guarded/chat/completions", alice, "{oops"), 400, "bad_request", /not valid JSON/);
     await expect(await post("guarded/submit", alice, { prompt: 5 }), 400, "bad_request", /^prompt/);

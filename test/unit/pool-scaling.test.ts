@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { V1Deployment } from "@kubernetes/client-node";
 import { WAKE_ANNOTATION, type InferenceSession } from "../../contract/inference-session.js";
-import { SCALED_TO_ZERO_REASON } from "../../contract/runtime-pool.js";
+import { NO_RUNTIME_POOL_REASON, SCALED_TO_ZERO_REASON } from "../../contract/runtime-pool.js";
 import { computeStatus, decidePlacement } from "../../operator/decisions.js";
 import { decidePoolScale, isAsleep, poolOf, type PoolState } from "../../operator/pool-scaling.js";
 
@@ -109,5 +109,20 @@ describe("runtime pool scaling", () => {
     assert.equal(st.phase, "Idle");
     assert.equal(st.residency, "Hibernated");
     assert.equal((decidePlacement(s, [], false, false) as { reason: string }).reason, "NoRuntimePod");
+  });
+
+  it("a session whose model no pool serves says so, and which models the pools serve; a pod of the model starting is waited for", () => {
+    const s = session("a", { residency: "InMemory" });
+    s.spec.model = "llama-70b";
+    const none = decidePlacement(s, [], false, false, undefined, new Set(["smollm2", "m"]));
+    assert.equal(none.kind === "wait" && none.reason, NO_RUNTIME_POOL_REASON);
+    assert.match((none as { message: string }).message, /no runtime pool serves model "llama-70b" \(the pools here serve: "m", "smollm2"\)/);
+    const st = computeStatus(s, { now: new Date(T0), waiting: none as { reason: string; message: string } });
+    assert.equal(st.conditions!.find((c) => c.type === "Ready")!.reason, NO_RUNTIME_POOL_REASON);
+    assert.equal(st.phase, "Pending");
+    const starting = decidePlacement(s, [{ name: "p", namespace: "torpor", node: "n", ip: "1.2.3.4", port: 8080, model: "llama-70b", ready: false, sessions: 0 }], false, false, undefined, new Set(["smollm2"]));
+    assert.equal((starting as { reason: string }).reason, "NoRuntimePod", "a pod of the model exists: it is coming");
+    s.spec.model = "smollm2";
+    assert.equal((decidePlacement(s, [], false, false, undefined, new Set(["smollm2"])) as { reason: string }).reason, "NoRuntimePod", "its pool has no Ready pod yet");
   });
 });
