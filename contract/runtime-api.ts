@@ -22,6 +22,19 @@ export interface HibernationFileEntry {
   hibernatedAt: string;
 }
 
+/** One message of a conversation read back (`GET .../messages`), in OpenAI's chat shape. */
+export interface ConversationMessage {
+  role: "system" | "user" | "assistant";
+  content: string;
+}
+
+/** A session's conversation, as the runtime holding it has it (in memory, or in its hibernation manifest). */
+export interface Conversation {
+  messages: ConversationMessage[];
+  /** Where it was read: memory, or the manifest of the state on the volume (the session was not woken). */
+  source: "memory" | "volume";
+}
+
 /** Sent by the gateway: the placement epoch it routed by; a runtime holding an older one refuses. */
 export const EPOCH_HEADER = "x-torpor-epoch";
 

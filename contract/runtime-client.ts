@@ -2,7 +2,7 @@
 // the tests. node:http over a keep-alive pool: fetch (undici) with its web-stream bridge cost about
 // a millisecond more per proxied request on the benchmark machine, the gateway's whole budget.
 import http from "node:http";
-import type { GenerateResult, HibernateOutcome, HibernationFileEntry, RuntimeInfo, SessionStatus, Wake } from "./runtime-api.js";
+import type { Conversation, GenerateResult, HibernateOutcome, HibernationFileEntry, RuntimeInfo, SessionStatus, Wake } from "./runtime-api.js";
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 512, scheduling: "lifo" });
 
@@ -100,6 +100,7 @@ export class RuntimeClient {
   info(): Promise<RuntimeInfo> { return this.request("GET", "/v1/runtime"); }
   register(ns: string, name: string, body: RegisterBody = {}): Promise<SessionStatus> { return this.request("PUT", sessionPath(ns, name), body); }
   status(ns: string, name: string): Promise<SessionStatus> { return this.request("GET", sessionPath(ns, name)); }
+  conversation(ns: string, name: string): Promise<Conversation> { return this.request("GET", `${sessionPath(ns, name)}/messages`); }
   list(): Promise<{ sessions: SessionStatus[] }> { return this.request("GET", "/v1/sessions"); }
   submit(ns: string, name: string, prompt: string, opts: { max_tokens?: number; temperature?: number } = {}): Promise<SubmitResponse> {
     return this.request("POST", `${sessionPath(ns, name)}/submit`, { prompt, ...opts });

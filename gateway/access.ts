@@ -15,7 +15,7 @@ export interface AccessRequest {
   name: string;
   verb: "create" | "get";
   /** `chat` for generation routes; none for reading the session. */
-  subresource?: "chat";
+  subresource?: "chat" | "messages";
 }
 
 export interface AccessControl {

@@ -91,6 +91,17 @@ export function createGatewayApp(d: GatewayDeps, metrics = new GatewayMetrics())
     res.json(model);
   });
 
+  // The conversation a session holds, for a chat UI to reload what it shows. Its own permission
+  // (a conversation says more than a status does): `get` on `inferencesessions/messages`.
+  app.get("/v1/sessions/:namespace/:name/messages", async (req, res) => {
+    const { namespace, name } = ref(req);
+    await d.access.check(req.headers.authorization, { namespace, name, verb: "get", subresource: "messages" }, source(req));
+    const target = await d.router.locate(namespace, name);
+    const r = await new RuntimeClient(target.url, d.runtimeToken).raw("GET", `${sessionPath(namespace, name)}/messages`)
+      .catch((err: unknown) => { throw new TorporError("runtime_unavailable", `runtime pod ${target.pod} is unreachable: ${(err as Error).message}`); });
+    res.status(r.status).type("application/json").send(await r.text());
+  });
+
   const generation = (route: "chat" | "submit", validate: (body: Record<string, unknown>) => void, suffix: string) =>
     async (req: Request, res: Response) => {
       const end = metrics.duration.startTimer({ route });

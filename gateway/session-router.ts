@@ -89,6 +89,22 @@ export class SessionRouter {
     return p;
   }
 
+  /**
+   * The pod that holds the session now, without waking it or its pool (a reader of its history must
+   * not cost a rehydrate). Throws when none does: not placed, moving, or its pool asleep.
+   */
+  async locate(namespace: string, name: string): Promise<Target> {
+    const s = await this.source.get(namespace, name);
+    if (!s) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} does not exist`);
+    if (s.metadata.deletionTimestamp) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} is being deleted`);
+    const serving = servingPod(s);
+    const pod = serving ? this.pods.ready(serving) : undefined;
+    if (!pod || !serving) {
+      throw new TorporError("upstream_unavailable", `session ${namespace}/${name} is on no Ready runtime pod now (${readyCondition(s)?.message || "not placed yet"}); its conversation can be read once it is placed (a request wakes it)`);
+    }
+    return { session: s, url: `http://${pod.ip}:${this.opts.runtimePort}`, pod: serving, woken: false };
+  }
+
   private async resolve(namespace: string, name: string): Promise<Target> {
     let s = await this.source.get(namespace, name);
     if (!s) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} does not exist`);

@@ -5,7 +5,8 @@ import type { Request } from "express";
 import { TorporError } from "../../contract/errors.js";
 import { settingsDigest } from "../../contract/session-settings.js";
 import { asObject, optionalInt, optionalString } from "../../contract/request-validation.js";
-import type { RuntimeInfo } from "../../contract/runtime-api.js";
+import type { Conversation, RuntimeInfo } from "../../contract/runtime-api.js";
+import { conversationMessages } from "../../contract/conversation.js";
 import { wakeHeaders, type ApiDeps } from "./api-deps.js";
 
 export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
@@ -60,6 +61,12 @@ export function mountAdminRoutes(app: express.Express, d: ApiDeps): void {
   app.get("/v1/sessions/:namespace/:name", (req, res) => {
     const s = session(req);
     res.json(req.query.history === "true" ? { ...s.status(), history: s.messages() } : s.status());
+  });
+
+  app.get("/v1/sessions/:namespace/:name/messages", async (req, res) => {
+    const { history, source } = await session(req).conversation();
+    const body: Conversation = { messages: conversationMessages(history), source };
+    res.json(body);
   });
 
   app.post("/v1/sessions/:namespace/:name/hibernate", async (req, res) => {

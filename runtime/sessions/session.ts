@@ -389,6 +389,20 @@ export class Session {
   /** History as stored (for tests and the API's detail view). */
   messages(): ChatHistoryItem[] { return this.history.slice(); }
 
+  /**
+   * The conversation, without waking the session: from memory, or, for a session registered here
+   * asleep (a new pod holds no history until it rehydrates), from its manifest on the volume. Not
+   * on the session's queue: a reader must not wait for a turn under way, nor count as activity.
+   */
+  async conversation(): Promise<{ history: ChatHistoryItem[]; source: "memory" | "volume" }> {
+    if (this.deleted) throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`);
+    if (this.dropped) throw new StaleEpochError(this.window.epoch, this.dropped, `session ${this.ref.namespace}/${this.ref.name} moved`);
+    if (this.residency !== "Hibernated" || this.history.length > 0) return { history: this.messages(), source: "memory" };
+    const saved = await this.deps.store.history(this.ref, this.deps.host.fingerprint, this.window);
+    // Rehydrated meanwhile (its file goes after a load): memory has it now.
+    return saved ? { history: saved, source: "volume" } : { history: this.messages(), source: "memory" };
+  }
+
   /** Runs on the session's queue; `touch`: the task is the user's activity (it restarts the idle clock). */
   private run<T>(task: () => Promise<T>, touch = true): Promise<T> {
     if (this.deleted) return Promise.reject(new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`));

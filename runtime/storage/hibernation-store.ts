@@ -431,30 +431,19 @@ export class HibernationStore {
     return m ? { tokenCount: m.tokenCount, hibernatedAt: m.hibernatedAt, bytes: m.stateBytes } : undefined;
   }
 
-  /**
-   * Reads and verifies the hibernated state this window may load; throws StateRejectedError without
-   * touching the files. A hand-off commit from the previous placement is first adopted: renamed
-   * (atomically) to this epoch's name, so its writer can no longer replace it. `whileHashing` runs
-   * once the manifest checks out, concurrently with the checksum (the caller allocates its context
-   * meanwhile); if the checksum then fails, the caller undoes it. `loaders`, given the manifest,
-   * may say how to load it straight into the caller's sequence after `whileHashing` (which
-   * allocates it): a sealed state opened chunk by chunk, an unsealed one (with an xxHash64) read
-   * once; it then comes back `loaded`, its integrity already known.
-   */
-  async verify(ref: SessionRef, modelFingerprint: string, window: EpochWindow = UNFENCED, whileHashing?: (m: HibernationManifest) => Promise<void>,
-    loaders?: (m: HibernationManifest) => StateLoaders | undefined): Promise<VerifiedState | undefined> {
-    const dir = await this.dirFor(ref);
-    const files = await this.scan(dir, ref.name);
-    const newest = HibernationStore.newest(files);
-    if (window.epoch > 0 && newest > window.epoch) throw new StaleEpochError(window.epoch, newest, `cannot load ${ref.namespace}/${ref.name}`);
-    const picked = HibernationStore.pick(files, window);
-    if (!picked) return undefined;
-    if (picked[0] < window.epoch && await this.adopt(ref, window)) return this.verify(ref, modelFingerprint, window, whileHashing, loaders);
-    const manifestFile = path.join(dir, picked[1]);
-    // Relative to the volume: error bodies and status must not reveal the node's mount layout.
-    const reject = (reason: ConstructorParameters<typeof StateRejectedError>[0], msg: string): never => {
+  // Relative to the volume: error bodies and status must not reveal the node's mount layout.
+  private rejecter(manifestFile: string) {
+    return (reason: ConstructorParameters<typeof StateRejectedError>[0], msg: string): never => {
       throw new StateRejectedError(reason, msg, path.relative(this.root, manifestFile));
     };
+  }
+
+  /**
+   * Reads, authenticates (when sealed) and checks a manifest for this session and window; throws
+   * StateRejectedError, touches nothing. Undefined when the file is gone.
+   */
+  private async openManifest(ref: SessionRef, modelFingerprint: string, window: EpochWindow, manifestFile: string): Promise<{ m: HibernationManifest; modelChanged: boolean } | undefined> {
+    const reject = this.rejecter(manifestFile);
     let raw: string;
     try {
       raw = await readRegularFile(manifestFile, MAX_MANIFEST_BYTES);
@@ -496,6 +485,46 @@ export class HibernationStore {
     if (window.epoch > 0 && (m.epoch ?? 0) < window.min) {
       reject("epoch_too_old", `written by placement epoch ${m.epoch ?? 0}; this placement accepts ${window.min} and newer`);
     }
+    return { m, modelChanged };
+  }
+
+  /**
+   * The conversation in the commit this window may load, read without loading, verifying the state
+   * or adopting anything (a reader of the history must not move files). Undefined where there is
+   * no commit (never hibernated, or rehydrated since: its file goes after a load).
+   */
+  async history(ref: SessionRef, modelFingerprint: string, window: EpochWindow = UNFENCED): Promise<HibernationManifest["history"] | undefined> {
+    const dir = await this.dirFor(ref);
+    const picked = HibernationStore.pick(await this.scan(dir, ref.name), window);
+    if (!picked) return undefined;
+    return (await this.openManifest(ref, modelFingerprint, window, path.join(dir, picked[1])))?.m.history;
+  }
+
+  /**
+   * Reads and verifies the hibernated state this window may load; throws StateRejectedError without
+   * touching the files. A hand-off commit from the previous placement is first adopted: renamed
+   * (atomically) to this epoch's name, so its writer can no longer replace it. `whileHashing` runs
+   * once the manifest checks out, concurrently with the checksum (the caller allocates its context
+   * meanwhile); if the checksum then fails, the caller undoes it. `loaders`, given the manifest,
+   * may say how to load it straight into the caller's sequence after `whileHashing` (which
+   * allocates it): a sealed state opened chunk by chunk, an unsealed one (with an xxHash64) read
+   * once; it then comes back `loaded`, its integrity already known.
+   */
+  async verify(ref: SessionRef, modelFingerprint: string, window: EpochWindow = UNFENCED, whileHashing?: (m: HibernationManifest) => Promise<void>,
+    loaders?: (m: HibernationManifest) => StateLoaders | undefined): Promise<VerifiedState | undefined> {
+    const dir = await this.dirFor(ref);
+    const files = await this.scan(dir, ref.name);
+    const newest = HibernationStore.newest(files);
+    if (window.epoch > 0 && newest > window.epoch) throw new StaleEpochError(window.epoch, newest, `cannot load ${ref.namespace}/${ref.name}`);
+    const picked = HibernationStore.pick(files, window);
+    if (!picked) return undefined;
+    if (picked[0] < window.epoch && await this.adopt(ref, window)) return this.verify(ref, modelFingerprint, window, whileHashing, loaders);
+    const manifestFile = path.join(dir, picked[1]);
+    const manifest = await this.openManifest(ref, modelFingerprint, window, manifestFile);
+    if (!manifest) return undefined;
+    const { m, modelChanged } = manifest;
+    const reject = this.rejecter(manifestFile);
+    const identity: SealIdentity = { namespace: ref.namespace, name: ref.name, path: ref.path ?? "", modelFingerprint };
     const volumeState = path.join(dir, m.stateFile);
     const use = loaders?.(m);
     if (modelChanged) {

@@ -33,6 +33,20 @@ kind: RoleBinding
 metadata: {name: alice-chat, namespace: default}
 subjects: [{kind: ServiceAccount, name: alice, namespace: default}]
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: torpor-chat}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: torpor-transcript, namespace: default}
+rules:
+- apiGroups: [torpor.dev]
+  resources: [inferencesessions/messages]
+  verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: alice-transcript, namespace: default}
+subjects: [{kind: ServiceAccount, name: alice, namespace: default}]
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: torpor-transcript}
 `;
 
 describe("gateway on the testbed", () => {
@@ -203,6 +217,31 @@ describe("gateway on the testbed", () => {
     assert.equal(other.status, 404, await other.text());
     // The address's bucket refills (5/s); valid tokens give back what they took, so it stays full.
     await new Promise((r) => setTimeout(r, 1500));
+  });
+
+  it("gives a session's conversation back to a caller granted inferencesessions/messages, without waking it, also after it moved asleep", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("transcript"));
+    const auth = (token: string) => ({ authorization: `Bearer ${token}` });
+    const res = await fetch(`${gw}/v1/sessions/default/transcript/submit`, { method: "POST", headers: { ...auth(alice), "content-type": "application/json" }, body: JSON.stringify({ prompt: "Hello there!", max_tokens: 6 }) });
+    const reply = ((await res.json()) as { reply: string }).reply;
+    const read = async (token = alice) => fetch(`${gw}/v1/sessions/default/transcript/messages`, { headers: auth(token) });
+    const expected = [{ role: "system", content: "You are a test." }, { role: "user", content: "Hello there!" }, { role: "assistant", content: reply }];
+    assert.deepEqual(await (await read()).json(), { messages: expected, source: "memory" });
+    const refused = await read(bob);
+    assert.equal(refused.status, 403, "chat rights alone do not show a conversation");
+    assert.match(((await refused.json()) as { error: { message: string } }).error.message, /get inferencesessions\/messages/);
+    // Asleep, then its pod goes: the session is registered on the other pod, which has not loaded it.
+    await hibernate("transcript");
+    const before = await get("transcript");
+    await tb.kubectl(["delete", "pod", before.status!.pod!]);
+    await eventually("transcript on another pod", async () => { const s = await get("transcript"); return s.status?.pod && s.status.pod !== before.status!.pod && s.status.conditions?.find((c) => c.type === "Ready")?.status === "True" ? s : undefined; }, 60_000);
+    const moved = await read();
+    assert.equal(moved.status, 200);
+    assert.deepEqual(await moved.json(), { messages: expected, source: "volume" }, "read from its manifest on the volume");
+    const after = await get("transcript");
+    assert.equal(after.spec.residency, "Hibernated", "reading woke nothing");
+    assert.equal(after.status?.residency, "Hibernated");
+    await tb.kubectl(["rollout", "status", "deployment/runtime-tiny", "--timeout=120s"]);
   });
 
   it("a graceful delete of the session's runtime pod keeps the conversation, on both routes, whenever the next turn comes", async () => {

@@ -75,6 +75,28 @@ describe("session lifecycle", () => {
     assert.deepEqual(b.messages(), a.messages());
   });
 
+  it("gives its conversation back without waking: from memory, and from the manifest on a runtime it was registered on asleep", async () => {
+    const h = await harness();
+    const s = await h.manager.register({ namespace: "team-a", name: "reader", path: "tenant-1", systemPrompt: "Be brief." });
+    assert.deepEqual(await s.conversation(), { history: [], source: "memory" }, "nothing yet");
+    const r = await s.submit("My cat is called Tofu.", greedy(8));
+    const expected = [{ type: "system", text: "Be brief." }, { type: "user", text: "My cat is called Tofu." }, { type: "model", response: [r.text] }];
+    assert.deepEqual(await s.conversation(), { history: expected, source: "memory" });
+    await s.hibernate("test");
+    assert.deepEqual(await s.conversation(), { history: expected, source: "memory" }, "hibernated here: the history stayed");
+    // Another runtime on the volume, as a new pod after a move: asleep, it holds no history yet.
+    const other = await harness({}, h.dir);
+    const moved = await other.manager.register({ namespace: "team-a", name: "reader", path: "tenant-1", systemPrompt: "Be brief." });
+    assert.equal(moved.residency, "Hibernated");
+    assert.deepEqual(moved.messages(), []);
+    assert.deepEqual(await moved.conversation(), { history: expected, source: "volume" }, "read from the manifest");
+    assert.equal(moved.residency, "Hibernated", "reading did not wake it");
+    assert.equal(other.manager.residentCount, 0);
+    const next = await moved.submit("What is my cat called?", greedy(8));
+    assert.equal(next.rehydrated, true, "its state was still there to load");
+    assert.equal((await moved.conversation()).source, "memory");
+  });
+
   it("deletes the hibernation files after a successful rehydrate", async () => {
     const h = await harness();
     const s = await h.manager.register({ namespace: "team-a", name: "cleanup", path: "tenant-1" });
