@@ -14,6 +14,7 @@ export type ErrorCode =
   | "shutting_down"
   | "storage_failed"
   | "session_deleted"
+  | "session_invalid"
   | "stale_epoch"
   | "wake_timeout"
   | "rate_limited"
@@ -36,6 +37,7 @@ const STATUS: Record<ErrorCode, number> = {
   shutting_down: 503,
   storage_failed: 507,
   session_deleted: 409,
+  session_invalid: 409,
   stale_epoch: 409,
   wake_timeout: 503,
   rate_limited: 429,

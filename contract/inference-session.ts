@@ -7,6 +7,12 @@ export const VERSION = "v1alpha1";
 export const KIND = "InferenceSession";
 export const PLURAL = "inferencesessions";
 export const FINALIZER = "torpor.dev/hibernation-files";
+/**
+ * Ready reason of a session its runtime pool refused to take at all (a contextSize past the pool's
+ * maxContextSize, a namespace's limit): no pod holds it until its spec changes, so the gateway
+ * answers its requests at once (409 session_invalid) instead of holding them.
+ */
+export const SPEC_INVALID_REASON = "SpecInvalid";
 
 export type DesiredResidency = "InMemory" | "Hibernated";
 /** What the runtime reports: the status mirrors it. */

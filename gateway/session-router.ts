@@ -7,8 +7,9 @@ import { RestartingInformer } from "../common/informer.js";
 import { keyOf, mergePatch } from "../common/kube.js";
 import { TorporError } from "../contract/errors.js";
 import type { Logger } from "../common/logger.js";
-import { GROUP, PLURAL, VERSION, WAKE_ANNOTATION, type InferenceSession } from "../contract/inference-session.js";
+import { GROUP, PLURAL, SPEC_INVALID_REASON, VERSION, WAKE_ANNOTATION, type InferenceSession } from "../contract/inference-session.js";
 import { NO_RUNTIME_POOL_REASON, SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
+
 import type { EventRecorder } from "../common/events.js";
 import type { RuntimePodLookup } from "./runtime-pod-cache.js";
 import { servingPod } from "./serving-pod.js";
@@ -64,6 +65,14 @@ export class InformerSessionSource implements SessionSource {
 
 const readyCondition = (s: InferenceSession) => s.status?.conditions?.find((c) => c.type === "Ready");
 
+/** A session no waiting can serve, said at once: its model has no pool, or its pool refused its spec. */
+function refuseUnservable(s: InferenceSession, namespace: string, name: string): void {
+  const ready = readyCondition(s);
+  if (ready?.status !== "False") return;
+  if (ready.reason === NO_RUNTIME_POOL_REASON) throw new TorporError("model_not_found", `session ${namespace}/${name}: ${ready.message}`);
+  if (ready.reason === SPEC_INVALID_REASON) throw new TorporError("session_invalid", `session ${namespace}/${name} cannot be served: ${ready.message}`);
+}
+
 export class SessionRouter {
   private readonly api: CustomObjectsApi;
   private readonly inflight = new Map<string, Promise<Target>>();
@@ -97,6 +106,7 @@ export class SessionRouter {
     const s = await this.source.get(namespace, name);
     if (!s) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} does not exist`);
     if (s.metadata.deletionTimestamp) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} is being deleted`);
+    refuseUnservable(s, namespace, name);
     const serving = servingPod(s);
     const pod = serving ? this.pods.ready(serving) : undefined;
     if (!pod || !serving) {
@@ -126,12 +136,11 @@ export class SessionRouter {
     }
     const deadline = Date.now() + this.opts.wakeTimeoutMs;
     for (;;) {
+      // Nothing is coming (no pool for its model, a spec its pool refused): told now, not after the wake timeout.
+      refuseUnservable(s, namespace, name);
       const serving = servingPod(s);
       const pod = serving ? this.pods.ready(serving) : undefined;
       if (pod && serving) return { session: s, url: `http://${pod.ip}:${this.opts.runtimePort}`, pod: serving, woken };
-      // No pool for its model at all: nothing is coming, so the caller is told now, not after the wake timeout.
-      const ready = readyCondition(s);
-      if (ready?.reason === NO_RUNTIME_POOL_REASON) throw new TorporError("model_not_found", `session ${namespace}/${name}: ${ready.message}`);
       // Its pool sleeps: this request is the one that wakes it (the operator scales it back up).
       if (!poolWoken && readyCondition(s)?.reason === SCALED_TO_ZERO_REASON) {
         await this.api.patchNamespacedCustomObject({

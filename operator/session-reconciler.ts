@@ -129,7 +129,13 @@ export class SessionReconciler {
         // reconcile (or operator) got there first, and this one starts over.
         const epoch = nextEpoch(s);
         s = await this.writeStatus(s, { ...s.status, epoch });
-        runtime = await c.register(namespace, name, { ...registerBody(s), epoch });
+        runtime = await c.register(namespace, name, { ...registerBody(s), epoch }).catch((err: unknown) => {
+          // Refused outright: nothing holds the session until its spec changes (SPEC_INVALID_REASON).
+          if (err instanceof RuntimeApiError && err.status === 400) {
+            throw new RuntimeApiError(err.status, "spec_invalid", `runtime pod ${plan.pod.name} of model "${s.spec.model}" refused the session: ${err.message}; change the InferenceSession's spec (kubectl edit)`, { reason: "spec_invalid" });
+          }
+          throw err;
+        });
         const previous = pods.find((p) => p.name === s.status?.pod && p.name !== plan.pod.name);
         // Best effort: a previous holder that cannot hear it now is told by the runtime monitor later.
         if (previous?.ip) void this.view.client(previous, 5000).drop(namespace, name, epoch).catch(() => undefined);

@@ -175,6 +175,14 @@ describe("gateway on the testbed", () => {
     await tb.kubectl(["apply", "-f", "-"], session("unserved").replace("model: tiny", "model: tiny-typo"));
     await eventually("Ready says NoRuntimePool", async () => (await get("unserved")).status?.conditions?.find((c) => c.type === "Ready")?.reason === "NoRuntimePool" ? true : undefined, 30_000);
     await expect(await post("unserved/chat/completions", alice, ok), 404, "model_not_found", /no runtime pool serves model "tiny-typo" \(the pools here serve: "tiny"\)/);
+    // A spec its pool refuses (past the pool's maxContextSize, 32768 here; the CRD allows 131072): also at once.
+    await tb.kubectl(["apply", "-f", "-"], session("oversized").replace("contextSize: 1024", "contextSize: 65536"));
+    const refused = await eventually("Ready says SpecInvalid", async () => (await get("oversized")).status?.conditions?.find((c) => c.type === "Ready" && c.reason === "SpecInvalid"), 30_000);
+    assert.match(refused.message, /refused the session: contextSize.*change the InferenceSession's spec/);
+    await expect(await post("oversized/submit", alice, { prompt: "hello", max_tokens: 2 }), 409, "session_invalid", /oversized cannot be served: .*contextSize/);
+    await tb.kubectl(["patch", "isess", "oversized", "--type=merge", "-p", '{"spec":{"contextSize":1024}}']);
+    await eventually("placed once fixed", async () => (await get("oversized")).status?.conditions?.find((c) => c.type === "Ready")?.status === "True" ? true : undefined, 30_000);
+    assert.equal((await post("oversized/submit", alice, { prompt: "hello", max_tokens: 2 })).status, 200);
     await expect(await post("guarded/chat/completions", alice, { messages: "hi" }), 400, "bad_request", /^messages/);
     await expect(await post("guarded/chat/completions", alice, "{oops"), 400, "bad_request", /not valid JSON/);
     await expect(await post("guarded/submit", alice, { prompt: 5 }), 400, "bad_request", /^prompt/);
