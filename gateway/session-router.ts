@@ -110,7 +110,7 @@ export class SessionRouter {
     const serving = servingPod(s);
     const pod = serving ? this.pods.ready(serving) : undefined;
     if (!pod || !serving) {
-      throw new TorporError("upstream_unavailable", `session ${namespace}/${name} is on no Ready runtime pod now (${readyCondition(s)?.message || "not placed yet"}); its conversation can be read once it is placed (a request wakes it)`);
+      throw new TorporError("upstream_unavailable", `session ${namespace}/${name} is on no Ready runtime pod now (${readyCondition(s)?.message || "not placed yet"}); its conversation can be read once a pod holds it`);
     }
     return { session: s, url: `http://${pod.ip}:${this.opts.runtimePort}`, pod: serving, woken: false };
   }
