@@ -3,13 +3,13 @@
 // changes). For tests and benchmarks of batching (runtime/sessions/batch-composition.ts).
 import type { ModelHost } from "../runtime/model/model-host.js";
 
-/** Where a generation step's time went: llama_decode calls, and token sampling (a native job per sequence on libuv's pool, or one call per batch where batch-sampling.ts answers greedy samples). */
+/** Where a generation step's time went: llama_decode calls, and token sampling (a native job per sequence on libuv's pool, or one call per batch where greedy-sampling.ts answers greedy samples). */
 export interface StepTimes { decodes: number; decodeMs: number; samples: number; sampleMs: number }
 
 /**
  * `host`, with each new context appending to `log` the number of batch items of every decode, to
  * `orders` (if given) the sequence ids of those items in batch order, to `sampled` (if given) the
- * number of tokens of every greedy batch read off the logits (runtime/sessions/batch-sampling.ts),
+ * number of tokens of every greedy batch read off the logits (runtime/sessions/greedy-sampling.ts),
  * and adding to `times`.
  */
 export function recordingDecodeBatches(host: ModelHost, log: number[], times?: StepTimes, orders?: number[][], sampled?: number[]): ModelHost {

@@ -15,7 +15,7 @@
 // node-llama-cpp composes in the same microtask run in which the previous decode's results are
 // handed out: 4 generating sequences decoded as 3 + 1 every step (64 decodes for 48 steps). One
 // turn of the event loop after each batch lets every continuation queue first: 48 decodes of 4.
-// Greedy tokens read off the logits (batch-sampling.ts) come back together and join anyway; the
+// Greedy tokens read off the logits (greedy-sampling.ts) come back together and join anyway; the
 // turn matters for every other sampling, whose tokens come back one pool job at a time.
 import type { LlamaContext } from "node-llama-cpp";
 

@@ -12,7 +12,7 @@ import type { RuntimeMetrics } from "../metrics.js";
 import { addCosts, NO_COST, type MemoryCost } from "../model/memory-cost.js";
 import type { FlashAttention, ModelHost } from "../model/model-host.js";
 import { composeBatches } from "./batch-composition.js";
-import { sampleBatches } from "./batch-sampling.js";
+import { greedyFromLogits } from "./greedy-sampling.js";
 import { SerialQueue } from "./serial-queue.js";
 
 export interface ContextPoolOptions {
@@ -101,7 +101,7 @@ export class ContextPool {
     const context = await this.host.createContext(contextSize, sequences, flashAttention);
     if (sequences > 1 && !composeBatches(context, { gather: this.opts.gatherBatches ?? false })) this.log.warn("node-llama-cpp's batching internals changed: sessions sharing a context may decode in more batches than needed");
     // False with node-llama-cpp's own addon: every token is then sampled in a job of its own.
-    sampleBatches(context);
+    greedyFromLogits(context);
     const pooled: PooledContext = { context, contextSize, sequences, flashAttention, free: [], leased: 0, cost };
     this.contexts.push(pooled);
     return pooled;

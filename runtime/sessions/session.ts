@@ -391,13 +391,14 @@ export class Session {
 
   /**
    * The conversation, without waking the session: from memory, or, for a session registered here
-   * asleep (a new pod holds no history until it rehydrates), from its manifest on the volume. Not
-   * on the session's queue: a reader must not wait for a turn under way, nor count as activity.
+   * asleep (a new pod holds no history until it rehydrates; a hand-off may also commit after the
+   * registration, as ensureResident knows), from its manifest on the volume. Not on the session's
+   * queue: a reader must not wait for a turn under way, nor count as activity.
    */
   async conversation(): Promise<{ history: ChatHistoryItem[]; source: "memory" | "volume" }> {
     if (this.deleted) throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`);
     if (this.dropped) throw new StaleEpochError(this.window.epoch, this.dropped, `session ${this.ref.namespace}/${this.ref.name} moved`);
-    if (this.residency !== "Hibernated" || this.history.length > 0) return { history: this.messages(), source: "memory" };
+    if (this.residency === "InMemory" || this.history.length > 0) return { history: this.messages(), source: "memory" };
     const saved = await this.deps.store.history(this.ref, this.deps.host.fingerprint, this.window);
     // Rehydrated meanwhile (its file goes after a load): memory has it now.
     return saved ? { history: saved, source: "volume" } : { history: this.messages(), source: "memory" };

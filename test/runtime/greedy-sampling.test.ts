@@ -1,12 +1,12 @@
-// Greedy tokens read off the logits (runtime/sessions/batch-sampling.ts and
-// runtime/native/AddonContextSampleTokens.cpp): the same tokens node-llama-cpp's own sampler picks,
+// Greedy tokens read off the logits (runtime/sessions/greedy-sampling.ts and
+// runtime/native/AddonContextSampleGreedy.cpp): the same tokens node-llama-cpp's own sampler picks,
 // for one sequence and for a batch of several, on a random-weight model and on the real one; every
 // other kind of sampling left to node-llama-cpp.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { LlamaContext, Token } from "node-llama-cpp";
 import { ModelHost } from "../../runtime/model/model-host.js";
-import { sampleBatches } from "../../runtime/sessions/batch-sampling.js";
+import { greedyFromLogits } from "../../runtime/sessions/greedy-sampling.js";
 import { realModel, smallModel } from "../../testbed/models.js";
 import { addonBuildable } from "../helpers/runtime-addon.js";
 
@@ -24,7 +24,7 @@ async function context(host: ModelHost, sequences: number, counts?: Counts): Pro
       if (r) counts.batches.push(r.length); else counts.declined++;
       return r;
     } });
-    assert.equal(sampleBatches(c), true, "the addon has sampleGreedy");
+    assert.equal(greedyFromLogits(c), true, "the addon has sampleGreedy");
   }
   return c;
 }

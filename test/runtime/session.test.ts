@@ -583,7 +583,7 @@ describe("context pool", () => {
     // One decode for the four prompts, then one per step while all four generate.
     assert.ok(gathered.decodes.length <= steps + 1, `${gathered.decodes.length} decodes for ${steps} steps: ${gathered.decodes.join(",")}`);
     assert.ok(gathered.decodes.slice(1, Math.min(...gathered.tokens)).every((n) => n === 4), `each step carries all four: ${gathered.decodes.join(",")}`);
-    // Greedy tokens come off the logits a batch at a time (batch-sampling.ts): four at a time while
+    // Greedy tokens come off the logits a batch at a time (greedy-sampling.ts): four at a time while
     // all four generate. If none does, node-llama-cpp stopped calling sampleToken as the hook expects.
     for (const r of [plain, gathered]) assert.ok(r.sampled.filter((n) => n === 4).length >= Math.min(...r.tokens) - 1, `greedy batches: ${r.sampled.join(",")}`);
     // Why gathering exists: sampled by node-llama-cpp (a temperature), each sequence's token comes

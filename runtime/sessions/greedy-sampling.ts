@@ -1,5 +1,5 @@
 // Greedy tokens for a whole decoded batch read off the logits in one native call, through the method
-// scripts/build-runtime-addon.sh adds to node-llama-cpp's addon (runtime/native/AddonContextSampleTokens.cpp).
+// scripts/build-runtime-addon.sh adds to node-llama-cpp's addon (runtime/native/AddonContextSampleGreedy.cpp).
 //
 // After a batch, node-llama-cpp 3.22.1 calls the addon's sampleToken once per sequence that wants a
 // token, all in the same run of the event loop (each sequence's sampler lock is free then, so
@@ -22,7 +22,7 @@ interface Pending { index: number; sampler: object; resolve: (token: unknown) =>
  * Makes the context answer greedy samples from the logits, a batch at a time. False where the addon
  * has no such method (node-llama-cpp's own addon): the context samples as node-llama-cpp does.
  */
-export function sampleBatches(context: LlamaContext): boolean {
+export function greedyFromLogits(context: LlamaContext): boolean {
   const ctx = (context as unknown as { _ctx?: AddonContext })._ctx;
   const single = ctx?.sampleToken, greedy = ctx?.sampleGreedy;
   if (!ctx || typeof single !== "function" || typeof greedy !== "function") return false;
