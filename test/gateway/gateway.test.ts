@@ -183,6 +183,8 @@ describe("gateway on the testbed", () => {
     await tb.kubectl(["patch", "isess", "oversized", "--type=merge", "-p", '{"spec":{"contextSize":1024}}']);
     await eventually("placed once fixed", async () => (await get("oversized")).status?.conditions?.find((c) => c.type === "Ready")?.status === "True" ? true : undefined, 30_000);
     assert.equal((await post("oversized/submit", alice, { prompt: "hello", max_tokens: 2 })).status, 200);
+    // Pending for good (no pool serves its model): gone, so later tests can wait for every session to be idle.
+    await tb.kubectl(["delete", "isess", "unserved", "oversized", "--wait=true", "--timeout=60s"]);
     await expect(await post("guarded/chat/completions", alice, { messages: "hi" }), 400, "bad_request", /^messages/);
     await expect(await post("guarded/chat/completions", alice, "{oops"), 400, "bad_request", /not valid JSON/);
     await expect(await post("guarded/submit", alice, { prompt: 5 }), 400, "bad_request", /^prompt/);
