@@ -27,26 +27,15 @@ rules:
 - apiGroups: [torpor.dev]
   resources: [inferencesessions, inferencesessions/chat]
   verbs: [get, create]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: alice-chat, namespace: default}
-subjects: [{kind: ServiceAccount, name: alice, namespace: default}]
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: torpor-chat}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: torpor-transcript, namespace: default}
-rules:
 - apiGroups: [torpor.dev]
   resources: [inferencesessions/messages]
   verbs: [get]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
-metadata: {name: alice-transcript, namespace: default}
+metadata: {name: alice-chat, namespace: default}
 subjects: [{kind: ServiceAccount, name: alice, namespace: default}]
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: torpor-transcript}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: torpor-chat}
 `;
 
 describe("gateway on the testbed", () => {
@@ -238,7 +227,7 @@ describe("gateway on the testbed", () => {
     const expected = [{ role: "system", content: "You are a test." }, { role: "user", content: "Hello there!" }, { role: "assistant", content: reply }];
     assert.deepEqual(await (await read()).json(), { messages: expected, source: "memory" });
     const refused = await read(bob);
-    assert.equal(refused.status, 403, "chat rights alone do not show a conversation");
+    assert.equal(refused.status, 403, "a caller without the grant is refused, and told which");
     assert.match(((await refused.json()) as { error: { message: string } }).error.message, /get inferencesessions\/messages/);
     // Asleep, then its pod goes: the session is registered on the other pod, which has not loaded it.
     await hibernate("transcript");
