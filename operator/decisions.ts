@@ -2,7 +2,7 @@
 // (session, results) -> the status to write. No I/O here, so every branch is unit-tested.
 import type { HibernateOutcome, SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
 import { NO_RUNTIME_POOL_REASON, SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
-import { FINALIZER, WAKE_ANNOTATION, formatBytes, parseDuration, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "../contract/inference-session.js";
+import { FINALIZER, SPEC_INVALID_REASON, WAKE_ANNOTATION, formatBytes, parseDuration, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "../contract/inference-session.js";
 
 export interface RuntimePod {
   name: string;
@@ -200,6 +200,13 @@ export function contextSizeNote(want: number | undefined, rt: Pick<RuntimeSessio
   return want <= rt.tokenCount
     ? `; keeps its context of ${rt.contextSize} tokens: spec.contextSize ${want} does not hold the ${rt.tokenCount} tokens of the conversation (start a new session for a smaller context)`
     : `; moves to a context of ${want} tokens (spec.contextSize) before its next turn`;
+}
+
+/** Whether `pod` refused this very spec (generation) of the session at registration (SpecInvalid). */
+export function refusedAsIs(s: InferenceSession, pod: string): boolean {
+  const ready = s.status?.conditions?.find((c) => c.type === "Ready");
+  return ready?.status === "False" && ready.reason === SPEC_INVALID_REASON && s.status?.pod === pod &&
+    ready.observedGeneration !== undefined && ready.observedGeneration === s.metadata.generation;
 }
 
 /** A runtime error code (state_rejected, checksum_mismatch) as a condition/Event reason (ChecksumMismatch). */

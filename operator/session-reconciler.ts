@@ -11,7 +11,7 @@ import { settingsDigest } from "../contract/session-settings.js";
 import { RuntimeApiError } from "../contract/runtime-client.js";
 import type { CleanupPods } from "./cleanup-pod.js";
 import type { ClusterView } from "./cluster-view.js";
-import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, reasonOf, sameStatus, droppedFields, statusAfterFailedPlacement, type Placement, type RuntimePod } from "./decisions.js";
+import { checkpointLoss, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, reasonOf, refusedAsIs, sameStatus, droppedFields, statusAfterFailedPlacement, type Placement, type RuntimePod } from "./decisions.js";
 import { Finalizer, type Requeue } from "./finalizer.js";
 import type { OperatorMetrics } from "./metrics.js";
 import { runtimeFingerprint } from "./runtime-monitor.js";
@@ -118,6 +118,10 @@ export class SessionReconciler {
       await this.writeStatus(s, computeStatus(s, { now, waiting: plan, ...(committed ? { committed } : {}) }));
       return 10_000;
     }
+    // The same spec was refused by the same pod: asking again would only take another epoch and
+    // record another Warning. A new spec (generation) or another pod (a pool's new settings roll
+    // its pods) asks again.
+    if (plan.register && refusedAsIs(s, plan.pod.name)) return undefined;
     let runtime = observed;
     const previousPod = s.status?.pod;
     let lost = false;

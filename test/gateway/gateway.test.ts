@@ -168,6 +168,10 @@ describe("gateway on the testbed", () => {
     await tb.kubectl(["apply", "-f", "-"], session("oversized").replace("contextSize: 1024", "contextSize: 65536"));
     const refused = await eventually("Ready says SpecInvalid", async () => (await get("oversized")).status?.conditions?.find((c) => c.type === "Ready" && c.reason === "SpecInvalid"), 30_000);
     assert.match(refused.message, /refused the session: contextSize.*change the InferenceSession's spec/);
+    // Not asked again while nothing changed (every ask took a new placement epoch and a Warning); the operator resyncs every 5 s here.
+    const epoch = (await get("oversized")).status?.epoch;
+    await new Promise((r) => setTimeout(r, 7000));
+    assert.equal((await get("oversized")).status?.epoch, epoch, "the same spec is not sent to the same pod again");
     await expect(await post("oversized/submit", alice, { prompt: "hello", max_tokens: 2 }), 409, "session_invalid", /oversized cannot be served: .*contextSize/);
     await tb.kubectl(["patch", "isess", "oversized", "--type=merge", "-p", '{"spec":{"contextSize":1024}}']);
     await eventually("placed once fixed", async () => (await get("oversized")).status?.conditions?.find((c) => c.type === "Ready")?.status === "True" ? true : undefined, 30_000);

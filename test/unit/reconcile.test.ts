@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { InferenceSession } from "../../contract/inference-session.js";
-import { choosePod, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, sameStatus, droppedFields, statusAfterFailedPlacement, type RuntimePod } from "../../operator/decisions.js";
+import { choosePod, computeStatus, decidePlacement, decideTransition, handOffSource, liveStateLost, nextEpoch, refusedAsIs, sameStatus, droppedFields, statusAfterFailedPlacement, type RuntimePod } from "../../operator/decisions.js";
 import type { SessionStatus } from "../../contract/runtime-api.js";
 import { ClusterView } from "../../operator/cluster-view.js";
 import { pollRuntimes, runtimeFingerprint } from "../../operator/runtime-monitor.js";
@@ -48,6 +48,17 @@ describe("placement", () => {
     assert.equal(liveStateLost(mem, "NotCreated"), true);
     // SIGTERM hibernated it on the way out: the state on the volume is the latest one.
     assert.equal(liveStateLost(mem, "Hibernated"), false);
+  });
+
+  it("does not ask a pod again for a spec it refused, until the spec or the pod changes", () => {
+    const refused = computeStatus(session(), { now, pod: pod("a"), error: { reason: "SpecInvalid", message: "contextSize: must be an integer between 256 and 8192" } });
+    assert.equal(refused.conditions!.find((c) => c.type === "Ready")!.reason, "SpecInvalid");
+    const s = session({ status: refused });
+    assert.equal(refusedAsIs(s, "a"), true);
+    assert.equal(refusedAsIs(s, "b"), false, "another pod (the pool's pods rolled): ask it");
+    assert.equal(refusedAsIs({ ...s, metadata: { ...s.metadata, generation: 4 } }, "a"), false, "a new spec: ask again");
+    const other = computeStatus(session(), { now, pod: pod("a"), error: { reason: "RuntimeUnavailable", message: "x" } });
+    assert.equal(refusedAsIs(session({ status: other }), "a"), false, "only a refusal of the spec itself");
   });
 
   it("says why a session in memory keeps a context size other than its spec's", () => {
