@@ -9,7 +9,6 @@ import { TorporError } from "../contract/errors.js";
 import type { Logger } from "../common/logger.js";
 import { GROUP, PLURAL, SPEC_INVALID_REASON, VERSION, WAKE_ANNOTATION, type InferenceSession } from "../contract/inference-session.js";
 import { NO_RUNTIME_POOL_REASON, SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
-
 import type { EventRecorder } from "../common/events.js";
 import type { RuntimePodLookup } from "./runtime-pod-cache.js";
 import { servingPod } from "./serving-pod.js";
