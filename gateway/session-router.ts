@@ -120,6 +120,8 @@ export class SessionRouter {
     // Still there while its finalizer removes its files (longer while no runtime pod runs): said
     // as it is, since `kubectl get` still lists it.
     if (s.metadata.deletionTimestamp) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} is being deleted (since ${new Date(String(s.metadata.deletionTimestamp)).toISOString()}); create a new session to go on chatting`);
+    // Before any wake: a session nothing can serve is not flipped to InMemory for a request refused anyway.
+    refuseUnservable(s, namespace, name);
     let woken = false;
     let poolWoken = false;
     if (s.spec.residency === "Hibernated") {

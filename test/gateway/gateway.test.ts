@@ -161,9 +161,10 @@ describe("gateway on the testbed", () => {
     await expect(await post("guarded/chat/completions", undefined, ok), 401, "unauthorized");
     await expect(await post("nope/chat/completions", alice, ok), 404, "session_not_found");
     // A model no pool serves (a typo): told at once, not after the wake timeout.
-    await tb.kubectl(["apply", "-f", "-"], session("unserved").replace("model: tiny", "model: tiny-typo"));
+    await tb.kubectl(["apply", "-f", "-"], session("unserved").replace("model: tiny", "model: tiny-typo").replace("spec:", "spec:\n  residency: Hibernated"));
     await eventually("Ready says NoRuntimePool", async () => (await get("unserved")).status?.conditions?.find((c) => c.type === "Ready")?.reason === "NoRuntimePool" ? true : undefined, 30_000);
     await expect(await post("unserved/chat/completions", alice, ok), 404, "model_not_found", /no runtime pool serves model "tiny-typo" \(the pools here serve: "tiny"\)/);
+    assert.equal((await get("unserved")).spec.residency, "Hibernated", "a request refused anyway wakes nothing");
     // A spec its pool refuses (past the pool's maxContextSize, 32768 here; the CRD allows 131072): also at once.
     await tb.kubectl(["apply", "-f", "-"], session("oversized").replace("contextSize: 1024", "contextSize: 65536"));
     const refused = await eventually("Ready says SpecInvalid", async () => (await get("oversized")).status?.conditions?.find((c) => c.type === "Ready" && c.reason === "SpecInvalid"), 30_000);
