@@ -120,7 +120,8 @@ export class SessionRouter {
     // Still there while its finalizer removes its files (longer while no runtime pod runs): said
     // as it is, since `kubectl get` still lists it.
     if (s.metadata.deletionTimestamp) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} is being deleted (since ${new Date(String(s.metadata.deletionTimestamp)).toISOString()}); create a new session to go on chatting`);
-    // Before any wake: a session nothing can serve is not flipped to InMemory for a request refused anyway.
+    // Nothing is coming for it (no pool for its model, a spec its pool refused): told now, before any
+    // wake (a request refused anyway must not flip it to InMemory) and not after the wake timeout.
     refuseUnservable(s, namespace, name);
     let woken = false;
     let poolWoken = false;
@@ -137,8 +138,6 @@ export class SessionRouter {
     }
     const deadline = Date.now() + this.opts.wakeTimeoutMs;
     for (;;) {
-      // Nothing is coming (no pool for its model, a spec its pool refused): told now, not after the wake timeout.
-      refuseUnservable(s, namespace, name);
       const serving = servingPod(s);
       const pod = serving ? this.pods.ready(serving) : undefined;
       if (pod && serving) return { session: s, url: `http://${pod.ip}:${this.opts.runtimePort}`, pod: serving, woken };
@@ -158,6 +157,8 @@ export class SessionRouter {
       await new Promise((r) => setTimeout(r, 200));
       s = await this.source.get(namespace, name, true);
       if (!s) throw new TorporError("session_not_found", `InferenceSession ${namespace}/${name} was deleted`);
+      // Nothing is coming (no pool for its model, a spec its pool refused): told now, not after the wake timeout.
+      refuseUnservable(s, namespace, name);
     }
   }
 }

@@ -50,11 +50,8 @@ export function handedOffInMemory(s: InferenceSession): boolean {
 
 /**
  * Where the session lives. `registered` says whether its pod already knows it (so a healthy,
- * registered session costs no runtime write).
- */
-/**
- * @param pools the models that have a runtime pool (a Deployment), where known: a model outside it
- * waits for a pool that nobody is starting.
+ * registered session costs no runtime write). `pools`: the models that have a runtime pool (a
+ * Deployment), where known: a model outside it waits for a pool that nobody is starting.
  */
 export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registered: boolean, poolAsleep = false, holder?: string, pools?: ReadonlySet<string>): Placement {
   // `holder`: the Ready pod found serving the session at its current epoch although status names

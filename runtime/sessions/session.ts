@@ -396,18 +396,25 @@ export class Session {
    * queue: a reader must not wait for a turn under way, nor count as activity.
    */
   async conversation(): Promise<{ history: ChatHistoryItem[]; source: "memory" | "volume" }> {
-    if (this.deleted) throw new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`);
-    if (this.dropped) throw new StaleEpochError(this.window.epoch, this.dropped, `session ${this.ref.namespace}/${this.ref.name} moved`);
+    const gone = this.gone();
+    if (gone) throw gone;
     if (this.residency === "InMemory" || this.history.length > 0) return { history: this.messages(), source: "memory" };
     const saved = await this.deps.store.history(this.ref, this.deps.host.fingerprint, this.window);
     // Rehydrated meanwhile (its file goes after a load): memory has it now.
     return saved ? { history: saved, source: "volume" } : { history: this.messages(), source: "memory" };
   }
 
+  /** Why this copy no longer serves anything: deleted, or moved to a newer placement. */
+  private gone(): TorporError | StaleEpochError | undefined {
+    if (this.deleted) return new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`);
+    if (this.dropped) return new StaleEpochError(this.window.epoch, this.dropped, `session ${this.ref.namespace}/${this.ref.name} moved`);
+    return undefined;
+  }
+
   /** Runs on the session's queue; `touch`: the task is the user's activity (it restarts the idle clock). */
   private run<T>(task: () => Promise<T>, touch = true): Promise<T> {
-    if (this.deleted) return Promise.reject(new TorporError("session_deleted", `session ${this.ref.namespace}/${this.ref.name} is being deleted`));
-    if (this.dropped) return Promise.reject(new StaleEpochError(this.window.epoch, this.dropped, `session ${this.ref.namespace}/${this.ref.name} moved`));
+    const gone = this.gone();
+    if (gone) return Promise.reject(gone);
     // Touched when a task ends (a queued or running one keeps the session busy: no idle sweep or
     // LRU eviction takes it meanwhile); not when it failed and left nothing in memory (a refused
     // state, no room). Counted, such a failure changed the session's status at every retry, and
