@@ -157,6 +157,9 @@ describe("helm chart", () => {
     await tb.kubectl(["rollout", "status", "-n", RELEASE_NAMESPACE, "deployment/torpor-runtime-smollm2", "--timeout=300s"]);
     rolling = false;
     await chatting;
+    // rollout status is done once the old ReplicaSet counts no pods, which happens when they start
+    // terminating; each old pod still hands its sessions off before it exits, so wait for that.
+    await tb.kubectl(["wait", "--for=delete", "-n", RELEASE_NAMESPACE, ...before.map((p) => `pod/${p}`), "--timeout=120s"]);
     const afterPods = (await tb.kubectl(["get", "pods", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=runtime", "-o", "jsonpath={.items[*].metadata.name}"])).trim().split(" ");
     assert.ok(afterPods.every((p) => !before.includes(p)), `every runtime pod replaced: ${before} -> ${afterPods}`);
     assert.deepEqual(failures, []);
