@@ -265,7 +265,7 @@ async function chatPromptTokens(model: string, prompts: string[]): Promise<numbe
  * Tokens per second over 4 first turns running at once (completion tokens / wall time), each side
  * given the same prompt tokens and asked for the same number of tokens: fresh sessions each round.
  */
-async function fourStreams(binary: string, model: string, runs: number): Promise<PeerResult["streams4"]> {
+export async function fourStreams(binary: string, model: string, runs: number): Promise<PeerResult["streams4"]> {
   const out = { llamaServer: [] as number[], torporContextEach: [] as number[], torporShared: [] as number[], promptTokens: { llamaServer: 0, torpor: 0 } };
   const prompts = await chatPromptTokens(model, Array.from({ length: 4 * (runs + 1) }, (_, i) => streamPrompt(i)));
   const server = await startServer(binary, ["-m", model, "-c", String(4 * 1024), "-np", "4", "-t", "2"]);

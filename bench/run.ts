@@ -16,7 +16,7 @@ import { freePort } from "../testbed/local-runtime.js";
 import type { InferenceSession } from "../contract/inference-session.js";
 import { bulkheadSwap } from "./bulkhead-swap.js";
 import { checkpointCost } from "./checkpoints.js";
-import { llamaServerBinary, PeerUnavailable, versusLlamaServer, type PeerResult } from "./llama-server.js";
+import { fourStreams, llamaServerBinary, PeerUnavailable, versusLlamaServer, type PeerResult } from "./llama-server.js";
 import { sealingCost } from "./sealing.js";
 import { benchManager, harness } from "./harness.js";
 import { operatorScale } from "./operator-scale.js";
@@ -449,6 +449,25 @@ if (want("peer")) {
       sizes.map((s) => [`${(stat(s.torpor.savedBytes).median / 2 ** 20).toFixed(0)} MiB (llama-server ${(stat(s.llamaServer.savedBytes).median / 2 ** 20).toFixed(0)})`, String(s.tokens), fmt(stat(s.llamaServer.restoreMs), "ms"), fmt(stat(s.torpor.rehydrateMs), "ms"), ratio(s.llamaServer.restoreMs, s.torpor.rehydrateMs),
         fmt(stat(s.llamaServer.saveMs), "ms"), fmt(stat(s.torpor.hibernateMs), "ms"), fmt(stat(s.fsyncFloorMs), "ms"), ratio(s.fsyncFloorMs, s.torpor.hibernateMs), String(stat(s.torpor.reused).median)]));
     results.peerSizes = sizes;
+    // The same four streams on the 4-layer test fixture, whose decode computes in a fraction of a
+    // millisecond: what is left is each side's fixed cost per step, the part a fast GPU exposes
+    // (docs/benchmarks.md, twelfth session). A proxy to track on a CPU, not a goal of its own.
+    const tiny = await fourStreams(binary, await ensureTestModel(MODEL_DIR, DEFAULT_TEST_MODEL), Math.max(5, RUNS)).catch((err: unknown) => {
+      if (!(err instanceof PeerUnavailable)) throw err;
+      console.log(`figure 11c skipped: ${err.message}`);
+      return undefined;
+    });
+    if (tiny) {
+      const perRound = (t: number[]) => `${stat(t.map((v, i) => v / tiny.llamaServer[i]!)).median.toFixed(2)}x`;
+      const step = (t: number[]) => `${(4000 / stat(t).median).toFixed(2)} ms`; // 4 tokens a step
+      table("Figure 11c: 4 streams where the decode costs almost nothing (4-layer fixture, 48 tokens each, 2 threads): the fixed cost per step",
+        ["side", "tokens/s", "time per 4-token step", "ratio to -np 4 (median of the rounds' own)"], [
+          ["llama-server -np 4", fmt(stat(tiny.llamaServer), "tok/s"), step(tiny.llamaServer), "1.00x"],
+          ["torpor, 4 sequences per context", fmt(stat(tiny.torporShared), "tok/s"), step(tiny.torporShared), perRound(tiny.torporShared)],
+          ["torpor, a context per session", fmt(stat(tiny.torporContextEach), "tok/s"), step(tiny.torporContextEach), perRound(tiny.torporContextEach)],
+        ]);
+      results.peerOverhead = tiny;
+    }
   }
 }
 if (args.only?.split(",").includes("operator")) { // minutes and GiB of contexts: only when asked
