@@ -1,6 +1,6 @@
 // Runtime configuration, read once from the environment (the chart and the test kubelet set it).
 import os from "node:os";
-import { MAX_CONTEXT_SEQUENCES } from "./storage/hibernation-store.js";
+import { MAX_CONTEXT_SEQUENCES } from "./storage/hibernation-manifest.js";
 import { TorporError } from "../contract/errors.js";
 import { DEFAULT_CONTEXT_SIZE } from "../contract/inference-session.js";
 

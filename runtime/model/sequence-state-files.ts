@@ -14,7 +14,7 @@ import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { acquireLock } from "lifecycle-utils";
 import type { Llama, LlamaContextSequence } from "node-llama-cpp";
-import type { PlainLoader } from "../storage/hibernation-store.js";
+import type { PlainLoader } from "../storage/state-transfer.js";
 import type { ChunkOpener, ChunkSealer, SealedChunks } from "../storage/sealing.js";
 
 interface AddonContext {

@@ -2,7 +2,8 @@
 //
 // Layout, per session, in <root>/<namespace>/[<sub-path>/]:
 //   <name>@e<epoch>.torpor.json  manifest: the commit record of placement <epoch> (history, checksums,
-//                                model fingerprint); <name>.torpor.json for unfenced use (no epoch)
+//                                model fingerprint; hibernation-manifest.ts); <name>.torpor.json for
+//                                unfenced use (no epoch)
 //   <name>@e<epoch>.claim        placement <epoch> owns the session (empty; the fence)
 //   <name>.<id>.state            llama.cpp sequence state named by a manifest
 //   .<name>.*.tmp                in-flight writes; never read, removed on failure and by the sweeper
@@ -18,29 +19,22 @@
 import { randomBytes } from "node:crypto";
 import { lstat, open, readdir, realpath, rename, rm, rmdir, stat, unlink, type FileHandle } from "node:fs/promises";
 import path from "node:path";
-import type { ChatHistoryItem } from "node-llama-cpp";
 import { StaleEpochError, StateRejectedError, TorporError } from "../../contract/errors.js";
 import { resolveSessionDir, validateName } from "./hibernation-path.js";
-import { openJson, openSealedFile, SealError, sealFile, sealJson, type ChunkOpener, type ChunkSealer, type SealedEnvelope, type SealingKeys, type SealIdentity } from "./sealing.js";
+import { checkManifest, looseManifest, manifestBody, MANIFEST_FORMAT, MANIFEST_VERSION, MAX_MANIFEST_BYTES, openManifestFile, parseManifestFile, UNFENCED,
+  type EpochWindow, type HibernationManifest, type Reject, type SessionRef } from "./hibernation-manifest.js";
+import { openSealedFile, SealError, sealFile, type SealingKeys, type SealIdentity } from "./sealing.js";
 import { SealingThreads } from "./sealing-threads.js";
 import { digestFile, digestHandle, type StateDigests } from "./state-digest.js";
 import { openedPath, openRegular, readRegularFile, UNEXPECTED_FILE, UnexpectedFileError } from "./volume-file.js";
 import type { HibernationFileEntry, HibernationRecord } from "../../contract/runtime-api.js";
+import { CHECKSUM_MISMATCH, type PlainLoader, type StateLoaders, type StateWriter, type VerifiedState } from "./state-transfer.js";
 
 export type { HibernationFileEntry, HibernationRecord };
 
-export const MANIFEST_FORMAT = "torpor.dev/hibernation";
-export const MANIFEST_VERSION = 1;
 const MANIFEST_SUFFIX = ".torpor.json";
 const CLAIM_SUFFIX = ".claim";
 const STAGED_SUFFIX = ".plain";
-
-/**
- * Which commits a session may load: its own epoch's, and until it has been resident once, those of
- * the placement before it (`min`: a hand-off, adopted under its own epoch). 0/0 is unfenced.
- */
-export interface EpochWindow { epoch: number; min: number }
-export const UNFENCED: EpochWindow = { epoch: 0, min: 0 };
 
 export interface StoreOptions {
   /** Hears failures that lose nothing (cleanup after a commit); the runtime logs them. */
@@ -56,103 +50,6 @@ interface SessionFiles {
   /** Committed manifests by epoch (0: the unfenced name). */
   manifests: Map<number, string>;
   claims: number[];
-}
-
-export interface SessionRef {
-  namespace: string;
-  name: string;
-  /** Sub-path inside the namespace's folder (per-tenant separation). */
-  path?: string;
-}
-
-/** More sequences than any pool is configured with: a manifest naming more is refused, not allocated. */
-export const MAX_CONTEXT_SEQUENCES = 64;
-
-export interface HibernationManifest {
-  format: typeof MANIFEST_FORMAT;
-  version: number;
-  namespace: string;
-  name: string;
-  path: string;
-  modelFingerprint: string;
-  contextSize: number;
-  /** Sequences of the context it was saved from (absent: 1): a state loads only into the same shape. */
-  contextSequences?: number;
-  /** The flash attention that context was told to use (absent: "auto", llama.cpp's choice): the state's layout depends on it. */
-  flashAttention?: boolean;
-  tokenCount: number;
-  stateFile: string;
-  stateBytes: number;
-  /** SHA-256 of the state file (hex) in files of earlier releases; "" in new and sealed ones (the release before this one requires the field). */
-  stateSha256: string;
-  /** xxHash64 of the state file (hex), checked on rehydrate instead of the SHA-256 when present (state-digest.ts). */
-  stateXxh64?: string;
-  systemPrompt?: string;
-  history: ChatHistoryItem[];
-  createdAt: string;
-  hibernatedAt: string;
-  /** The placement epoch that wrote it (0: unfenced). */
-  epoch?: number;
-  runtime: { nodeLlamaCpp: string; pod?: string };
-}
-
-/**
- * What a hibernate writes: llama.cpp's state file at a path it is given or, where the runtime can
- * (sequence-state-files.ts), the same file written into an open descriptor with its xxHash64, or
- * the state sealed straight into the file's chunks.
- */
-export type StateWriter = ((tmpPath: string) => Promise<void>) | {
-  toFile(tmpPath: string): Promise<void>;
-  plain?: (fd: number) => Promise<{ bytes: number; xxh64: string }>;
-  sealed?: ChunkSealer;
-};
-
-/**
- * Loads an unsealed state from an open file straight into the caller's sequence, checking its
- * xxHash64 on the way (sequence-state-files.ts). Rejects with code CHECKSUM_MISMATCH when the bytes
- * are not the manifest's, and with llama.cpp's reason when the state does not load; either way
- * the sequence is left empty.
- */
-export type PlainLoader = (fd: number, expect: { bytes: number; xxh64: string }) => Promise<void>;
-
-/** The error code a PlainLoader rejects with when the file's checksum is not the manifest's. */
-export const CHECKSUM_MISMATCH = "TORPOR_CHECKSUM_MISMATCH";
-
-/** What verify() may load a state into, given its manifest: sealed chunks as they are opened, or an unsealed file in one pass. */
-export interface StateLoaders {
-  sealed?: ChunkOpener;
-  plain?: PlainLoader;
-  /** Asked to read the state ahead as soon as it is open (sealed: once its size checked), beside the context's allocation; a hint that returns at once. */
-  prefetch?: (fd: number, bytes: number) => void;
-}
-
-export interface VerifiedState {
-  manifest: HibernationManifest;
-  manifestFile: string;
-  /**
-   * The plaintext state to load: on the volume when unsealed, a node-local staging file when
-   * sealed; the sealed file on the volume when `loaded`.
-   */
-  statePath: string;
-  /** Loaded straight into the caller's sequence (verify's `loaders`): there is nothing left to load. */
-  loaded?: boolean;
-  /** A loader's failure on an authentic file (llama.cpp refused the state): the caller rebuilds from the history. */
-  loadError?: unknown;
-  /** Removes the staging plaintext, if any; call it once the state is loaded (or not). */
-  release(): Promise<void>;
-  /**
-   * Settles once the state's integrity is known: sealed states, and unsealed ones the caller's
-   * loader read, are checked before verify() returns; otherwise an unsealed state's checksum is
-   * computed while llama.cpp loads it, and a mismatch rejects here with the reason. Whoever loads
-   * the state awaits it before the loaded state is used.
-   */
-  integrity: Promise<void>;
-  /**
-   * The session's own file (its identity and, when sealed, its key check out), written while its
-   * pool served another model: the pool's model was changed. Its KV state means nothing to this
-   * model and is not loaded or read; its history is the conversation, and is replayed.
-   */
-  modelChanged?: boolean;
 }
 
 /** A new file (never an existing one) with this JSON, on disk before it returns. */
@@ -182,7 +79,6 @@ async function fsyncPath(p: string): Promise<void> {
  * A manifest holds the chat history: a 131,072-token conversation is well under 1 MiB of text, so
  * anything near this is not one torpor wrote.
  */
-const MAX_MANIFEST_BYTES = 64 << 20;
 
 export class HibernationStore {
   private readonly onWarning: (err: unknown, message: string) => void;
@@ -200,7 +96,6 @@ export class HibernationStore {
   async close(): Promise<void> {
     await this.sealing?.threads.close();
   }
-
 
   async dirFor(ref: SessionRef): Promise<string> {
     validateName("name", ref.name);
@@ -341,7 +236,7 @@ export class HibernationStore {
       // Both settle before either error is thrown, so the cleanup below never races an open file.
       const [state, written] = await Promise.allSettled([
         stateDurable.then(() => rename(tmpState, finalState)),
-        writeDurably(tmpManifest, this.manifestBody(identity, manifest)),
+        writeDurably(tmpManifest, manifestBody(this.sealing?.keys, identity, manifest)),
       ]);
       if (state.status === "rejected") throw state.reason;
       if (written.status === "rejected") throw written.reason;
@@ -393,23 +288,17 @@ export class HibernationStore {
     return true;
   }
 
-  /** What a manifest file holds: the manifest, or when sealing, its sealed envelope plus the fields listings may read. */
-  private manifestBody(identity: SealIdentity, m: HibernationManifest): unknown {
-    return this.sealing ? { ...sealJson(this.sealing.keys, identity, MANIFEST_FORMAT, m), ...outerFields(m) } : m;
-  }
-
   /** Rewrites the manifest's own epoch (sealed: opened and sealed again); leaves anything it cannot open as it is. */
   private async restamp(ref: SessionRef, file: string, epoch: number): Promise<void> {
-    let parsed: HibernationManifest & Partial<SealedEnvelope>;
-    try { parsed = JSON.parse(await readRegularFile(file, MAX_MANIFEST_BYTES)) as typeof parsed; } catch { return; }
-    if (parsed?.format !== MANIFEST_FORMAT) return;
+    const parsed = parseManifestFile(await readRegularFile(file, MAX_MANIFEST_BYTES).catch(() => ""));
+    if (!parsed) return;
     let body: unknown;
     if (parsed.sealed) {
       if (!this.sealing) return;
       const identity: SealIdentity = { namespace: ref.namespace, name: ref.name, path: ref.path ?? "", modelFingerprint: String(parsed.modelFingerprint) };
       let m: HibernationManifest;
-      try { m = openJson<HibernationManifest>(this.sealing.keys, identity, parsed as SealedEnvelope); } catch { return; }
-      body = this.manifestBody(identity, { ...m, epoch });
+      try { m = openManifestFile(this.sealing.keys, identity, parsed); } catch { return; }
+      body = manifestBody(this.sealing.keys, identity, { ...m, epoch });
     } else {
       body = { ...parsed, epoch };
     }
@@ -432,8 +321,8 @@ export class HibernationStore {
   }
 
   // Relative to the volume: error bodies and status must not reveal the node's mount layout.
-  private rejecter(manifestFile: string) {
-    return (reason: ConstructorParameters<typeof StateRejectedError>[0], msg: string): never => {
+  private rejecter(manifestFile: string): Reject {
+    return (reason, msg) => {
       throw new StateRejectedError(reason, msg, path.relative(this.root, manifestFile));
     };
   }
@@ -452,40 +341,7 @@ export class HibernationStore {
       if (err instanceof UnexpectedFileError) return reject("unexpected_file", `manifest: ${err.message}`);
       throw err;
     }
-    let parsed: HibernationManifest & Partial<SealedEnvelope>;
-    try { parsed = JSON.parse(raw) as typeof parsed; } catch { return reject("manifest_invalid", "manifest is not valid JSON"); }
-    if (parsed?.format !== MANIFEST_FORMAT) reject("manifest_invalid", "not a torpor hibernation manifest");
-    const identity: SealIdentity = { namespace: ref.namespace, name: ref.name, path: ref.path ?? "", modelFingerprint };
-    let m: HibernationManifest;
-    // Sealed: authenticated under the model it names, which binds the history to this session.
-    const modelChanged = typeof parsed.modelFingerprint === "string" && parsed.modelFingerprint !== modelFingerprint;
-    if (parsed.sealed) {
-      if (!this.sealing) return reject("seal_invalid", "the file is sealed and this runtime has no sealing keys (TORPOR_SEALING_KEYS)");
-      if (typeof parsed.modelFingerprint !== "string") reject("manifest_invalid", "manifest names no model");
-      try { m = openJson<HibernationManifest>(this.sealing.keys, { ...identity, modelFingerprint: parsed.modelFingerprint }, parsed as SealedEnvelope); } catch (err) {
-        return reject("seal_invalid", (err as Error).message);
-      }
-    } else {
-      // Plaintext where sealing is on is exactly what someone with write access to the volume could forge.
-      if (this.sealing) reject("unsealed", "the file is not sealed and this runtime requires sealed files");
-      m = parsed;
-      if (m.version !== MANIFEST_VERSION) reject("format_unsupported", `manifest version ${m.version} is not supported (want ${MANIFEST_VERSION})`);
-    }
-    if (typeof m.stateFile !== "string" || path.basename(m.stateFile) !== m.stateFile || !Array.isArray(m.history) || typeof m.modelFingerprint !== "string" ||
-        typeof m.stateSha256 !== "string" || typeof m.stateBytes !== "number" || typeof m.contextSize !== "number" ||
-        (m.contextSequences !== undefined && !(Number.isInteger(m.contextSequences) && m.contextSequences >= 1 && m.contextSequences <= MAX_CONTEXT_SEQUENCES)) ||
-        (m.flashAttention !== undefined && typeof m.flashAttention !== "boolean") ||
-        (m.stateXxh64 !== undefined && !(typeof m.stateXxh64 === "string" && /^[0-9a-f]{16}$/.test(m.stateXxh64)))) {
-      reject("manifest_invalid", "manifest is missing required fields");
-    }
-    if (m.modelFingerprint !== parsed.modelFingerprint) reject("manifest_invalid", "the manifest's model differs inside and outside its seal");
-    if (m.namespace !== ref.namespace || m.name !== ref.name || (m.path ?? "") !== (ref.path ?? "")) {
-      reject("manifest_invalid", `manifest belongs to ${m.namespace}/${m.name}, not to ${ref.namespace}/${ref.name}`);
-    }
-    if (window.epoch > 0 && (m.epoch ?? 0) < window.min) {
-      reject("epoch_too_old", `written by placement epoch ${m.epoch ?? 0}; this placement accepts ${window.min} and newer`);
-    }
-    return { m, modelChanged };
+    return checkManifest(raw, { ref, modelFingerprint, window }, this.sealing?.keys, reject);
   }
 
   /**
@@ -779,10 +635,7 @@ export class HibernationStore {
   }
 
   private async readManifestLoose(file: string): Promise<HibernationManifest | undefined> {
-    try {
-      const m = JSON.parse(await readRegularFile(file, MAX_MANIFEST_BYTES)) as HibernationManifest;
-      return m?.format === MANIFEST_FORMAT && typeof m.stateFile === "string" ? m : undefined;
-    } catch { return undefined; }
+    return looseManifest(await readRegularFile(file, MAX_MANIFEST_BYTES).catch(() => ""));
   }
 }
 
@@ -820,7 +673,3 @@ async function readdirOrNone(dir: string): Promise<string[]> {
   }
 }
 
-/** What the sweeper and `kubectl`-side listings may read of a sealed manifest without keys (no history). */
-function outerFields(m: HibernationManifest) {
-  return { namespace: m.namespace, name: m.name, path: m.path, stateFile: m.stateFile, stateBytes: m.stateBytes, tokenCount: m.tokenCount, hibernatedAt: m.hibernatedAt, epoch: m.epoch };
-}

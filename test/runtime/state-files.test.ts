@@ -7,7 +7,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { LlamaContext, Token } from "node-llama-cpp";
 import { loadSequenceState, writeSequenceState } from "../../runtime/model/sequence-state-files.js";
-import { CHECKSUM_MISMATCH } from "../../runtime/storage/hibernation-store.js";
+import { CHECKSUM_MISMATCH } from "../../runtime/storage/state-transfer.js";
 import type { ModelHost } from "../../runtime/model/model-host.js";
 import { digestFile } from "../../runtime/storage/state-digest.js";
 import { tempDir } from "../../testbed/temp-dir.js";

@@ -5,7 +5,8 @@ import assert from "node:assert/strict";
 import { readFile, readdir, writeFile } from "node:fs/promises";
 import { describe, it } from "node:test";
 import { StaleEpochError } from "../../contract/errors.js";
-import { HibernationStore, type EpochWindow } from "../../runtime/storage/hibernation-store.js";
+import type { EpochWindow } from "../../runtime/storage/hibernation-manifest.js";
+import { HibernationStore } from "../../runtime/storage/hibernation-store.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 
 const ref = { namespace: "ns", name: "chat", path: "" };
