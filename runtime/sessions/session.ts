@@ -2,7 +2,7 @@
 // Every operation (generate, hibernate, rehydrate, delete) runs on the session's queue, which is
 // what makes hibernate wait for in-flight generation and requests wait for a hibernate.
 import path from "node:path";
-import { LlamaChat, type ChatHistoryItem } from "node-llama-cpp";
+import type { ChatHistoryItem } from "node-llama-cpp";
 import type { Clock } from "../../common/clock.js";
 import { StaleEpochError, StateRejectedError, TorporError } from "../../contract/errors.js";
 import type { EpochWindow, SessionRef } from "../storage/hibernation-manifest.js";
@@ -17,7 +17,7 @@ import type { ContextPool } from "./context-pool.js";
 import { checkRestore, type RestoreCheck } from "./restore-check.js";
 import { NoRoom } from "./no-room.js";
 import { SerialQueue } from "./serial-queue.js";
-import { repeatPenalty, tokenBias } from "./sampling.js";
+import { generateTurn } from "./turn-generation.js";
 
 export type { SpareContext };
 import type { GenerateOptions, GenerateResult, HibernateOutcome, Phase, Residency, SessionSpec, SessionStatus, Wake } from "../../contract/runtime-api.js";
@@ -728,46 +728,13 @@ export class Session {
   }
 
   private async generate(history: ChatHistoryItem[], opts: GenerateOptions): Promise<Omit<GenerateResult, keyof Wake>> {
-    const { host, metrics } = this.deps;
-    const seq = this.resident!.sequence;
-    const contextSize = seq.contextSize;
-    const prompt: ChatHistoryItem[] = [...history, { type: "model", response: [] }];
-    const promptTokenIds = host.chatWrapper.generateContextState({ chatHistory: prompt }).contextText.tokenize(host.model.tokenizer);
-    const promptTokens = promptTokenIds.length;
-    if (promptTokens >= contextSize) {
-      throw new TorporError("context_length_exceeded",
-        `the conversation is ${promptTokens} tokens but the session's context holds ${contextSize}; start a new session or raise its spec.contextSize (up to the pool's maxContextSize), which applies from the next turn`,
-        { promptTokens, contextSize });
-    }
-    const maxTokens = Math.min(opts.maxTokens, contextSize - promptTokens);
-    const before = seq.contextTokens;
-    let completionTokens = 0;
-    const chat = new LlamaChat({ contextSequence: seq, chatWrapper: host.chatWrapper, autoDisposeSequence: false });
-    this.phase = "Generating";
     try {
-      const res = await chat.generateResponse(prompt, {
-        maxTokens,
-        temperature: opts.temperature,
-        ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
-        ...(opts.topP !== undefined ? { topP: opts.topP } : {}),
-        ...(opts.stop ? { customStopTriggers: opts.stop } : {}),
-        repeatPenalty: repeatPenalty(opts),
-        ...(opts.logitBias ? { tokenBias: tokenBias(host, opts.logitBias) } : {}),
-        ...(opts.signal ? { signal: opts.signal, stopOnAbortSignal: true } : {}),
-        onToken: (tokens) => { completionTokens += tokens.length; },
-        ...(opts.onText ? { onTextChunk: opts.onText } : {}),
-      });
-      this.history = [...history, { type: "model", response: [res.response] }];
-      metrics.generatedTokens.inc(completionTokens);
-      const cachedTokens = Math.min(seq.compareContextTokens(before).firstDifferentIndex, before.length, promptTokens);
-      if (this.restoredTokens) this.recordRestoreCheck(checkRestore(this.restoredTokens, promptTokenIds as number[], cachedTokens));
-      return {
-        text: res.response,
-        finishReason: res.metadata.stopReason === "maxTokens" ? "length" : opts.signal?.aborted ? "aborted" : "stop",
-        promptTokens, completionTokens, cachedTokens,
-      };
+      const { promptTokenIds, ...turn } = await generateTurn(this.deps.host, this.resident!.sequence, history, opts, () => { this.phase = "Generating"; });
+      this.history = [...history, { type: "model", response: [turn.text] }];
+      this.deps.metrics.generatedTokens.inc(turn.completionTokens);
+      if (this.restoredTokens) this.recordRestoreCheck(checkRestore(this.restoredTokens, promptTokenIds, turn.cachedTokens));
+      return turn;
     } finally {
-      chat.dispose();
       this.phase = "Idle";
     }
   }
