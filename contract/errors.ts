@@ -17,6 +17,7 @@ export type ErrorCode =
   | "session_invalid"
   | "stale_epoch"
   | "wake_timeout"
+  | "pool_stopped"
   | "rate_limited"
   | "runtime_unavailable"
   | "upstream_unavailable"
@@ -40,6 +41,7 @@ const STATUS: Record<ErrorCode, number> = {
   session_invalid: 409,
   stale_epoch: 409,
   wake_timeout: 503,
+  pool_stopped: 503,
   rate_limited: 429,
   runtime_unavailable: 502,
   upstream_unavailable: 503,

@@ -18,3 +18,9 @@ export const SCALED_TO_ZERO_REASON = "ScaledToZero";
  * not installed): waiting cannot help, so the gateway answers at once instead of holding the request.
  */
 export const NO_RUNTIME_POOL_REASON = "NoRuntimePool";
+/**
+ * Ready reason of a session whose model's pools all stand at zero replicas that a person set (no
+ * scale-to-zero policy, so no request brings them back): nothing serves it until someone scales a
+ * pool up, so the gateway answers at once instead of holding the request for the wake timeout.
+ */
+export const POOL_STOPPED_REASON = "PoolStopped";

@@ -7,11 +7,11 @@ import { RestartingInformer } from "../common/informer.js";
 import { keyOf, mergePatch } from "../common/kube.js";
 import { TorporError } from "../contract/errors.js";
 import type { Logger } from "../common/logger.js";
-import { GROUP, PLURAL, SPEC_INVALID_REASON, VERSION, WAKE_ANNOTATION, type InferenceSession } from "../contract/inference-session.js";
-import { NO_RUNTIME_POOL_REASON, SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
+import { GROUP, PLURAL, VERSION, WAKE_ANNOTATION, type InferenceSession } from "../contract/inference-session.js";
+import { SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
 import type { EventRecorder } from "../common/events.js";
 import type { RuntimePodLookup } from "./runtime-pod-cache.js";
-import { servingPod } from "./serving-pod.js";
+import { servingPod, unservable } from "./serving-pod.js";
 
 export const GATEWAY_FIELD_MANAGER = "torpor-gateway";
 
@@ -64,12 +64,9 @@ export class InformerSessionSource implements SessionSource {
 
 const readyCondition = (s: InferenceSession) => s.status?.conditions?.find((c) => c.type === "Ready");
 
-/** A session no waiting can serve, said at once: its model has no pool, or its pool refused its spec. */
 function refuseUnservable(s: InferenceSession, namespace: string, name: string): void {
-  const ready = readyCondition(s);
-  if (ready?.status !== "False") return;
-  if (ready.reason === NO_RUNTIME_POOL_REASON) throw new TorporError("model_not_found", `session ${namespace}/${name}: ${ready.message}`);
-  if (ready.reason === SPEC_INVALID_REASON) throw new TorporError("session_invalid", `session ${namespace}/${name} cannot be served: ${ready.message}`);
+  const why = unservable(s, namespace, name);
+  if (why) throw why;
 }
 
 export class SessionRouter {

@@ -19,6 +19,8 @@ export class ClusterView {
   readonly asleepModels = new Set<string>();
   /** Models that have a runtime pool, a Deployment of the release (pool-scaler.ts keeps it current). */
   readonly pooledModels = new Set<string>();
+  /** Models whose every pool a person scaled to zero, with no policy to bring it back (pool-scaling.ts isStopped). */
+  readonly stoppedModels = new Set<string>();
   /** Placements decided whose status is not written yet, per pod name (see load()). */
   private readonly placingCount = new Map<string, number>();
   /** Per session, the status of this operator's write under way (its echo may come before its response). */
@@ -57,6 +59,7 @@ export class ClusterView {
         model: p.metadata?.labels?.["torpor.dev/model"] ?? "", ready, get sessions() { return loadOf(key); },
       };
       if (!ready) out.handOffDeadline = this.handOffDeadline(p);
+      if (p.metadata?.deletionTimestamp) out.terminating = true;
       return out;
     });
   }

@@ -1,7 +1,7 @@
 // The controller's decisions as pure functions: (session, observed world) -> what to do, and
 // (session, results) -> the status to write. No I/O here, so every branch is unit-tested.
 import type { HibernateOutcome, SessionStatus as RuntimeSessionStatus } from "../contract/runtime-api.js";
-import { NO_RUNTIME_POOL_REASON, SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
+import { NO_RUNTIME_POOL_REASON, POOL_STOPPED_REASON, SCALED_TO_ZERO_REASON } from "../contract/runtime-pool.js";
 import { FINALIZER, SPEC_INVALID_REASON, WAKE_ANNOTATION, formatBytes, parseDuration, type Condition, type InferenceSession, type InferenceSessionStatus, type ObservedResidency, type SessionPhase } from "../contract/inference-session.js";
 
 export interface RuntimePod {
@@ -20,11 +20,13 @@ export interface RuntimePod {
    * margin; NotReady but not terminating: a bound after it turned NotReady.
    */
   handOffDeadline?: number;
+  /** Being deleted: it may still commit what it holds, but will never serve again. */
+  terminating?: boolean;
 }
 
 export type Placement =
   | { kind: "finalize"; pod?: RuntimePod }
-  | { kind: "wait"; reason: "NoRuntimePod" | typeof SCALED_TO_ZERO_REASON | typeof NO_RUNTIME_POOL_REASON; message: string }
+  | { kind: "wait"; reason: "NoRuntimePod" | typeof SCALED_TO_ZERO_REASON | typeof NO_RUNTIME_POOL_REASON | typeof POOL_STOPPED_REASON; message: string }
   | {
     kind: "use"; pod: RuntimePod; register: boolean;
     /** The status says a runtime held the session in memory, and this pod is not known to hold it so (it must be registered again, or was found as the holder). */
@@ -51,9 +53,11 @@ export function handedOffInMemory(s: InferenceSession): boolean {
 /**
  * Where the session lives. `registered` says whether its pod already knows it (so a healthy,
  * registered session costs no runtime write). `pools`: the models that have a runtime pool (a
- * Deployment), where known: a model outside it waits for a pool that nobody is starting.
+ * Deployment), where known: a model outside it waits for a pool that nobody is starting. `stopped`:
+ * the models whose pools a person scaled to zero, which nothing brings back on its own.
  */
-export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registered: boolean, poolAsleep = false, holder?: string, pools?: ReadonlySet<string>): Placement {
+export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registered: boolean, poolAsleep = false, holder?: string, pools?: ReadonlySet<string>,
+  stopped?: ReadonlySet<string>): Placement {
   // `holder`: the Ready pod found serving the session at its current epoch although status names
   // another (an operator died between its runtime calls and its status write): that is where it is.
   const onPod = (name: string | undefined) => pods.find((p) => p.name === name && p.ready && p.model === s.spec.model);
@@ -80,6 +84,10 @@ export function decidePlacement(s: InferenceSession, pods: RuntimePod[], registe
     if (pools && !pools.has(s.spec.model) && !pods.some((p) => p.model === s.spec.model)) {
       const served = [...pools].sort().map((m) => `"${m}"`).join(", ") || "none";
       return { kind: "wait", reason: NO_RUNTIME_POOL_REASON, message: `no runtime pool serves model "${s.spec.model}" (the pools here serve: ${served}); create the session with one of those models, or add a pool for it (the chart's models[])` };
+    }
+    // A pod of the model that is not being deleted may yet turn Ready (one outside a Deployment).
+    if (stopped?.has(s.spec.model) && !pods.some((p) => p.model === s.spec.model && !p.terminating)) {
+      return { kind: "wait", reason: POOL_STOPPED_REASON, message: `the runtime pool of model "${s.spec.model}" was scaled to 0 replicas by hand and has no scale-to-zero policy, so no request brings it back; scale its Deployment up (kubectl scale, or the chart's models[].replicas) to serve this session` };
     }
     return { kind: "wait", reason: "NoRuntimePod", message: `no Ready runtime pod serves model "${s.spec.model}" (pods labelled torpor.dev/model=${s.spec.model})` };
   }

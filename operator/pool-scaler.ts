@@ -11,7 +11,7 @@ import type { RuntimePodScope } from "../common/runtime-pods.js";
 import { SCALED_TO_ZERO_AT_ANNOTATION, WOKEN_AT_ANNOTATION } from "../contract/runtime-pool.js";
 import type { ClusterView } from "./cluster-view.js";
 import type { OperatorMetrics } from "./metrics.js";
-import { decidePoolScale, isAsleep, poolOf, type PoolState } from "./pool-scaling.js";
+import { decidePoolScale, isAsleep, isStopped, poolOf, type PoolState } from "./pool-scaling.js";
 
 export class PoolScaler {
   private readonly deployments = new Map<string, V1Deployment>();
@@ -47,18 +47,23 @@ export class PoolScaler {
     await this.informer?.stop();
   }
 
-  /** Models that have a pool, and those whose pool the operator has scaled to zero. */
+  /** Models that have a pool, those whose pool the operator has scaled to zero, and those a person stopped. */
   private publish(): void {
-    const asleep = new Set(this.view.asleepModels), pooled = new Set(this.view.pooledModels);
-    this.view.asleepModels.clear();
-    this.view.pooledModels.clear();
+    const sets = [this.view.asleepModels, this.view.pooledModels, this.view.stoppedModels];
+    const before = sets.map((s) => new Set(s));
+    for (const s of sets) s.clear();
+    const running = new Set<string>();
     for (const d of this.deployments.values()) {
       const p = poolOf(d);
-      if (p) this.view.pooledModels.add(p.model);
-      if (p && isAsleep(p)) this.view.asleepModels.add(p.model);
+      if (!p) continue;
+      this.view.pooledModels.add(p.model);
+      if (isAsleep(p)) this.view.asleepModels.add(p.model);
+      if (isStopped(p)) this.view.stoppedModels.add(p.model); else running.add(p.model);
     }
-    for (const m of new Set([...asleep, ...this.view.asleepModels, ...pooled, ...this.view.pooledModels])) {
-      if (asleep.has(m) !== this.view.asleepModels.has(m) || pooled.has(m) !== this.view.pooledModels.has(m)) this.onPoolChanged(m);
+    // Stopped only when no other pool of the model runs (or sleeps, or has a policy).
+    for (const m of running) this.view.stoppedModels.delete(m);
+    for (const m of new Set([...before.flatMap((s) => [...s]), ...sets.flatMap((s) => [...s])])) {
+      if (sets.some((s, i) => s.has(m) !== before[i]!.has(m))) this.onPoolChanged(m);
     }
   }
 

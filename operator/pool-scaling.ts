@@ -70,6 +70,12 @@ export function poolOf(d: V1Deployment): PoolState | undefined {
 export const isAsleep = (p: PoolState) => p.replicas === 0 && p.scaledToZeroAt !== undefined;
 
 /**
+ * Stopped: at zero because a person put it there, and without a scale-to-zero policy (under one,
+ * the operator would restore its replicas): no request brings it back.
+ */
+export const isStopped = (p: PoolState) => p.replicas === 0 && p.scaledToZeroAt === undefined && p.afterMs === 0;
+
+/**
  * Why an asleep pool must come back for this session, or undefined: a request after the pool
  * went to sleep, or a spec.residency InMemory not yet carried out (pre-warm). What the pods were
  * doing as they went (in memory, handing off on SIGTERM) is not a reason: they are saving it.

@@ -50,7 +50,7 @@ export class SessionReconciler {
     } else if (s.status?.residency === "InMemory" && s.status.epoch && !s.metadata.deletionTimestamp && !handOffSource(s, pods, Date.now())) {
       ({ holder, runtime } = await this.findHolder(s, pods));
     }
-    const plan = decidePlacement(s, pods, !!runtime, this.view.asleepModels.has(s.spec.model), holder, this.view.pooledModels);
+    const plan = decidePlacement(s, pods, !!runtime, this.view.asleepModels.has(s.spec.model), holder, this.view.pooledModels, this.view.stoppedModels);
     // Counted on its pod from the decision until its status names it: the other workers' placements
     // meanwhile see it, and spread.
     const release = plan.kind === "use" && plan.register ? this.view.reserve(plan.pod) : undefined;

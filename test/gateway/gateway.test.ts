@@ -376,4 +376,41 @@ describe("gateway on the testbed", () => {
       await tb.kubectl(["rollout", "status", "deployment/runtime-tiny", "--timeout=120s"]);
     }
   });
+
+  it("a pool scaled to zero by hand answers at once (503 pool_stopped, nothing woken); scaled back up, the same call continues the conversation", async () => {
+    await tb.kubectl(["apply", "-f", "-"], session("stopped"));
+    const c = client("stopped");
+    const messages: Array<{ role: "user" | "assistant"; content: string }> = [{ role: "user", content: "Remember the word harbour." }];
+    messages.push({ role: "assistant", content: (await c.chat.completions.create({ model: "tiny", messages, max_tokens: 8 })).choices[0]!.message.content! });
+    messages.push({ role: "user", content: "Which word?" });
+    await hibernate("stopped");
+    await tb.kubectl(["scale", "deployment", "runtime-tiny", "--replicas=0"]); // no scale-to-zero policy on this pool
+    try {
+      await eventually("its pods gone", async () => ((await tb.kubectl(["get", "pods", "-l", "torpor.dev/model=tiny", "-o", "name"])).trim() === "" ? true : undefined), 90_000);
+      const ready = await eventually("Ready says PoolStopped", async () => {
+        const r = (await get("stopped")).status?.conditions?.find((x) => x.type === "Ready");
+        return r?.reason === "PoolStopped" ? r : undefined;
+      }, 30_000);
+      assert.equal(ready.status, "False");
+      const t0 = Date.now();
+      const res = await fetch(`${gw}/v1/sessions/default/stopped/chat/completions`, {
+        method: "POST", headers: { authorization: `Bearer ${alice}`, "content-type": "application/json" }, body: JSON.stringify({ messages, max_tokens: 8 }),
+      });
+      const body = await res.json() as { error: { code: string; message: string } };
+      assert.equal(res.status, 503);
+      assert.equal(body.error.code, "pool_stopped");
+      assert.match(body.error.message, /runtime pool of model "tiny" was scaled to 0 replicas by hand and has no scale-to-zero policy.*scale its Deployment up/);
+      assert.ok(Date.now() - t0 < 10_000, `answered at once, not after the 60 s wake bound (${Date.now() - t0} ms)`);
+      const after = await get("stopped");
+      assert.equal(after.spec.residency, "Hibernated", "a request nothing can serve wakes nothing");
+      assert.equal(after.status?.residency, "Hibernated");
+    } finally {
+      await tb.kubectl(["scale", "deployment", "runtime-tiny", "--replicas=2"]);
+      await tb.kubectl(["rollout", "status", "deployment/runtime-tiny", "--timeout=120s"]);
+    }
+    await eventually("placed again", async () => ((await get("stopped")).status?.conditions?.find((x) => x.type === "Ready")?.status === "True" ? true : undefined), 60_000);
+    const { data, response } = await c.chat.completions.create({ model: "tiny", messages, max_tokens: 8 }).withResponse();
+    assert.equal(response.headers.get("x-torpor-rehydrated"), "true");
+    assert.ok((data.usage!.prompt_tokens_details?.cached_tokens ?? 0) > 0, `the saved conversation was reused: ${JSON.stringify(data.usage)}`);
+  });
 });

@@ -3,9 +3,9 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { V1Deployment } from "@kubernetes/client-node";
 import { WAKE_ANNOTATION, type InferenceSession } from "../../contract/inference-session.js";
-import { NO_RUNTIME_POOL_REASON, SCALED_TO_ZERO_REASON } from "../../contract/runtime-pool.js";
+import { NO_RUNTIME_POOL_REASON, POOL_STOPPED_REASON, SCALED_TO_ZERO_REASON } from "../../contract/runtime-pool.js";
 import { computeStatus, decidePlacement } from "../../operator/decisions.js";
-import { decidePoolScale, isAsleep, poolOf, type PoolState } from "../../operator/pool-scaling.js";
+import { decidePoolScale, isAsleep, isStopped, poolOf, type PoolState } from "../../operator/pool-scaling.js";
 
 const T0 = Date.parse("2026-01-01T00:00:00.000Z");
 const iso = (ms: number) => new Date(T0 + ms).toISOString();
@@ -124,5 +124,25 @@ describe("runtime pool scaling", () => {
     assert.equal((starting as { reason: string }).reason, "NoRuntimePod", "a pod of the model exists: it is coming");
     s.spec.model = "smollm2";
     assert.equal((decidePlacement(s, [], false, false, undefined, new Set(["smollm2"])) as { reason: string }).reason, "NoRuntimePod", "its pool has no Ready pod yet");
+  });
+
+  it("a pool a person scaled to zero, with no policy to bring it back, is stopped: its sessions say so at once, once its pods are going", () => {
+    assert.equal(isStopped(pool({ replicas: 0, afterMs: 0 })), true, "kubectl scale --replicas=0 on a pool without the policy");
+    assert.equal(isStopped(pool({ replicas: 0, afterMs: 60_000 })), false, "under a policy the operator restores its replicas");
+    assert.equal(isStopped(pool({ replicas: 0, afterMs: 60_000, scaledToZeroAt: T0 })), false, "asleep: a request wakes it");
+    assert.equal(isStopped(pool({ replicas: 2, afterMs: 0 })), false);
+    const s = session("a", { residency: "Hibernated", pod: "gone" });
+    s.spec.model = "m";
+    const pods = new Set(["m"]), stopped = new Set(["m"]);
+    const plan = decidePlacement(s, [], false, false, undefined, pods, stopped);
+    assert.equal(plan.kind === "wait" && plan.reason, POOL_STOPPED_REASON);
+    assert.match((plan as { message: string }).message, /scaled to 0 replicas by hand and has no scale-to-zero policy, so no request brings it back; scale its Deployment up/);
+    const st = computeStatus(s, { now: new Date(T0), waiting: plan as { reason: string; message: string } });
+    assert.equal(st.conditions!.find((c) => c.type === "Ready")!.status, "False");
+    assert.equal(st.residency, "Hibernated", "what was saved stays saved");
+    const pod = { name: "p", namespace: "torpor", node: "n", ip: "1.2.3.4", port: 8080, model: "m", ready: false, sessions: 0 };
+    assert.equal((decidePlacement(s, [{ ...pod, terminating: true }], false, false, undefined, pods, stopped) as { reason: string }).reason, POOL_STOPPED_REASON, "a pod being deleted never serves again");
+    assert.equal((decidePlacement(s, [pod], false, false, undefined, pods, stopped) as { reason: string }).reason, "NoRuntimePod", "a pod of the model not being deleted may turn Ready");
+    assert.equal((decidePlacement(s, [], false, false, undefined, pods, new Set()) as { reason: string }).reason, "NoRuntimePod", "a pool with replicas: its pods are coming");
   });
 });

@@ -6,7 +6,7 @@ import { describe, it } from "node:test";
 import type { InferenceSession } from "../../contract/inference-session.js";
 import type { SessionStatus } from "../../contract/runtime-api.js";
 import { computeStatus, type Observation, type RuntimePod } from "../../operator/decisions.js";
-import { servingPod } from "../../gateway/serving-pod.js";
+import { servingPod, unservable } from "../../gateway/serving-pod.js";
 
 const pod: RuntimePod = { name: "rt-0", namespace: "torpor", node: "node-a", ip: "127.1.0.1", port: 8080, model: "m", ready: true, sessions: 1 };
 const session: InferenceSession = {
@@ -35,5 +35,16 @@ describe("gateway routing from the session's status", () => {
     assert.equal(routed({ waiting: { reason: "NoRuntimePod", message: "no Ready runtime pod serves model m" } }), undefined);
     assert.equal(routed({ pod, runtime: runtime("Hibernated", { lastError: refused }), handOffFrom: { ...pod, name: "rt-old", ready: false } }), undefined);
     assert.equal(servingPod(session), undefined, "no status yet");
+  });
+
+  it("answers at once, with a status and a reason, for a session nothing will serve until someone changes something", () => {
+    const why = (reason: string, message: string) => unservable({ ...session, status: computeStatus(session, { now: new Date("2026-01-01T01:00:00Z"), waiting: { reason, message } }) }, "ns", "s");
+    const stopped = why("PoolStopped", "the runtime pool of model \"m\" was scaled to 0 replicas by hand");
+    assert.deepEqual([stopped?.status, stopped?.code], [503, "pool_stopped"]);
+    assert.match(stopped!.message, /session ns\/s cannot be served now: the runtime pool of model "m" was scaled to 0 replicas by hand/);
+    assert.deepEqual([why("NoRuntimePool", "no runtime pool serves model \"m\"")?.status, why("NoRuntimePool", "x")?.code], [404, "model_not_found"]);
+    assert.equal(why("NoRuntimePod", "no Ready runtime pod serves model m"), undefined, "pods are coming: wait");
+    assert.equal(why("ScaledToZero", "asleep"), undefined, "a sleeping pool is woken by the request");
+    assert.equal(unservable(session, "ns", "s"), undefined, "no status yet");
   });
 });
