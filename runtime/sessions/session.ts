@@ -728,8 +728,11 @@ export class Session {
   }
 
   private async generate(history: ChatHistoryItem[], opts: GenerateOptions): Promise<Omit<GenerateResult, keyof Wake>> {
+    // Set before the prompt is even measured: generateTurn reaches its first await only once the
+    // prompt fits, so a refused turn is never seen Generating.
+    this.phase = "Generating";
     try {
-      const { promptTokenIds, ...turn } = await generateTurn(this.deps.host, this.resident!.sequence, history, opts, () => { this.phase = "Generating"; });
+      const { promptTokenIds, ...turn } = await generateTurn(this.deps.host, this.resident!.sequence, history, opts);
       this.history = [...history, { type: "model", response: [turn.text] }];
       this.deps.metrics.generatedTokens.inc(turn.completionTokens);
       if (this.restoredTokens) this.recordRestoreCheck(checkRestore(this.restoredTokens, promptTokenIds, turn.cachedTokens));

@@ -17,9 +17,9 @@ export interface Turn extends Pick<GenerateResult, "text" | "finishReason" | "pr
 /**
  * Answers `history` (ending with the user's message) on `seq`, whose tokens from earlier turns are
  * reused as far as the new prompt shares them. A conversation the context cannot hold is refused
- * before anything is evaluated; `started` is called once generation begins.
+ * before anything is evaluated.
  */
-export async function generateTurn(host: ModelHost, seq: LlamaContextSequence, history: ChatHistoryItem[], opts: GenerateOptions, started: () => void): Promise<Turn> {
+export async function generateTurn(host: ModelHost, seq: LlamaContextSequence, history: ChatHistoryItem[], opts: GenerateOptions): Promise<Turn> {
   const contextSize = seq.contextSize;
   const prompt: ChatHistoryItem[] = [...history, { type: "model", response: [] }];
   const promptTokenIds = host.chatWrapper.generateContextState({ chatHistory: prompt }).contextText.tokenize(host.model.tokenizer) as number[];
@@ -33,7 +33,6 @@ export async function generateTurn(host: ModelHost, seq: LlamaContextSequence, h
   const before = seq.contextTokens;
   let completionTokens = 0;
   const chat = new LlamaChat({ contextSequence: seq, chatWrapper: host.chatWrapper, autoDisposeSequence: false });
-  started();
   try {
     const res = await chat.generateResponse(prompt, {
       maxTokens,
