@@ -64,6 +64,13 @@ export interface RuntimeConfig {
    * them on every decode, as node-llama-cpp's own contexts do.
    */
   cpuThreadpool: boolean;
+  /**
+   * Generate greedy turns (temperature 0, no penalties or bias) in the addon's decode loop, where it
+   * was built (decode-loop.ts): every generating sequence of a context decodes, samples and goes on
+   * to its next batch without a return to JavaScript between tokens. false: node-llama-cpp's LlamaChat,
+   * as every other turn.
+   */
+  decodeLoop: boolean;
   /** Sequences per llama context: resident sessions sharing a context decode in one batch. */
   sequencesPerContext: number;
   /** How long a context no session uses stays allocated, so the next rehydrate skips the allocation. */
@@ -161,6 +168,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig 
     contextHandover: bool(env, "TORPOR_CONTEXT_HANDOVER", true),
     nativeStateIo: bool(env, "TORPOR_NATIVE_STATE_IO", true),
     cpuThreadpool: bool(env, "TORPOR_CPU_THREADPOOL", true),
+    decodeLoop: bool(env, "TORPOR_DECODE_LOOP", true),
     preemptAfterMs: int(env, "TORPOR_PREEMPT_AFTER_MS", 2000),
     sequencesPerContext: intAtMost(env, "TORPOR_SEQUENCES_PER_CONTEXT", 1, 1, MAX_CONTEXT_SEQUENCES),
     contextGraceMs: int(env, "TORPOR_CONTEXT_GRACE_MS", 5000),

@@ -34,7 +34,7 @@ async function main(): Promise<void> {
   const host = await ModelHost.load(cfg);
   // Which backend loaded and how many layers went to the GPU: a CUDA image on a node without the
   // nvidia runtime silently falls back to the CPU, and gpuLayers: max then means 0.
-  log.info({ model: host.name, fingerprint: host.fingerprint.slice(0, 16), ms: Math.round(performance.now() - t0), gpu: host.llama.gpu, gpuLayers: host.model.gpuLayers, flashAttention: host.flashAttention, threads: host.threads, maxThreads: host.llama.maxThreads, nativeStateIo: host.stateFiles.ok ? true : host.stateFiles.reason, cpuThreadpool: host.cpuThreadpool.ok ? true : host.cpuThreadpool.reason }, "model loaded");
+  log.info({ model: host.name, fingerprint: host.fingerprint.slice(0, 16), ms: Math.round(performance.now() - t0), gpu: host.llama.gpu, gpuLayers: host.model.gpuLayers, flashAttention: host.flashAttention, threads: host.threads, maxThreads: host.llama.maxThreads, nativeStateIo: host.stateFiles.ok ? true : host.stateFiles.reason, cpuThreadpool: host.cpuThreadpool.ok ? true : host.cpuThreadpool.reason, decodeLoop: host.decodeLoop.ok ? true : host.decodeLoop.reason }, "model loaded");
   if (cfg.gpuLayers !== 0 && host.llama.gpu === false) {
     // "max" or a layer count is a request for a GPU: a pool sized for VRAM would run out of host
     // memory and time on the CPU, so it stops unless told that the CPU will do.

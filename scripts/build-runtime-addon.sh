@@ -43,7 +43,7 @@ git clone -q --bare "$nlc/llama/gitRelease.bundle" "$work/llama.git"
 mkdir -p "$work/src"
 git --git-dir="$work/llama.git" archive HEAD include ggml/include common src vendor/hash/xxhash | tar -x -C "$work/src"
 cp -r "$nlc/llama/addon" "$work/addon"
-cp "$here/runtime/native/"*.cpp "$work/addon/"
+cp "$here/runtime/native/"*.cpp "$here/runtime/native/"*.h "$work/addon/"
 (cd "$work" && git apply "$here/runtime/native/addon.patch") || skip "runtime/native/addon.patch does not apply to this node-llama-cpp's addon"
 flags=(-c -O2 -fPIC -fexceptions -std=c++17 -DNAPI_VERSION=7 -w -I"$napi" -I"$node_inc"
   -I"$work/src/include" -I"$work/src/ggml/include" -I"$work/src" -I"$work/src/common" -I"$work/src/src" -I"$work/src/vendor/hash/xxhash")

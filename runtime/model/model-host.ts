@@ -11,6 +11,7 @@ import { cpuAllowance } from "./cpu-allowance.js";
 import { modelFingerprint } from "./model-fingerprint.js";
 import { resolveModelSource } from "./model-source.js";
 import { attachThreadpool, threadpoolSupport } from "./context-threadpool.js";
+import { decodeLoopSupport } from "./decode-loop.js";
 import { stateFilePrefetcher, stateFileSupport } from "./sequence-state-files.js";
 
 /** A context's flash attention: "auto" lets llama.cpp choose (on where the backend supports it). */
@@ -25,6 +26,8 @@ export class ModelHost {
   readonly stateFiles: { ok: true } | { ok: false; reason: string };
   /** Whether each context keeps its CPU threads between decodes (context-threadpool.ts), or why not. */
   readonly cpuThreadpool: { ok: true } | { ok: false; reason: string };
+  /** Whether greedy turns generate in the addon's decode loop (decode-loop.ts), or why not. */
+  readonly decodeLoop: { ok: true } | { ok: false; reason: string };
   /** Starts reading an open state file ahead (the addon's, with its state files); undefined without. */
   readonly prefetchStateFile: ((fd: number, bytes: number) => void) | undefined;
 
@@ -43,13 +46,15 @@ export class ModelHost {
     readonly flashAttention: FlashAttention,
     nativeStateIo: boolean,
     cpuThreadpool: boolean,
+    decodeLoop: boolean,
   ) {
     this.stateFiles = nativeStateIo ? stateFileSupport(llama) : { ok: false, reason: "TORPOR_NATIVE_STATE_IO=false" };
     this.cpuThreadpool = cpuThreadpool ? threadpoolSupport(llama) : { ok: false, reason: "TORPOR_CPU_THREADPOOL=false" };
+    this.decodeLoop = decodeLoop ? decodeLoopSupport(llama) : { ok: false, reason: "TORPOR_DECODE_LOOP=false" };
     this.prefetchStateFile = this.stateFiles.ok ? stateFilePrefetcher(llama) : undefined;
   }
 
-  static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads"> & Partial<Pick<RuntimeConfig, "flashAttention" | "nativeStateIo" | "cpuThreadpool">>): Promise<ModelHost> {
+  static async load(cfg: Pick<RuntimeConfig, "model" | "modelCacheDir" | "gpu" | "gpuLayers" | "threads"> & Partial<Pick<RuntimeConfig, "flashAttention" | "nativeStateIo" | "cpuThreadpool" | "decodeLoop">>): Promise<ModelHost> {
     const modelPath = await resolveModelSource(cfg.model, cfg.modelCacheDir);
     // Threads: what was asked, else the CPUs the container may use (cpu-allowance.ts). All
     // contexts together stay within that too (node-llama-cpp splits maxThreads among contexts
@@ -65,7 +70,7 @@ export class ModelHost {
       await llama.dispose();
       throw new Error("TORPOR_FLASH_ATTENTION=on, but this model does not support flash attention in llama.cpp; set it to auto or off");
     }
-    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, threads, asked, cfg.nativeStateIo ?? true, cfg.cpuThreadpool ?? true);
+    return new ModelHost(llama, model, modelPath, await modelFingerprint(modelPath), chatWrapper, threads, asked, cfg.nativeStateIo ?? true, cfg.cpuThreadpool ?? true, cfg.decodeLoop ?? true);
   }
 
   get name(): string {

@@ -51,6 +51,11 @@ export function stateFileSupport(llama: Llama): { ok: true } | { ok: false; reas
     || typeof proto.loadSequenceStatePlain !== "function") {
     return { ok: false, reason: "node-llama-cpp's addon has no torpor state-file methods (scripts/build-runtime-addon.sh did not build it here)" };
   }
+  return sharedLocks();
+}
+
+/** Whether node-llama-cpp's locks are the ones the runtime imports (one lifecycle-utils module), or the locks taken here would exclude nothing. */
+export function sharedLocks(): { ok: true } | { ok: false; reason: string } {
   const ours = fileURLToPath(import.meta.resolve("lifecycle-utils"));
   const theirs = createRequire(fileURLToPath(import.meta.resolve("node-llama-cpp"))).resolve("lifecycle-utils");
   if (ours !== theirs) return { ok: false, reason: `node-llama-cpp uses another lifecycle-utils (${theirs}) than the runtime (${ours})` };

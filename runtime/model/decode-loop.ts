@@ -1,0 +1,145 @@
+// Greedy generation for all the sequences of a context in one native loop, through the methods
+// scripts/build-runtime-addon.sh adds to node-llama-cpp's addon (runtime/native/AddonContextDecodeLoop.cpp):
+// the decode, the greedy token of every sequence and the next batch without a return to JavaScript
+// between steps, as llama-server's slots run. Tokens come back as each step ends, while the next
+// computes.
+//
+// A run holds node-llama-cpp's context lock, so nothing else decodes, samples or edits this
+// context's KV cache meanwhile, and lasts at most STEPS_PER_RUN steps, so whoever else waits for the
+// context (a hibernate, a turn that samples) waits that long at most; the jobs still generating go
+// on in the next run, and jobs join a run in progress. The context lock is node-llama-cpp's own
+// (lifecycle-utils, checked to be the same module as node-llama-cpp's at start-up).
+import { acquireLock } from "lifecycle-utils";
+import type { Llama, LlamaContext } from "node-llama-cpp";
+import { sharedLocks } from "./sequence-state-files.js";
+
+/**
+ * Steps a run takes before it lets others have the context: about 0.4 s of SmolLM2 on 2 cores with 4
+ * sequences; a return to JavaScript every 16 steps costs well under 1% of them.
+ */
+const STEPS_PER_RUN = 16;
+
+interface LoopAddon {
+  decodeLoopJoin(job: number, sequenceId: number, keep: number, tokens: Uint32Array, maxTokens: number, stopTokens: Uint32Array): void;
+  decodeLoopCancel(job: number): void;
+  decodeLoopRun(maxSteps: number, onEvents: (events: Uint32Array) => void): Promise<number>;
+}
+
+export type LoopEndReason = "stop" | "length" | "cancelled" | "failed";
+const REASONS: readonly LoopEndReason[] = ["stop", "length", "cancelled", "failed"];
+
+export interface LoopJobEnd {
+  reason: LoopEndReason;
+  /** The sequence's tokens the KV cache holds now: those kept, then the prompt's, then the generated ones it decoded. */
+  kvTokens: number;
+}
+
+export interface LoopJob {
+  /** Settles when the job is over; rejects only when the context could not run at all. */
+  readonly end: Promise<LoopJobEnd>;
+  /** Ends the job at the start of the loop's next step (a token may still arrive before). */
+  cancel(): void;
+}
+
+export interface LoopJobSpec {
+  sequenceId: number;
+  /** The sequence's tokens to keep: the rest is removed before the prompt is decoded. */
+  keep: number;
+  /** The prompt's tokens after those kept (at least one: its logits give the first token). */
+  prompt: readonly number[];
+  maxTokens: number;
+  /** Tokens that end the answer besides the model's end-of-generation tokens; never sent. */
+  stopTokens: readonly number[];
+  onTokens(tokens: number[]): void;
+}
+
+interface Job { spec: LoopJobSpec; resolve(end: LoopJobEnd): void; reject(err: unknown): void }
+
+/** Whether contexts of this process generate greedy turns in the addon's loop, or why not (said once, at start-up). */
+export function decodeLoopSupport(llama: Llama): { ok: true } | { ok: false; reason: string } {
+  const proto = (llama as unknown as { _bindings?: { AddonContext?: { prototype: Partial<LoopAddon> } } })._bindings?.AddonContext?.prototype;
+  if (typeof proto?.decodeLoopJoin !== "function" || typeof proto.decodeLoopCancel !== "function" || typeof proto.decodeLoopRun !== "function") {
+    return { ok: false, reason: "node-llama-cpp's addon has no torpor decode loop (scripts/build-runtime-addon.sh did not build it here)" };
+  }
+  return sharedLocks();
+}
+
+let lastJobId = 0;
+const loops = new WeakMap<LlamaContext, DecodeLoop>();
+
+export class DecodeLoop {
+  private readonly jobs = new Map<number, Job>();
+  private driving = false;
+
+  private constructor(private readonly context: LlamaContext, private readonly addon: LoopAddon) {}
+
+  /** The context's loop; undefined where the addon has none. */
+  static of(context: LlamaContext): DecodeLoop | undefined {
+    let loop = loops.get(context);
+    if (loop) return loop;
+    const addon = (context as unknown as { _ctx?: Partial<LoopAddon> })._ctx;
+    if (typeof addon?.decodeLoopJoin !== "function" || typeof addon.decodeLoopRun !== "function" || typeof addon.decodeLoopCancel !== "function") return undefined;
+    loop = new DecodeLoop(context, addon as LoopAddon);
+    loops.set(context, loop);
+    return loop;
+  }
+
+  /** Starts generating on a sequence; the caller holds the sequence (nothing else evaluates it meanwhile). */
+  start(spec: LoopJobSpec): LoopJob {
+    const id = lastJobId = (lastJobId + 1) >>> 0;
+    // Throws on a bad job (no prompt, past the context): nothing is queued then.
+    this.addon.decodeLoopJoin(id, spec.sequenceId, spec.keep, Uint32Array.from(spec.prompt), spec.maxTokens, Uint32Array.from(spec.stopTokens));
+    const end = new Promise<LoopJobEnd>((resolve, reject) => this.jobs.set(id, { spec, resolve, reject }));
+    void this.drive();
+    return { end, cancel: () => { if (this.jobs.has(id)) this.addon.decodeLoopCancel(id); } };
+  }
+
+  private async drive(): Promise<void> {
+    if (this.driving) return;
+    this.driving = true;
+    let idleRuns = 0;
+    try {
+      while (this.jobs.size > 0) {
+        const lock = await acquireLock([this.context, "context"]);
+        let left: number;
+        try {
+          left = await this.addon.decodeLoopRun(STEPS_PER_RUN, this.onEvents);
+        } finally {
+          lock.dispose();
+        }
+        // Every event of a run is handed over before its promise settles; a job the loop does not
+        // know and that did not end would be ours lost, so it fails rather than spin.
+        idleRuns = left === 0 && this.jobs.size > 0 ? idleRuns + 1 : 0;
+        if (idleRuns >= 3) throw new Error(`the decode loop lost ${this.jobs.size} job(s)`);
+      }
+    } catch (err) {
+      for (const [id, job] of this.jobs) { this.jobs.delete(id); job.reject(err); }
+    } finally {
+      this.driving = false;
+    }
+  }
+
+  private readonly onEvents = (events: Uint32Array): void => {
+    let tokens: number[] = [];
+    let tokensOf: number | undefined;
+    const flush = () => {
+      const job = tokensOf === undefined ? undefined : this.jobs.get(tokensOf);
+      // A consumer that throws loses its turn, not the loop's other jobs.
+      if (job && tokens.length > 0) {
+        try { job.spec.onTokens(tokens); } catch { this.addon.decodeLoopCancel(tokensOf!); }
+      }
+      tokens = [];
+    };
+    for (let i = 0; i + 3 < events.length; i += 4) {
+      const id = events[i]!;
+      const job = this.jobs.get(id);
+      if (!job) continue;
+      if (id !== tokensOf) { flush(); tokensOf = id; }
+      if (events[i + 1] === 0) { tokens.push(events[i + 2]!); continue; }
+      flush();
+      this.jobs.delete(id);
+      job.resolve({ reason: REASONS[events[i + 2]!] ?? "failed", kvTokens: events[i + 3]! });
+    }
+    flush();
+  };
+}
