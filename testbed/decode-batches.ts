@@ -10,10 +10,11 @@ export interface StepTimes { decodes: number; decodeMs: number; samples: number;
  * `host`, with each new context appending to `log` the number of batch items of every decode, to
  * `orders` (if given) the sequence ids of those items in batch order, to `sampled` (if given) the
  * number of tokens of every greedy batch read off the logits (runtime/sessions/greedy-sampling.ts),
- * and adding to `times`.
+ * and adding to `times`. Its greedy turns go through node-llama-cpp too (no decode loop), whose
+ * batches are what this records.
  */
 export function recordingDecodeBatches(host: ModelHost, log: number[], times?: StepTimes, orders?: number[][], sampled?: number[]): ModelHost {
-  return Object.create(host, { createContext: { value: async (...a: Parameters<ModelHost["createContext"]>) => {
+  return Object.create(host, { decodeLoop: { value: { ok: false, reason: "recording node-llama-cpp's batches" } }, createContext: { value: async (...a: Parameters<ModelHost["createContext"]>) => {
     const context = await host.createContext(...a);
     const internals = context as unknown as { _ctx: Record<string, (...x: unknown[]) => unknown> };
     const native = internals._ctx;

@@ -97,7 +97,6 @@ export class DecodeLoop {
   private async drive(): Promise<void> {
     if (this.driving) return;
     this.driving = true;
-    let idleRuns = 0;
     try {
       while (this.jobs.size > 0) {
         const lock = await acquireLock([this.context, "context"]);
@@ -107,13 +106,18 @@ export class DecodeLoop {
         } finally {
           lock.dispose();
         }
-        // Every event of a run is handed over before its promise settles; a job the loop does not
-        // know and that did not end would be ours lost, so it fails rather than spin.
-        idleRuns = left === 0 && this.jobs.size > 0 ? idleRuns + 1 : 0;
-        if (idleRuns >= 3) throw new Error(`the decode loop lost ${this.jobs.size} job(s)`);
+        // Every event of a run is handed over before its promise settles, and the jobs left are
+        // counted after: a job the loop does not hold that has not ended is lost, so it fails
+        // rather than spin.
+        if (left === 0 && this.jobs.size > 0) throw new Error(`the decode loop lost ${this.jobs.size} job(s)`);
       }
     } catch (err) {
-      for (const [id, job] of this.jobs) { this.jobs.delete(id); job.reject(err); }
+      for (const [id, job] of this.jobs) {
+        this.jobs.delete(id);
+        // Whatever the loop still holds of it must not decode into a sequence handed on.
+        try { this.addon.decodeLoopCancel(id); } catch { /* the context is gone */ }
+        job.reject(err);
+      }
     } finally {
       this.driving = false;
     }

@@ -51,7 +51,7 @@ struct TorporDecodeLoop {
     std::mutex mutex;  // guards joins and cancels: the JS thread adds while a run takes
     std::deque<TorporDecodeJob> joins;
     std::unordered_set<uint32_t> cancels;
-    std::vector<TorporDecodeJob> active;  // only the running job touches it; runs never overlap
+    std::vector<TorporDecodeJob> active;  // only a run's worker changes it; runs never overlap
     bool running = false;
 };
 
@@ -154,9 +154,7 @@ class DecodeLoopWorker : public Napi::AsyncProgressQueueWorker<uint32_t> {
                 if (!events.empty()) progress.Send(events.data(), events.size());
             }
             llama_batch_free(batch);
-            remaining = (uint32_t) active.size();
             std::lock_guard<std::mutex> lock(loop->mutex);
-            remaining += (uint32_t) loop->joins.size();
             loop->running = false;
         }
 
@@ -168,7 +166,13 @@ class DecodeLoopWorker : public Napi::AsyncProgressQueueWorker<uint32_t> {
             std::copy(data, data + count, events.Data());
             Callback().Call({ events });
         }
-        void OnOK() override { deferred.Resolve(Napi::Number::New(Env(), remaining)); }
+        // Counted here, on the JS thread after every event of the run was handed over: a job that
+        // joined after the run's last step is counted too, so JavaScript can tell a job lost from
+        // one the next run takes.
+        void OnOK() override {
+            std::lock_guard<std::mutex> lock(loop->mutex);
+            deferred.Resolve(Napi::Number::New(Env(), (uint32_t) (loop->active.size() + loop->joins.size())));
+        }
         void OnError(const Napi::Error& err) override { deferred.Reject(err.Value()); }
 
     private:
@@ -176,7 +180,6 @@ class DecodeLoopWorker : public Napi::AsyncProgressQueueWorker<uint32_t> {
         std::shared_ptr<TorporDecodeLoop> loop;
         int32_t maxSteps;
         Napi::Promise::Deferred deferred;
-        uint32_t remaining = 0;
 
         void takeJoinsAndCancels(llama_memory_t memory, std::vector<uint32_t>& events) {
             std::deque<TorporDecodeJob> joins;

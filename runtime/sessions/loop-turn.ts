@@ -80,12 +80,19 @@ export async function loopTurn(host: ModelHost, seq: LlamaContextSequence, s: Se
     const { tokens: stopTokens, texts } = splitStopTriggers(host, stopTriggers);
     const text = new GeneratedText((tokens, lastTokens) => host.model.detokenize(tokens as never, false, lastTokens as never), [...texts, ...(opts.stop ?? [])]);
     const generated: number[] = [];
+    const kv = before.slice(0, keep);
+    s._contextTokens = kv;
+    s._nextTokenIndex = kv.length;
     let answered = 0;
     const send = (chunk: string) => { if (chunk && opts.onText) opts.onText(chunk); };
     let cancel = () => {};
     const job = loop.start({
       sequenceId: s._sequenceId, keep, prompt: prompt.slice(keep), maxTokens, stopTokens,
       onTokens: (tokens) => {
+        // Every token before the newest is in the KV cache now (status shows the count growing).
+        if (kv.length === keep) kv.push(...prompt.slice(keep));
+        kv.push(...generated.slice(kv.length - prompt.length), ...tokens.slice(0, -1));
+        s._nextTokenIndex = kv.length;
         generated.push(...tokens);
         if (text.stopped) return;
         answered += tokens.length;
@@ -115,10 +122,16 @@ export async function loopTurn(host: ModelHost, seq: LlamaContextSequence, s: Se
     s._contextTokens = held;
     s._nextTokenIndex = held.length;
     if (end.reason === "failed") throw new Error("the decode failed (llama_decode found no room in the context for the batch, or failed)");
+    // Stopped before its first token, as LlamaChat does: the caller (session.ts) says who stopped it.
+    if (end.reason === "cancelled" && generated.length === 0) throw abortError(opts.signal);
     if (!text.stopped) send(text.finish());
     const finishReason = text.stopped || end.reason === "stop" ? "stop" : opts.signal?.aborted ? "aborted" : end.reason === "length" ? "length" : "stop";
     return { text: text.response, finishReason, completionTokens: answered, cachedTokens: keep };
   } finally {
     lock.dispose();
   }
+}
+
+function abortError(signal: AbortSignal | undefined): unknown {
+  return signal?.reason ?? new DOMException("the turn was stopped before its first token", "AbortError");
 }
