@@ -6,8 +6,9 @@
 //
 // What it measures, each section on its own (a failure is recorded and the next one runs):
 // - where node-llama-cpp put the model, VRAM before and after;
-// - decode tok/s of 4 and 16 sessions sharing one context, with and without batch gathering
-//   (TORPOR_BATCH_GATHERING), interleaved, and how many sequences each decode carried;
+// - decode tok/s of 1, 4 and 16 sessions sharing one context, in the runtime's decode loop
+//   (TORPOR_DECODE_LOOP, the default) and through node-llama-cpp's LlamaChat with batch gathering,
+//   interleaved, and for the latter how many sequences each decode carried and where its time went;
 // - hibernate and rehydrate of one long session: times, VRAM given back, greedy continuation
 //   after the rehydrate equal to a twin's that never left memory;
 // - sealed against unsealed hibernate and rehydrate (figure 9) on this state, and on the CPU
@@ -66,9 +67,11 @@ try {
     for (const n of (process.env.STREAMS ?? "1,4,16").split(",").map(Number)) {
       const logs = { off: [] as number[], on: [] as number[] };
       const times = { off: newTimes(), on: newTimes() };
+      // "off": node-llama-cpp's batches, recorded (recordingDecodeBatches leaves greedy turns to
+      // LlamaChat); "on": the decode loop, whose decodes are native and not recorded.
       const mgrs = {
-        off: benchManager(recordingDecodeBatches(host, logs.off, times.off), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: false }),
-        on: benchManager(recordingDecodeBatches(host, logs.on, times.on), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: true }),
+        off: benchManager(recordingDecodeBatches(host, logs.off, times.off), await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: true }),
+        on: benchManager(host, await mkdtemp(path.join(scratch, "s-")), { sequencesPerContext: n, gatherBatches: true }),
       };
       const sessions = { off: [] as Awaited<ReturnType<SessionManager["register"]>>[], on: [] as Awaited<ReturnType<SessionManager["register"]>>[] };
       for (const k of ["off", "on"] as const) for (let i = 0; i < n; i++) sessions[k].push(await mgrs[k].register({ namespace: "gpu", name: `s${i}`, contextSize: 1024 }));
@@ -83,7 +86,7 @@ try {
           const tokens = done.reduce((a, d) => a + d.completionTokens, 0);
           const wallMs = performance.now() - t0;
           if (r > 0) { tps[k].push(tokens / (wallMs / 1000)); steps[k].push({ wallMs, ...times[k] }); } // round 0 allocates the contexts
-          if (process.env.VERBOSE) say(`    ${n} sessions, gathering ${k}, round ${r}: ${tokens} tokens in ${(performance.now() - t0).toFixed(0)} ms`);
+          if (process.env.VERBOSE) say(`    ${n} sessions, decode loop ${k}, round ${r}: ${tokens} tokens in ${(performance.now() - t0).toFixed(0)} ms`);
         }
       }
       for (const k of ["off", "on"] as const) {
@@ -92,8 +95,8 @@ try {
         // Per decode: wall time, time inside llama_decode, and sampling (summed over sequences:
         // the calls overlap on libuv's pool, so the sum can exceed the wall time).
         const last = steps[k].at(-1)!;
-        const perDecode = { wallMs: last.wallMs / last.decodes, decodeMs: last.decodeMs / last.decodes, sampleMsSummed: last.sampleMs / last.decodes, sampleMsEach: last.sampleMs / Math.max(1, last.samples) };
-        const row = { sessions: n, gathering: k, tokPerS: median(tps[k]), runs: tps[k].map((x) => Math.round(x)), decodesLastRound: logs[k].length, sequencesPerDecode: hist, perDecodeLastRound: perDecode };
+        const perDecode = last.decodes === 0 ? undefined : { wallMs: last.wallMs / last.decodes, decodeMs: last.decodeMs / last.decodes, sampleMsSummed: last.sampleMs / last.decodes, sampleMsEach: last.sampleMs / Math.max(1, last.samples) };
+        const row = { sessions: n, decodeLoop: k === "on" && host.decodeLoop.ok, tokPerS: median(tps[k]), runs: tps[k].map((x) => Math.round(x)), decodesLastRound: logs[k].length, sequencesPerDecode: hist, perDecodeLastRound: perDecode };
         say(" ", JSON.stringify(row));
         rows.push(row);
       }

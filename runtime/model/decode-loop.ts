@@ -55,6 +55,37 @@ export interface LoopJobSpec {
 
 interface Job { spec: LoopJobSpec; resolve(end: LoopJobEnd): void; reject(err: unknown): void }
 
+interface Disposable { dispose(): void }
+type Allocation = [threads: number, handle: Disposable] | undefined;
+
+/**
+ * What node-llama-cpp's own batch dispatch does around every decode (LlamaContext._dispatchPendingBatch
+ * in 3.22.1), done here around every run: the context reserves its share of the process's CPU
+ * threads and takes what the splitter allots it now (contexts decoding at once share
+ * `maxThreads`: two contexts with two threads each on two cores would make ggml's spinning
+ * barriers wait on preempted threads, 20 times slower here), and holds off its disposal.
+ */
+interface ContextInternals {
+  _ctx: LoopAddon & { setThreads(threads: number): void };
+  _reserveThreads(): void;
+  _scheduleToFreeReservedThreads(): void;
+  _threadSplitterConsumer?: { getAllocationToConsume(): Allocation | Promise<Allocation> };
+  _backendContextDisposeGuard: { createPreventDisposalHandle(): Disposable };
+  _llama: { gpu: string | false };
+}
+
+function internalsOf(context: LlamaContext): ContextInternals | undefined {
+  const c = context as unknown as Partial<ContextInternals>;
+  const ctx = c._ctx as Partial<ContextInternals["_ctx"]> | undefined;
+  if (typeof ctx?.decodeLoopJoin !== "function" || typeof ctx.decodeLoopRun !== "function" || typeof ctx.decodeLoopCancel !== "function"
+    || typeof ctx.setThreads !== "function" || typeof c._reserveThreads !== "function" || typeof c._scheduleToFreeReservedThreads !== "function"
+    || typeof c._backendContextDisposeGuard?.createPreventDisposalHandle !== "function") return undefined;
+  // node-llama-cpp serialises Vulkan decodes across contexts with a lock of its own (its decodes
+  // crash the process in parallel there), which a run could not take: LlamaChat decodes there.
+  if (c._llama?.gpu === "vulkan") return undefined;
+  return c as ContextInternals;
+}
+
 /** Whether contexts of this process generate greedy turns in the addon's loop, or why not (said once, at start-up). */
 export function decodeLoopSupport(llama: Llama): { ok: true } | { ok: false; reason: string } {
   const proto = (llama as unknown as { _bindings?: { AddonContext?: { prototype: Partial<LoopAddon> } } })._bindings?.AddonContext?.prototype;
@@ -71,15 +102,19 @@ export class DecodeLoop {
   private readonly jobs = new Map<number, Job>();
   private driving = false;
 
-  private constructor(private readonly context: LlamaContext, private readonly addon: LoopAddon) {}
+  private readonly addon: ContextInternals["_ctx"];
 
-  /** The context's loop; undefined where the addon has none. */
+  private constructor(private readonly context: LlamaContext, private readonly internals: ContextInternals) {
+    this.addon = internals._ctx;
+  }
+
+  /** The context's loop; undefined where the addon has none or node-llama-cpp's internals changed. */
   static of(context: LlamaContext): DecodeLoop | undefined {
     let loop = loops.get(context);
     if (loop) return loop;
-    const addon = (context as unknown as { _ctx?: Partial<LoopAddon> })._ctx;
-    if (typeof addon?.decodeLoopJoin !== "function" || typeof addon.decodeLoopRun !== "function" || typeof addon.decodeLoopCancel !== "function") return undefined;
-    loop = new DecodeLoop(context, addon as LoopAddon);
+    const internals = internalsOf(context);
+    if (!internals) return undefined;
+    loop = new DecodeLoop(context, internals);
     loops.set(context, loop);
     return loop;
   }
@@ -102,7 +137,7 @@ export class DecodeLoop {
         const lock = await acquireLock([this.context, "context"]);
         let left: number;
         try {
-          left = await this.addon.decodeLoopRun(STEPS_PER_RUN, this.onEvents);
+          left = await this.run();
         } finally {
           lock.dispose();
         }
@@ -120,6 +155,29 @@ export class DecodeLoop {
       }
     } finally {
       this.driving = false;
+    }
+  }
+
+  /** One run, within the context's share of the CPU threads (see ContextInternals). */
+  private async run(): Promise<number> {
+    const c = this.internals;
+    c._reserveThreads();
+    try {
+      const guard = c._backendContextDisposeGuard.createPreventDisposalHandle();
+      try {
+        const offered = c._threadSplitterConsumer?.getAllocationToConsume();
+        const [threads, handle] = (offered instanceof Promise ? await offered : offered) ?? [];
+        try {
+          if (threads !== undefined) this.addon.setThreads(threads);
+          return await this.addon.decodeLoopRun(STEPS_PER_RUN, this.onEvents);
+        } finally {
+          handle?.dispose();
+        }
+      } finally {
+        guard.dispose();
+      }
+    } finally {
+      c._scheduleToFreeReservedThreads();
     }
   }
 

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { GenerateOptions } from "../../contract/runtime-api.js";
-import type { ModelHost } from "../../runtime/model/model-host.js";
+import { ModelHost } from "../../runtime/model/model-host.js";
 import type { Session } from "../../runtime/sessions/session.js";
 import { loopable } from "../../runtime/sessions/loop-turn.js";
 import { greedy, harness, sharedHost } from "../helpers/in-process-runtime.js";
@@ -88,6 +88,42 @@ describe("decode loop", () => {
     const next = await d!.submit("Which number?", greedy(16));
     assert.equal(next.rehydrated, true);
     assert.equal(next.text, (await twin.submit("Which number?", greedy(16))).text);
+  });
+
+  it("contexts running at once share the process's CPU threads, as node-llama-cpp's decodes do", async (t) => {
+    if (!addonBuildable) return t.skip("the runtime addon is not built here");
+    // Two threads a context, two for the process: two loops at full width would oversubscribe the
+    // cores, and ggml's spinning barriers then wait on preempted threads (20x slower here).
+    const host = await ModelHost.load({ model: await smallModel(), modelCacheDir: "", gpu: false, gpuLayers: 0, threads: 2 });
+    const running = new Map<object, number>();
+    let widest = 0, runs = 0;
+    const watched = Object.create(host, { createContext: { value: async (...a: Parameters<ModelHost["createContext"]>) => {
+      const context = await host.createContext(...a);
+      const native = (context as unknown as { _ctx: Record<string, (...x: unknown[]) => unknown> })._ctx;
+      let threads = host.threads;
+      const setThreads = native.setThreads!.bind(native), run = native.decodeLoopRun!.bind(native);
+      Object.defineProperty(native, "setThreads", { value: (n: number) => { threads = n; return setThreads(n); } });
+      Object.defineProperty(native, "decodeLoopRun", { value: (...x: unknown[]) => {
+        runs++;
+        running.set(native, threads);
+        widest = Math.max(widest, [...running.values()].reduce((sum, n) => sum + n, 0));
+        return (run(...x) as Promise<number>).finally(() => running.delete(native));
+      } });
+      return context;
+    } } }) as ModelHost;
+    try {
+      const h = await harness({ sequencesPerContext: 1 }, undefined, undefined, () => watched);
+      const sessions = await Promise.all(["x", "y"].map((n) => h.manager.register({ namespace: "default", name: n })));
+      for (const s of sessions) await s.warm();
+      const answers = await Promise.all(sessions.map((s, i) => s.submit(`A story, number ${i}.`, greedy(200))));
+      assert.ok(answers.every((r) => r.completionTokens === 200));
+      assert.ok(runs >= 2 * Math.ceil(200 / 16), `${runs} runs`);
+      assert.ok(widest <= host.llama.maxThreads, `at most ${host.llama.maxThreads} threads at once, saw ${widest}`);
+      await h.manager.close();
+    } finally {
+      await host.model.dispose();
+      await host.llama.dispose();
+    }
   });
 
   it("a caller that hangs up stops its turn at the next step; the sequence holds what was decoded and the next turn reuses it", async (t) => {
