@@ -239,8 +239,8 @@ Napi::Value AddonContext::DecodeLoopJoin(const Napi::CallbackInfo& info) {
     job.maxTokens = info[4].As<Napi::Number>().Int32Value();
     const int32_t vocabSize = llama_vocab_n_tokens(llama_model_get_vocab(model->model));
     if (tokens.ElementLength() == 0 || job.keep < 0 || job.maxTokens < 1 || job.seq < 0
-        || job.keep + (int64_t) tokens.ElementLength() + job.maxTokens > (int64_t) llama_n_ctx(ctx)) {
-        Napi::RangeError::New(env, "decodeLoopJoin: at least one token to decode, at least one to generate, all within the context").ThrowAsJavaScriptException();
+        || job.keep + (int64_t) tokens.ElementLength() + job.maxTokens > (int64_t) llama_n_ctx_seq(ctx) + 1) {
+        Napi::RangeError::New(env, "decodeLoopJoin: at least one token to decode, at least one to generate, all within the sequence's context").ThrowAsJavaScriptException();
         return env.Undefined();
     }
     job.pending.resize(tokens.ElementLength());

@@ -81,8 +81,6 @@ export async function loopTurn(host: ModelHost, seq: LlamaContextSequence, s: Se
     const text = new GeneratedText((tokens, lastTokens) => host.model.detokenize(tokens as never, false, lastTokens as never), [...texts, ...(opts.stop ?? [])]);
     const generated: number[] = [];
     const kv = before.slice(0, keep);
-    s._contextTokens = kv;
-    s._nextTokenIndex = kv.length;
     let answered = 0;
     const send = (chunk: string) => { if (chunk && opts.onText) opts.onText(chunk); };
     let cancel = () => {};
@@ -101,6 +99,10 @@ export async function loopTurn(host: ModelHost, seq: LlamaContextSequence, s: Se
       },
     });
     cancel = job.cancel;
+    // Joined (a job the loop refuses throws above and leaves the sequence as it was): its first
+    // step drops what the sequence holds past `keep`.
+    s._contextTokens = kv;
+    s._nextTokenIndex = kv.length;
     const onAbort = () => job.cancel();
     opts.signal?.addEventListener("abort", onAbort);
     if (opts.signal?.aborted) job.cancel();
