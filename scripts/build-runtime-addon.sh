@@ -8,8 +8,9 @@
 # libraries were built from), and OpenSSL's from Node's own headers (the addon uses the OpenSSL
 # inside Node). The methods it adds seal a sequence's state into a hibernation file as llama.cpp
 # streams it out, and open it as llama.cpp streams it in, instead of staging plaintext in a file,
-# reading it back and encrypting it, and keep a context's CPU threads between its decodes
-# (docs/benchmarks.md).
+# reading it back and encrypting it, keep a context's CPU threads between its decodes, read greedy
+# tokens off the logits, and run greedy generation for all of a context's sequences in a native
+# loop (docs/benchmarks.md).
 #
 # Run by `npm install` (postinstall). Never fails the install: where it cannot build (not Linux x64,
 # no C++ compiler or git), it says so and exits 0, and the runtime uses node-llama-cpp's prebuilt
@@ -72,14 +73,14 @@ for lib in "$prebuilt"/*.so; do ln -s "$(realpath -m --relative-to="$out/Release
   const { getPlatformInfo } = await import('$nlc/dist/bindings/utils/getPlatformInfo.js');
   const meta = JSON.parse(fs.readFileSync('$prebuilt/_nlcBuildMetadata.json', 'utf8'));
   meta.buildOptions.platformInfo = await getPlatformInfo();
-  meta.buildOptions.torpor = 'state files, threadpools and greedy sampling (runtime/native)';
+  meta.buildOptions.torpor = 'state files, threadpools, greedy sampling and the decode loop (runtime/native)';
   fs.writeFileSync('$stage/Release/_nlcBuildMetadata.json', JSON.stringify(meta));
 ") || skip "could not write the build metadata"
 echo "$digest" > "$stage/Release/torpor-addon.digest"
 echo done > "$stage/buildDone.status"
 # Refuse an addon this Node cannot load: node-llama-cpp would fall back to its own, but say so here.
-(cd "$stage/Release" && node -e "const a = require('./llama-addon.node'); const p = a.AddonContext?.prototype; if (!['saveSequenceStatePlain', 'loadSequenceStatePlain', 'attachThreadpool', 'sampleGreedy'].every((m) => typeof p?.[m] === 'function')) process.exit(1)") \
+(cd "$stage/Release" && node -e "const a = require('./llama-addon.node'); const p = a.AddonContext?.prototype; if (!['saveSequenceStatePlain', 'loadSequenceStatePlain', 'attachThreadpool', 'sampleGreedy', 'decodeLoopRun'].every((m) => typeof p?.[m] === 'function')) process.exit(1)") \
   || { rm -rf "$stage"; skip "the built addon does not load"; }
 rm -rf "$out"
 mv "$stage" "$out"
-echo "torpor: built node-llama-cpp's addon with torpor's state files and threadpools in $(( $(date +%s) - t0 )) s ($out)" >&2
+echo "torpor: built node-llama-cpp's addon with torpor's state files, threadpools and decode loop in $(( $(date +%s) - t0 )) s ($out)" >&2
