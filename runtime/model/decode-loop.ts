@@ -5,17 +5,19 @@
 // computes.
 //
 // A run holds node-llama-cpp's context lock, so nothing else decodes, samples or edits this
-// context's KV cache meanwhile, and lasts at most STEPS_PER_RUN steps, so whoever else waits for the
-// context (a hibernate, a turn that samples) waits that long at most; the jobs still generating go
-// on in the next run, and jobs join a run in progress. The context lock is node-llama-cpp's own
-// (lifecycle-utils, checked to be the same module as node-llama-cpp's at start-up).
+// context's KV cache meanwhile, and lasts at most STEPS_PER_RUN steps; the jobs still generating go
+// on in the next run, and jobs join a run in progress. Whoever else needs the context takes turns
+// with the loop step by step: a state save asks the run under way to end after its step, and a
+// turn that samples (node-llama-cpp's batches) gets one batch in after each step of the loop (see
+// `of`). The context lock is node-llama-cpp's own (lifecycle-utils, checked to be the same module
+// as node-llama-cpp's at start-up).
 import { acquireLock } from "lifecycle-utils";
 import type { Llama, LlamaContext } from "node-llama-cpp";
-import { sharedLocks } from "./sequence-state-files.js";
+import { sharedLocks } from "./node-llama-cpp-locks.js";
 
 /**
- * Steps a run takes before it lets others have the context: about 0.4 s of SmolLM2 on 2 cores with 4
- * sequences; a return to JavaScript every 16 steps costs well under 1% of them.
+ * Steps a run takes when nobody else waits for the context: about 0.4 s of SmolLM2 on 2 cores with
+ * 4 sequences; a return to JavaScript every 16 steps costs well under 1% of them.
  */
 const STEPS_PER_RUN = 16;
 
@@ -23,6 +25,7 @@ interface LoopAddon {
   decodeLoopJoin(job: number, sequenceId: number, keep: number, tokens: Uint32Array, maxTokens: number, stopTokens: Uint32Array): void;
   decodeLoopCancel(job: number): void;
   decodeLoopRun(maxSteps: number, onEvents: (events: Uint32Array) => void): Promise<number>;
+  decodeLoopYield(): void;
 }
 
 export type LoopEndReason = "stop" | "length" | "cancelled" | "failed";
@@ -72,13 +75,15 @@ interface ContextInternals {
   _threadSplitterConsumer?: { getAllocationToConsume(): Allocation | Promise<Allocation> };
   _backendContextDisposeGuard: { createPreventDisposalHandle(): Disposable };
   _llama: { gpu: string | false };
+  /** Where node-llama-cpp queues a sequence's tokens for its next batch (batch-composition.ts hooks it too). */
+  _decodeTokens(...args: unknown[]): Promise<unknown>;
 }
 
 function internalsOf(context: LlamaContext): ContextInternals | undefined {
   const c = context as unknown as Partial<ContextInternals>;
   const ctx = c._ctx as Partial<ContextInternals["_ctx"]> | undefined;
   if (typeof ctx?.decodeLoopJoin !== "function" || typeof ctx.decodeLoopRun !== "function" || typeof ctx.decodeLoopCancel !== "function"
-    || typeof ctx.setThreads !== "function" || typeof c._reserveThreads !== "function" || typeof c._scheduleToFreeReservedThreads !== "function"
+    || typeof ctx.decodeLoopYield !== "function" || typeof ctx.setThreads !== "function" || typeof c._decodeTokens !== "function" || typeof c._reserveThreads !== "function" || typeof c._scheduleToFreeReservedThreads !== "function"
     || typeof c._backendContextDisposeGuard?.createPreventDisposalHandle !== "function") return undefined;
   // node-llama-cpp serialises Vulkan decodes across contexts with a lock of its own (its decodes
   // crash the process in parallel there), which a run could not take: LlamaChat decodes there.
@@ -89,18 +94,25 @@ function internalsOf(context: LlamaContext): ContextInternals | undefined {
 /** Whether contexts of this process generate greedy turns in the addon's loop, or why not (said once, at start-up). */
 export function decodeLoopSupport(llama: Llama): { ok: true } | { ok: false; reason: string } {
   const proto = (llama as unknown as { _bindings?: { AddonContext?: { prototype: Partial<LoopAddon> } } })._bindings?.AddonContext?.prototype;
-  if (typeof proto?.decodeLoopJoin !== "function" || typeof proto.decodeLoopCancel !== "function" || typeof proto.decodeLoopRun !== "function") {
+  if (typeof proto?.decodeLoopJoin !== "function" || typeof proto.decodeLoopCancel !== "function" || typeof proto.decodeLoopRun !== "function" || typeof proto.decodeLoopYield !== "function") {
     return { ok: false, reason: "node-llama-cpp's addon has no torpor decode loop (scripts/build-runtime-addon.sh did not build it here)" };
   }
   return sharedLocks();
 }
 
 let lastJobId = 0;
+
+/** Lets whatever waits for `context` in after the current step of its decode loop, if it has one running. */
+export function yieldDecodeLoop(context: LlamaContext): void {
+  loops.get(context)?.yieldSoon();
+}
 const loops = new WeakMap<LlamaContext, DecodeLoop>();
 
 export class DecodeLoop {
   private readonly jobs = new Map<number, Job>();
   private driving = false;
+  private yielding = false;
+  private stepWaiters: Array<() => void> = [];
 
   private readonly addon: ContextInternals["_ctx"];
 
@@ -116,7 +128,36 @@ export class DecodeLoop {
     if (!internals) return undefined;
     loop = new DecodeLoop(context, internals);
     loops.set(context, loop);
+    // A turn that samples queues each token's batch here. Without a turn of its own it would wait
+    // a whole run for each token, and once in, node-llama-cpp's dispatch keeps the context for as
+    // long as batches are queued, which with a token queued after each batch is the whole turn
+    // (the loop's sequences stop meanwhile). So while the loop generates, a batch is queued only
+    // after the loop's next step (a run of one step once asked): one step, one batch, in turn.
+    const decode = internals._decodeTokens;
+    const owner = loop;
+    internals._decodeTokens = function (this: unknown, ...args: unknown[]) {
+      if (!owner.generating) return decode.apply(this, args);
+      owner.yieldSoon();
+      return owner.afterStep().then(() => decode.apply(this, args));
+    };
     return loop;
+  }
+
+  private get generating(): boolean {
+    return this.driving && this.jobs.size > 0;
+  }
+
+  /** Someone else waits for the context: the run under way ends after its current step, and the next takes one. */
+  yieldSoon(): void {
+    if (!this.driving) return;
+    this.yielding = true;
+    this.addon.decodeLoopYield();
+  }
+
+  /** Settles after the loop's next run ends (at once when it is not running). */
+  private afterStep(): Promise<void> {
+    if (!this.driving) return Promise.resolve();
+    return new Promise((resolve) => this.stepWaiters.push(resolve));
   }
 
   /** Starts generating on a sequence; the caller holds the sequence (nothing else evaluates it meanwhile). */
@@ -135,9 +176,12 @@ export class DecodeLoop {
     try {
       while (this.jobs.size > 0) {
         const lock = await acquireLock([this.context, "context"]);
+        const steps = this.yielding ? 1 : STEPS_PER_RUN;
+        const yielded = this.yielding;
+        this.yielding = false;
         let left: number;
         try {
-          left = await this.run();
+          left = await this.run(steps);
         } finally {
           lock.dispose();
         }
@@ -145,6 +189,13 @@ export class DecodeLoop {
         // counted after: a job the loop does not hold that has not ended is lost, so it fails
         // rather than spin.
         if (left === 0 && this.jobs.size > 0) throw new Error(`the decode loop lost ${this.jobs.size} job(s)`);
+        if (yielded || this.yielding || this.stepWaiters.length > 0) {
+          // node-llama-cpp asks for the context a turn of the event loop after a batch is queued
+          // (setImmediate): those turns pass before the loop asks again, so the other goes first.
+          this.releaseStepWaiters();
+          await new Promise((resolve) => setImmediate(resolve));
+          await new Promise((resolve) => setImmediate(resolve));
+        }
       }
     } catch (err) {
       for (const [id, job] of this.jobs) {
@@ -155,11 +206,17 @@ export class DecodeLoop {
       }
     } finally {
       this.driving = false;
+      this.yielding = false;
+      this.releaseStepWaiters();
     }
   }
 
+  private releaseStepWaiters(): void {
+    for (const resolve of this.stepWaiters.splice(0)) resolve();
+  }
+
   /** One run, within the context's share of the CPU threads (see ContextInternals). */
-  private async run(): Promise<number> {
+  private async run(steps: number): Promise<number> {
     const c = this.internals;
     c._reserveThreads();
     try {
@@ -169,7 +226,7 @@ export class DecodeLoop {
         const [threads, handle] = (offered instanceof Promise ? await offered : offered) ?? [];
         try {
           if (threads !== undefined) this.addon.setThreads(threads);
-          return await this.addon.decodeLoopRun(STEPS_PER_RUN, this.onEvents);
+          return await this.addon.decodeLoopRun(steps, this.onEvents);
         } finally {
           handle?.dispose();
         }

@@ -10,11 +10,11 @@
 // internal: this does what its saveStateToFile/loadStateFromFile do with them, and
 // `stateFileSupport` checks every piece it relies on once, at start-up. Where anything is
 // missing the runtime uses node-llama-cpp's file calls as before; the files are the same either way.
-import { createRequire } from "node:module";
-import { fileURLToPath } from "node:url";
 import { acquireLock } from "lifecycle-utils";
 import type { Llama, LlamaContextSequence } from "node-llama-cpp";
 import type { PlainLoader } from "../storage/state-transfer.js";
+import { yieldDecodeLoop } from "./decode-loop.js";
+import { sharedLocks } from "./node-llama-cpp-locks.js";
 import type { ChunkOpener, ChunkSealer, SealedChunks } from "../storage/sealing.js";
 
 interface AddonContext {
@@ -54,14 +54,6 @@ export function stateFileSupport(llama: Llama): { ok: true } | { ok: false; reas
   return sharedLocks();
 }
 
-/** Whether node-llama-cpp's locks are the ones the runtime imports (one lifecycle-utils module), or the locks taken here would exclude nothing. */
-export function sharedLocks(): { ok: true } | { ok: false; reason: string } {
-  const ours = fileURLToPath(import.meta.resolve("lifecycle-utils"));
-  const theirs = createRequire(fileURLToPath(import.meta.resolve("node-llama-cpp"))).resolve("lifecycle-utils");
-  if (ours !== theirs) return { ok: false, reason: `node-llama-cpp uses another lifecycle-utils (${theirs}) than the runtime (${ours})` };
-  return { ok: true };
-}
-
 /**
  * Starts reading an open state file into the page cache on a native thread and returns at once
  * (the addon's prefetchStateFile): a rehydrate calls it as it opens the file, so the disk reads
@@ -87,6 +79,8 @@ function internals(sequence: LlamaContextSequence): SequenceInternals {
 async function locked<T>(s: SequenceInternals, body: () => Promise<T>): Promise<T> {
   const evaluatorLock = await acquireLock([s._lock, "evaluate"]);
   try {
+    // Other sessions' greedy turns on this context let it go after their current step.
+    yieldDecodeLoop(s._context as never);
     const contextLock = await acquireLock([s._context, "context"]);
     try {
       s._ensureNotDisposed();

@@ -12,12 +12,14 @@
 // JavaScript owns the exclusion: a run holds node-llama-cpp's context lock (nothing else decodes,
 // samples or edits the KV cache of this context meanwhile) and a job holds its sequence's evaluation
 // lock. Jobs join and are cancelled at any time; the loop takes both in at the start of its next
-// step. A run ends after `maxSteps` steps, so whoever waits for the context lock (a hibernate, a
-// sampled turn) waits at most that long; the jobs still generating carry over to the next run.
+// step. A run ends after `maxSteps` steps, or after one once told that someone else waits for the
+// context (a sampled turn's batch, a state save); the jobs still generating carry over to the
+// next run.
 //
 //   decodeLoopJoin(job, sequenceId, keep, tokens: Uint32Array, maxTokens, stopTokens: Uint32Array)
 //   decodeLoopCancel(job)
 //   decodeLoopRun(maxSteps, onEvents(Uint32Array)): Promise<number>   (the jobs left)
+//   decodeLoopYield()   (the run under way ends after its current step: someone else waits)
 //
 // Events are quadruples [job, kind, a, b]: kind 0 a token sampled (a = token; never a stop token),
 // kind 1 the job is over (a = reason: 0 a stop token, 1 maxTokens, 2 cancelled, 3 the decode failed;
@@ -26,6 +28,7 @@
 #include "AddonContext.h"
 
 #include <algorithm>
+#include <atomic>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -53,6 +56,9 @@ struct TorporDecodeLoop {
     std::unordered_set<uint32_t> cancels;
     std::vector<TorporDecodeJob> active;  // only a run's worker changes it; runs never overlap
     bool running = false;
+    // Someone else waits for the context (a sampled turn's batch, a state save): the run ends after
+    // the step under way instead of after maxSteps. Cleared as a run starts.
+    std::atomic<bool> yield{false};
 };
 
 namespace {
@@ -87,7 +93,7 @@ class DecodeLoopWorker : public Napi::AsyncProgressQueueWorker<uint32_t> {
             std::vector<int32_t> logitRow;  // per active job: its row in the batch's logits, or -1
             auto& active = loop->active;
 
-            for (int32_t step = 0; step < maxSteps; step++) {
+            for (int32_t step = 0; step < maxSteps && !(step > 0 && loop->yield.load(std::memory_order_relaxed)); step++) {
                 events.clear();
                 takeJoinsAndCancels(memory, events);
                 if (active.empty()) {
@@ -269,6 +275,11 @@ Napi::Value AddonContext::DecodeLoopCancel(const Napi::CallbackInfo& info) {
     return info.Env().Undefined();
 }
 
+Napi::Value AddonContext::DecodeLoopYield(const Napi::CallbackInfo& info) {
+    loopOf(this).yield.store(true, std::memory_order_relaxed);
+    return info.Env().Undefined();
+}
+
 Napi::Value AddonContext::DecodeLoopRun(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (disposed || ctx == nullptr) {
@@ -292,6 +303,7 @@ Napi::Value AddonContext::DecodeLoopRun(const Napi::CallbackInfo& info) {
             return env.Undefined();
         }
         torporDecodeLoop->running = true;
+        torporDecodeLoop->yield.store(false, std::memory_order_relaxed);
     }
     auto* worker = new DecodeLoopWorker(env, this, torporDecodeLoop, maxSteps, info[1].As<Napi::Function>());
     worker->Queue();

@@ -90,6 +90,26 @@ describe("decode loop", () => {
     assert.equal(next.text, (await twin.submit("Which number?", greedy(16))).text);
   });
 
+  it("a sampled turn sharing a context with a greedy one takes turns with it step by step, not a token a run", async (t) => {
+    if (!addonBuildable) return t.skip("the runtime addon is not built here");
+    const h = await harness({ sequencesPerContext: 2, gatherBatches: true });
+    const [greedyOne, sampledOne] = await Promise.all(["greedy", "sampled"].map((n) => h.manager.register({ namespace: "default", name: n, contextSize: 4096 })));
+    for (const s of [greedyOne!, sampledOne!]) await s.warm();
+    const long = greedyOne!.submit("A very long story.", greedy(3000));
+    await untilGenerating([greedyOne!]);
+    const from = greedyOne!.status().tokenCount;
+    const sampled = await sampledOne!.submit("Pick some words.", { maxTokens: 60, temperature: 0.8, seed: 3 });
+    const steps = greedyOne!.status().tokenCount - from;
+    assert.equal(sampled.completionTokens, 60);
+    // Waiting a whole run (16 steps) for each of its tokens, the sampled turn would see the greedy
+    // one take 16 steps a token; let in by node-llama-cpp's dispatch and left there, it would hold
+    // the context to its end (the greedy turn stopped, about a run's steps in all).
+    assert.ok(steps >= 60 / 2 && steps < 60 * 4, `the greedy turn took ${steps} steps while the sampled one took 60`);
+    assert.equal(greedyOne!.status().phase, "Generating");
+    await h.manager.remove("default", "greedy");
+    await long.catch(() => undefined);
+  });
+
   it("contexts running at once share the process's CPU threads, as node-llama-cpp's decodes do", async (t) => {
     if (!addonBuildable) return t.skip("the runtime addon is not built here");
     // Two threads a context, two for the process: two loops at full width would oversubscribe the
