@@ -101,12 +101,12 @@ export function decodeLoopSupport(llama: Llama): { ok: true } | { ok: false; rea
 }
 
 let lastJobId = 0;
+const loops = new WeakMap<LlamaContext, DecodeLoop>();
 
 /** Lets whatever waits for `context` in after the current step of its decode loop, if it has one running. */
 export function yieldDecodeLoop(context: LlamaContext): void {
   loops.get(context)?.yieldSoon();
 }
-const loops = new WeakMap<LlamaContext, DecodeLoop>();
 
 export class DecodeLoop {
   private readonly jobs = new Map<number, Job>();
