@@ -115,8 +115,10 @@ class DecodeLoopWorker : public Napi::AsyncProgressQueueWorker<uint32_t> {
                     if (left > 1) {
                         take = std::min<size_t>(left, (size_t) std::max(room, 0));
                         room -= (int32_t) take;
-                        if (take == 0) continue;
                     }
+                    // More generating sequences than a batch holds: the rest wait for the next step.
+                    take = std::min<size_t>(take, (size_t) (capacity - batch.n_tokens));
+                    if (take == 0) continue;
                     for (size_t t = 0; t < take; t++) {
                         const int32_t i = batch.n_tokens++;
                         batch.token[i] = job.pending[job.next + t];
