@@ -11,7 +11,7 @@
 // `stateFileSupport` checks every piece it relies on once, at start-up. Where anything is
 // missing the runtime uses node-llama-cpp's file calls as before; the files are the same either way.
 import { acquireLock } from "lifecycle-utils";
-import type { Llama, LlamaContextSequence } from "node-llama-cpp";
+import type { Llama, LlamaContext, LlamaContextSequence } from "node-llama-cpp";
 import type { PlainLoader } from "../storage/state-transfer.js";
 import { yieldDecodeLoop } from "./decode-loop.js";
 import { sharedLocks } from "./node-llama-cpp-locks.js";
@@ -80,7 +80,7 @@ async function locked<T>(s: SequenceInternals, body: () => Promise<T>): Promise<
   const evaluatorLock = await acquireLock([s._lock, "evaluate"]);
   try {
     // Other sessions' greedy turns on this context let it go after their current step.
-    yieldDecodeLoop(s._context as never);
+    yieldDecodeLoop(s._context as unknown as LlamaContext);
     const contextLock = await acquireLock([s._context, "context"]);
     try {
       s._ensureNotDisposed();

@@ -47,7 +47,6 @@ struct TorporDecodeJob {
     int32_t maxTokens = 0;
     int32_t generated = 0;
     std::unordered_set<llama_token> stops;
-    bool started = false;
 };
 
 struct TorporDecodeLoop {
@@ -136,7 +135,7 @@ class DecodeLoopWorker : public Napi::AsyncProgressQueueWorker<uint32_t> {
                 if (r != 0) {
                     // What a failed decode left is not known: each job's sequence goes back to the
                     // tokens it kept, which JavaScript then knows exactly.
-                    for (auto& job : active) finish(memory, job, DONE_FAILED, events, true);
+                    for (auto& job : active) finish(memory, job, DONE_FAILED, events);
                     active.clear();
                     progress.Send(events.data(), events.size());
                     break;
@@ -149,11 +148,11 @@ class DecodeLoopWorker : public Napi::AsyncProgressQueueWorker<uint32_t> {
                     if (logitRow[j] < 0) { still.push_back(std::move(job)); continue; }
                     const float* logits = llama_get_logits_ith(ctx, logitRow[j]);
                     const llama_token token = logits == nullptr ? LLAMA_TOKEN_NULL : torpor::firstHighest(logits, vocabSize);
-                    if (token == LLAMA_TOKEN_NULL) { finish(memory, job, DONE_FAILED, events, true); continue; }
-                    if (llama_vocab_is_eog(vocab, token) || job.stops.count(token) > 0) { finish(memory, job, DONE_STOP, events, false); continue; }
+                    if (token == LLAMA_TOKEN_NULL) { finish(memory, job, DONE_FAILED, events); continue; }
+                    if (llama_vocab_is_eog(vocab, token) || job.stops.count(token) > 0) { finish(memory, job, DONE_STOP, events); continue; }
                     events.insert(events.end(), { job.id, EVENT_TOKEN, (uint32_t) token, 0 });
                     job.generated++;
-                    if (job.generated >= job.maxTokens) { finish(memory, job, DONE_LENGTH, events, false); continue; }
+                    if (job.generated >= job.maxTokens) { finish(memory, job, DONE_LENGTH, events); continue; }
                     job.pending.assign(1, token);
                     job.next = 0;
                     still.push_back(std::move(job));
@@ -201,13 +200,12 @@ class DecodeLoopWorker : public Napi::AsyncProgressQueueWorker<uint32_t> {
                 // What the sequence holds past the tokens the prompt shares goes before its prompt does.
                 llama_memory_seq_rm(memory, job.seq, job.keep, -1);
                 job.pos = job.keep;
-                job.started = true;
                 loop->active.push_back(std::move(job));
             }
             if (cancels.empty()) return;
             std::vector<TorporDecodeJob> still;
             for (auto& job : loop->active) {
-                if (cancels.count(job.id) > 0) finish(memory, job, DONE_CANCELLED, events, false);
+                if (cancels.count(job.id) > 0) finish(memory, job, DONE_CANCELLED, events);
                 else still.push_back(std::move(job));
             }
             loop->active = std::move(still);
@@ -215,9 +213,9 @@ class DecodeLoopWorker : public Napi::AsyncProgressQueueWorker<uint32_t> {
 
         // A prompt cut off midway (cancelled, failed) leaves the sequence at the tokens it kept, as if
         // the turn had not begun; a generating job keeps what it decoded.
-        void finish(llama_memory_t memory, TorporDecodeJob& job, uint32_t reason, std::vector<uint32_t>& events, bool failed) {
+        void finish(llama_memory_t memory, TorporDecodeJob& job, uint32_t reason, std::vector<uint32_t>& events) {
             const bool midPrompt = job.generated == 0 && job.next < job.pending.size();
-            if (failed || midPrompt) {
+            if (reason == DONE_FAILED || midPrompt) {
                 llama_memory_seq_rm(memory, job.seq, job.keep, -1);
                 job.pos = job.keep;
             }

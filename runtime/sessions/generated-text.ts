@@ -39,9 +39,26 @@ export class GeneratedText {
   push(tokens: readonly number[]): string {
     if (this.stopped || tokens.length === 0) return "";
     this.tokens.push(...tokens);
+    const from = this.sent;
+    if (!this.decodeRest(false)) return "";
+    return this.take(this.stopped ? this.text.length : this.text.length - this.stopPrefixAtEnd(from));
+  }
+
+  /** The end of the answer: whatever was held back goes out (it was no stop string after all). */
+  finish(): string {
+    if (!this.stopped) this.decodeRest(true);
+    return this.take(this.text.length);
+  }
+
+  /**
+   * Adds the text of the tokens not decoded yet, cut at the first stop string; false (nothing
+   * added) while they end in part of a character and `whole` is not asked.
+   */
+  private decodeRest(whole: boolean): boolean {
     const pending = this.tokens.slice(this.decoded);
+    if (pending.length === 0) return true;
     const piece = this.detokenize(pending, this.tokens.slice(Math.max(0, this.decoded - CONTEXT_TOKENS), this.decoded));
-    if (piece.endsWith("\uFFFD") && pending.length < MAX_PIECES_PER_CHARACTER) return "";
+    if (!whole && piece.endsWith("\uFFFD") && pending.length < MAX_PIECES_PER_CHARACTER) return false;
     this.decoded = this.tokens.length;
     const from = this.sent;
     this.text += piece;
@@ -49,23 +66,8 @@ export class GeneratedText {
     if (at !== undefined) {
       this.stoppedAt = at;
       this.text = this.text.slice(0, at);
-      return this.take(this.text.length);
     }
-    return this.take(this.text.length - this.stopPrefixAtEnd(from));
-  }
-
-  /** The end of the answer: whatever was held back goes out (it was no stop string after all). */
-  finish(): string {
-    if (!this.stopped && this.decoded < this.tokens.length) {
-      this.text += this.detokenize(this.tokens.slice(this.decoded), this.tokens.slice(Math.max(0, this.decoded - CONTEXT_TOKENS), this.decoded));
-      this.decoded = this.tokens.length;
-      const at = this.firstStop(this.sent);
-      if (at !== undefined) {
-        this.stoppedAt = at;
-        this.text = this.text.slice(0, at);
-      }
-    }
-    return this.take(this.text.length);
+    return true;
   }
 
   private take(upTo: number): string {

@@ -74,13 +74,13 @@ export async function loopTurn(host: ModelHost, seq: LlamaContextSequence, s: Se
   const loop = DecodeLoop.of(seq.context)!;
   const lock = await acquireLock([s._lock, "evaluate"]);
   try {
-    const before = s._contextTokens.slice();
     // At least the prompt's last token is decoded again: its logits give the first answer token.
+    // The sequence's first `keep` tokens are the prompt's: what it holds is a prefix of prompt + answer.
     const keep = Math.min(seq.compareContextTokens(prompt as never).firstDifferentIndex, prompt.length - 1);
     const { tokens: stopTokens, texts } = splitStopTriggers(host, stopTriggers);
     const text = new GeneratedText((tokens, lastTokens) => host.model.detokenize(tokens as never, false, lastTokens as never), [...texts, ...(opts.stop ?? [])]);
     const generated: number[] = [];
-    const kv = before.slice(0, keep);
+    const kv = prompt.slice(0, keep);
     let answered = 0;
     const send = (chunk: string) => { if (chunk && opts.onText) opts.onText(chunk); };
     let cancel = () => {};
@@ -111,7 +111,7 @@ export async function loopTurn(host: ModelHost, seq: LlamaContextSequence, s: Se
       end = await job.end;
     } catch (err) {
       // The loop could not run (the context went away): what the sequence holds is not known, so it is emptied.
-      const held = [...before.slice(0, keep), ...prompt.slice(keep), ...generated];
+      const held = [...prompt, ...generated];
       s._contextTokens = held;
       s._nextTokenIndex = held.length;
       await seq.clearHistory().catch(() => undefined);
@@ -120,7 +120,7 @@ export async function loopTurn(host: ModelHost, seq: LlamaContextSequence, s: Se
       opts.signal?.removeEventListener("abort", onAbort);
     }
     // What the KV cache holds, as node-llama-cpp's own evaluation would have recorded it.
-    const held = [...before.slice(0, keep), ...prompt.slice(keep), ...generated].slice(0, end.kvTokens);
+    const held = [...prompt, ...generated].slice(0, end.kvTokens);
     s._contextTokens = held;
     s._nextTokenIndex = held.length;
     if (end.reason === "failed") throw new Error("the decode failed (llama_decode found no room in the context for the batch, or failed)");
