@@ -2,6 +2,7 @@
 // node-llama-cpp: the bytes it writes are llama.cpp's own saveStateToFile's, its xxHash64 is the
 // one the store checks on rehydrate, and a session hibernated with it continues exactly.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { appendFile, open, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -10,6 +11,7 @@ import { loadSequenceState, writeSequenceState } from "../../runtime/model/seque
 import { CHECKSUM_MISMATCH } from "../../runtime/storage/state-transfer.js";
 import type { ModelHost } from "../../runtime/model/model-host.js";
 import { digestFile } from "../../runtime/storage/state-digest.js";
+import { eventually } from "../../testbed/eventually.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { greedy, harness, sharedHost } from "../helpers/in-process-runtime.js";
 import { addonBuildable } from "../helpers/runtime-addon.js";
@@ -180,5 +182,28 @@ describe("state files written by the runtime addon", () => {
     assert.throws(() => prefetch("3", 10), TypeError);
     assert.throws(() => prefetch(-1, 10), RangeError);
     assert.throws(() => prefetch(3, -5), RangeError);
+  });
+
+  it("a prefetch fills the page cache with the file, and one asking past the file's end (truncated meanwhile) stops there without harm", async (t) => {
+    if (!host.stateFiles.ok || !host.prefetchStateFile) return t.skip(host.stateFiles.ok ? "this addon has no prefetchStateFile" : host.stateFiles.reason);
+    const file = path.join(dir, "prefetch-cold.bin");
+    // Synced: the page cache keeps dirty pages whatever it is told.
+    const written = await open(file, "w");
+    try { await written.writeFile(Buffer.alloc(40 << 20, 7)); await written.sync(); } finally { await written.close(); }
+    const residentPages = () => Number(execFileSync("fincore", ["--raw", "--noheadings", "--bytes", "--output", "RES", file], { encoding: "utf8" }).trim());
+    try { residentPages(); } catch { return t.skip("no fincore (util-linux) to see the page cache with"); }
+    execFileSync("dd", [`if=${file}`, "iflag=nocache", "count=0", "status=none"]);
+    assert.ok(residentPages() < 40 << 20, "the file left the page cache");
+    const fh = await open(file, "r");
+    try {
+      // 24 MiB more than the file holds: the mapping past its end is never touched (that would be SIGBUS).
+      host.prefetchStateFile(fh.fd, 64 << 20);
+    } finally { await fh.close(); }
+    await eventually("the whole file read into the page cache", async () => residentPages() === 40 << 20 || undefined, 20_000);
+    // Alive, and the next prefetch still works.
+    await writeFile(file, Buffer.alloc(1 << 20, 1));
+    const again = await open(file, "r");
+    try { host.prefetchStateFile(again.fd, 1 << 20); } finally { await again.close(); }
+    assert.equal((await readFile(file)).length, 1 << 20);
   });
 });
