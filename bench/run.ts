@@ -28,6 +28,8 @@ const PEER_SIZES_MODEL: TestModelParams = { layers: 8, embedding: 256, feedForwa
 /** --only rebuild,io,testbed,gateway,density,swap,sealing,checkpoints,peer runs a subset (operator only when named). */
 const want = (name: string) => !args.only || args.only.split(",").includes(name);
 const RUNS = Number(args.runs ?? (args.quick ? 2 : 3));
+/** Cold samples a state size in figure 1: the issue's goals are medians of at least 5 interleaved runs. */
+const COLD_RUNS = args.quick ? 2 : Math.max(5, RUNS);
 
 interface Stat { median: number; min: number; max: number; runs: number }
 const stat = (xs: number[]): Stat => {
@@ -64,46 +66,45 @@ async function stateIo(): Promise<void> {
     const tokens = Math.max(8, Math.round((target * MiB) / (256 * 1024)) - 40);
     const s = await manager.register({ namespace: "bench", name: `io-${target}`, contextSize: Math.ceil((tokens + 300) / 256) * 256 });
     await s.submit(filler(tokens), { maxTokens: 1, temperature: 0 });
-    const hib: number[] = [], cold: number[] = [], warm: number[] = [], freed: number[] = [];
+    // The same state on a runtime keeping a spare context of its size (TORPOR_SPARE_CONTEXTS=1).
+    const sm = benchManager(host, dir, { defaultContextSize: s.spec.contextSize, spareContexts: 1 });
+    const ss = await sm.register({ namespace: "bench", name: `io-spare-${target}` });
+    await ss.submit(filler(tokens), { maxTokens: 1, temperature: 0 });
+    // Each round measures a cold rehydrate, with and without a spare, right beside `dd` doing the
+    // same on the same volume: this VM's disk changes speed from one minute to the next (a cold
+    // 546 MiB read took 104 ms in one run and 313 ms in another), so baselines taken after all
+    // the samples did not compare like with like.
+    const hib: number[] = [], cold: number[] = [], spareCold: number[] = [], warm: number[] = [], freed: number[] = [];
+    const writeMs: number[] = [], readMs: number[] = [];
+    const f = path.join(dir, "baseline.bin");
     let bytes = 0;
-    for (let i = 0; i < RUNS; i++) {
+    for (let i = 0; i < COLD_RUNS; i++) {
       const rssBefore = process.memoryUsage.rss();
       const h = await s.hibernate("bench");
       freed.push(rssBefore - process.memoryUsage.rss());
       bytes = h.record!.bytes;
       hib.push(h.record!.durationMs);
-      if (i % 2 === 0) dropCache(h.record!.stateFile);
-      const w = await s.warm();
-      (i % 2 === 0 ? cold : warm).push(w.rehydrateMs!);
-    }
-    if (warm.length === 0) { await s.hibernate("bench"); warm.push((await s.warm()).rehydrateMs!); }
-    // The same cold rehydrate on a runtime keeping a spare context of this size (TORPOR_SPARE_CONTEXTS=1).
-    const spareCold: number[] = [];
-    {
-      const sm = benchManager(host, dir, { defaultContextSize: s.spec.contextSize, spareContexts: 1 });
-      const ss = await sm.register({ namespace: "bench", name: `io-spare-${target}` });
-      await ss.submit(filler(tokens), { maxTokens: 1, temperature: 0 });
-      for (let i = 0; i < RUNS; i++) {
-        const h = await ss.hibernate("bench");
-        dropCache(h.record!.stateFile);
-        await sm.replenishSpares(); // the spare is ready, as it is long before a session's next turn
-        spareCold.push((await ss.warm()).rehydrateMs!);
-      }
-      await sm.remove("bench", `io-spare-${target}`);
-      await sm.close();
-    }
-    // Baselines on the same volume in the same run: sequential write + fsync, cold sequential read.
-    const f = path.join(dir, "baseline.bin");
-    const writeMs: number[] = [], readMs: number[] = [];
-    const blocks = Math.ceil(bytes / (4 * MiB));
-    for (let i = 0; i < RUNS; i++) {
       let t = performance.now();
-      execFileSync("dd", ["if=/dev/zero", `of=${f}`, "bs=4M", `count=${blocks}`, "conv=fsync", "status=none"]);
+      execFileSync("dd", ["if=/dev/zero", `of=${f}`, "bs=4M", `count=${Math.ceil(bytes / (4 * MiB))}`, "conv=fsync", "status=none"]);
       writeMs.push(performance.now() - t);
       dropCache(f);
       t = performance.now();
       execFileSync("dd", [`if=${f}`, "of=/dev/null", "bs=4M", "status=none"]);
       readMs.push(performance.now() - t);
+      dropCache(h.record!.stateFile);
+      cold.push((await s.warm()).rehydrateMs!);
+      const hs = await ss.hibernate("bench");
+      dropCache(hs.record!.stateFile);
+      await sm.replenishSpares(); // the spare is ready, as it is long before a session's next turn
+      spareCold.push((await ss.warm()).rehydrateMs!);
+      // The spare taken is refilled in the background: done before the next round measures.
+      await sm.replenishSpares();
+    }
+    await sm.remove("bench", `io-spare-${target}`);
+    await sm.close();
+    for (let i = 0; i < RUNS; i++) {
+      await s.hibernate("bench");
+      warm.push((await s.warm()).rehydrateMs!);
     }
     await rm(f, { force: true });
     // Same-library floor: node-llama-cpp's bare calls doing the same job on this very state:
