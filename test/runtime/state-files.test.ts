@@ -184,7 +184,7 @@ describe("state files written by the runtime addon", () => {
     assert.throws(() => prefetch(3, -5), RangeError);
   });
 
-  it("a prefetch fills the page cache with the file, and one asking past the file's end stops there without harm", async (t) => {
+  it("a prefetch fills the page cache with the file, skips one already there, and one asking past the file's end stops there without harm", async (t) => {
     if (!host.stateFiles.ok || !host.prefetchStateFile) return t.skip(host.stateFiles.ok ? "this addon has no prefetchStateFile" : host.stateFiles.reason);
     const file = path.join(dir, "prefetch-cold.bin");
     // Synced: the page cache keeps dirty pages whatever it is told.
@@ -200,6 +200,13 @@ describe("state files written by the runtime addon", () => {
       host.prefetchStateFile(fh.fd, 64 << 20);
     } finally { await fh.close(); }
     await eventually("the whole file read into the page cache", async () => residentPages() === 40 << 20 || undefined, 20_000);
+    // Cached already: not read again (what this process reads, /proc/self/io, grows by the probes only).
+    const readSoFar = async () => Number(/rchar: (\d+)/.exec(await readFile("/proc/self/io", "utf8"))![1]);
+    const before = await readSoFar();
+    const cached = await open(file, "r");
+    try { host.prefetchStateFile(cached.fd, 40 << 20); } finally { await cached.close(); }
+    await new Promise((r) => setTimeout(r, 500));
+    assert.ok((await readSoFar()) - before < 8 << 20, "a file in the page cache is not read through again");
     // Alive, and the next prefetch still works.
     await writeFile(file, Buffer.alloc(1 << 20, 1));
     const again = await open(file, "r");
